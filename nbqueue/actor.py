@@ -1,0 +1,225 @@
+"""Actors: functions that run in the background when you ``send()`` them."""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from .asyncio import async_to_sync
+from .broker import Broker, get_broker
+from .common import QUEUE_NAME_RE
+from .message import Message
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class ActorDecorator(Protocol):
+        def __call__(self, fn: Callable[P, Awaitable[R] | R]) -> Actor[P, R]: ...
+
+
+__all__ = ["Actor", "actor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _delay_ms(delay: int | float | datetime.timedelta | None) -> int | None:
+    if delay is None:
+        return None
+    if isinstance(delay, datetime.timedelta):
+        delay = delay.total_seconds() * 1000
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(f"delay must be milliseconds (an int) or a timedelta, got {delay!r}.")
+    if delay < 0:
+        raise ValueError(f"delay must not be negative, got {delay!r} ms.")
+    return int(delay)
+
+
+class Actor(Generic[P, R]):
+    """A function that can be run in the background by a worker.
+
+    Create actors with the ``@actor`` decorator. Calling an actor runs the function now, in the
+    caller's thread; ``send()`` enqueues a message and returns at once.
+
+    Parameters:
+      fn: the function (sync or ``async def``).
+      broker: the broker the actor is declared on.
+      actor_name: the name messages use to find the actor.
+      queue_name: the queue its messages go to.
+      priority: larger runs first (on every nbqueue broker; note that Dramatiq runs smaller first).
+      options: middleware options such as ``max_retries`` or ``time_limit`` (milliseconds).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R] | Callable[P, Awaitable[R]],
+        *,
+        broker: Broker,
+        actor_name: str,
+        queue_name: str,
+        priority: int,
+        options: dict[str, Any],
+    ) -> None:
+        if not QUEUE_NAME_RE.fullmatch(queue_name):
+            raise ValueError(
+                f"Queue name {queue_name!r} is invalid; use letters, digits, '.', '_' and '-', "
+                f"starting with a letter or '_'."
+            )
+        self.logger = logging.getLogger(f"nbqueue.actor.{actor_name}")
+        self.original_fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.fn: Callable[P, R] = async_to_sync(fn) if self.is_async else fn  # type: ignore[arg-type,assignment]
+        self.broker = broker
+        self.actor_name = actor_name
+        self.queue_name = queue_name
+        self.priority = priority
+        self.options = options
+        self.broker.declare_actor(self)
+
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message[R]:
+        """Build a message for this actor without sending it (for pipelines and groups)."""
+        return self.message_with_options(args=args, kwargs=kwargs)
+
+    def message_with_options(
+        self,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Message[R]:
+        """Build a message with options, without sending it.
+
+        ``on_success`` and ``on_failure`` may be actors; they are stored by name.
+        """
+        for name in ("on_success", "on_failure"):
+            callback = options.get(name)
+            if isinstance(callback, Actor):
+                options[name] = callback.actor_name
+            elif callback is not None and not isinstance(callback, str):
+                raise TypeError(f"{name} must be an actor or an actor name, got {callback!r}.")
+        return Message(
+            queue_name=self.queue_name,
+            actor_name=self.actor_name,
+            args=tuple(args),
+            kwargs=kwargs or {},
+            options=options,
+        )
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> Message[R]:
+        """Send a message to run this actor with these arguments; returns at once.
+
+        Raises:
+          EncodeError: an argument cannot be sent as JSON (the error names it).
+        """
+        return self.send_with_options(args=args, kwargs=kwargs)
+
+    def send_with_options(
+        self,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: int | float | datetime.timedelta | None = None,
+        **options: Any,
+    ) -> Message[R]:
+        """Send a message with options; returns at once.
+
+        Parameters:
+          delay: run no sooner than this many milliseconds from now (or a timedelta).
+          options: per-message options, e.g. ``priority=100`` (larger runs first),
+            ``max_retries=0``, ``on_success=other_actor``.
+
+        Returns:
+          The enqueued message; ``message.get_result()`` reads its result.
+        """
+        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        return self.broker.enqueue(message, delay=_delay_ms(delay))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function now, in this thread, with no middleware (useful in tests)."""
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.logger.debug("Completed in %.02fms.", (time.perf_counter() - start) * 1000)
+
+    def __repr__(self) -> str:
+        return (
+            f"Actor({self.original_fn!r}, queue_name={self.queue_name!r}, "
+            f"actor_name={self.actor_name!r})"
+        )
+
+    def __str__(self) -> str:
+        return f"Actor({self.actor_name})"
+
+
+@overload
+def actor(fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
+
+
+@overload
+def actor(fn: Callable[P, R], /) -> Actor[P, R]: ...
+
+
+@overload
+def actor(
+    fn: None = None,
+    /,
+    *,
+    actor_class: Callable[..., Actor[Any, Any]] = ...,
+    actor_name: str | None = ...,
+    queue_name: str = ...,
+    priority: int = ...,
+    broker: Broker | None = ...,
+    **options: Any,
+) -> ActorDecorator: ...
+
+
+def actor(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    actor_class: Callable[..., Actor[Any, Any]] = Actor,
+    actor_name: str | None = None,
+    queue_name: str = "default",
+    priority: int = 0,
+    broker: Broker | None = None,
+    **options: Any,
+) -> Any:
+    """Declare an actor; use as ``@actor`` or ``@actor(queue_name=..., max_retries=...)``.
+
+    Parameters:
+      actor_name: defaults to the function's name.
+      queue_name: the queue its messages go to (default ``"default"``).
+      priority: larger runs first.
+      broker: defaults to ``get_broker()`` (in-memory unless configured).
+      options: middleware options; times are in milliseconds.
+
+    Raises:
+      ValueError: an option no middleware on the broker knows, or an invalid queue name.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Actor[Any, Any]:
+        target = broker or get_broker()
+        invalid = set(options) - target.actor_options
+        if invalid:
+            names = ", ".join(sorted(invalid))
+            raise ValueError(
+                f"The following actor options are undefined: {names}. "
+                f"Did you forget to add a middleware to your Broker?"
+            )
+        return actor_class(
+            fn,
+            actor_name=actor_name or fn.__name__,
+            queue_name=queue_name,
+            priority=priority,
+            broker=target,
+            options=options,
+        )
+
+    if fn is None:
+        return decorator
+    return decorator(fn)

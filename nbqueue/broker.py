@@ -1,0 +1,411 @@
+"""The broker contract: what every broker (in-memory, Redis, RabbitMQ) provides."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import ActorNotFound
+from .message import Message
+from .middleware.base import Middleware, MiddlewareError
+
+if TYPE_CHECKING:
+    from .actor import Actor
+    from .results import ResultBackend
+
+__all__ = [
+    "Broker",
+    "Consumer",
+    "DeadLetter",
+    "MessageProxy",
+    "QueueStats",
+    "get_broker",
+    "set_broker",
+]
+
+#: The global broker; ``None`` until ``get_broker()`` or ``set_broker()`` sets it.
+global_broker: Broker | None = None
+_global_broker_lock = threading.Lock()
+
+
+def get_broker() -> Broker:
+    """Return the global broker, creating it on first use.
+
+    With nothing configured this is an in-memory broker: nbqueue never connects to a network
+    service unless asked to. ``NBQUEUE_BROKER_URL`` (``memory://``, ``redis://...``,
+    ``amqp://...``) or ``nbqueue.connect(url)`` selects a real one.
+    """
+    global global_broker
+    if global_broker is None:
+        with _global_broker_lock:
+            if global_broker is None:
+                from .connection import default_broker
+
+                global_broker = default_broker()
+    return global_broker
+
+
+def set_broker(broker: Broker) -> None:
+    """Make ``broker`` the global broker, used by actors declared without ``broker=``."""
+    global global_broker
+    global_broker = broker
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """How many messages a queue holds, for monitors and widgets.
+
+    ``in_flight`` counts messages fetched by workers and not yet acknowledged; a broker that cannot
+    tell reports ``None``.
+    """
+
+    ready: int
+    delayed: int
+    in_flight: int | None
+    dead: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered message, with why it was dead-lettered.
+
+    ``message`` is ``None`` when the body could not be decoded; ``data`` always holds the body.
+    """
+
+    queue_name: str
+    data: bytes
+    reason: str
+    message: Message[Any] | None = None
+    error: str | None = None
+
+
+class MessageProxy:
+    """A message as a worker sees it: the message plus whether processing failed.
+
+    Attribute access falls through to the message, so middleware read ``proxy.options`` and
+    ``proxy.message_id`` as on a plain message.
+    """
+
+    def __init__(self, message: Message[Any]) -> None:
+        self.failed = False
+        self.dead_reason: str | None = None
+        self._message = message
+        self._exception: BaseException | None = None
+
+    def fail(self, reason: str | None = None) -> None:
+        """Mark the message as failed, so it is dead-lettered rather than acknowledged.
+
+        Parameters:
+          reason: why, recorded with the dead letter (nbqueue addition; default ``"failed"``).
+        """
+        self.failed = True
+        if reason is not None or self.dead_reason is None:
+            self.dead_reason = reason or "failed"
+
+    def stuff_exception(self, exception: BaseException) -> None:
+        """Remember the exception the actor raised (read by ``StubBroker.join`` and middleware)."""
+        self._exception = exception
+
+    def clear_exception(self) -> None:
+        """Forget the stored exception, breaking the reference cycle through its traceback."""
+        self._exception = None
+
+    @property
+    def message(self) -> Message[Any]:
+        """The wrapped message."""
+        return self._message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def __str__(self) -> str:
+        return str(self._message)
+
+    def __repr__(self) -> str:
+        return f"MessageProxy({self._message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageProxy):
+            return self._message == other._message
+        return self._message == other
+
+    def __hash__(self) -> int:
+        return hash(self._message.message_id)
+
+    def __lt__(self, other: MessageProxy) -> bool:
+        warnings.warn(
+            "Comparing MessageProxy objects is deprecated and will be removed in nbqueue 1.0.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._message < other._message
+
+
+class Consumer(abc.ABC):
+    """Iterates over one queue's messages. Not thread-safe, except ``ack``/``nack``.
+
+    ``__next__`` blocks up to the consumer's timeout and returns ``None`` when nothing arrived, so
+    the caller can check for shutdown.
+    """
+
+    def __iter__(self) -> Iterator[MessageProxy | None]:
+        return self
+
+    @abc.abstractmethod
+    def __next__(self) -> MessageProxy | None:
+        """Return the next message, or ``None`` when the timeout passed with nothing to return."""
+
+    @abc.abstractmethod
+    def ack(self, message: MessageProxy) -> None:
+        """Acknowledge a message: it was processed and is removed from the broker."""
+
+    @abc.abstractmethod
+    def nack(self, message: MessageProxy) -> None:
+        """Reject a message: it is moved to the dead-letter queue with its reason."""
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Give fetched but unprocessed messages back to the queue (at worker shutdown)."""
+
+    def close(self) -> None:
+        """Release the consumer's resources; unacknowledged messages go back to the queue."""
+
+
+class Broker(abc.ABC):
+    """Base class for brokers.
+
+    Parameters:
+      middleware: the middleware to use; ``None`` means one of each class in
+        ``nbqueue.middleware.default_middleware``.
+    """
+
+    def __init__(self, middleware: list[Middleware] | None = None) -> None:
+        self.logger = logging.getLogger(f"nbqueue.{type(self).__name__}")
+        self.actors: dict[str, Actor[Any, Any]] = {}
+        self.queues: dict[str, Any] = {}
+        self.delay_queues: set[str] = set()
+        self.actor_options: set[str] = set()
+        self.middleware: list[Middleware] = []
+        if middleware is None:
+            from .middleware import default_middleware
+
+            middleware = [m() for m in default_middleware]
+        for m in middleware:
+            self.add_middleware(m)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``before_<signal>`` on every middleware, in order.
+
+        A ``MiddlewareError`` (such as ``SkipMessage``) propagates; other errors are logged.
+        """
+        name = "before_" + signal
+        for middleware in self.middleware:
+            try:
+                getattr(middleware, name)(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``after_<signal>`` on every middleware, in reverse order; errors are logged."""
+        name = "after_" + signal
+        for middleware in reversed(self.middleware):
+            try:
+                getattr(middleware, name)(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
+
+    def add_middleware(
+        self,
+        middleware: Middleware,
+        *,
+        before: type[Middleware] | None = None,
+        after: type[Middleware] | None = None,
+    ) -> None:
+        """Add a middleware instance, at the end or just before/after the first of a class.
+
+        Raises:
+          TypeError: ``middleware`` is a class rather than an instance.
+          ValueError: both ``before`` and ``after`` were given, or the class named is not present.
+        """
+        if isinstance(middleware, type):
+            raise TypeError(
+                f"add_middleware() takes a middleware instance, got the class {middleware.__name__}; "
+                f"write {middleware.__name__}() instead."
+            )
+        if before and after:
+            raise ValueError("add_middleware() takes before= or after=, not both.")
+        if any(type(m) is type(middleware) for m in self.middleware):
+            self.logger.warning(
+                "Middleware %s was added twice; both instances will run.", type(middleware).__name__
+            )
+        if before or after:
+            anchor = before or after
+            for i, m in enumerate(self.middleware):
+                if isinstance(m, anchor):  # type: ignore[arg-type]
+                    self.middleware.insert(i if before else i + 1, middleware)
+                    break
+            else:
+                raise ValueError(f"Middleware {anchor.__name__} not found on this broker.")  # type: ignore[union-attr]
+        else:
+            self.middleware.append(middleware)
+        self.actor_options |= middleware.actor_options
+        for actor in self.actors.values():
+            middleware.after_declare_actor(self, actor)
+        for queue_name in self.get_declared_queues():
+            middleware.after_declare_queue(self, queue_name)
+        for queue_name in self.get_declared_delay_queues():
+            middleware.after_declare_delay_queue(self, queue_name)
+
+    def close(self) -> None:
+        """Close the broker's connections. The in-memory broker has none."""
+
+    def declare_actor(self, actor: Actor[Any, Any]) -> None:
+        """Declare an actor and its queue on this broker.
+
+        Declaring an actor under a name that is already taken replaces the old actor: this is
+        what re-running a notebook cell does (Dramatiq raises ``ValueError`` instead).
+        """
+        self.emit_before("declare_actor", actor)
+        self.declare_queue(actor.queue_name)
+        previous = self.actors.get(actor.actor_name)
+        if previous is not None and previous is not actor:
+            old_fn, new_fn = getattr(previous, "fn", None), getattr(actor, "fn", None)
+            old_module = getattr(old_fn, "__module__", None)
+            new_module = getattr(new_fn, "__module__", None)
+            if old_module != new_module:
+                self.logger.warning(
+                    "Actor %r from %s replaces the one from %s; give one of them actor_name= "
+                    "if both are needed.",
+                    actor.actor_name,
+                    new_module,
+                    old_module,
+                )
+        self.actors[actor.actor_name] = actor
+        self.emit_after("declare_actor", actor)
+
+    def get_actor(self, actor_name: str) -> Actor[Any, Any]:
+        """Return the actor named ``actor_name``.
+
+        Raises:
+          ActorNotFound: no such actor is declared on this broker.
+        """
+        try:
+            return self.actors[actor_name]
+        except KeyError:
+            raise ActorNotFound(
+                f"Actor {actor_name!r} is not declared on this broker; import the module that "
+                f"defines it (or run its cell) before sending or consuming it."
+            ) from None
+
+    def get_declared_actors(self) -> set[str]:
+        """Return the names of the declared actors."""
+        return set(self.actors)
+
+    def get_declared_queues(self) -> set[str]:
+        """Return the names of the declared queues (not their delay queues)."""
+        return set(self.queues)
+
+    def get_declared_delay_queues(self) -> set[str]:
+        """Return the names of the declared delay queues."""
+        return set(self.delay_queues)
+
+    def get_results_backend(self) -> ResultBackend:
+        """Return the backend of this broker's first Results middleware.
+
+        Raises:
+          RuntimeError: the broker has no Results middleware.
+        """
+        from .results import Results
+
+        for middleware in self.middleware:
+            if isinstance(middleware, Results):
+                return middleware.backend
+        raise RuntimeError(
+            "This broker has no Results middleware; add one with "
+            "broker.add_middleware(Results(backend=...)) to store and read results."
+        )
+
+    def message_priority(self, message: Message[Any]) -> int:
+        """Return a message's priority: larger runs first.
+
+        The message's ``priority`` option wins, then Dramatiq's ``broker_priority`` option, then
+        the priority of its actor when declared here, then 0.
+        """
+        options = message.options
+        priority = options.get("priority")
+        if priority is None:
+            priority = options.get("broker_priority")
+        if priority is None:
+            actor = self.actors.get(message.actor_name)
+            priority = actor.priority if actor is not None else 0
+        try:
+            return int(priority)
+        except (TypeError, ValueError):
+            return 0
+
+    def enqueue_many(
+        self, messages: Iterable[Message[Any]], *, delay: int | None = None
+    ) -> list[Message[Any]]:
+        """Enqueue several messages; brokers that can batch the round trips do.
+
+        Returns:
+          The enqueued messages, as ``enqueue`` returns them.
+        """
+        return [self.enqueue(message, delay=delay) for message in messages]
+
+    @abc.abstractmethod
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+        """Return a consumer of ``queue_name``.
+
+        Parameters:
+          prefetch: how many messages may be fetched and not yet acknowledged.
+          timeout: how long ``next()`` blocks, in milliseconds, before returning ``None``.
+        """
+
+    @abc.abstractmethod
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue (and its delay queue)."""
+
+    @abc.abstractmethod
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue a message, after ``delay`` milliseconds when given.
+
+        Returns:
+          The message as enqueued (a copy, e.g. with ``eta`` and a ``.DQ`` queue name).
+        """
+
+    @abc.abstractmethod
+    def flush(self, queue_name: str) -> None:
+        """Drop every message in a queue, its delay queue and its dead letters."""
+
+    @abc.abstractmethod
+    def flush_all(self) -> None:
+        """Drop every message in every declared queue."""
+
+    @abc.abstractmethod
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
+        """Wait until a queue and its delay queue hold no unprocessed message.
+
+        Parameters:
+          timeout: in milliseconds; ``None`` waits forever.
+
+        Raises:
+          QueueJoinTimeout: the queue did not drain in time.
+        """
+
+    @abc.abstractmethod
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Return ready, delayed, in-flight and dead counts for each declared queue."""
+
+    @abc.abstractmethod
+    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
+        """Return the dead letters of a queue, oldest first, each with its reason."""

@@ -1,0 +1,322 @@
+"""The in-memory broker: the embedded default in notebooks, and the broker tests use.
+
+Thread-safe, with delays (``<queue>.DQ`` and ``eta``, as on the real brokers), priorities (a
+larger number is fetched first; FIFO among equals), dead letters with reasons, and ``join()``
+that wakes the moment a queue drains. Messages are stored encoded, so anything that would not
+survive a real broker fails here too. Nothing survives the process: use Redis or RabbitMQ for
+durability.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from ..broker import Broker, Consumer, DeadLetter, MessageProxy, QueueStats
+from ..common import current_millis, dq_name, q_name
+from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
+from ..message import Message
+from ..middleware.base import Middleware
+
+__all__ = ["StubBroker"]
+
+# (negated priority, sequence number, encoded body): heapq pops the largest priority, then the
+# oldest message.
+_Entry = tuple[int, int, bytes]
+
+
+class _Queue:
+    __slots__ = ("name", "entries", "in_flight", "unfinished", "not_empty")
+
+    def __init__(self, name: str, lock: threading.Lock) -> None:
+        self.name = name
+        self.entries: list[_Entry] = []
+        self.in_flight = 0
+        # enqueued and not yet acknowledged or rejected; join() waits for zero
+        self.unfinished = 0
+        self.not_empty = threading.Condition(lock)
+
+
+class StubBroker(Broker):
+    """A broker that keeps messages in memory.
+
+    Parameters:
+      middleware: see ``Broker``.
+      fail_fast_default: whether ``join()`` re-raises the error of a dead-lettered message by
+        default (Dramatiq's default since 2.0).
+    """
+
+    def __init__(
+        self, middleware: list[Middleware] | None = None, *, fail_fast_default: bool = True
+    ) -> None:
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._store: dict[str, _Queue] = {}
+        self._sequence = itertools.count()
+        self._dead: defaultdict[str, list[DeadLetter]] = defaultdict(list)
+        self._dead_exceptions: dict[int, BaseException] = {}
+        self.dead_letters_by_queue: defaultdict[str, list[MessageProxy]] = defaultdict(list)
+        self.fail_fast_default = fail_fast_default
+        super().__init__(middleware=middleware)
+
+    @property
+    def dead_letters(self) -> list[MessageProxy]:
+        """Every dead-lettered message that could be decoded, across all queues."""
+        return [proxy for proxies in self.dead_letters_by_queue.values() for proxy in proxies]
+
+    def _queue(self, queue_name: str) -> _Queue:
+        try:
+            return self._store[queue_name]
+        except KeyError:
+            raise QueueNotFound(
+                f"Queue {queue_name!r} is not declared on this broker; declare an actor on it "
+                f"(or call broker.declare_queue({queue_name!r})) first."
+            ) from None
+
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue and its delay queue; declaring twice does nothing."""
+        if queue_name in self.queues:
+            return
+        self.emit_before("declare_queue", queue_name)
+        delay_name = dq_name(queue_name)
+        with self._lock:
+            self._store[queue_name] = _Queue(queue_name, self._lock)
+            self._store[delay_name] = _Queue(delay_name, self._lock)
+        self.queues[queue_name] = self._store[queue_name]
+        self.emit_after("declare_queue", queue_name)
+        self.delay_queues.add(delay_name)
+        self.emit_after("declare_delay_queue", delay_name)
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue a message, to ``<queue>.DQ`` with an ``eta`` when ``delay`` (ms) is given.
+
+        Raises:
+          QueueNotFound: the queue was never declared.
+          EncodeError: the message cannot be encoded (the error names the argument).
+        """
+        canonical = q_name(message.queue_name)
+        target = canonical
+        if delay is not None:
+            target = dq_name(canonical)
+            message = message.copy(queue_name=target, options={"eta": current_millis() + delay})
+        queue = self._queue(target)
+        self.emit_before("enqueue", message, delay)
+        data = message.encode()
+        priority = 0 if delay is not None else self.message_priority(message)
+        with self._lock:
+            heapq.heappush(queue.entries, (-priority, next(self._sequence), data))
+            queue.unfinished += 1
+            queue.not_empty.notify_all()
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
+        """Return a consumer of a declared queue; ``timeout`` is in milliseconds.
+
+        Raises:
+          QueueNotFound: the queue was never declared.
+        """
+        return _StubConsumer(self, self._queue(queue_name), prefetch, timeout)
+
+    def flush(self, queue_name: str) -> None:
+        """Drop the messages waiting in a queue and its delay queue, and its dead letters."""
+        with self._lock:
+            for name in (queue_name, dq_name(queue_name)):
+                queue = self._store.get(name)
+                if queue is not None:
+                    queue.entries.clear()
+                    queue.unfinished = queue.in_flight
+            self._dead[q_name(queue_name)].clear()
+            self.dead_letters_by_queue[q_name(queue_name)].clear()
+            self._drained.notify_all()
+
+    def flush_all(self) -> None:
+        """Drop every waiting message and every dead letter, in every queue."""
+        for queue_name in self.get_declared_queues():
+            self.flush(queue_name)
+        with self._lock:
+            self._dead_exceptions.clear()
+            for dead in self._dead.values():
+                dead.clear()
+            for proxies in self.dead_letters_by_queue.values():
+                proxies.clear()
+
+    def join(
+        self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None
+    ) -> None:
+        """Wait until a queue and its delay queue hold no unacknowledged message.
+
+        Parameters:
+          timeout: in milliseconds; ``None`` waits forever.
+          fail_fast: re-raise the exception of the first dead-lettered message of the queue
+            (default: the broker's ``fail_fast_default``). Call ``flush`` to forget it.
+
+        Raises:
+          QueueJoinTimeout: the queue did not drain in time.
+          QueueNotFound: the queue was never declared.
+        """
+        queue, delayed = self._queue(queue_name), self._queue(dq_name(queue_name))
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        with self._lock:
+            while queue.unfinished or delayed.unfinished:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise QueueJoinTimeout(
+                        f"Queue {queue_name!r} still had {queue.unfinished + delayed.unfinished} "
+                        f"unprocessed messages after {timeout} ms; is a worker running on it?"
+                    )
+                self._drained.wait(remaining)
+            dead = list(self._dead[queue_name])
+        if fail_fast is None:
+            fail_fast = self.fail_fast_default
+        if fail_fast and dead:
+            first = dead[0]
+            exception = self._dead_exceptions.get(id(first))
+            if exception is not None:
+                raise exception
+            if first.message is None:
+                raise DecodeError(
+                    f"A message on {queue_name!r} was dead-lettered as {first.reason}: {first.error}",
+                    first.data,
+                    reason=first.reason,
+                )
+            raise Exception(
+                f"Message {first.message} was dead-lettered ({first.reason}); pass "
+                f"fail_fast=False to join() to wait without raising."
+            )
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Return ready, delayed, in-flight and dead counts for each declared queue."""
+        stats = {}
+        with self._lock:
+            for name in self.queues:
+                queue, delayed = self._store[name], self._store[dq_name(name)]
+                stats[name] = QueueStats(
+                    ready=len(queue.entries),
+                    delayed=len(delayed.entries) + delayed.in_flight,
+                    in_flight=queue.in_flight,
+                    dead=len(self._dead[name]),
+                )
+        return stats
+
+    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
+        """Return the dead letters of a queue, oldest first, each with its reason."""
+        with self._lock:
+            return list(self._dead[q_name(queue_name)])
+
+    # called by consumers, with data the consumer fetched
+    def _settle(self, queue: _Queue) -> None:
+        queue.in_flight -= 1
+        queue.unfinished -= 1
+        queue.not_empty.notify_all()
+        self._drained.notify_all()
+
+    def _kill(self, queue: _Queue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
+        exception = proxy._exception if proxy is not None else None
+        with self._lock:
+            canonical = q_name(queue.name)
+            self._dead[canonical].append(dead)
+            if exception is not None:
+                self._dead_exceptions[id(dead)] = exception
+            if proxy is not None:
+                self.dead_letters_by_queue[canonical].append(proxy)
+            self._settle(queue)
+
+
+class _StubConsumer(Consumer):
+    def __init__(self, broker: StubBroker, queue: _Queue, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.prefetch = max(1, prefetch)
+        self.timeout = timeout
+        # delivery tag -> entry, for messages handed out and not yet settled
+        self._outstanding: dict[int, _Entry] = {}
+        self._tags = itertools.count()
+        self._lock = broker._lock
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + self.timeout / 1000
+        queue = self.queue
+        while True:
+            with self._lock:
+                while not queue.entries or len(self._outstanding) >= self.prefetch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    queue.not_empty.wait(remaining)
+                entry = heapq.heappop(queue.entries)
+                tag = next(self._tags)
+                self._outstanding[tag] = entry
+                queue.in_flight += 1
+            try:
+                message = Message.decode(entry[2])
+            except DecodeError as e:
+                self._reject_undecodable(tag, entry, e)
+                continue
+            proxy = MessageProxy(message)
+            proxy._delivery_tag = tag  # type: ignore[attr-defined]
+            return proxy
+
+    def _reject_undecodable(self, tag: int, entry: _Entry, error: DecodeError) -> None:
+        with self._lock:
+            if self._outstanding.pop(tag, None) is None:
+                return
+        self.broker.logger.error(
+            "Dead-lettered a message on %r that could not be decoded (%s): %s",
+            self.queue.name,
+            error.reason,
+            error,
+        )
+        dead = DeadLetter(q_name(self.queue.name), entry[2], error.reason, None, str(error))
+        self.broker._kill(self.queue, dead, None)
+
+    def _take(self, message: MessageProxy) -> _Entry | None:
+        tag = getattr(message, "_delivery_tag", None)
+        with self._lock:
+            return self._outstanding.pop(tag, None) if tag is not None else None
+
+    def ack(self, message: MessageProxy) -> None:
+        if self._take(message) is None:
+            return  # already settled, or handed back when the consumer closed
+        with self._lock:
+            self.broker._settle(self.queue)
+
+    def nack(self, message: MessageProxy) -> None:
+        entry = self._take(message)
+        if entry is None:
+            return
+        reason = message.dead_reason or "failed"
+        exception = message._exception
+        dead = DeadLetter(
+            q_name(self.queue.name),
+            entry[2],
+            reason,
+            message.message,
+            None if exception is None else f"{type(exception).__name__}: {exception}",
+        )
+        self.broker._kill(self.queue, dead, message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        entries = [e for e in (self._take(m) for m in messages) if e is not None]
+        self._put_back(entries)
+
+    def _put_back(self, entries: list[_Entry]) -> None:
+        # Entries keep their original sequence numbers, so they return to their old place.
+        if not entries:
+            return
+        with self._lock:
+            for entry in entries:
+                heapq.heappush(self.queue.entries, entry)
+                self.queue.in_flight -= 1
+            self.queue.not_empty.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._outstanding.values())
+            self._outstanding.clear()
+        self._put_back(entries)

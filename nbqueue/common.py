@@ -1,0 +1,118 @@
+"""Small helpers shared by the core: time, queue names, backoff and URL redaction."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "compute_backoff",
+    "current_millis",
+    "dq_name",
+    "getenv_int",
+    "q_name",
+    "redact_url",
+    "xq_name",
+]
+
+#: Queue names must match this (Dramatiq's rule), so they are safe as Redis keys and AMQP names.
+QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+
+
+def current_millis() -> int:
+    """Return the current wall-clock time in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def q_name(queue_name: str) -> str:
+    """Return the canonical queue name, without a ``.DQ`` or ``.XQ`` suffix."""
+    if queue_name.endswith((".DQ", ".XQ")):
+        return queue_name[:-3]
+    return queue_name
+
+
+def dq_name(queue_name: str) -> str:
+    """Return the name of the delay queue that belongs to ``queue_name``."""
+    if queue_name.endswith(".DQ"):
+        return queue_name
+    return q_name(queue_name) + ".DQ"
+
+
+def xq_name(queue_name: str) -> str:
+    """Return the name of the dead-letter queue that belongs to ``queue_name``."""
+    if queue_name.endswith(".XQ"):
+        return queue_name
+    return q_name(queue_name) + ".XQ"
+
+
+def compute_backoff(
+    attempts: int,
+    *,
+    factor: float = 5,
+    jitter: bool = True,
+    max_backoff: float = 2000,
+    max_exponent: int = 32,
+) -> tuple[int, float]:
+    """Compute an exponential backoff.
+
+    Parameters:
+      attempts: how many attempts were made so far.
+      factor: the backoff of the first attempt, in milliseconds.
+      jitter: multiply by a random factor in [1, 2) so that retries spread out.
+      max_backoff: the cap, in milliseconds; a capped backoff is jittered into [cap/2, cap].
+      max_exponent: the largest power of two used.
+
+    Returns:
+      ``(attempts + 1, backoff in milliseconds)``.
+    """
+    exponent = min(attempts, max_exponent)
+    backoff: float = factor * 2**exponent
+    if jitter:
+        backoff = int(backoff * random.uniform(1, 2))
+    if backoff > max_backoff:
+        backoff = int(max_backoff * random.uniform(0.5, 1)) if jitter else max_backoff
+    return attempts + 1, backoff
+
+
+def getenv_int(name: str, default: int) -> int:
+    """Read an integer from the environment, falling back to ``default`` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"Environment variable {name} must be an integer, got {value!r}; fix or unset it."
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for reprs, logs and widgets.
+
+    ``redis://:secret@host:6379/0`` becomes ``redis://:***@host:6379/0``. Lists of URLs separated
+    by ``;`` (RabbitMQ failover) are redacted one by one.
+    """
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{userinfo}@{host}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,109 @@
+"""Message encoders. JSON is the default and the only one reachable without opting in.
+
+There is deliberately no pickle encoder: a pickle body from a broker is remote code execution.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from typing import Any
+
+from .errors import DecodeError, EncodeError
+
+__all__ = ["Encoder", "JSONEncoder", "MessageData", "describe_unencodable"]
+
+#: The type of data an encoder works with: a JSON-compatible dict.
+MessageData = dict[str, Any]
+
+
+class Encoder(abc.ABC):
+    """Base class for message encoders (process-global, see ``set_encoder``)."""
+
+    @abc.abstractmethod
+    def encode(self, data: MessageData) -> bytes:
+        """Encode ``data`` to bytes; raise ``EncodeError`` when a value cannot be encoded."""
+
+    @abc.abstractmethod
+    def decode(self, data: bytes) -> MessageData:
+        """Decode bytes to data; raise ``DecodeError`` when they cannot be decoded."""
+
+
+class JSONEncoder(Encoder):
+    """Compact JSON, UTF-8, ASCII-escaped: byte-for-byte what Dramatiq's JSONEncoder writes.
+
+    NaN and infinities are rejected (they are not JSON, and other consumers choke on them).
+    """
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+        self._decoder = json.JSONDecoder()
+
+    def encode(self, data: MessageData) -> bytes:
+        try:
+            return self._encoder.encode(data).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as e:
+            raise describe_unencodable(data, e) from e
+
+    def decode(self, data: bytes) -> MessageData:
+        try:
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+            result: MessageData = self._decoder.decode(text)  # type: ignore[arg-type]
+            return result
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+            raise DecodeError(
+                f"Could not decode a message body as JSON ({e}); it was dead-lettered.",
+                data,
+                e,
+                reason="undecodable",
+            ) from e
+
+
+def _find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] | None:
+    """Return the path and value of the first thing JSON cannot carry inside ``value``."""
+    if depth > 100:
+        return path, value
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _find_unencodable(item, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                return f"{path} key {key!r}", key
+            found = _find_unencodable(item, f"{path}[{key!r}]", depth + 1)
+            if found:
+                return found
+        return None
+    return path, value
+
+
+def describe_unencodable(data: Any, error: BaseException) -> EncodeError:
+    """Build an ``EncodeError`` that names the argument or option JSON could not encode."""
+    found = None
+    if isinstance(data, dict) and {"args", "kwargs", "options"} <= data.keys():
+        for field in ("args", "kwargs", "options"):
+            found = _find_unencodable(data[field], field)
+            if found:
+                break
+    else:
+        found = _find_unencodable(data, "value")
+    if found is None:
+        return EncodeError(f"Could not encode the message as JSON: {error}.")
+    path, value = found
+    if isinstance(value, float):
+        what = f"{value!r} is not valid JSON"
+    else:
+        what = f"a {type(value).__name__} cannot be sent as JSON"
+    return EncodeError(
+        f"Could not encode {path}: {what}; pass JSON types (str, int, float, bool, None, "
+        f"list, dict) such as an id or a path, and load the object inside the actor.",
+        path=path,
+    )

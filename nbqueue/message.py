@@ -1,0 +1,222 @@
+"""Messages: what a broker carries from a producer to a worker, and the global encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .common import current_millis
+from .encoder import Encoder, JSONEncoder, MessageData
+from .errors import DecodeError
+
+if TYPE_CHECKING:
+    from .composition import pipeline
+    from .results import ResultBackend
+
+__all__ = ["Message", "generate_unique_id", "get_encoder", "set_encoder"]
+
+R = TypeVar("R")
+
+#: The process-global encoder used by messages (and by result backends created without one).
+global_encoder: Encoder = JSONEncoder()
+
+_FIELDS = (
+    "queue_name",
+    "actor_name",
+    "args",
+    "kwargs",
+    "options",
+    "message_id",
+    "message_timestamp",
+)
+
+
+def get_encoder() -> Encoder:
+    """Return the process-global message encoder."""
+    return global_encoder
+
+
+def set_encoder(encoder: Encoder) -> None:
+    """Replace the process-global message encoder (every producer and worker must agree on it)."""
+    global global_encoder
+    global_encoder = encoder
+
+
+def generate_unique_id() -> str:
+    """Return a new message id (a uuid4 string)."""
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True)
+class Message(Generic[R]):
+    """A message: which actor to run, with which arguments, on which queue.
+
+    The seven fields are exactly Dramatiq's, so messages are wire-compatible. ``options`` is a dict
+    that middleware may change in place even though the message itself is frozen.
+
+    Parameters:
+      queue_name: the queue the message is (or will be) on.
+      actor_name: the name of the actor that runs it.
+      args: positional arguments (a tuple; JSON lists decode to tuples).
+      kwargs: keyword arguments.
+      options: broker and middleware options (``eta``, ``retries``, ``max_retries``, ...).
+      message_id: stable across retries and delays; results are keyed by it.
+      message_timestamp: creation time in milliseconds since the epoch.
+    """
+
+    queue_name: str
+    actor_name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    message_id: str = dataclasses.field(default_factory=generate_unique_id)
+    message_timestamp: int = dataclasses.field(default_factory=current_millis)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.args, tuple):
+            object.__setattr__(self, "args", tuple(self.args))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message[Any]:
+        """Decode a message from bytes with the global encoder.
+
+        Raises:
+          DecodeError: with ``reason="undecodable"`` when the bytes cannot be decoded, and
+            ``reason="invalid"`` when they decode to something that is not a message.
+        """
+        fields = global_encoder.decode(data)
+        return cls.from_dict(fields, data=data)
+
+    @classmethod
+    def from_dict(cls, fields: Any, *, data: Any = None) -> Message[Any]:
+        """Build a message from its dict form, checking that it is well formed.
+
+        Raises:
+          DecodeError: with ``reason="invalid"``.
+        """
+
+        def invalid(why: str) -> DecodeError:
+            return DecodeError(
+                f"Message is invalid: {why}; it was dead-lettered.",
+                data if data is not None else fields,
+                reason="invalid",
+            )
+
+        if not isinstance(fields, Mapping):
+            raise invalid(f"expected a JSON object, got {type(fields).__name__}")
+        unknown = set(fields) - set(_FIELDS)
+        if unknown:
+            raise invalid(f"unknown fields {sorted(unknown)!r}")
+        for name, types in (
+            ("queue_name", str),
+            ("actor_name", str),
+            ("args", (list, tuple)),
+            ("kwargs", dict),
+            ("options", dict),
+        ):
+            if name not in fields:
+                raise invalid(f"the field {name!r} is missing")
+            if not isinstance(fields[name], types):
+                raise invalid(f"the field {name!r} has the wrong type")
+        if not fields["queue_name"] or not fields["actor_name"]:
+            raise invalid("queue_name and actor_name must not be empty")
+        if "message_id" in fields and not isinstance(fields["message_id"], str):
+            raise invalid("the field 'message_id' must be a string")
+        timestamp = fields.get("message_timestamp", 0)
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+            raise invalid("the field 'message_timestamp' must be a number")
+        if any(not isinstance(key, str) for key in fields["kwargs"]):
+            raise invalid("kwargs keys must be strings")
+        values = dict(fields)
+        if "message_timestamp" in values:
+            values["message_timestamp"] = int(values["message_timestamp"])
+        return cls(**values)
+
+    def encode(self) -> bytes:
+        """Encode this message to bytes with the global encoder.
+
+        Raises:
+          EncodeError: naming the argument or option that cannot be encoded.
+        """
+        return global_encoder.encode(self.asdict())
+
+    def asdict(self) -> MessageData:
+        """Return the message as a dict (``options`` is the same dict, not a copy)."""
+        return {
+            "queue_name": self.queue_name,
+            "actor_name": self.actor_name,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "message_id": self.message_id,
+            "message_timestamp": self.message_timestamp,
+        }
+
+    # namedtuple-style API, kept for code written against old Dramatiq versions
+    _fields = _FIELDS
+    _field_defaults: dict[str, Any] = {}
+
+    def _asdict(self) -> MessageData:
+        return self.asdict()
+
+    def _replace(self, **changes: Any) -> Message[R]:
+        return dataclasses.replace(self, **changes)
+
+    def copy(self, **attributes: Any) -> Message[R]:
+        """Return a copy with some attributes replaced; ``options=`` is merged into the options."""
+        updated_options = attributes.pop("options", {})
+        options = {**self.options, **updated_options}
+        return dataclasses.replace(self, **attributes, options=options)
+
+    def get_result(
+        self,
+        *,
+        backend: ResultBackend | None = None,
+        block: bool = False,
+        timeout: int | None = None,
+    ) -> R:
+        """Get the result of this message from a result backend.
+
+        Parameters:
+          backend: defaults to the global broker's Results backend.
+          block: wait for the result.
+          timeout: how long to wait, in milliseconds (default 10 seconds).
+
+        Raises:
+          RuntimeError: when no backend is given and the broker has no Results middleware.
+          ResultMissing: the result is not there (and ``block`` is False).
+          ResultTimeout: the result did not arrive in time.
+          ResultFailure: the actor failed; the failure is described, never re-raised by type.
+        """
+        if backend is None:
+            from .broker import get_broker
+
+            backend = get_broker().get_results_backend()
+        result: R = backend.get_result(self, block=block, timeout=timeout)
+        return result
+
+    @property
+    def message_datetime(self) -> datetime.datetime:
+        """The message's creation time as an aware UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.message_timestamp / 1000, tz=datetime.timezone.utc)
+
+    def __or__(self, other: Any) -> pipeline:
+        from .composition import pipeline
+
+        return pipeline([self, other])
+
+    def __lt__(self, other: Message[Any]) -> bool:
+        return (self.message_timestamp, self.message_id) < (
+            other.message_timestamp,
+            other.message_id,
+        )
+
+    def __str__(self) -> str:
+        params = ", ".join(repr(arg) for arg in self.args)
+        if self.kwargs:
+            kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+            params = f"{params}, {kw}" if params else kw
+        return f"{self.actor_name}({params})"

@@ -1,0 +1,555 @@
+"""The worker: consumer threads fetch messages, worker threads run actors.
+
+One consumer thread per queue (and one per delay queue) fetches messages and puts them on a
+shared priority queue, from which ``worker_threads`` worker threads take them: larger priority
+first, then oldest first. Delayed messages are held by one scheduler thread that sleeps until the
+next one is due, then moves it to its queue; nothing polls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .common import current_millis, getenv_int, q_name
+from .errors import ActorNotFound, BrokerConnectionError, QueueJoinTimeout, RateLimitExceeded, Retry
+from .middleware.base import Middleware, SkipMessage
+
+if TYPE_CHECKING:
+    from .broker import Broker, Consumer, MessageProxy
+
+__all__ = ["ConsumerThread", "Worker", "WorkerThread"]
+
+#: How long a consumer thread waits before restarting after a broker connection error (ms).
+RESTART_DELAY = getenv_int("dramatiq_restart_delay", 3000)
+
+_STOP = object()
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return getenv_int(name, default)
+    return default
+
+
+class _WorkItem:
+    __slots__ = ("key", "message", "consumer")
+
+    def __init__(self, key: tuple[int, int], message: Any, consumer: ConsumerThread | None) -> None:
+        self.key = key
+        self.message = message
+        self.consumer = consumer
+
+    def __lt__(self, other: _WorkItem) -> bool:
+        return self.key < other.key
+
+
+class Worker:
+    """Consumes messages from a broker and runs their actors on a pool of threads.
+
+    Parameters:
+      broker: the broker to consume from.
+      queues: the queues to consume (their delay queues are included); ``None`` means all,
+        including queues declared after ``start()``.
+      worker_timeout: how long threads block waiting for work before checking for a stop or a
+        pause, in milliseconds.
+      worker_threads: how many actors may run at once.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        queues: Iterable[str] | None = None,
+        worker_timeout: int | None = None,
+        worker_threads: int = 8,
+    ) -> None:
+        if worker_threads < 1:
+            raise ValueError(f"worker_threads must be at least 1, got {worker_threads}.")
+        self.logger = logging.getLogger("nbqueue.worker")
+        self.broker = broker
+        self.worker_id = uuid.uuid4().hex
+        self.consumer_whitelist = set(queues) if queues is not None else None
+        self.worker_timeout = (
+            worker_timeout
+            if worker_timeout is not None
+            else _env_int("NBQUEUE_WORKER_TIMEOUT", "dramatiq_worker_timeout", default=1000)
+        )
+        self.worker_threads = worker_threads
+        self.queue_prefetch = _env_int(
+            "NBQUEUE_QUEUE_PREFETCH", "dramatiq_queue_prefetch", default=0
+        ) or min(worker_threads * 2, 65535)
+        self.delay_prefetch = _env_int(
+            "NBQUEUE_DELAY_QUEUE_PREFETCH", "dramatiq_delay_queue_prefetch", default=0
+        ) or min(worker_threads * 1000, 65535)
+        self.consumers: dict[str, ConsumerThread] = {}
+        self.workers: list[WorkerThread] = []
+        self.work_queue: queue.PriorityQueue[_WorkItem] = queue.PriorityQueue()
+        self.delay_scheduler = _DelayScheduler(self)
+        self.running = False
+        self.paused = False
+        self._sequence = itertools.count()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._worker_middleware = _WorkerMiddleware(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"Worker({self.broker!r}, worker_threads={self.worker_threads}, {state})"
+
+    def start(self) -> None:
+        """Start the consumer, scheduler and worker threads; returns at once."""
+        if self.running:
+            return
+        self.running = True
+        self.work_queue = queue.PriorityQueue()
+        self.delay_scheduler = _DelayScheduler(self)
+        self.broker.emit_before("worker_boot", self)
+        self.delay_scheduler.start()
+        self.broker.add_middleware(self._worker_middleware)
+        for _ in range(self.worker_threads):
+            self._add_worker()
+        self.broker.emit_after("worker_boot", self)
+
+    def pause(self) -> None:
+        """Stop fetching and running messages; returns once every thread has paused."""
+        self.paused = True
+        for thread in [*self.consumers.values(), *self.workers]:
+            thread.paused_event.wait()
+
+    def resume(self) -> None:
+        """Resume after ``pause()``."""
+        self._wake_threads()
+
+    def stop(self, timeout: int = 600000) -> None:
+        """Stop gracefully: finish running messages, hand prefetched ones back to the broker.
+
+        Parameters:
+          timeout: how long to wait for running actors, in milliseconds. An actor still running
+            after that keeps its thread; its message is handed back and will run again.
+        """
+        if not self.running:
+            return
+        self.logger.info("Shutting down worker %s...", self.worker_id[:8])
+        deadline = time.monotonic() + timeout / 1000
+        self.broker.emit_before("worker_shutdown", self)
+        consumers = list(self.consumers.values())
+        for consumer in consumers:
+            consumer.stop_fetching()
+        self.running = False
+        self._wake_threads()
+        for _ in self.workers:
+            self.work_queue.put(_WorkItem((-(2**62), -1), _STOP, None))
+        for thread in self.workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        leftovers: dict[ConsumerThread, list[MessageProxy]] = {c: [] for c in consumers}
+        for message, consumer in self.delay_scheduler.stop():
+            leftovers.setdefault(consumer, []).append(message)
+        while True:
+            try:
+                item = self.work_queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.message is not _STOP and item.consumer is not None:
+                leftovers.setdefault(item.consumer, []).append(item.message)
+        for consumer, messages in leftovers.items():
+            consumer.finish(messages)
+        for consumer in consumers:
+            consumer.join(max(1.0, deadline - time.monotonic()))
+        self.broker.middleware[:] = [
+            m for m in self.broker.middleware if m is not self._worker_middleware
+        ]
+        self.consumers.clear()
+        self.workers.clear()
+        with self._idle:
+            self._pending = 0
+            self._idle.notify_all()
+        self.broker.emit_after("worker_shutdown", self)
+        self.logger.info("Worker %s stopped.", self.worker_id[:8])
+
+    def _wake_threads(self) -> None:
+        self.paused = False
+        for thread in [*self.consumers.values(), *self.workers]:
+            thread.resume()
+
+    def join(self, timeout: int | None = None) -> None:
+        """Wait until every message this worker fetched was processed or handed back.
+
+        Use it after ``broker.join(queue)`` in tests and scripts.
+
+        Parameters:
+          timeout: in milliseconds; ``None`` waits forever.
+
+        Raises:
+          QueueJoinTimeout: work was still pending when the timeout passed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise QueueJoinTimeout(
+                        f"The worker still had {self._pending} messages pending after {timeout} ms."
+                    )
+                self._idle.wait(remaining)
+
+    @property
+    def pending(self) -> int:
+        """How many fetched messages are waiting, delayed or running in this worker."""
+        return self._pending
+
+    def _add_worker(self) -> None:
+        thread = WorkerThread(self, len(self.workers))
+        self.workers.append(thread)
+        thread.start()
+
+    def _add_consumer(self, queue_name: str) -> None:
+        if not self.running or queue_name in self.consumers:
+            return
+        if self.consumer_whitelist is not None and q_name(queue_name) not in self.consumer_whitelist:
+            return
+        delay = queue_name.endswith(".DQ")
+        prefetch = self.delay_prefetch if delay else self.queue_prefetch
+        thread = ConsumerThread(self, queue_name, prefetch)
+        self.consumers[queue_name] = thread
+        thread.start()
+
+    def _track(self, delta: int) -> None:
+        with self._idle:
+            self._pending += delta
+            if self._pending <= 0:
+                self._pending = 0
+                self._idle.notify_all()
+
+    def _submit(self, message: MessageProxy, consumer: ConsumerThread) -> None:
+        priority = self.broker.message_priority(message.message)
+        self._track(1)
+        self.work_queue.put(_WorkItem((-priority, next(self._sequence)), message, consumer))
+
+    def post_process_message(self, message: MessageProxy, consumer: ConsumerThread) -> None:
+        """Acknowledge the message, or reject it (dead-letter) when it failed.
+
+        Broker connection errors are retried until they pass or the worker stops (the broker
+        then redelivers the message).
+        """
+        attempt = 0
+        while True:
+            try:
+                if message.failed:
+                    self.broker.emit_before("nack", message)
+                    consumer.consumer.nack(message)
+                    self.broker.emit_after("nack", message)
+                    self.broker.emit_after("dead_letter", message, message.dead_reason or "failed")
+                else:
+                    self.broker.emit_before("ack", message)
+                    consumer.consumer.ack(message)
+                    self.broker.emit_after("ack", message)
+                break
+            except BrokerConnectionError:
+                attempt += 1
+                if not self.running and attempt > 3:
+                    self.logger.warning(
+                        "Could not settle %s while stopping; the broker will redeliver it.",
+                        message.message_id,
+                    )
+                    break
+                self.logger.warning(
+                    "Could not settle %s; retrying.", message.message_id, exc_info=True
+                )
+                time.sleep(min(5.0, 0.1 * 2**attempt))
+            except Exception:
+                self.logger.critical(
+                    "Failed to settle message %s.", message.message_id, exc_info=True
+                )
+                break
+        message.clear_exception()
+
+
+class _WorkerMiddleware(Middleware):
+    """Starts a consumer for every queue the broker declares while the worker runs."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def after_declare_queue(self, broker: Broker, queue_name: str) -> None:
+        self.worker._add_consumer(queue_name)
+
+    def after_declare_delay_queue(self, broker: Broker, queue_name: str) -> None:
+        self.worker._add_consumer(queue_name)
+
+
+class _PausableThread(threading.Thread):
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.paused_event = threading.Event()
+        self._resumed = threading.Event()
+
+    def resume(self) -> None:
+        self.paused_event.clear()
+        self._resumed.set()
+
+    def _wait_while_paused(self, worker: Worker) -> None:
+        self._resumed.clear()
+        self.paused_event.set()
+        while worker.paused and worker.running:
+            self._resumed.wait(worker.worker_timeout / 1000)
+            self._resumed.clear()
+        self.paused_event.clear()
+
+
+class ConsumerThread(_PausableThread):
+    """Fetches messages from one queue and hands them to the worker threads."""
+
+    def __init__(self, worker: Worker, queue_name: str, prefetch: int) -> None:
+        super().__init__(name=f"nbqueue-consumer-{queue_name}")
+        self.worker = worker
+        self.broker = worker.broker
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self.logger = logging.getLogger(f"nbqueue.worker.consumer.{queue_name}")
+        self.consumer: Consumer = None  # type: ignore[assignment]
+        self.fetching = True
+        self._finished = threading.Event()
+        self._handed_back: list[MessageProxy] = []
+        self._late: list[MessageProxy] = []
+
+    def stop_fetching(self) -> None:
+        self.fetching = False
+
+    def finish(self, messages: list[MessageProxy]) -> None:
+        """Hand back unprocessed messages; the thread requeues them, closes and exits."""
+        self._handed_back = messages
+        self._finished.set()
+        self.resume()
+
+    def run(self) -> None:
+        self.broker.emit_after("consumer_thread_boot", self)
+        restart_wait = threading.Event()
+        while self.fetching:
+            try:
+                self.consumer = self.broker.consume(
+                    self.queue_name, prefetch=self.prefetch, timeout=self.worker.worker_timeout
+                )
+                self._consume()
+            except BrokerConnectionError:
+                self.logger.critical(
+                    "Consumer of %r lost its broker connection; restarting in %d ms.",
+                    self.queue_name,
+                    RESTART_DELAY,
+                    exc_info=True,
+                )
+                self._close_consumer()
+                restart_wait.wait(RESTART_DELAY / 1000)
+            except Exception:
+                self.logger.critical(
+                    "Consumer of %r failed; restarting.", self.queue_name, exc_info=True
+                )
+                self._close_consumer()
+                restart_wait.wait(RESTART_DELAY / 1000)
+        self._finished.wait()
+        messages = self._handed_back + self._late
+        if messages and self.consumer is not None:
+            try:
+                self.consumer.requeue(messages)
+            except Exception:
+                self.logger.warning(
+                    "Could not requeue %d messages on %r; the broker will redeliver them.",
+                    len(messages),
+                    self.queue_name,
+                    exc_info=True,
+                )
+        self.broker.emit_before("consumer_thread_shutdown", self)
+        self._close_consumer()
+
+    def _consume(self) -> None:
+        worker = self.worker
+        for message in self.consumer:
+            if message is not None:
+                if self.fetching:
+                    self.handle_message(message)
+                else:
+                    self._late.append(message)
+            if not self.fetching:
+                return
+            if worker.paused:
+                self._wait_while_paused(worker)
+
+    def _close_consumer(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.consumer.close()
+        except Exception:
+            self.logger.debug("Error closing the consumer of %r.", self.queue_name, exc_info=True)
+
+    def handle_message(self, message: MessageProxy) -> None:
+        """Route one fetched message: hold it if delayed, queue it for a worker thread, or
+        dead-letter it when no actor can run it."""
+        worker = self.worker
+        if "eta" in message.options:
+            self.broker.emit_before("delay_message", message)
+            worker.delay_scheduler.add(message, self)
+            return
+        try:
+            self.broker.get_actor(message.actor_name)
+        except ActorNotFound as e:
+            self.logger.error("Dead-lettered message %s: %s", message.message_id, e)
+            message.stuff_exception(e)
+            message.fail("unknown_actor")
+            worker._track(1)
+            try:
+                worker.post_process_message(message, self)
+            finally:
+                worker._track(-1)
+            return
+        worker._submit(message, self)
+
+
+class WorkerThread(_PausableThread):
+    """Takes messages from the worker's priority queue and runs their actors."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        super().__init__(name=f"nbqueue-worker-{index}")
+        self.worker = worker
+        self.broker = worker.broker
+        self.logger = logging.getLogger("nbqueue.worker.thread")
+
+    def run(self) -> None:
+        worker = self.worker
+        timeout = worker.worker_timeout / 1000
+        self.broker.emit_after("worker_thread_boot", self)
+        while worker.running:
+            if worker.paused:
+                self._wait_while_paused(worker)
+                continue
+            try:
+                item = worker.work_queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if item.message is _STOP:
+                break
+            assert item.consumer is not None
+            try:
+                self.process_message(item.message)
+            finally:
+                worker.post_process_message(item.message, item.consumer)
+                worker._track(-1)
+        self.broker.emit_before("worker_thread_shutdown", self)
+
+    def process_message(self, message: MessageProxy) -> None:
+        """Run the middleware and the actor for one message."""
+        broker = self.broker
+        actor = None
+        try:
+            actor = broker.get_actor(message.actor_name)
+            broker.emit_before("process_message", message)
+            result = None
+            if not message.failed:
+                result = actor(*message.args, **message.kwargs)
+            broker.emit_after("process_message", message, result=result)
+        except SkipMessage:
+            self.logger.debug("Skipped message %s.", message.message_id)
+            broker.emit_after("skip_message", message)
+        except BaseException as e:
+            message.stuff_exception(e)
+            self._log_failure(message, e, actor)
+            broker.emit_after("process_message", message, exception=e)
+
+    def _log_failure(self, message: MessageProxy, error: BaseException, actor: Any) -> None:
+        if isinstance(error, Retry):
+            return
+        if isinstance(error, RateLimitExceeded):
+            self.logger.debug("Rate limit exceeded in message %s: %s", message.message_id, error)
+            return
+        throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+        if throws and isinstance(error, throws):
+            self.logger.info("Message %s failed with %r.", message.message_id, error)
+            return
+        self.logger.error("Failed to process message %s.", message, exc_info=error)
+
+
+class _DelayScheduler(threading.Thread):
+    """Holds delayed messages until their eta, then moves them to their queue."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="nbqueue-delay-scheduler", daemon=True)
+        self.worker = worker
+        self.logger = logging.getLogger("nbqueue.worker.delay")
+        self._heap: list[tuple[int, int, MessageProxy, ConsumerThread]] = []
+        self._sequence = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+
+    def add(self, message: MessageProxy, consumer: ConsumerThread) -> None:
+        eta = message.options.get("eta")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            self.logger.warning(
+                "Message %s has an invalid eta %r; it is treated as due now.",
+                message.message_id,
+                eta,
+            )
+            eta = 0
+        self.worker._track(1)
+        with self._cond:
+            heapq.heappush(self._heap, (int(eta), next(self._sequence), message, consumer))
+            if self._heap[0][2] is message:
+                self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    now = current_millis()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    wait = (self._heap[0][0] - now) / 1000 if self._heap else None
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                _, _, message, consumer = heapq.heappop(self._heap)
+            self._move(message, consumer)
+
+    def _move(self, message: MessageProxy, consumer: ConsumerThread) -> None:
+        worker = self.worker
+        options = {k: v for k, v in message.options.items() if k != "eta"}
+        due = dataclasses.replace(message.message, queue_name=q_name(message.queue_name), options=options)
+        attempt = 0
+        try:
+            while True:
+                try:
+                    worker.broker.enqueue(due)
+                    break
+                except BrokerConnectionError:
+                    attempt += 1
+                    if self._stopping:
+                        # Still unacknowledged on the delay queue: the broker keeps it.
+                        self.logger.warning("Could not move delayed %s while stopping.", message.message_id)
+                        return
+                    self.logger.warning("Could not move delayed %s; retrying.", message.message_id)
+                    time.sleep(min(5.0, 0.1 * 2**attempt))
+            worker.post_process_message(message, consumer)
+        except Exception:
+            self.logger.critical("Failed to move delayed message %s.", message.message_id, exc_info=True)
+        finally:
+            worker._track(-1)
+
+    def stop(self) -> list[tuple[MessageProxy, ConsumerThread]]:
+        """Stop the thread and return the messages it still held."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            held = [(message, consumer) for _, _, message, consumer in self._heap]
+            self._heap.clear()
+        if self.is_alive():
+            self.join(5)
+        return held
