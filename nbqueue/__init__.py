@@ -1,0 +1,85 @@
+"""nbqueue: a Dramatiq-compatible task queue built for Jupyter.
+
+Declare actors with ``@nbqueue.actor`` (or ``%%actor`` in a notebook), ``send()`` them, and a
+worker runs them in the background: on threads inside the kernel or on other machines through
+Redis or RabbitMQ. With nothing configured an in-memory broker serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import middleware
+from .actor import Actor, actor
+from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
+from .composition import group, pipeline
+from .connection import connect
+from .encoder import Encoder, JSONEncoder
+from .errors import (
+    ActorNotFound,
+    BrokerConnectionError,
+    BrokerError,
+    ConnectionClosed,
+    ConnectionFailed,
+    DecodeError,
+    DramatiqError,
+    EncodeError,
+    NbqueueError,
+    QueueJoinTimeout,
+    QueueNotFound,
+    RateLimitExceeded,
+    Retry,
+)
+from .generic import GenericActor
+from .message import Message, get_encoder, set_encoder
+from .middleware import Middleware
+from .worker import ConsumerThread, Worker, WorkerThread
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "ActorNotFound",
+    "Broker",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "Consumer",
+    "ConsumerThread",
+    "DecodeError",
+    "DramatiqError",
+    "EncodeError",
+    "Encoder",
+    "GenericActor",
+    "JSONEncoder",
+    "Message",
+    "MessageProxy",
+    "Middleware",
+    "NbqueueError",
+    "QueueJoinTimeout",
+    "QueueNotFound",
+    "RateLimitExceeded",
+    "Retry",
+    "Worker",
+    "WorkerThread",
+    "__version__",
+    "actor",
+    "connect",
+    "get_broker",
+    "get_encoder",
+    "group",
+    "middleware",
+    "pipeline",
+    "set_broker",
+    "set_encoder",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConnectionError":
+        from . import errors
+
+        return errors.ConnectionError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
