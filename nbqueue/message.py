@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .common import current_millis
 from .encoder import Encoder, JSONEncoder, MessageData
@@ -156,8 +156,8 @@ class Message(Generic[R]):
         }
 
     # namedtuple-style API, kept for code written against old Dramatiq versions
-    _fields = _FIELDS
-    _field_defaults: dict[str, Any] = {}
+    _fields: ClassVar[tuple[str, ...]] = _FIELDS
+    _field_defaults: ClassVar[dict[str, Any]] = {}
 
     def _asdict(self) -> MessageData:
         return self.asdict()

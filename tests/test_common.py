@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from nbqueue.common import compute_backoff, dq_name, getenv_int, q_name, redact_url, xq_name
+
+
+def test_queue_name_helpers_map_between_queue_delay_and_dead_letter_names():
+    assert q_name("q.DQ") == q_name("q.XQ") == q_name("q") == "q"
+    assert dq_name("q") == dq_name("q.XQ") == dq_name("q.DQ") == "q.DQ"
+    assert xq_name("q") == xq_name("q.DQ") == "q.XQ"
+
+
+def test_backoff_grows_exponentially_within_jitter_and_respects_the_cap():
+    for attempts in range(5):
+        n, backoff = compute_backoff(attempts, factor=100, max_backoff=10**9)
+        assert n == attempts + 1
+        assert 100 * 2**attempts <= backoff < 200 * 2**attempts
+    _, capped = compute_backoff(40, factor=100, max_backoff=1000)
+    assert 500 <= capped <= 1000
+    assert compute_backoff(3, factor=10, jitter=False, max_backoff=50) == (4, 50)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:s3cret@localhost:6379/0", "redis://:***@localhost:6379/0"),
+        ("amqp://user:s3cret@host/vhost", "amqp://user:***@host/vhost"),
+        ("redis://localhost:6379", "redis://localhost:6379"),
+        ("amqp://a:p1@h1;amqp://b:p2@h2", "amqp://a:***@h1;amqp://b:***@h2"),
+    ],
+)
+def test_redact_url_hides_passwords(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_getenv_int_explains_a_bad_value(monkeypatch):
+    monkeypatch.setenv("NBQUEUE_X", "many")
+    with pytest.raises(ValueError, match="NBQUEUE_X must be an integer"):
+        getenv_int("NBQUEUE_X", 1)
+    monkeypatch.setenv("NBQUEUE_X", "7")
+    assert getenv_int("NBQUEUE_X", 1) == 7

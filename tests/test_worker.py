@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import nbqueue
+from nbqueue import QueueJoinTimeout, Worker
+
+
+def test_worker_threads_run_messages_concurrently(stub_broker, worker_factory):
+    barrier = threading.Barrier(3, timeout=10)
+
+    @nbqueue.actor
+    def meet():
+        barrier.wait()
+
+    for _ in range(3):
+        meet.send()
+    worker = worker_factory(stub_broker, worker_threads=3)
+    stub_broker.join("default", timeout=10000)
+    worker.join()
+    assert barrier.broken is False
+
+
+def test_a_failing_actor_does_not_stop_the_worker(stub_broker, worker_factory):
+    done = []
+
+    @nbqueue.actor(max_retries=0)
+    def flaky(i):
+        if i == 0:
+            raise RuntimeError("boom")
+        done.append(i)
+
+    for i in range(3):
+        flaky.send(i)
+    worker = worker_factory(stub_broker)
+    with pytest.raises(RuntimeError, match="boom"):
+        stub_broker.join("default", timeout=10000)
+    worker.join()
+    assert sorted(done) == [1, 2]
+    assert [d.reason for d in stub_broker.get_dead_letters("default")] == ["retries_exhausted"]
+
+
+def test_actors_declared_after_start_get_a_consumer(stub_broker, stub_worker):
+    done = []
+
+    @nbqueue.actor(queue_name="late")
+    def late():
+        done.append(1)
+
+    late.send()
+    stub_broker.join("late", timeout=10000)
+    stub_worker.join()
+    assert done == [1]
+    assert "late" in stub_worker.consumers and "late.DQ" in stub_worker.consumers
+
+
+def test_a_queue_whitelist_limits_what_the_worker_consumes(stub_broker, worker_factory):
+    @nbqueue.actor(queue_name="a")
+    def on_a():
+        pass
+
+    @nbqueue.actor(queue_name="b")
+    def on_b():
+        pass
+
+    worker = worker_factory(stub_broker, queues=["a"])
+    on_a.send()
+    on_b.send()
+    stub_broker.join("a", timeout=10000)
+    assert set(worker.consumers) == {"a", "a.DQ"}
+    with pytest.raises(QueueJoinTimeout):
+        stub_broker.join("b", timeout=100)
+
+
+def test_a_paused_worker_runs_nothing_until_resumed(stub_broker, stub_worker):
+    done = []
+
+    @nbqueue.actor
+    def work():
+        done.append(1)
+
+    stub_worker.pause()
+    work.send()
+    with pytest.raises(QueueJoinTimeout):
+        stub_broker.join("default", timeout=300)
+    assert done == []
+    stub_worker.resume()
+    stub_broker.join("default", timeout=10000)
+    assert done == [1]
+
+
+def test_worker_join_waits_for_running_actors(stub_broker, stub_worker):
+    started, release = threading.Event(), threading.Event()
+    finished = []
+
+    @nbqueue.actor
+    def slow():
+        started.set()
+        release.wait(10)
+        finished.append(1)
+
+    slow.send()
+    assert started.wait(10)
+    with pytest.raises(QueueJoinTimeout):
+        stub_worker.join(timeout=100)
+    release.set()
+    stub_worker.join(timeout=10000)
+    assert finished == [1]
+
+
+def test_a_stopped_worker_can_be_started_again(stub_broker):
+    done = []
+
+    @nbqueue.actor
+    def work():
+        done.append(1)
+
+    worker = Worker(stub_broker, worker_timeout=100, worker_threads=1)
+    worker.start()
+    worker.stop()
+    worker.start()
+    try:
+        work.send()
+        stub_broker.join("default", timeout=10000)
+    finally:
+        worker.stop()
+    assert done == [1]
+    assert not any(type(m).__name__ == "_WorkerMiddleware" for m in stub_broker.middleware)
+
+
+def test_worker_rejects_zero_threads(stub_broker):
+    with pytest.raises(ValueError, match="worker_threads"):
+        Worker(stub_broker, worker_threads=0)
+
+
+def test_async_actors_run_on_the_worker(stub_broker, stub_worker):
+    import asyncio
+
+    results = []
+
+    @nbqueue.actor
+    async def fetch(x):
+        await asyncio.sleep(0)
+        results.append(x)
+
+    fetch.send(7)
+    stub_broker.join("default", timeout=10000)
+    stub_worker.join()
+    assert results == [7]
