@@ -64,6 +64,8 @@ class Worker:
       worker_timeout: how long threads block waiting for work before checking for a stop or a
         pause, in milliseconds.
       worker_threads: how many actors may run at once.
+
+    ``with Worker(broker):`` starts the worker and stops it gracefully at the end of the block.
     """
 
     def __init__(
@@ -120,6 +122,13 @@ class Worker:
         for _ in range(self.worker_threads):
             self._add_worker()
         self.broker.emit_after("worker_boot", self)
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def pause(self) -> None:
         """Stop fetching and running messages; returns once every thread has paused."""

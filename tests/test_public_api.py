@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import types
+
+import nbqueue
+
+
+def test_all_is_sorted_and_complete():
+    assert nbqueue.__all__ == sorted(nbqueue.__all__)
+    public = {
+        name
+        for name, value in vars(nbqueue).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - {"annotations", "Any"} | {"middleware"} == set(nbqueue.__all__) - {"__version__"}
+    for name in nbqueue.__all__:
+        assert hasattr(nbqueue, name), name
+
+
+def test_dramatiq_names_are_all_available():
+    dramatiq_all = [
+        "Actor", "ActorNotFound", "Broker", "BrokerConnectionError", "BrokerError",
+        "ConnectionClosed", "ConnectionFailed", "Consumer", "ConsumerThread", "DecodeError",
+        "DramatiqError", "Encoder", "GenericActor", "JSONEncoder", "Message", "MessageProxy",
+        "Middleware", "QueueJoinTimeout", "QueueNotFound", "RateLimitExceeded", "Retry", "Worker",
+        "WorkerThread", "actor", "get_broker", "get_encoder", "group", "pipeline", "set_broker",
+        "set_encoder",
+    ]
+    missing = [name for name in dramatiq_all if not hasattr(nbqueue, name)]
+    assert missing == []
+    from nbqueue.middleware import (  # noqa: F401
+        AgeLimit, AsyncIO, Callbacks, CurrentMessage, GroupCallbacks, Interrupt, Middleware,
+        MiddlewareError, Pipelines, Retries, Shutdown, ShutdownNotifications, SkipMessage,
+        TimeLimit, TimeLimitExceeded, default_middleware, raise_thread_exception,
+    )
+    from nbqueue.rate_limits import (  # noqa: F401
+        Barrier, BucketRateLimiter, ConcurrentRateLimiter, RateLimiter, WindowRateLimiter,
+    )
+    from nbqueue.results import (  # noqa: F401
+        Results, ResultBackend, ResultFailure, ResultMissing, ResultTimeout,
+    )
+    from nbqueue.results.backends import StubBackend  # noqa: F401
+
+
+def test_the_deprecated_connection_error_alias_warns():
+    import pytest
+
+    with pytest.warns(DeprecationWarning, match="BrokerConnectionError"):
+        alias = nbqueue.ConnectionError
+    assert alias is nbqueue.BrokerConnectionError
+
+
+def test_import_works_with_no_optional_packages_installed():
+    code = textwrap.dedent(
+        """
+        import sys
+        for name in ("redis", "pika", "IPython", "ipywidgets", "orjson"):
+            sys.modules[name] = None
+        import nbqueue
+        from nbqueue.brokers.stub import StubBroker
+
+        @nbqueue.actor
+        def add(x, y):
+            return x + y
+
+        worker = nbqueue.Worker(nbqueue.get_broker(), worker_timeout=100)
+        worker.start()
+        print(add.send(1, 2).get_result(block=True, timeout=10000))
+        worker.stop()
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
+
+
+def test_no_pickle_is_imported_by_the_core():
+    code = "import sys, nbqueue; print('pickle' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
