@@ -33,14 +33,16 @@ class EventLoopThread(threading.Thread):
         asynchronous ``Interrupt`` (time limit, shutdown, abort) reach the waiting thread.
     """
 
-    def __init__(self, logger: logging.Logger | None = None, interrupt_check_ival: float = 0.1) -> None:
+    def __init__(
+        self, logger: logging.Logger | None = None, interrupt_check_ival: float = 0.1
+    ) -> None:
         super().__init__(name="nbqueue-event-loop", daemon=True)
         self.logger = logger or logging.getLogger("nbqueue.asyncio")
         self.interrupt_check_ival = interrupt_check_ival
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
 
-    def start(self, *, timeout: float | None = 5.0) -> None:  # type: ignore[override]
+    def start(self, *, timeout: float | None = 5.0) -> None:
         """Start the thread and wait (up to ``timeout`` seconds) until its loop runs."""
         super().start()
         if not self._ready.wait(timeout):

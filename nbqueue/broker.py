@@ -168,10 +168,10 @@ class Consumer(abc.ABC):
     def nack(self, message: MessageProxy) -> None:
         """Reject a message: it is moved to the dead-letter queue with its reason."""
 
-    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:  # noqa: B027 - optional
         """Give fetched but unprocessed messages back to the queue (at worker shutdown)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional
         """Release the consumer's resources; unacknowledged messages go back to the queue."""
 
 
@@ -212,7 +212,9 @@ class Broker(abc.ABC):
             except MiddlewareError:
                 raise
             except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", name, middleware, exc_info=True
+                )
 
     def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
         """Call ``after_<signal>`` on every middleware, in reverse order; errors are logged."""
@@ -221,7 +223,9 @@ class Broker(abc.ABC):
             try:
                 getattr(middleware, name)(self, *args, **kwargs)
             except Exception:
-                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", name, middleware, exc_info=True
+                )
 
     def add_middleware(
         self,
@@ -265,7 +269,7 @@ class Broker(abc.ABC):
         for queue_name in self.get_declared_delay_queues():
             middleware.after_declare_delay_queue(self, queue_name)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional
         """Close the broker's connections. The in-memory broker has none."""
 
     def declare_actor(self, actor: Actor[Any, Any]) -> None:

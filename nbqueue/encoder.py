@@ -48,8 +48,10 @@ class JSONEncoder(Encoder):
 
     def decode(self, data: bytes) -> MessageData:
         try:
-            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
-            result: MessageData = self._decoder.decode(text)  # type: ignore[arg-type]
+            text = (
+                data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+            )
+            result: MessageData = self._decoder.decode(text)
             return result
         except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
             raise DecodeError(

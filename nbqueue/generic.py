@@ -14,7 +14,7 @@ class generic_actor(type):  # noqa: N801 - Dramatiq's name
 
     def __new__(metacls, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> Any:
         clazz = super().__new__(metacls, name, bases, attrs)
-        meta = getattr(clazz, "Meta", object)
+        meta: Any = getattr(clazz, "Meta", object)
         if getattr(meta, "abstract", False):
             # The flag belongs to this class only: subclasses that inherit its Meta are concrete.
             meta.abstract = False

@@ -76,8 +76,10 @@ class Message(Generic[R]):
     message_timestamp: int = dataclasses.field(default_factory=current_millis)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.args, tuple):
-            object.__setattr__(self, "args", tuple(self.args))
+        # JSON decodes args as a list; callers may pass any iterable despite the annotation
+        args: Any = self.args
+        if not isinstance(args, tuple):
+            object.__setattr__(self, "args", tuple(args))
 
     @classmethod
     def decode(cls, data: bytes) -> Message[Any]:
@@ -201,7 +203,9 @@ class Message(Generic[R]):
     @property
     def message_datetime(self) -> datetime.datetime:
         """The message's creation time as an aware UTC datetime."""
-        return datetime.datetime.fromtimestamp(self.message_timestamp / 1000, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(
+            self.message_timestamp / 1000, tz=datetime.timezone.utc
+        )
 
     def __or__(self, other: Any) -> pipeline:
         from .composition import pipeline

@@ -5,9 +5,16 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
+import sys
 import threading
 
-__all__ = ["Interrupt", "current_platform", "is_gevent_active", "raise_thread_exception", "supported_platforms"]
+__all__ = [
+    "Interrupt",
+    "current_platform",
+    "is_gevent_active",
+    "raise_thread_exception",
+    "supported_platforms",
+]
 
 logger = logging.getLogger("nbqueue.threading")
 
@@ -24,12 +31,9 @@ class Interrupt(BaseException):
 
 
 def is_gevent_active() -> bool:
-    """Return whether gevent monkey-patched this process (nbqueue does not support that)."""
-    try:
-        from gevent import monkey  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - gevent is not a dependency
-        return False
-    return bool(monkey.is_module_patched("threading"))
+    """Return whether gevent monkey-patched this process (nbqueue does not support gevent)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
 
 
 def raise_thread_exception(thread_id: int, exception: type[BaseException]) -> None:
@@ -39,7 +43,9 @@ def raise_thread_exception(thread_id: int, exception: type[BaseException]) -> No
     that call returns. CPython only; elsewhere a critical message is logged and nothing happens.
     """
     if current_platform not in supported_platforms:
-        logger.critical("Cannot interrupt threads on %s; only CPython is supported.", current_platform)
+        logger.critical(
+            "Cannot interrupt threads on %s; only CPython is supported.", current_platform
+        )
         return
     count = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exception)
@@ -48,7 +54,9 @@ def raise_thread_exception(thread_id: int, exception: type[BaseException]) -> No
         logger.debug("Thread %d is gone; it could not be interrupted.", thread_id)
     elif count > 1:  # pragma: no cover - CPython guarantees at most one
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
-        logger.critical("Interrupting thread %d hit several threads; the interrupt was undone.", thread_id)
+        logger.critical(
+            "Interrupting thread %d hit several threads; the interrupt was undone.", thread_id
+        )
 
 
 def current_thread_ident() -> int:

@@ -225,7 +225,10 @@ class Worker:
     def _add_consumer(self, queue_name: str) -> None:
         if not self.running or queue_name in self.consumers:
             return
-        if self.consumer_whitelist is not None and q_name(queue_name) not in self.consumer_whitelist:
+        if (
+            self.consumer_whitelist is not None
+            and q_name(queue_name) not in self.consumer_whitelist
+        ):
             return
         delay = queue_name.endswith(".DQ")
         prefetch = self.delay_prefetch if delay else self.queue_prefetch
@@ -256,12 +259,12 @@ class Worker:
             try:
                 if message.failed:
                     self.broker.emit_before("nack", message)
-                    consumer.consumer.nack(message)
+                    consumer.settle(message, ack=False)
                     self.broker.emit_after("nack", message)
                     self.broker.emit_after("dead_letter", message, message.dead_reason or "failed")
                 else:
                     self.broker.emit_before("ack", message)
-                    consumer.consumer.ack(message)
+                    consumer.settle(message, ack=True)
                     self.broker.emit_after("ack", message)
                 break
             except BrokerConnectionError:
@@ -326,11 +329,21 @@ class ConsumerThread(_PausableThread):
         self.queue_name = queue_name
         self.prefetch = prefetch
         self.logger = logging.getLogger(f"nbqueue.worker.consumer.{queue_name}")
-        self.consumer: Consumer = None  # type: ignore[assignment]
+        self.consumer: Consumer | None = None
         self.fetching = True
         self._finished = threading.Event()
         self._handed_back: list[MessageProxy] = []
         self._late: list[MessageProxy] = []
+
+    def settle(self, message: MessageProxy, *, ack: bool) -> None:
+        """Acknowledge or reject a message this thread's consumer fetched."""
+        consumer = self.consumer
+        if consumer is None:
+            return  # the consumer was closed; the broker redelivers the message
+        if ack:
+            consumer.ack(message)
+        else:
+            consumer.nack(message)
 
     def stop_fetching(self) -> None:
         self.fetching = False
@@ -382,6 +395,7 @@ class ConsumerThread(_PausableThread):
 
     def _consume(self) -> None:
         worker = self.worker
+        assert self.consumer is not None
         for message in self.consumer:
             if message is not None:
                 if self.fetching:
@@ -531,7 +545,9 @@ class _DelayScheduler(threading.Thread):
     def _move(self, message: MessageProxy, consumer: ConsumerThread) -> None:
         worker = self.worker
         options = {k: v for k, v in message.options.items() if k != "eta"}
-        due = dataclasses.replace(message.message, queue_name=q_name(message.queue_name), options=options)
+        due = dataclasses.replace(
+            message.message, queue_name=q_name(message.queue_name), options=options
+        )
         attempt = 0
         try:
             while True:
@@ -542,13 +558,17 @@ class _DelayScheduler(threading.Thread):
                     attempt += 1
                     if self._stopping:
                         # Still unacknowledged on the delay queue: the broker keeps it.
-                        self.logger.warning("Could not move delayed %s while stopping.", message.message_id)
+                        self.logger.warning(
+                            "Could not move delayed %s while stopping.", message.message_id
+                        )
                         return
                     self.logger.warning("Could not move delayed %s; retrying.", message.message_id)
                     time.sleep(min(5.0, 0.1 * 2**attempt))
             worker.post_process_message(message, consumer)
         except Exception:
-            self.logger.critical("Failed to move delayed message %s.", message.message_id, exc_info=True)
+            self.logger.critical(
+                "Failed to move delayed message %s.", message.message_id, exc_info=True
+            )
         finally:
             worker._track(-1)
 

@@ -34,7 +34,9 @@ def test_send_enqueues_a_message_and_returns_it(stub_broker):
 
 
 def test_decorator_options_are_kept_on_the_actor(stub_broker):
-    @nbqueue.actor(max_retries=3, min_backoff=1000, priority=10, time_limit=300000, queue_name="high_priority")
+    @nbqueue.actor(
+        max_retries=3, min_backoff=1000, priority=10, time_limit=300000, queue_name="high_priority"
+    )
     def process_video(video_id):
         pass
 

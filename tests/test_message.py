@@ -39,7 +39,9 @@ def test_messages_get_a_fresh_uuid_and_a_millisecond_timestamp():
     a, b = make(), make()
     assert a.message_id != b.message_id
     assert len(a.message_id) == 36
-    assert abs(a.message_datetime - datetime.datetime.now(datetime.timezone.utc)) < datetime.timedelta(seconds=5)
+    assert abs(
+        a.message_datetime - datetime.datetime.now(datetime.timezone.utc)
+    ) < datetime.timedelta(seconds=5)
 
 
 def test_decoding_bytes_that_are_not_json_is_undecodable():
@@ -57,7 +59,14 @@ def test_decoding_bytes_that_are_not_json_is_undecodable():
         {"queue_name": "q", "actor_name": "a", "args": {}, "kwargs": {}, "options": {}},
         {"queue_name": "q", "actor_name": "a", "args": [], "kwargs": {}, "options": {}, "extra": 1},
         {"queue_name": "", "actor_name": "a", "args": [], "kwargs": {}, "options": {}},
-        {"queue_name": "q", "actor_name": "a", "args": [], "kwargs": {}, "options": {}, "message_timestamp": "x"},
+        {
+            "queue_name": "q",
+            "actor_name": "a",
+            "args": [],
+            "kwargs": {},
+            "options": {},
+            "message_timestamp": "x",
+        },
     ],
 )
 def test_decoding_json_that_is_not_a_message_is_invalid(body):

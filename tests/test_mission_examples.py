@@ -30,7 +30,9 @@ def test_actor_call_runs_now_and_send_runs_on_a_worker(stub_broker, stub_worker,
 def test_actor_options_and_send_with_options(stub_broker, stub_worker):
     ran = []
 
-    @nbqueue.actor(max_retries=3, min_backoff=1000, priority=10, time_limit=300000, queue_name="high_priority")
+    @nbqueue.actor(
+        max_retries=3, min_backoff=1000, priority=10, time_limit=300000, queue_name="high_priority"
+    )
     def process_video(video_id):
         ran.append(video_id)
 

@@ -15,32 +15,80 @@ def test_all_is_sorted_and_complete():
         for name, value in vars(nbqueue).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert public - {"annotations", "Any"} | {"middleware"} == set(nbqueue.__all__) - {"__version__"}
+    assert public - {"annotations", "Any"} | {"middleware"} == set(nbqueue.__all__) - {
+        "__version__"
+    }
     for name in nbqueue.__all__:
         assert hasattr(nbqueue, name), name
 
 
 def test_dramatiq_names_are_all_available():
     dramatiq_all = [
-        "Actor", "ActorNotFound", "Broker", "BrokerConnectionError", "BrokerError",
-        "ConnectionClosed", "ConnectionFailed", "Consumer", "ConsumerThread", "DecodeError",
-        "DramatiqError", "Encoder", "GenericActor", "JSONEncoder", "Message", "MessageProxy",
-        "Middleware", "QueueJoinTimeout", "QueueNotFound", "RateLimitExceeded", "Retry", "Worker",
-        "WorkerThread", "actor", "get_broker", "get_encoder", "group", "pipeline", "set_broker",
+        "Actor",
+        "ActorNotFound",
+        "Broker",
+        "BrokerConnectionError",
+        "BrokerError",
+        "ConnectionClosed",
+        "ConnectionFailed",
+        "Consumer",
+        "ConsumerThread",
+        "DecodeError",
+        "DramatiqError",
+        "Encoder",
+        "GenericActor",
+        "JSONEncoder",
+        "Message",
+        "MessageProxy",
+        "Middleware",
+        "QueueJoinTimeout",
+        "QueueNotFound",
+        "RateLimitExceeded",
+        "Retry",
+        "Worker",
+        "WorkerThread",
+        "actor",
+        "get_broker",
+        "get_encoder",
+        "group",
+        "pipeline",
+        "set_broker",
         "set_encoder",
     ]
     missing = [name for name in dramatiq_all if not hasattr(nbqueue, name)]
     assert missing == []
     from nbqueue.middleware import (  # noqa: F401
-        AgeLimit, AsyncIO, Callbacks, CurrentMessage, GroupCallbacks, Interrupt, Middleware,
-        MiddlewareError, Pipelines, Retries, Shutdown, ShutdownNotifications, SkipMessage,
-        TimeLimit, TimeLimitExceeded, default_middleware, raise_thread_exception,
+        AgeLimit,
+        AsyncIO,
+        Callbacks,
+        CurrentMessage,
+        GroupCallbacks,
+        Interrupt,
+        Middleware,
+        MiddlewareError,
+        Pipelines,
+        Retries,
+        Shutdown,
+        ShutdownNotifications,
+        SkipMessage,
+        TimeLimit,
+        TimeLimitExceeded,
+        default_middleware,
+        raise_thread_exception,
     )
     from nbqueue.rate_limits import (  # noqa: F401
-        Barrier, BucketRateLimiter, ConcurrentRateLimiter, RateLimiter, WindowRateLimiter,
+        Barrier,
+        BucketRateLimiter,
+        ConcurrentRateLimiter,
+        RateLimiter,
+        WindowRateLimiter,
     )
     from nbqueue.results import (  # noqa: F401
-        Results, ResultBackend, ResultFailure, ResultMissing, ResultTimeout,
+        ResultBackend,
+        ResultFailure,
+        ResultMissing,
+        Results,
+        ResultTimeout,
     )
     from nbqueue.results.backends import StubBackend  # noqa: F401
 
@@ -72,12 +120,16 @@ def test_import_works_with_no_optional_packages_installed():
         worker.stop()
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3"
 
 
 def test_no_pickle_is_imported_by_the_core():
     code = "import sys, nbqueue; print('pickle' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -91,7 +91,9 @@ def test_an_unknown_actor_is_dead_lettered_alone(broker, worker_factory, namespa
         done.append(i)
 
     known.send(1)
-    broker.enqueue(Message(queue_name=namespace, actor_name="nobody", args=(), kwargs={}, options={}))
+    broker.enqueue(
+        Message(queue_name=namespace, actor_name="nobody", args=(), kwargs={}, options={})
+    )
     known.send(2)
     worker = worker_factory(broker)
     broker.join(namespace, timeout=10000, fail_fast=False)
