@@ -1,0 +1,93 @@
+"""Behaviour specific to the in-memory broker."""
+
+from __future__ import annotations
+
+import pytest
+
+import nbqueue
+from nbqueue import Message, QueueNotFound
+from nbqueue.brokers.stub import StubBroker
+
+
+def _message(queue="q", **options):
+    return Message(queue_name=queue, actor_name="a", args=(), kwargs={}, options=options)
+
+
+def test_enqueueing_to_an_undeclared_queue_says_how_to_declare_it():
+    broker = StubBroker()
+    with pytest.raises(QueueNotFound, match=r"declare an actor on it"):
+        broker.enqueue(_message("nowhere"))
+
+
+def test_join_re_raises_the_actors_exception_by_default(stub_broker, stub_worker):
+    @nbqueue.actor(max_retries=0)
+    def fails():
+        raise ValueError("bad input")
+
+    fails.send()
+    with pytest.raises(ValueError, match="bad input"):
+        stub_broker.join("default", timeout=10000)
+    stub_broker.join("default", timeout=10000, fail_fast=False)
+    stub_broker.flush("default")
+    stub_broker.join("default", timeout=10000)
+
+
+def test_flush_all_empties_dead_letter_lists_in_place(stub_broker, stub_worker):
+    @nbqueue.actor(max_retries=0)
+    def fails():
+        raise ValueError("x")
+
+    fails.send()
+    stub_broker.join("default", timeout=10000, fail_fast=False)
+    letters = stub_broker.dead_letters_by_queue["default"]
+    assert len(letters) == 1 and stub_broker.dead_letters == letters
+    stub_broker.flush_all()
+    assert letters == [] and stub_broker.dead_letters == []
+    assert stub_broker.get_dead_letters("default") == []
+
+
+def test_a_consumer_never_holds_more_than_its_prefetch():
+    broker = StubBroker()
+    broker.declare_queue("q")
+    for _ in range(5):
+        broker.enqueue(_message())
+    consumer = broker.consume("q", prefetch=2, timeout=10)
+    first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None
+    assert next(consumer) is None
+    consumer.ack(first)
+    assert next(consumer) is not None
+    assert broker.queue_stats()["q"].in_flight == 2
+
+
+def test_requeued_and_closed_messages_return_to_their_place():
+    broker = StubBroker()
+    broker.declare_queue("q")
+    sent = [broker.enqueue(_message(n=i)) for i in range(3)]
+    consumer = broker.consume("q", prefetch=3, timeout=10)
+    got = [next(consumer) for _ in range(3)]
+    consumer.requeue(got[:1])
+    consumer.close()
+    again = broker.consume("q", prefetch=3, timeout=10)
+    assert [next(again).message_id for _ in range(3)] == [m.message_id for m in sent]
+
+
+def test_acknowledging_twice_is_harmless():
+    broker = StubBroker()
+    broker.declare_queue("q")
+    broker.enqueue(_message())
+    broker.enqueue(_message())
+    consumer = broker.consume("q", prefetch=2, timeout=10)
+    message = next(consumer)
+    consumer.ack(message)
+    consumer.ack(message)
+    stats = broker.queue_stats()["q"]
+    assert (stats.ready, stats.in_flight) == (1, 0)
+
+
+def test_declaring_a_queue_also_declares_its_delay_queue():
+    broker = StubBroker()
+    broker.declare_queue("q")
+    broker.declare_queue("q")
+    assert broker.get_declared_queues() == {"q"}
+    assert broker.get_declared_delay_queues() == {"q.DQ"}
