@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..common import compute_backoff, q_name
-from ..encoder import Encoder
+from ..encoder import Encoder, JSONEncoder, _find_unencodable
 from ..errors import EncodeError
 from .errors import ResultFailure, ResultMissing, ResultTimeout
 
@@ -213,13 +213,26 @@ class ResultBackend:
         try:
             self._store(key, wrap_result(result), ttl)
         except (TypeError, ValueError) as e:  # what encoders raise; EncodeError is both
+            path, what = self._describe_unencodable(result, e)
             error = EncodeError(
-                f"Actor {message.actor_name!r} returned a {type(result).__name__} that the "
-                f"result backend cannot encode ({e}); return JSON types (str, int, float, bool, "
-                f"None, list, dict), such as a path or an id instead of the object."
+                f"Actor {message.actor_name!r} returned a result that cannot be stored: {what}; "
+                f"return JSON types (str, int, float, bool, None, list, dict), such as a path or "
+                f"an id, instead.",
+                path=path,
             )
             self._store(key, wrap_exception(error), ttl)
             raise error from e
+
+    def _describe_unencodable(self, result: Any, error: BaseException) -> tuple[str | None, str]:
+        """Return where in ``result`` the unencodable value sits, and what it is."""
+        if isinstance(self.encoder, JSONEncoder):
+            found = _find_unencodable(result, "result")
+            if found is not None:
+                path, value = found
+                if isinstance(value, float):
+                    return path, f"{path} is {value!r}, which is not valid JSON"
+                return path, f"{path} has type {type(value).__name__}"
+        return None, f"{type(error).__name__}: {error}"
 
     def store_exception(
         self, message: Message[Any] | MessageProxy, exception: BaseException, ttl: int

@@ -102,9 +102,13 @@ class Results(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Store the result of a successful message; warn when a result is thrown away."""
+        """Store the result of a successful message; warn when a result is thrown away.
+
+        A message that a middleware failed without raising stores nothing here: ``after_nack``
+        stores its failure.
+        """
         store, ttl = self._lookup_options(broker, message)
-        if store and exception is None:
+        if store and exception is None and not message.failed:
             try:
                 self.backend.store_result(message, result, ttl)
             except EncodeError as e:

@@ -244,15 +244,17 @@ def test_unencodable_results_store_a_failure_that_names_the_actor(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     @nbqueue.actor(store_results=True)
-    def make_set() -> set[int]:
-        return {1, 2}
+    def make_set() -> list[Any]:
+        return [1, {2}]
 
     message = make_set.send()
     with pytest.raises(ResultFailure) as info:
         backend.get_result(message, block=True)
 
     assert info.value.orig_exc_type == "EncodeError"
-    assert "'make_set' returned a set" in info.value.orig_exc_msg
+    assert "'make_set' returned a result that cannot be stored: result[1] has type set" in (
+        info.value.orig_exc_msg
+    )
     assert "return JSON types" in info.value.orig_exc_msg
     stub_worker.join()
     assert any("make_set" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
@@ -262,8 +264,10 @@ def test_store_result_raises_encode_error_for_direct_callers(backend: StubBacken
     message: Message[Any] = Message(
         queue_name="default", actor_name="a", args=(), kwargs={}, options={}
     )
-    with pytest.raises(EncodeError, match="'a' returned a object"):
+    with pytest.raises(EncodeError, match="'a' returned a result that cannot be stored") as info:
         backend.store_result(message, object(), 1000)
+    assert "result has type object" in str(info.value)
+    assert info.value.path == "result"
     with pytest.raises(ResultFailure):
         backend.get_result(message)
 
