@@ -1,0 +1,81 @@
+"""Interrupt actors that opted in when their worker shuts down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..threading import Interrupt, raise_thread_exception
+from .base import Middleware
+
+if TYPE_CHECKING:
+    from ..broker import Broker, MessageProxy
+    from ..worker import Worker
+
+__all__ = ["Shutdown", "ShutdownNotifications"]
+
+
+class Shutdown(Interrupt):
+    """Raised inside an actor whose worker is shutting down, when the actor opted in."""
+
+
+class ShutdownNotifications(Middleware):
+    """Raise ``Shutdown`` in actors that are running when their worker begins to stop.
+
+    Actors opt in with the ``notify_shutdown`` option (on the message, then the actor, then this
+    default); the others are left to finish. Like time limits, the exception is delivered between
+    bytecodes, so an actor blocked in a long C call sees it only when that call returns.
+
+    Parameters:
+      notify_shutdown: whether actors are interrupted unless they say otherwise.
+    """
+
+    def __init__(self, notify_shutdown: bool = False) -> None:
+        self.logger = logging.getLogger(__name__)
+        self.notify_shutdown = notify_shutdown
+        self._lock = threading.Lock()
+        self._thread_ids: set[int] = set()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"notify_shutdown"}
+
+    def should_notify(self, broker: Broker, message: MessageProxy) -> bool:
+        """Return whether the actor running ``message`` wants to hear about a shutdown."""
+        notify: Any = message.options.get("notify_shutdown")
+        if notify is None:
+            actor = broker.get_actor(message.actor_name)
+            notify = actor.options.get("notify_shutdown")
+        if notify is None:
+            notify = self.notify_shutdown
+        return bool(notify)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        if self.should_notify(broker, message):
+            with self._lock:
+                self._thread_ids.add(threading.get_ident())
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            self._thread_ids.discard(threading.get_ident())
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        with self._lock:
+            self._thread_ids.discard(threading.get_ident())
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        # Hold the lock while interrupting so that a thread which has just finished (and removed
+        # itself in after_process_message) is not interrupted afterwards.
+        with self._lock:
+            for thread_id in self._thread_ids:
+                self.logger.info("Worker is shutting down; interrupting thread %d.", thread_id)
+                raise_thread_exception(thread_id, Shutdown)
+            self._thread_ids.clear()
