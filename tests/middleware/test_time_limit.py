@@ -187,9 +187,7 @@ def test_a_finished_actor_is_never_interrupted_later(
     assert outcomes == [f"done {n}" for n in range(4)]
 
 
-def test_a_time_limit_ends_with_its_message(
-    stub_broker: StubBroker, worker_factory: Any
-) -> None:
+def test_a_time_limit_ends_with_its_message(stub_broker: StubBroker, worker_factory: Any) -> None:
     worker = worker_factory(stub_broker, worker_threads=1)
     outcomes: list[str] = []
 
