@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     class ActorDecorator(Protocol):
-        def __call__(self, fn: Callable[P, Awaitable[R] | R]) -> Actor[P, R]: ...
+        @overload
+        def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
+        @overload
+        def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
 
 
 __all__ = ["Actor", "actor"]

@@ -463,11 +463,21 @@ class WorkerThread(_PausableThread):
                 break
             assert item.consumer is not None
             try:
-                self.process_message(item.message)
+                self._guarded(self.process_message, item.message)
+                self._guarded(worker.post_process_message, item.message, item.consumer)
             finally:
-                worker.post_process_message(item.message, item.consumer)
                 worker._track(-1)
         self.broker.emit_before("worker_thread_shutdown", self)
+
+    def _guarded(self, step: Any, message: MessageProxy, *args: Any) -> None:
+        # The steps handle the actor's errors themselves; what escapes is an interrupt (a time
+        # limit or a shutdown) that landed after the actor returned. It must not kill the thread.
+        try:
+            step(message, *args)
+        except BaseException:
+            self.logger.warning(
+                "Interrupted while finishing %s.", message.message_id, exc_info=True
+            )
 
     def process_message(self, message: MessageProxy) -> None:
         """Run the middleware and the actor for one message."""
@@ -494,8 +504,15 @@ class WorkerThread(_PausableThread):
         if isinstance(error, RateLimitExceeded):
             self.logger.debug("Rate limit exceeded in message %s: %s", message.message_id, error)
             return
-        throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
-        if throws and isinstance(error, throws):
+        throws: Any = message.options.get("throws") or (
+            actor.options.get("throws") if actor else None
+        )
+        if isinstance(throws, list):
+            throws = tuple(throws)
+        expected = isinstance(throws, type) or (
+            isinstance(throws, tuple) and all(isinstance(t, type) for t in throws)
+        )
+        if expected and isinstance(error, throws):
             self.logger.info("Message %s failed with %r.", message.message_id, error)
             return
         self.logger.error("Failed to process message %s.", message, exc_info=error)

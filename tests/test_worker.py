@@ -149,3 +149,18 @@ def test_async_actors_run_on_the_worker(stub_broker, stub_worker):
     stub_broker.join("default", timeout=10000)
     stub_worker.join()
     assert results == [7]
+
+
+@pytest.mark.parametrize("throws", [[KeyError], (KeyError,), KeyError, "KeyError"])
+def test_any_form_of_throws_dead_letters_without_killing_the_thread(
+    stub_broker, stub_worker, throws
+):
+    @nbqueue.actor(throws=throws, max_retries=0)
+    def fails():
+        raise KeyError("missing")
+
+    fails.send()
+    stub_broker.join("default", timeout=10000, fail_fast=False)
+    stub_worker.join()
+    assert len(stub_broker.get_dead_letters("default")) == 1
+    assert all(thread.is_alive() for thread in stub_worker.workers)

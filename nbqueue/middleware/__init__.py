@@ -12,6 +12,7 @@ from .asyncio import AsyncIO
 from .base import Middleware, MiddlewareError, SkipMessage
 from .callbacks import Callbacks
 from .current_message import CurrentMessage
+from .group_callbacks import GroupCallbacks
 from .pipelines import Pipelines
 from .retries import Retries
 from .shutdown import Shutdown, ShutdownNotifications
@@ -22,6 +23,7 @@ __all__ = [
     "AsyncIO",
     "Callbacks",
     "CurrentMessage",
+    "GroupCallbacks",
     "Interrupt",
     "Middleware",
     "MiddlewareError",

@@ -220,8 +220,7 @@ def test_async_actors_that_exceed_their_time_limit_are_cancelled(
     worker = worker_factory(stub_broker)
     outcomes: list[str] = []
 
-    # mypy infers Never for async functions through actor(...)'s decorator protocol.
-    @nbqueue.actor(time_limit=50, max_retries=0)  # type: ignore[arg-type]
+    @nbqueue.actor(time_limit=50, max_retries=0)
     async def slow() -> None:
         try:
             await asyncio.sleep(5)
