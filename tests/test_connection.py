@@ -49,3 +49,17 @@ def test_an_unknown_scheme_is_explained_without_the_password():
 def test_options_for_the_memory_broker_are_refused():
     with pytest.raises(BrokerUnavailable, match="takes no options"):
         broker_from_url("memory://", namespace="x")
+
+
+def test_the_default_broker_tells_a_waiting_caller_about_an_unknown_actor():
+    from nbqueue import Message
+    from nbqueue.results import ResultFailure
+
+    broker = nbqueue.get_broker()
+    broker.declare_queue("default")
+    message = broker.enqueue(
+        Message(queue_name="default", actor_name="missing", args=(), kwargs={}, options={})
+    )
+    with nbqueue.Worker(broker, worker_timeout=100, worker_threads=1):
+        with pytest.raises(ResultFailure, match="missing"):
+            message.get_result(block=True, timeout=10000)

@@ -82,9 +82,9 @@ class Results(Middleware):
         try:
             actor_options = broker.get_actor(message.actor_name).options
         except ActorNotFound:
-            # Nothing is known about the actor here, so only the message itself can ask for
-            # storage; the middleware default does not apply to actors this worker lacks.
-            store = bool(options.get("store_results", False))
+            # Nothing is known about the actor here: the message's own options, then this
+            # middleware's defaults, decide (so a caller waiting on the result learns why).
+            store = bool(options.get("store_results", self.store_results))
             return store, options.get("result_ttl") or self.result_ttl
         store = options.get("store_results", _UNSET)
         if store is _UNSET:

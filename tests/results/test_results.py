@@ -312,12 +312,12 @@ def test_messages_for_unknown_actors_that_asked_for_results_fail_at_once(
     assert "not_declared_here" in info.value.orig_exc_msg
 
 
-def test_messages_for_unknown_actors_store_nothing_unless_they_asked(
-    stub_broker: StubBroker, stub_worker: Worker
+@pytest.mark.parametrize("default", [True, False])
+def test_messages_for_unknown_actors_follow_the_middleware_default(
+    stub_broker: StubBroker, stub_worker: Worker, default: bool
 ) -> None:
     backend = StubBackend()
-    # The middleware default does not apply to actors the worker does not know.
-    stub_broker.add_middleware(Results(backend=backend, store_results=True))
+    stub_broker.add_middleware(Results(backend=backend, store_results=default))
     stub_broker.declare_queue("default")
     message: Message[Any] = Message(
         queue_name="default", actor_name="not_declared_here", args=(), kwargs={}, options={}
@@ -326,8 +326,12 @@ def test_messages_for_unknown_actors_store_nothing_unless_they_asked(
     stub_broker.join("default", fail_fast=False)
     stub_worker.join()
 
-    with pytest.raises(ResultMissing):
-        backend.get_result(message)
+    if default:
+        with pytest.raises(ResultFailure, match="not_declared_here"):
+            backend.get_result(message)
+    else:
+        with pytest.raises(ResultMissing):
+            backend.get_result(message)
 
 
 def test_discarded_results_are_logged_once_per_actor(
