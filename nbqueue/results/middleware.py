@@ -140,8 +140,8 @@ class Results(Middleware):
         """Store the failure of a message that was given up on.
 
         This includes messages for an actor the worker does not know (dead reason
-        ``unknown_actor``) that asked for ``store_results=True`` in their own options: Dramatiq
-        stores nothing then, and callers wait until they time out.
+        ``unknown_actor``) when their own options, or this middleware's default, ask for
+        results: Dramatiq stores nothing then, and callers wait until they time out.
         """
         if not message.failed:
             return
