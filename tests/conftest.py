@@ -1,16 +1,60 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
 import nbqueue
 from nbqueue import Worker
 from nbqueue.brokers.stub import StubBroker
+from nbqueue.common import redact_url
 
 _ENV_PREFIXES = ("NBQUEUE_", "DRAMATIQ_", "dramatiq_")
+
+REDIS_URL = os.environ.get("NBQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("NBQUEUE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+_reachable: dict[str, str | None] = {}
+
+
+def require_server(name: str, url: str) -> str:
+    """Return ``url`` if its server answers on TCP; skip the test on a laptop, fail it in CI.
+
+    A skipped broker suite in CI would hide a broken install step, so ``CI`` turns the skip into
+    a failure.
+    """
+    if name not in _reachable:
+        parts = urlsplit(url)
+        default_port = {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671}.get(
+            parts.scheme, 0
+        )
+        try:
+            with socket.create_connection(
+                (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2
+            ):
+                _reachable[name] = None
+        except OSError as e:
+            _reachable[name] = f"{name} is not reachable at {redact_url(url)}: {e}"
+    problem = _reachable[name]
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}; CI must run the {name} suite (is the server started?)")
+        pytest.skip(problem)
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_server("Redis", REDIS_URL)
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    return require_server("RabbitMQ", RABBITMQ_URL)
 
 
 @pytest.fixture(autouse=True)
