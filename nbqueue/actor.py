@@ -141,6 +141,43 @@ class Actor(Generic[P, R]):
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
         return self.broker.enqueue(message, delay=_delay_ms(delay))
 
+    def send_many(
+        self,
+        arguments: Iterable[Any],
+        *,
+        delay: int | float | datetime.timedelta | None = None,
+        **options: Any,
+    ) -> list[Message[R]]:
+        """Send one message per item, in one batch where the broker can (parameter sweeps).
+
+        Each item is a tuple of positional arguments, a dict of keyword arguments, or any other
+        value as the single positional argument: ``square.send_many(range(100))``,
+        ``train.send_many({"lr": lr} for lr in rates)``. Wrap a dict meant as one positional
+        argument in a tuple: ``({"a": 1},)``.
+
+        Parameters:
+          delay: applies to every message, in milliseconds (or a timedelta).
+          options: per-message options applied to every message, e.g. ``priority=``.
+
+        Returns:
+          The enqueued messages, in order.
+
+        Raises:
+          EncodeError: an argument cannot be sent as JSON; no message of the batch is sent.
+        """
+        messages = []
+        for item in arguments:
+            if isinstance(item, tuple):
+                args, kwargs = item, None
+            elif isinstance(item, dict):
+                args, kwargs = (), item
+            else:
+                args, kwargs = (item,), None
+            message = self.message_with_options(args=args, kwargs=kwargs, **dict(options))
+            message.encode()  # fail before anything of the batch is sent
+            messages.append(message)
+        return self.broker.enqueue_many(messages, delay=_delay_ms(delay))
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function now, in this thread, with no middleware (useful in tests)."""
         start = time.perf_counter()

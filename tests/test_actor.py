@@ -173,3 +173,29 @@ def test_actors_bind_to_the_global_broker_at_declaration(stub_broker):
 
     assert g.broker is other
     assert "g" not in stub_broker.get_declared_actors()
+
+
+def test_send_many_sends_one_message_per_item(stub_broker, stub_worker):
+    seen = []
+
+    @nbqueue.actor
+    def record(*args, **kwargs):
+        seen.append((args, kwargs))
+
+    messages = record.send_many([(1, 2), {"k": 3}, 4, ({"a": 1},)], priority=3)
+    assert [m.options["priority"] for m in messages] == [3, 3, 3, 3]
+    stub_broker.join("default", timeout=10000)
+    stub_worker.join()
+    assert sorted(map(repr, seen)) == sorted(
+        map(repr, [((1, 2), {}), ((), {"k": 3}), ((4,), {}), (({"a": 1},), {})])
+    )
+
+
+def test_send_many_sends_nothing_when_one_item_cannot_be_encoded(stub_broker):
+    @nbqueue.actor
+    def record(x):
+        pass
+
+    with pytest.raises(nbqueue.EncodeError, match=r"args\[0\]"):
+        record.send_many([1, 2, object()])
+    assert stub_broker.queue_stats()["default"].ready == 0

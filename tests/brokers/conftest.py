@@ -1,33 +1,59 @@
+"""The ``broker`` fixture: the contract suite runs against every broker.
+
+Each real broker has a support module, ``tests/brokers/_<kind>.py``, with
+``make_broker(url, namespace)``, ``cleanup(broker, namespace)`` and ``inject_raw(broker,
+queue_name, data)``. Every test gets a fresh namespace and cleans only that.
+"""
+
 from __future__ import annotations
 
 import heapq
+import importlib
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import pytest
 
 import nbqueue
 from nbqueue.brokers.stub import StubBroker
+from tests.conftest import RABBITMQ_URL, REDIS_URL, require_server
 
-BROKERS = [pytest.param("stub", id="stub")]
+BROKERS = [
+    pytest.param("stub", id="stub"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+_URLS = {"redis": ("Redis", REDIS_URL), "rabbitmq": ("RabbitMQ", RABBITMQ_URL)}
 
 
-def _make_stub() -> StubBroker:
-    broker = StubBroker()
-    broker.emit_after("process_boot")
-    return broker
-
-
-FACTORIES: dict[str, Callable[[], nbqueue.Broker]] = {"stub": _make_stub}
+def support(kind: str) -> ModuleType:
+    return importlib.import_module(f"tests.brokers._{kind}")
 
 
 @pytest.fixture(params=BROKERS)
-def broker(request: pytest.FixtureRequest) -> Iterator[nbqueue.Broker]:
+def broker(request: pytest.FixtureRequest, namespace: str) -> Iterator[nbqueue.Broker]:
     """The broker contract runs against every broker in BROKERS."""
-    broker = FACTORIES[request.param]()
+    kind = request.param
+    if kind == "stub":
+        broker: nbqueue.Broker = StubBroker()
+        broker.emit_after("process_boot")
+        nbqueue.set_broker(broker)
+        yield broker
+        broker.flush_all()
+        broker.close()
+        return
+    name, url = _URLS[kind]
+    url = require_server(name, url)
+    module = support(kind)
+    broker = module.make_broker(url, namespace)
+    broker.emit_after("process_boot")
     nbqueue.set_broker(broker)
-    yield broker
-    broker.flush_all()
-    broker.close()
+    try:
+        yield broker
+    finally:
+        module.cleanup(broker, namespace)
+        broker.close()
 
 
 def _inject_stub(broker: StubBroker, queue_name: str, data: bytes) -> None:
@@ -45,7 +71,8 @@ def inject_raw() -> Callable[[nbqueue.Broker, str, bytes], None]:
     def inject(broker: nbqueue.Broker, queue_name: str, data: bytes) -> None:
         if isinstance(broker, StubBroker):
             _inject_stub(broker, queue_name, data)
-        else:  # pragma: no cover - each broker adds its own branch
-            raise NotImplementedError(type(broker).__name__)
+        else:
+            kind = type(broker).__module__.rsplit(".", 1)[-1]
+            support(kind).inject_raw(broker, queue_name, data)
 
     return inject
