@@ -1,0 +1,384 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import nbqueue
+from nbqueue.cli import ExitCode, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+WriteModule = Callable[..., str]
+
+
+@pytest.fixture(autouse=True)
+def fast_worker_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker threads notice a stop after worker_timeout; keep it short in tests."""
+    monkeypatch.setenv("NBQUEUE_WORKER_TIMEOUT", "100")
+
+
+@pytest.fixture
+def write_module(tmp_path: Path) -> WriteModule:
+    """Write a module into tmp_path under a fresh name and return that name."""
+
+    def write(source: str, *, name: str | None = None) -> str:
+        name = name or f"cli_mod_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        return name
+
+    return write
+
+
+def touch_and_stop_source(out: Path) -> str:
+    """A module whose actor writes ``out`` and then sends SIGTERM to its own process."""
+    return f"""
+        import os
+        import pathlib
+        import signal
+
+        import nbqueue
+
+        @nbqueue.actor
+        def touch(path):
+            pathlib.Path(path).write_text("done")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        touch.send({str(out)!r})
+    """
+
+
+def test_help_documents_exit_codes_and_the_process_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "exit codes:" in out
+    assert "3  the broker's server could not be reached at boot" in out
+    assert "--processes defaults to 1" in out
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == ExitCode.OK
+    assert capsys.readouterr().out.strip() == f"nbqueue {nbqueue.__version__}"
+
+
+def test_no_module_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker"]) == ExitCode.USAGE
+    assert "the following arguments are required: MODULE[:BROKER]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--processes", "0"], ["--threads", "x"]])
+def test_bad_numbers_are_usage_errors(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tasks", *option]) == ExitCode.USAGE
+    assert "nbqueue: error: argument" in capsys.readouterr().err
+
+
+def test_unknown_module_exits_2_with_one_line_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", "no_such_tasks_xyz", "--path", str(tmp_path)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err == (
+        "nbqueue: error: Could not import 'no_such_tasks_xyz': No module named "
+        "'no_such_tasks_xyz'; run from the project folder or pass --path.\n"
+    )
+
+
+def test_file_path_instead_of_module_gets_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", "src/tasks.py"]) == ExitCode.USAGE
+    assert "pass the module name 'tasks' with --path src instead." in capsys.readouterr().err
+
+
+def test_missing_path_folder_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tasks", "--path", str(tmp_path / "nope")]) == ExitCode.USAGE
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_missing_dependency_is_named(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = write_module("import no_such_dependency_xyz\n")
+    assert main([name, "--path", str(tmp_path)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "No module named 'no_such_dependency_xyz'; install 'no_such_dependency_xyz'" in err
+
+
+def test_module_that_raises_shows_traceback_then_one_line(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = write_module("1 / 0\n")
+    assert main([name, "--path", str(tmp_path)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1] == (
+        f"nbqueue: error: Could not import {name!r}: ZeroDivisionError: division by zero; "
+        f"fix the error in the traceback above."
+    )
+
+
+@pytest.mark.parametrize(
+    ("attr", "message"),
+    [
+        ("missing", "has no attribute 'missing'"),
+        ("number", "is a int, not a Broker"),
+    ],
+)
+def test_module_attribute_must_be_a_broker_or_callable(
+    attr: str,
+    message: str,
+    write_module: WriteModule,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = write_module("number = 3\n")
+    assert main([f"{name}:{attr}", "--path", str(tmp_path)]) == ExitCode.USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_broker_option_and_module_broker_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tasks:broker", "--broker", "memory://"]) == ExitCode.USAGE
+    assert "Both --broker and tasks:broker name a broker" in capsys.readouterr().err
+
+
+def test_two_module_brokers_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["a:broker", "b:broker"]) == ExitCode.USAGE
+    assert "Only one MODULE:BROKER may name the broker" in capsys.readouterr().err
+
+
+def test_unknown_url_scheme_is_a_usage_error(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = write_module("")
+    code = main([name, "--path", str(tmp_path), "--broker", "kafka://localhost"])
+    assert code == ExitCode.USAGE
+    assert "Unknown broker URL scheme 'kafka'" in capsys.readouterr().err
+
+
+def test_worker_runs_actors_then_stops_gracefully_on_sigterm(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    name = write_module(touch_and_stop_source(out))
+
+    assert main(["worker", name, "--path", str(tmp_path), "--threads", "2"]) == ExitCode.OK
+
+    assert out.read_text() == "done"
+    err = capsys.readouterr().err
+    assert "[nbqueue.MainProcess] [INFO] Queue 'default': actors touch." in err
+    assert "Received SIGTERM: stopping" in err
+    assert "Worker stopped." in err
+    assert err.count("The broker is in-memory: only messages sent from inside") == 1
+
+
+def test_worker_keyword_is_optional(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    name = write_module(touch_and_stop_source(out))
+    assert main([name, "-P", str(tmp_path)]) == ExitCode.OK
+    assert out.read_text() == "done"
+
+
+def test_broker_url_is_set_before_modules_are_imported(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    name = write_module(touch_and_stop_source(out))
+    assert main([name, "-P", str(tmp_path), "--broker", "memory://"]) == ExitCode.OK
+    assert out.read_text() == "done"
+    assert "broker StubBroker at memory://" in capsys.readouterr().err
+
+
+def test_module_broker_gets_process_boot_before_other_modules_are_imported(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    app = write_module(
+        """
+        import nbqueue
+        from nbqueue.brokers.stub import StubBroker
+
+        events = []
+
+        class Record(nbqueue.Middleware):
+            def after_process_boot(self, broker):
+                events.append("process_boot")
+
+        broker = StubBroker()
+        broker.add_middleware(Record())
+        """
+    )
+    tasks = write_module(
+        f"""
+        import sys
+        sys.modules[{app!r}].events.append("tasks imported")
+        """
+        + touch_and_stop_source(out)
+    )
+
+    assert main([tasks, f"{app}:broker", "-P", str(tmp_path)]) == ExitCode.OK
+
+    assert sys.modules[app].events == ["process_boot", "tasks imported"]
+    assert out.read_text() == "done"
+
+
+def test_module_callable_sets_up_the_broker(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    app = write_module(
+        """
+        import nbqueue
+        from nbqueue.brokers.stub import StubBroker
+
+        def setup():
+            nbqueue.set_broker(StubBroker())
+        """
+    )
+    tasks = write_module(touch_and_stop_source(out))
+    assert main([f"{app}:setup", tasks, "-P", str(tmp_path)]) == ExitCode.OK
+    assert out.read_text() == "done"
+
+
+def test_queues_option_warns_about_queues_no_actor_uses(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    name = write_module(touch_and_stop_source(out))
+    assert main([name, "-P", str(tmp_path), "-Q", "default", "emails"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "--queues names 'emails', but no imported actor uses that queue" in err
+    assert "Queue 'default': actors touch." in err
+
+
+def test_second_signal_exits_at_once_with_code_1(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = write_module(
+        """
+        import os
+        import signal
+        import threading
+
+        import nbqueue
+
+        stopping = threading.Event()
+        release = threading.Event()
+
+        class Spy(nbqueue.Middleware):
+            def before_worker_shutdown(self, broker, worker):
+                stopping.set()
+
+        nbqueue.get_broker().add_middleware(Spy())
+
+        @nbqueue.actor
+        def hang():
+            os.kill(os.getpid(), signal.SIGTERM)
+            stopping.wait(5)
+            os.kill(os.getpid(), signal.SIGTERM)
+            release.wait(5)
+
+        hang.send()
+        """
+    )
+    try:
+        assert main([name, "-P", str(tmp_path)]) == ExitCode.KILLED
+    finally:
+        sys.modules[name].release.set()
+    assert "Received a second signal: exiting at once" in capsys.readouterr().err
+
+
+def test_broker_password_never_reaches_the_output(
+    write_module: WriteModule,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "hunter2-s3cret"
+    url = f"memory://worker:{secret}@localhost/"
+    monkeypatch.setenv("NBQUEUE_BROKER_URL", url)
+    name = write_module(
+        """
+        import logging
+        import os
+        import signal
+
+        # A careless user module that logs the raw URL: the CLI's log format hides it anyway.
+        logging.getLogger("tasks").warning("using %s", os.environ["NBQUEUE_BROKER_URL"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    assert main([name, "-P", str(tmp_path)]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "memory://worker:***@localhost/" in err
+    assert secret not in err
+
+
+def test_password_is_hidden_when_the_broker_fails_at_boot(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "hunter2-s3cret"
+    name = write_module("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    # Port 1 is closed: depending on the extras installed this fails with 2 (no RedisBroker) or
+    # 3 (no server); the module stops the worker at once if the broker connects lazily.
+    code = main([name, "-P", str(tmp_path), "--broker", f"redis://:{secret}@127.0.0.1:1/0"])
+    captured = capsys.readouterr()
+    assert code in (ExitCode.OK, ExitCode.USAGE, ExitCode.CONNECTION_FAILED)
+    assert secret not in captured.out + captured.err
+
+
+def test_python_m_nbqueue_runs_a_worker_until_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    (tmp_path / "smoke_tasks.py").write_text(
+        textwrap.dedent(
+            f"""
+            import pathlib
+            import nbqueue
+
+            @nbqueue.actor
+            def touch(path):
+                pathlib.Path(path).write_text("done")
+
+            touch.send({str(out)!r})
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
+    env["NBQUEUE_WORKER_TIMEOUT"] = "100"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbqueue", "worker", "smoke_tasks", "--threads", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Another process: poll for its side effect, with a bounded deadline.
+        deadline = time.monotonic() + 10
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.exists(), "the worker did not run the actor within 10 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Queue 'default': actors touch." in err
+    assert "Worker stopped." in err
