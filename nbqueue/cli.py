@@ -198,6 +198,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--processes",
         "-p",
+        metavar="N",
         type=_positive_int,
         default=1,
         help="worker processes to run (default: 1; see 'processes' below)",
@@ -205,6 +206,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         "-t",
+        metavar="N",
         type=_positive_int,
         default=8,
         help="worker threads per process (default: 8)",
@@ -349,6 +351,7 @@ class SignalCatcher:
         self.same_within = same_within
         self.received: list[int] = []
         self._first_at = 0.0
+        self._count = 0
         self.stop_requested = False
         self._rsock, self._wsock = socket.socketpair()
         self._rsock.setblocking(False)
@@ -383,12 +386,19 @@ class SignalCatcher:
         if not self.received:
             self._first_at = now
         self.received.append(signum)
-        if self.kill_on_second and len(self.received) == 2:
-            raise Killed(signum)
-        self.request_stop()
+        self.request_stop(counts_as_signal=True)
 
-    def request_stop(self) -> None:
-        """Ask for a graceful stop and wake ``wait()``; this does not count as a signal."""
+    def request_stop(self, *, counts_as_signal: bool = False) -> None:
+        """Ask for a graceful stop and wake ``wait()``.
+
+        Parameters:
+          counts_as_signal: whether this counts like a signal, so that the next one is the
+            second (which kills when ``kill_on_second`` is set); later ones are ignored.
+        """
+        if counts_as_signal:
+            self._count += 1
+            if self.kill_on_second and self._count == 2:
+                raise Killed()
         self.stop_requested = True
         self.wake()
 
@@ -411,10 +421,17 @@ class SignalCatcher:
         except OSError:
             pass
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until a wake-up (or until ``timeout`` seconds passed)."""
-        select.select([self._rsock], [], [], timeout)
+    def wait(self, timeout: float | None = None, *, also: Sequence[int] = ()) -> bool:
+        """Block until a wake-up, until a file descriptor in ``also`` is readable or for
+        ``timeout`` seconds.
+
+        Returns:
+          Whether a file descriptor in ``also`` is readable.
+        """
+        fds = [self._rsock.fileno(), *also]
+        ready, _, _ = select.select(fds, [], [], timeout)
         self.drain()
+        return any(fd in ready for fd in also)
 
 
 def signal_name(signum: int) -> str:
@@ -636,8 +653,21 @@ def serve(
     process_name: str,
     warn_memory: bool = True,
     on_booted: Callable[[], None] | None = None,
+    parent_sentinel: int | None = None,
 ) -> ExitCode:
     """Boot, run one worker until the first signal, then stop it gracefully.
+
+    Parameters:
+      options: the command line.
+      catcher: the installed signal catcher.
+      process_name: names the logger, ``nbqueue.<process_name>``.
+      warn_memory: whether to warn when the broker is in-memory.
+      on_booted: called once the worker runs.
+      parent_sentinel: a file descriptor that becomes readable when the supervising process
+        exits; the worker then stops as on a signal rather than run on as an orphan.
+
+    Returns:
+      The exit code.
 
     Raises:
       Killed: a second signal arrived.
@@ -671,12 +701,17 @@ def serve(
     if on_booted is not None:
         on_booted()
     logger.info("Worker is ready; send SIGTERM or press Ctrl-C to stop it.")
+    watched = [parent_sentinel] if parent_sentinel is not None else []
+    reason = "a stop request"
     while not catcher.stop_requested:
-        catcher.wait()
-    reason = signal_name(catcher.received[0]) if catcher.received else "a stop request"
+        if catcher.wait(also=watched):
+            reason = "the exit of the supervising process"
+            catcher.request_stop(counts_as_signal=True)
+    if catcher.received:
+        reason = signal_name(catcher.received[0])
     logger.info(
-        "Received %s: stopping; running messages get up to %d ms to finish. Send the signal "
-        "again to exit at once.",
+        "Received %s: stopping; running messages get up to %d ms to finish, and another "
+        "SIGTERM exits at once.",
         reason,
         options.shutdown_timeout,
     )

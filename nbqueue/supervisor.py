@@ -61,6 +61,7 @@ def _child_main(options: Options, index: int, booted: Event, stopping: Event) ->
     setup = setup_logging(options)
     if stopping.is_set():
         catcher.request_stop()
+    parent = multiprocessing.parent_process()
     try:
         code = serve(
             options,
@@ -68,6 +69,7 @@ def _child_main(options: Options, index: int, booted: Event, stopping: Event) ->
             process_name=f"WorkerProcess({index})",
             warn_memory=index == 0,
             on_booted=booted.set,
+            parent_sentinel=parent.sentinel if parent is not None else None,
         )
     except Killed:
         logging.getLogger(f"nbqueue.WorkerProcess({index})").warning(

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -8,6 +14,8 @@ import pytest
 
 from nbqueue.cli import ExitCode, Options, SignalCatcher, main, termination_signals
 from nbqueue.supervisor import Supervisor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +115,56 @@ def test_a_missing_module_fails_before_any_process_starts(
     assert code == ExitCode.USAGE
     assert "starting" not in err
     assert err.endswith("run from the project folder or pass --path.\n")
+
+
+def test_worker_processes_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    name = write_module(
+        tmp_path,
+        f"""
+        import os
+        import pathlib
+
+        import nbqueue
+
+        folder = pathlib.Path({str(tmp_path)!r})
+
+        class Mark(nbqueue.Middleware):
+            def after_worker_boot(self, broker, worker):
+                (folder / f"{{os.getpid()}}.booted").write_text("")
+
+            def after_worker_shutdown(self, broker, worker):
+                (folder / f"{{os.getpid()}}.stopped").write_text("")
+
+        nbqueue.get_broker().add_middleware(Mark())
+        """,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    env["NBQUEUE_WORKER_TIMEOUT"] = "100"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "nbqueue", name, "-p", "2", "-t", "1", "-P", str(tmp_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def wait_for(suffix: str) -> bool:
+        # Other processes: poll for their marker files, with a bounded deadline.
+        deadline = time.monotonic() + 10
+        while len(list(tmp_path.glob(f"*.{suffix}"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(list(tmp_path.glob(f"*.{suffix}"))) == 2
+
+    try:
+        assert wait_for("booted"), "the worker processes did not boot within 10 s"
+        supervisor.kill()
+        supervisor.wait(timeout=10)
+        assert wait_for("stopped"), "orphaned worker processes kept running"
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        for marker in tmp_path.glob("*.booted"):
+            if not (tmp_path / f"{marker.stem}.stopped").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(marker.stem), signal.SIGKILL)
