@@ -171,6 +171,13 @@ class Consumer(abc.ABC):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:  # noqa: B027 - optional
         """Give fetched but unprocessed messages back to the queue (at worker shutdown)."""
 
+    def interrupt(self) -> None:  # noqa: B027 - optional
+        """Make a ``next()`` blocked in another thread return ``None`` soon (worker shutdown).
+
+        Called from a thread other than the consumer's. Without it, ``next()`` returns when its
+        timeout passes, which only delays shutdown.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the consumer's resources; unacknowledged messages go back to the queue."""
 

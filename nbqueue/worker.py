@@ -347,6 +347,14 @@ class ConsumerThread(_PausableThread):
 
     def stop_fetching(self) -> None:
         self.fetching = False
+        consumer = self.consumer
+        if consumer is not None:
+            try:
+                consumer.interrupt()
+            except Exception:
+                self.logger.debug(
+                    "Could not interrupt the consumer of %r.", self.queue_name, exc_info=True
+                )
 
     def finish(self, messages: list[MessageProxy]) -> None:
         """Hand back unprocessed messages; the thread requeues them, closes and exits."""

@@ -164,3 +164,19 @@ def test_any_form_of_throws_dead_letters_without_killing_the_thread(
     stub_worker.join()
     assert len(stub_broker.get_dead_letters("default")) == 1
     assert all(thread.is_alive() for thread in stub_worker.workers)
+
+
+def test_stopping_an_idle_worker_does_not_wait_for_the_fetch_timeout(stub_broker):
+    import time
+
+    @nbqueue.actor
+    def idle():
+        pass
+
+    worker = Worker(stub_broker, worker_timeout=30000, worker_threads=2)
+    worker.start()
+    assert set(worker.consumers) == {"default", "default.DQ"}
+    start = time.monotonic()
+    worker.stop()
+    # With a 30 s fetch timeout, only an interrupted consumer lets stop() return this soon.
+    assert time.monotonic() - start < 10

@@ -238,6 +238,7 @@ class _StubConsumer(Consumer):
         self._outstanding: dict[int, _Entry] = {}
         self._tags = itertools.count()
         self._lock = broker._lock
+        self._interrupted = False
 
     def __next__(self) -> MessageProxy | None:
         deadline = time.monotonic() + self.timeout / 1000
@@ -246,7 +247,7 @@ class _StubConsumer(Consumer):
             with self._lock:
                 while not queue.entries or len(self._outstanding) >= self.prefetch:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or self._interrupted:
                         return None
                     queue.not_empty.wait(remaining)
                 entry = heapq.heappop(queue.entries)
@@ -313,6 +314,11 @@ class _StubConsumer(Consumer):
             for entry in entries:
                 heapq.heappush(self.queue.entries, entry)
                 self.queue.in_flight -= 1
+            self.queue.not_empty.notify_all()
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
             self.queue.not_empty.notify_all()
 
     def close(self) -> None:
