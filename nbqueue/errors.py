@@ -11,7 +11,13 @@ The tree (names shared with Dramatiq mean the same condition)::
     │   ├── QueueNotFound               the queue was never declared
     │   ├── BrokerConnectionError
     │   │   ├── ConnectionFailed        could not connect to the broker
+    │   │   │   └── ConnectionBlocked   the broker refuses publishes for now (resource alarm)
     │   │   └── ConnectionClosed        the connection dropped during an operation
+    │   │       └── PublishOutcomeUnknown
+    │   │                               sent, but the connection dropped before the confirm
+    │   ├── PublishRejected             the broker refused a message; it was not enqueued
+    │   │   ├── PublishNacked           the broker answered with a negative confirm
+    │   │   └── PublishUnroutable       no queue took the message (it was deleted?)
     │   └── BrokerUnavailable           no broker implementation for a URL or missing extra
     ├── QueueJoinTimeout                broker.join() or worker.join() ran out of time
     ├── RateLimitExceeded               a rate limiter refused to acquire
@@ -31,12 +37,17 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "BrokerUnavailable",
+    "ConnectionBlocked",
     "ConnectionClosed",
     "ConnectionFailed",
     "DecodeError",
     "DramatiqError",
     "EncodeError",
     "NbqueueError",
+    "PublishNacked",
+    "PublishOutcomeUnknown",
+    "PublishRejected",
+    "PublishUnroutable",
     "QueueJoinTimeout",
     "QueueNotFound",
     "RateLimitExceeded",
@@ -124,6 +135,43 @@ class ConnectionFailed(BrokerConnectionError):
 
 class ConnectionClosed(BrokerConnectionError):
     """The connection to the broker's server dropped during an operation."""
+
+
+class ConnectionBlocked(ConnectionFailed):
+    """The broker refuses publishes for now (a RabbitMQ memory or disk alarm); nothing was sent."""
+
+
+class PublishOutcomeUnknown(ConnectionClosed):
+    """Messages were sent, but the connection dropped (or timed out) before the broker confirmed
+    them: they may or may not be enqueued. Sending them again is safe but may run them twice.
+
+    Attributes:
+      messages: the messages whose outcome is unknown.
+    """
+
+    def __init__(self, message: str, messages: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.messages = messages or []
+
+
+class PublishRejected(BrokerError):
+    """The broker refused messages: they were not enqueued, and sending them again is safe.
+
+    Attributes:
+      messages: the messages that were refused.
+    """
+
+    def __init__(self, message: str, messages: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.messages = messages or []
+
+
+class PublishNacked(PublishRejected):
+    """The broker answered a publish with a negative confirm (an internal error on its side)."""
+
+
+class PublishUnroutable(PublishRejected):
+    """The broker returned a message because no queue took it (the queue was deleted?)."""
 
 
 class BrokerUnavailable(BrokerError):

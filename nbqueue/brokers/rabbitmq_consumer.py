@@ -1,0 +1,426 @@
+"""The RabbitMQ consumer: one connection and one I/O thread per consumed queue.
+
+The I/O thread receives deliveries and sends acknowledgements; the worker's consumer thread
+decodes messages in ``__next__``; worker threads settle messages through ``ack``/``nack``, which
+only hand the delivery tag to the I/O thread. Acknowledgements that arrive in delivery order go
+out as one ``Basic.Ack`` with ``multiple`` set.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..broker import Consumer, MessageProxy
+from ..common import current_millis, dq_name, q_name, xq_name
+from ..errors import BrokerConnectionError, BrokerError, ConnectionClosed, DecodeError
+from ..message import Message
+from .rabbitmq_io import Link, describe_error
+
+if TYPE_CHECKING:
+    from .rabbitmq import RabbitmqBroker
+
+__all__ = ["RabbitmqConsumer", "RabbitmqMessage"]
+
+logger = logging.getLogger("nbqueue.RabbitmqBroker.consumer")
+
+#: Headers nbqueue adds to a dead letter it moves to ``<queue>.XQ`` itself.
+REASON_HEADER = "x-nbqueue-reason"
+ERROR_HEADER = "x-nbqueue-error"
+
+_ACK, _NACK, _REQUEUE = 1, 2, 3
+
+
+class RabbitmqMessage(MessageProxy):
+    """A message delivered by RabbitMQ, with its delivery tag (valid on its consumer only)."""
+
+    def __init__(
+        self,
+        message: Message[Any],
+        consumer: RabbitmqConsumer,
+        tag: int,
+        redelivered: bool,
+        properties: Any,
+        body: bytes,
+    ) -> None:
+        super().__init__(message)
+        self.redelivered = redelivered
+        self._consumer = consumer
+        self._tag = tag
+        self._properties = properties
+        self._body = body
+
+
+class _ConsumerLink(Link):
+    def __init__(self, consumer: RabbitmqConsumer, broker: RabbitmqBroker) -> None:
+        super().__init__(
+            broker._params,
+            f"nbqueue-rabbitmq-io-{consumer.queue_name}",
+            broker._where,
+            broker._secrets,
+        )
+        self.consumer = consumer
+        self.channel: Any = None
+
+    def on_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Any) -> None:
+        consumer = self.consumer
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+
+        def start(_frame: Any) -> None:
+            channel.basic_consume(
+                consumer.queue_name,
+                consumer._on_delivery,
+                callback=lambda _frame: consumer._on_ready(None),
+            )
+
+        channel.basic_qos(prefetch_count=consumer.prefetch, callback=start)
+
+    def _on_channel_closed(self, channel: Any, reason: Any) -> None:
+        if channel is not self.channel:
+            return
+        self.channel = None
+        code = getattr(reason, "reply_code", None)
+        if code == 404:
+            self.consumer.broker._forget_queue(self.consumer.queue_name)
+        text = describe_error(reason, self.secrets)
+        self.consumer._on_ready(
+            ConnectionClosed(
+                f"RabbitMQ closed the channel consuming {self.consumer.queue_name!r}: {text}."
+            )
+        )
+        connection = self.connection
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def on_connect_failed(self, error: BrokerConnectionError) -> None:
+        self.consumer._on_ready(error)
+
+    def on_lost(self, error: BrokerConnectionError) -> None:
+        self.channel = None
+        self.consumer._on_ready(error)
+
+
+class RabbitmqConsumer(Consumer):
+    """Consumes one queue on a connection of its own. Use ``broker.consume()`` to make one.
+
+    Raises:
+      ConnectionFailed: could not connect (within the broker's ``confirm_timeout``).
+      ConnectionClosed: RabbitMQ refused to consume the queue.
+    """
+
+    def __init__(
+        self, broker: RabbitmqBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = max(1, min(prefetch, 65535))
+        self.timeout = timeout
+        self.is_delay_queue = queue_name.endswith(".DQ")
+        self._inbox: collections.deque[tuple[int, bool, Any, bytes]] = collections.deque()
+        self._cond = threading.Condition()
+        self._waiting = False
+        self._error: BrokerError | None = None
+        self._ready = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        # delivery tag -> when it was delivered (monotonic seconds), until settled
+        self._unsettled: dict[int, float] = {}
+        # delayed messages held here until they are near due: (eta, seq, proxy)
+        self._held: list[tuple[int, int, RabbitmqMessage]] = []
+        self._held_seq = itertools.count()
+        # loop-thread state for coalescing acknowledgements
+        self._settles: collections.deque[tuple[int, int]] = collections.deque()
+        self._flush_pending = False
+        self._order: collections.deque[int] = collections.deque()
+        self._done: dict[int, bool] = {}  # tag -> True once sent, False while an ack waits
+        self._link = _ConsumerLink(self, broker)
+        try:
+            self._link.io.call(self._link.connect)
+        except BrokerError:
+            raise
+        if not self._ready.wait(broker.confirm_timeout / 1000):
+            self._error = self._error or BrokerConnectionError(
+                f"Could not start consuming {queue_name!r} on RabbitMQ at {broker._where} within "
+                f"{broker.confirm_timeout} ms; check that the server runs."
+            )
+        if self._error is not None:
+            error = self._error
+            self._shutdown()
+            raise error
+        broker._consumers.add(self)
+
+    # -- loop thread ------------------------------------------------------------------------
+
+    def _on_ready(self, error: BrokerError | None) -> None:
+        if error is not None and self._error is None:
+            self._error = error
+        self._ready.set()
+        if error is not None:
+            dropped = len(self._inbox)
+            self._inbox.clear()
+            with self._lock:
+                lost = len(self._unsettled)
+                self._unsettled.clear()
+            self.broker._local_delta(self.queue_name, -(dropped + lost))
+            with self._cond:
+                self._cond.notify_all()
+
+    def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        tag = method.delivery_tag
+        self._order.append(tag)
+        self.broker._local_delta(self.queue_name, 1)
+        self._inbox.append((tag, method.redelivered, properties, body))
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        channel = self._link.channel
+        settles = self._settles
+        if channel is None or not channel.is_open:
+            settles.clear()
+            return
+        done = self._done
+        while settles:
+            kind, tag = settles.popleft()
+            if kind == _ACK:
+                done[tag] = False
+            else:
+                channel.basic_nack(tag, multiple=False, requeue=kind == _REQUEUE)
+                done[tag] = True
+        # Acknowledge the longest settled prefix in one frame, the rest one by one.
+        order = self._order
+        last = 0
+        while order and order[0] in done:
+            tag = order.popleft()
+            if not done.pop(tag):
+                last = tag
+        if last:
+            channel.basic_ack(last, multiple=True)
+        for tag, sent in done.items():
+            if not sent:
+                channel.basic_ack(tag)
+                done[tag] = True
+
+    def _barrier(self, event: threading.Event) -> None:
+        channel = self._link.channel
+        if channel is None or not channel.is_open:
+            event.set()
+            return
+        # Frames arrive in order: once Qos-Ok is in, every delivery sent before it is counted.
+        channel.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: event.set())
+
+    # -- consumer thread ----------------------------------------------------------------------
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + self.timeout / 1000
+        while True:
+            if self._held:
+                proxy = self._tend_held()
+                if proxy is not None:
+                    return proxy
+            if self._inbox:
+                try:
+                    tag, redelivered, properties, body = self._inbox.popleft()
+                except IndexError:
+                    continue
+                with self._lock:
+                    self._unsettled[tag] = time.monotonic()
+                proxy = self._decode(tag, redelivered, properties, body)
+                if proxy is None:
+                    continue
+                if self.is_delay_queue and self._hold(proxy):
+                    continue
+                return proxy
+            if self._error is not None:
+                raise self._error
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self._held:
+                remaining = min(remaining, 0.05)
+            with self._cond:
+                self._waiting = True
+                if not self._inbox and self._error is None:
+                    self._cond.wait(remaining)
+                self._waiting = False
+
+    def _decode(
+        self, tag: int, redelivered: bool, properties: Any, body: bytes
+    ) -> RabbitmqMessage | None:
+        try:
+            message = Message.decode(body)
+        except DecodeError as e:
+            logger.error(
+                "Dead-lettered a %d-byte message on %r that could not be decoded (%s): %s",
+                len(body),
+                self.queue_name,
+                e.reason,
+                str(e)[:300],
+            )
+            self._dead_letter(tag, properties, body, e.reason, str(e))
+            return None
+        return RabbitmqMessage(message, self, tag, redelivered, properties, body)
+
+    def _hold_window(self) -> int | None:
+        timeout = self.broker.consumer_timeout
+        return None if not timeout else int(timeout * 0.4)
+
+    def _hold(self, proxy: RabbitmqMessage) -> bool:
+        # A delayed message due later than the hold window stays here, unacknowledged, and is
+        # re-published to the delay queue before RabbitMQ's consumer_timeout could fire.
+        window = self._hold_window()
+        eta = proxy.options.get("eta")
+        if window is None or not isinstance(eta, (int, float)) or isinstance(eta, bool):
+            return False
+        if eta - current_millis() <= window:
+            return False
+        heapq.heappush(self._held, (int(eta), next(self._held_seq), proxy))
+        return True
+
+    def _tend_held(self) -> RabbitmqMessage | None:
+        window = self._hold_window() or 0
+        now_ms = current_millis()
+        held = self._held
+        if held[0][0] - now_ms <= window:
+            return heapq.heappop(held)[2]
+        limit = time.monotonic() - window / 1000
+        for eta, seq, proxy in list(held):
+            with self._lock:
+                delivered = self._unsettled.get(proxy._tag)
+            if delivered is not None and delivered <= limit:
+                try:
+                    self.broker._republish(proxy._body, proxy._properties, dq_name(self.queue_name))
+                except BrokerError:
+                    logger.warning(
+                        "Could not re-publish delayed message %s; RabbitMQ may redeliver it.",
+                        proxy.message_id,
+                        exc_info=True,
+                    )
+                    continue
+                held.remove((eta, seq, proxy))
+                heapq.heapify(held)
+                self.ack(proxy)
+        return None
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def _settle(self, tag: int, kind: int) -> bool:
+        with self._lock:
+            if self._unsettled.pop(tag, None) is None:
+                return False
+        self.broker._local_delta(self.queue_name, -1)
+        self._settles.append((kind, tag))
+        if not self._flush_pending:
+            self._flush_pending = True
+            try:
+                self._link.io.call(self._flush)
+            except BrokerError:
+                pass  # closed: RabbitMQ returns the message to the queue
+        return True
+
+    def _own(self, message: MessageProxy) -> int | None:
+        if getattr(message, "_consumer", None) is not self:
+            return None  # delivered on another (older) channel: RabbitMQ already requeued it
+        tag: int = message._tag
+        return tag
+
+    def ack(self, message: MessageProxy) -> None:
+        tag = self._own(message)
+        if tag is not None:
+            self._settle(tag, _ACK)
+
+    def nack(self, message: MessageProxy) -> None:
+        """Dead-letter the message to ``<queue>.XQ`` with its reason in a header."""
+        tag = self._own(message)
+        if tag is None:
+            return
+        exception = message._exception
+        error = None if exception is None else f"{type(exception).__name__}: {exception}"
+        reason = message.dead_reason or "failed"
+        self.broker._record_dead(self.queue_name, exception, message, reason)
+        proxy: RabbitmqMessage = message  # type: ignore[assignment]
+        self._dead_letter(tag, proxy._properties, proxy._body, reason, error)
+
+    def _dead_letter(
+        self, tag: int, properties: Any, body: bytes, reason: str, error: str | None
+    ) -> None:
+        with self._lock:
+            if tag not in self._unsettled:
+                return
+        try:
+            self.broker._publish_dead_letter(self.queue_name, body, properties, reason, error)
+        except BrokerError:
+            logger.warning(
+                "Could not move a dead letter to %s with its reason; RabbitMQ dead-letters it "
+                "without one.",
+                xq_name(self.queue_name),
+                exc_info=True,
+            )
+            self._settle(tag, _NACK)
+            return
+        self._settle(tag, _ACK)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        for message in messages:
+            tag = self._own(message)
+            if tag is not None:
+                self._settle(tag, _REQUEUE)
+        for _eta, _seq, proxy in self._held:
+            self._settle(proxy._tag, _REQUEUE)
+        self._held.clear()
+
+    def barrier(self, timeout: float) -> None:
+        """Wait until every delivery RabbitMQ sent so far has reached this consumer."""
+        event = threading.Event()
+        try:
+            self._link.io.call(lambda: self._barrier(event))
+        except BrokerError:
+            return
+        event.wait(timeout)
+
+    def close(self) -> None:
+        """Flush acknowledgements, close the channel (RabbitMQ requeues what is unsettled)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.broker._consumers.discard(self)
+        self._shutdown()
+        dropped = len(self._inbox)
+        self._inbox.clear()
+        with self._lock:
+            lost = len(self._unsettled)
+            self._unsettled.clear()
+        self._held.clear()
+        if self._error is None:
+            self.broker._local_delta(self.queue_name, -(dropped + lost))
+
+    def _shutdown(self) -> None:
+        def close_channel() -> None:
+            self._flush()
+            channel = self._link.channel
+            if channel is not None and channel.is_open:
+                self._link.channel = None
+                channel.close()
+
+        try:
+            self._link.io.call(close_channel)
+        except BrokerError:
+            pass
+        self._link.start_close()
+
+    @property
+    def canonical_queue(self) -> str:
+        """The queue's name without ``.DQ``."""
+        return q_name(self.queue_name)

@@ -1,0 +1,637 @@
+"""The I/O side of the RabbitMQ broker: pika connections, each owned by one I/O thread.
+
+pika is not thread-safe, so every connection lives on a thread of its own that runs pika's
+``IOLoop`` for as long as the connection is wanted. Other threads never touch pika: they put work
+on a deque and wake the loop (at most one wake-up is pending at a time, so a burst of sends costs
+one wake-up). The loop keeps pumping the socket whatever the callers do, so heartbeats flow while
+actors run for hours.
+
+``Publisher`` owns the broker's publishing connection: a channel in confirm mode for messages and
+a second channel for queue declarations, purges, counts and peeks (a failed declaration closes
+its channel, and must not take unconfirmed publishes down with it). Concurrent senders share
+confirm round trips: the loop publishes whatever is waiting, and one ``Basic.Ack`` with
+``multiple`` set can settle many senders at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import pika  # type: ignore[import-untyped]
+import pika.exceptions  # type: ignore[import-untyped]
+from pika.adapters.select_connection import IOLoop, SelectConnection  # type: ignore[import-untyped]
+
+from ..errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConnectionBlocked,
+    ConnectionClosed,
+    ConnectionFailed,
+    PublishNacked,
+    PublishOutcomeUnknown,
+    PublishUnroutable,
+)
+
+__all__ = ["LoopThread", "Publisher", "describe_error"]
+
+logger = logging.getLogger("nbqueue.RabbitmqBroker")
+
+#: Largest slice of a batch published in one go, so confirms are read between slices.
+PUBLISH_SLICE = 500
+
+
+def describe_error(error: BaseException | None, secrets: Sequence[str] = ()) -> str:
+    """Describe a pika error in a few words, with any password scrubbed out.
+
+    pika's exceptions may embed connection parameters; nbqueue re-raises its own errors with this
+    text and never chains pika's exception, so no password reaches a traceback.
+    """
+    if error is None:
+        return "no reason given"
+    if isinstance(error, pika.exceptions.AMQPConnectionWorkflowFailed) and error.exceptions:
+        error = error.exceptions[-1]
+    inner = getattr(error, "exception", None)
+    if isinstance(error, pika.exceptions.AMQPConnectorException) and inner is not None:
+        error = inner
+    if isinstance(error, (pika.exceptions.ConnectionClosed, pika.exceptions.ChannelClosed)):
+        text = f"{error.reply_code} {error.reply_text}"
+    else:
+        text = str(error) or type(error).__name__
+        text = f"{type(error).__name__}: {text}"
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:500]
+
+
+class LoopThread:
+    """One pika ``IOLoop`` running on a daemon thread.
+
+    Parameters:
+      name: the thread's name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = IOLoop()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_pending = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread, soon; safe from any thread."""
+        if self._stopped:
+            raise ConnectionClosed("The RabbitMQ connection was closed; create a new broker.")
+        self._calls.append(fn)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.add_callback_threadsafe(self._drain)
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether the caller runs on the loop thread."""
+        return threading.current_thread() is self._thread
+
+    def _drain(self) -> None:
+        # Reset the flag first: anything appended after this line wakes the loop again.
+        self._wake_pending = False
+        calls = self._calls
+        while calls:
+            fn = calls.popleft()
+            try:
+                fn()
+            except Exception:
+                logger.exception("Unexpected error on the RabbitMQ I/O thread.")
+
+    def _run(self) -> None:
+        try:
+            self.loop.start()
+        except Exception:
+            logger.exception("The RabbitMQ I/O loop failed.")
+        finally:
+            self._stopped = True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the loop and wait (bounded) for the thread to end."""
+        if self._stopped:
+            return
+        try:
+            self.call(self.loop.stop)
+        except Exception:
+            return
+        self._stopped = True
+        if not self.in_loop:
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            try:
+                self.loop.close()
+            except Exception:
+                logger.debug("Error closing an I/O loop.", exc_info=True)
+
+
+class Link:
+    """A pika connection that lives on its own ``LoopThread`` and reconnects on demand.
+
+    Subclasses open channels in ``on_open`` and learn of losses in ``on_lost``. Everything but
+    ``start_close`` runs on the loop thread.
+    """
+
+    def __init__(
+        self, params: Sequence[Any], name: str, where: str, secrets: Sequence[str]
+    ) -> None:
+        self.params = list(params)
+        self.where = where
+        self.secrets = list(secrets)
+        self.io = LoopThread(name)
+        self.connection: Any = None
+        self.connecting = False
+        self.closing = False
+        self.blocked: str | None = None
+        self.last_error: str | None = None
+        self.closed_event = threading.Event()
+
+    def connect(self) -> None:
+        if self.connection is not None or self.connecting or self.closing:
+            return
+        self.connecting = True
+        SelectConnection.create_connection(
+            self.params, self._on_connected, custom_ioloop=self.io.loop
+        )
+
+    def _on_connected(self, result: Any) -> None:
+        self.connecting = False
+        if isinstance(result, BaseException):
+            self.last_error = describe_error(result, self.secrets)
+            self.on_connect_failed(
+                ConnectionFailed(
+                    f"Could not connect to RabbitMQ at {self.where}: {self.last_error}; check "
+                    "that the server runs and the URL, user and password are right."
+                )
+            )
+            return
+        if self.closing:
+            result.close()
+            return
+        self.connection = result
+        self.blocked = None
+        result.add_on_close_callback(self._on_connection_closed)
+        result.add_on_connection_blocked_callback(self._on_blocked)
+        result.add_on_connection_unblocked_callback(self._on_unblocked)
+        self.on_open(result)
+
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        self.blocked = getattr(frame.method, "reason", "") or "resource alarm"
+        logger.warning("RabbitMQ blocked publishing on %s: %s.", self.where, self.blocked)
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        self.blocked = None
+        logger.info("RabbitMQ unblocked publishing on %s.", self.where)
+        self.on_unblocked()
+
+    def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        if connection is not self.connection:
+            return
+        self.connection = None
+        self.blocked = None
+        if self.closing:
+            self.closed_event.set()
+            self.on_lost(ConnectionClosed("The RabbitMQ connection was closed."))
+            return
+        self.last_error = describe_error(reason, self.secrets)
+        logger.warning("Lost the RabbitMQ connection to %s: %s.", self.where, self.last_error)
+        self.on_lost(
+            ConnectionClosed(
+                f"The connection to RabbitMQ at {self.where} dropped: {self.last_error}."
+            )
+        )
+
+    def start_close(self) -> None:
+        """Close the connection and stop the thread; safe from any thread, bounded."""
+
+        def close() -> None:
+            self.closing = True
+            connection = self.connection
+            if connection is not None and connection.is_open:
+                try:
+                    connection.close()
+                    return
+                except Exception:
+                    logger.debug("Error closing a connection.", exc_info=True)
+            self.closed_event.set()
+
+        try:
+            self.io.call(close)
+        except BrokerError:
+            return
+        if not self.io.in_loop:
+            self.closed_event.wait(2.0)
+        self.io.stop()
+
+    # hooks for subclasses
+    def on_open(self, connection: Any) -> None:
+        """The connection opened."""
+
+    def on_connect_failed(self, error: BrokerConnectionError) -> None:
+        """Connecting failed after every attempt."""
+
+    def on_lost(self, error: BrokerConnectionError) -> None:
+        """The open connection dropped (or was closed)."""
+
+    def on_unblocked(self) -> None:
+        """The server lifted a resource alarm."""
+
+
+class Batch:
+    """Messages published together, and what became of them (settled on the loop thread)."""
+
+    __slots__ = (
+        "items",
+        "remaining",
+        "errors",
+        "event",
+        "lock",
+        "cancelled",
+        "published",
+        "progress",
+    )
+
+    def __init__(self, items: list[tuple[str, bytes, Any]]) -> None:
+        self.items = items
+        self.remaining = len(items)
+        # (index, error) of every item that was not enqueued or whose fate is unknown
+        self.errors: list[tuple[int, BrokerError]] = []
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.published = 0
+        self.progress = 0
+
+    def settle(self, index: int, error: BrokerError | None) -> None:
+        if error is not None:
+            self.errors.append((index, error))
+        self.remaining -= 1
+        self.progress += 1
+        if self.remaining <= 0:
+            self.event.set()
+
+
+class _Op:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[Any, Future[Any]], None]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+
+class Publisher(Link):
+    """The broker's publishing connection: confirmed publishes and queue administration.
+
+    Parameters:
+      confirm: put the publishing channel in confirm mode (and publish with ``mandatory``).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Any],
+        where: str,
+        secrets: Sequence[str],
+        *,
+        confirm: bool,
+    ) -> None:
+        super().__init__(params, "nbqueue-rabbitmq-publisher", where, secrets)
+        self.confirm = confirm
+        self._outbox: collections.deque[tuple[Batch, int]] = collections.deque()
+        self._ops: collections.deque[_Op] = collections.deque()
+        self._channel: Any = None
+        self._admin: Any = None
+        self._current_op: _Op | None = None
+        self._seq = 0
+        self._unconfirmed: collections.OrderedDict[int, tuple[Batch, int]] = (
+            collections.OrderedDict()
+        )
+        self._returned: collections.Counter[bytes] = collections.Counter()
+        self._draining = False
+
+    # -- any thread -------------------------------------------------------------------------
+
+    def publish(self, items: list[tuple[str, bytes, Any]], timeout: float) -> Batch:
+        """Publish ``(routing_key, body, properties)`` items and wait for their confirms.
+
+        ``timeout`` (seconds) bounds the wait for progress: it restarts whenever some item of
+        the batch is settled, so a large batch is not cut short while confirms keep arriving.
+
+        Returns:
+          The settled batch; ``batch.errors`` lists items not enqueued or of unknown outcome.
+
+        Raises:
+          ConnectionFailed: nothing was sent (no connection within the timeout).
+          ConnectionBlocked: nothing was sent because the server blocks publishing.
+        """
+        batch = Batch(items)
+        if not items:
+            return batch
+        self.io.call(lambda: self._submit(batch))
+        progress = -1
+        while not batch.event.wait(timeout):
+            if batch.progress != progress:
+                progress = batch.progress
+                continue
+            with batch.lock:
+                batch.cancelled = True
+                published = batch.published
+            if batch.event.is_set():
+                break
+            if not published:
+                if self.blocked:
+                    raise ConnectionBlocked(
+                        f"RabbitMQ at {self.where} blocks publishing ({self.blocked}) and did not "
+                        f"lift the block within {timeout:g} s; nothing was sent. Free memory or "
+                        "disk on the server, then send again."
+                    )
+                reason = f": {self.last_error}" if self.last_error else ""
+                raise ConnectionFailed(
+                    f"Could not publish to RabbitMQ at {self.where} within {timeout:g} s"
+                    f"{reason}; nothing was sent. Check that the server runs, then send again."
+                )
+            raise PublishOutcomeUnknown(
+                f"RabbitMQ at {self.where} did not confirm {batch.remaining} published "
+                f"message(s) within {timeout:g} s; they may or may not be enqueued. Sending "
+                "them again is safe but may run them twice."
+            )
+        return batch
+
+    def run(self, fn: Callable[[Any, Future[Any]], None], timeout: float) -> Any:
+        """Run ``fn(admin_channel, future)`` on the loop thread and wait for the future.
+
+        Raises:
+          ConnectionFailed: no connection within ``timeout`` seconds.
+          BrokerError: whatever ``fn`` set on the future.
+        """
+        op = _Op(fn)
+        self.io.call(lambda: self._submit_op(op))
+        try:
+            return op.future.result(timeout)
+        except TimeoutError:
+            op.future.cancel()
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise ConnectionFailed(
+                f"RabbitMQ at {self.where} did not answer within {timeout:g} s{reason}; check "
+                "that the server runs."
+            ) from None
+
+    # -- loop thread --------------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        return self._channel is not None and self._admin is not None
+
+    def _submit(self, batch: Batch) -> None:
+        self._outbox.append((batch, 0))
+        if self._ready():
+            self._drain()
+        else:
+            self.connect()
+
+    def _submit_op(self, op: _Op) -> None:
+        self._ops.append(op)
+        if self._ready():
+            self._next_op()
+        else:
+            self.connect()
+
+    def on_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel)
+        connection.channel(on_open_callback=self._on_admin)
+
+    def _on_channel(self, channel: Any) -> None:
+        if channel.connection is not self.connection:
+            return
+        channel.add_on_close_callback(self._on_channel_closed)
+        if self.confirm:
+            channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(
+                self._on_confirm, callback=lambda _: self._set_channel(channel)
+            )
+        else:
+            self._set_channel(channel)
+
+    def _set_channel(self, channel: Any) -> None:
+        self._seq = 0
+        self._channel = channel
+        self._became_ready()
+
+    def _on_admin(self, channel: Any) -> None:
+        if channel.connection is not self.connection:
+            return
+        channel.add_on_close_callback(self._on_admin_closed)
+        self._admin = channel
+        self._became_ready()
+
+    def _became_ready(self) -> None:
+        if self._ready():
+            self._drain()
+            self._next_op()
+
+    def on_unblocked(self) -> None:
+        if self._ready():
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._draining or self.blocked or self._channel is None:
+            return
+        self._draining = True
+        try:
+            self._publish_some()
+        finally:
+            self._draining = False
+
+    def _publish_some(self) -> None:
+        channel = self._channel
+        budget = PUBLISH_SLICE
+        outbox = self._outbox
+        confirm = self.confirm
+        while outbox and budget > 0:
+            batch, start = outbox[0]
+            if start == 0:
+                with batch.lock:
+                    if batch.cancelled:
+                        outbox.popleft()
+                        continue
+                    batch.published = 1
+            end = min(len(batch.items), start + budget)
+            items = batch.items
+            for index in range(start, end):
+                routing_key, body, properties = items[index]
+                channel.basic_publish("", routing_key, body, properties, mandatory=confirm)
+                if confirm:
+                    self._seq += 1
+                    self._unconfirmed[self._seq] = (batch, index)
+                else:
+                    batch.settle(index, None)
+            budget -= end - start
+            if end == len(items):
+                outbox.popleft()
+            else:
+                outbox[0] = (batch, end)
+        if outbox:
+            # Let the loop read confirms (and heartbeats) before the next slice.
+            self.io.loop.add_callback_threadsafe(self._drain)
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # A returned message's Basic.Return arrives before its Basic.Ack; remember the body so
+        # the ack settles it as unroutable.
+        self._returned[bytes(body)] += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        unconfirmed = self._unconfirmed
+        if method.multiple:
+            while unconfirmed:
+                seq = next(iter(unconfirmed))
+                if seq > tag:
+                    break
+                self._settle(unconfirmed.popitem(last=False)[1], nacked)
+        else:
+            entry = unconfirmed.pop(tag, None)
+            if entry is not None:
+                self._settle(entry, nacked)
+
+    def _settle(self, entry: tuple[Batch, int], nacked: bool) -> None:
+        batch, index = entry
+        error: BrokerError | None = None
+        if self._returned:
+            body = batch.items[index][1]
+            if self._returned.get(body):
+                self._returned[body] -= 1
+                if not self._returned[body]:
+                    del self._returned[body]
+                error = PublishUnroutable(
+                    f"RabbitMQ returned a message for queue {batch.items[index][0]!r}: no such "
+                    "queue (was it deleted?); it was not enqueued."
+                )
+        if error is None and nacked:
+            error = PublishNacked(
+                f"RabbitMQ refused a message for queue {batch.items[index][0]!r} (negative "
+                "confirm); it was not enqueued. Send it again."
+            )
+        batch.settle(index, error)
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is not self._channel:
+            return
+        self._channel = None
+        self._fail_unconfirmed(describe_error(reason, self.secrets))
+        connection = self.connection
+        if connection is not None and connection.is_open and not self.closing:
+            connection.channel(on_open_callback=self._on_channel)
+
+    def _on_admin_closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is not self._admin:
+            return
+        self._admin = None
+        op, self._current_op = self._current_op, None
+        if op is not None and not op.future.done():
+            op.future.set_exception(_channel_error(reason, self.secrets, self.where))
+        connection = self.connection
+        if connection is not None and connection.is_open and not self.closing:
+            connection.channel(on_open_callback=self._on_admin)
+
+    def _fail_unconfirmed(self, why: str) -> None:
+        unconfirmed, self._unconfirmed = self._unconfirmed, collections.OrderedDict()
+        self._returned.clear()
+        for batch, index in unconfirmed.values():
+            batch.settle(
+                index,
+                PublishOutcomeUnknown(
+                    f"The connection to RabbitMQ at {self.where} dropped before it confirmed a "
+                    f"message for {batch.items[index][0]!r} ({why}); it may or may not be "
+                    "enqueued. Sending it again is safe but may run it twice."
+                ),
+            )
+
+    def on_lost(self, error: BrokerConnectionError) -> None:
+        self._channel = None
+        self._admin = None
+        self._fail_unconfirmed(str(error))
+        op, self._current_op = self._current_op, None
+        if op is not None and not op.future.done():
+            op.future.set_exception(error)
+        if self.closing:
+            self._fail_waiting(error)
+        elif self._outbox or self._ops:
+            # Callers are still waiting (each within its own deadline): reconnect now.
+            self.io.loop.call_later(0.2, self.connect)
+
+    def on_connect_failed(self, error: BrokerConnectionError) -> None:
+        self._fail_waiting(error)
+
+    def _fail_waiting(self, error: BrokerConnectionError) -> None:
+        outbox, self._outbox = self._outbox, collections.deque()
+        for batch, start in outbox:
+            with batch.lock:
+                batch.cancelled = True
+            for index in range(start, len(batch.items)):
+                batch.settle(index, error)
+        ops, self._ops = self._ops, collections.deque()
+        for op in ops:
+            if not op.future.done():
+                op.future.set_exception(error)
+
+    def _next_op(self) -> None:
+        while self._current_op is None and self._ops and self._admin is not None:
+            op = self._ops.popleft()
+            if not op.future.set_running_or_notify_cancel():
+                continue
+            self._current_op = op
+            op.future.add_done_callback(self._op_done_callback(op))
+            try:
+                op.fn(self._admin, op.future)
+            except Exception as e:
+                if not op.future.done():
+                    op.future.set_exception(
+                        BrokerError(
+                            f"RabbitMQ operation failed: {describe_error(e, self.secrets)}."
+                        )
+                    )
+
+    def _op_done_callback(self, op: _Op) -> Callable[[Future[Any]], None]:
+        return lambda _future: self._op_done(op)
+
+    def _op_done(self, op: _Op) -> None:
+        # Futures run callbacks in the thread that resolves them: the loop thread, or a caller
+        # that cancelled; hop back to the loop either way.
+        def advance() -> None:
+            if self._current_op is op:
+                self._current_op = None
+            self._next_op()
+
+        if self.io.in_loop:
+            advance()
+        else:
+            try:
+                self.io.call(advance)
+            except BrokerError:
+                pass
+
+
+def _channel_error(reason: BaseException, secrets: Sequence[str], where: str) -> BrokerError:
+    code = getattr(reason, "reply_code", None)
+    text = describe_error(reason, secrets)
+    if code in (404, 406):
+        error = BrokerError(f"RabbitMQ at {where} refused the operation: {text}.")
+        error.reply_code = code  # type: ignore[attr-defined]
+        return error
+    return ConnectionClosed(f"The RabbitMQ channel to {where} closed: {text}.")
+
+
+def wait_until(deadline: float) -> float:
+    """Return the seconds left before ``deadline`` (a ``time.monotonic()`` value), at least 0."""
+    return max(0.0, deadline - time.monotonic())
