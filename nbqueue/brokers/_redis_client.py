@@ -1,0 +1,210 @@
+"""Redis connections shared by the broker and the Redis backends.
+
+Every connection gets deadlines (redis-py's defaults let a hung server hold a call for about a
+minute), every redis-py error becomes an nbqueue error that says what to do, and no password
+ever reaches a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.commands.core import Script
+    from redis.retry import Retry
+except ImportError as e:  # pragma: no cover - exercised with redis hidden
+    raise ImportError(
+        "nbqueue's Redis support needs the redis package: pip install 'nbqueue[redis]'."
+    ) from e
+
+from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
+
+__all__ = ["RedisConnection", "load_scripts"]
+
+#: How long a command may take before it fails, in seconds (redis-py's default is 5 s with up to
+#: ten retries, which lets a paused server hold a call for about a minute).
+SOCKET_TIMEOUT = 3.0
+
+#: How long opening a connection may take, in seconds.
+CONNECT_TIMEOUT = 3.0
+
+#: The longest a single blocking command (BLPOP, BLMOVE) blocks, in seconds. Blocking calls are
+#: chunked to this, so they always stay below the socket timeout.
+MAX_BLOCK = 1.0
+
+#: The Lua scripts shipped in ``redis_lua/``; ``_lib.lua`` is prepended to each.
+SCRIPT_NAMES = (
+    "ack",
+    "bury",
+    "dead_letters",
+    "enqueue",
+    "fetch",
+    "nack",
+    "requeue",
+    "signoff",
+    "tick",
+)
+
+_sources: dict[str, str] = {}
+
+
+def _script_source(name: str) -> str:
+    if not _sources:
+        folder = importlib.resources.files("nbqueue.brokers") / "redis_lua"
+        lib = (folder / "_lib.lua").read_text(encoding="utf-8")
+        for script in SCRIPT_NAMES:
+            body = (folder / f"{script}.lua").read_text(encoding="utf-8")
+            _sources[script] = f"{lib}\n{body}"
+    return _sources[name]
+
+
+def load_scripts(client: redis.Redis) -> dict[str, Script]:
+    """Register nbqueue's Lua scripts on ``client`` (they are sent with EVALSHA, loaded on
+    first use and reloaded after a server restart)."""
+    return {name: client.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+
+
+def connection_defaults() -> dict[str, Any]:
+    """Return the connection options nbqueue uses unless told otherwise.
+
+    A lost connection is retried once (a stale pooled connection, a server restart); a timeout
+    is not retried, so a hung server fails a call within ``SOCKET_TIMEOUT``.
+    """
+    return {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    }
+
+
+class RedisConnection:
+    """A redis-py client with bounded deadlines, plus what is needed to report its errors.
+
+    Parameters:
+      url: ``redis://``, ``rediss://`` or ``unix://``; wins over ``host``/``port``/``db``.
+      client: a ready client; used as is (its own timeouts apply) and never closed here.
+      host, port, db, password: connection parameters when there is no URL.
+      pool_kwargs: options for the connection pool, e.g. ``{"max_connections": 20}``.
+      redis_kwargs: any other ``redis.Redis`` option (``socket_timeout=``, ``ssl_ca_certs=``...).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        db: int | None = None,
+        password: str | None = None,
+        pool_kwargs: dict[str, Any] | None = None,
+        **redis_kwargs: Any,
+    ) -> None:
+        self.owns_client = client is None
+        if client is None:
+            options = connection_defaults()
+            explicit = {"host": host, "port": port, "db": db, "password": password}
+            options.update({k: v for k, v in explicit.items() if v is not None})
+            options.update(redis_kwargs)
+            options.update(pool_kwargs or {})
+            if url:
+                pool = redis.ConnectionPool.from_url(url, **options)
+            else:
+                pool = redis.ConnectionPool(**options)
+            client = redis.Redis(connection_pool=pool)
+        self.client: redis.Redis = client
+        kwargs = client.connection_pool.connection_kwargs
+        self._secret: str | None = kwargs.get("password") or None
+        self.where = self._describe(client)
+        timeout = kwargs.get("socket_timeout")
+        #: the longest one blocking command may block, in seconds
+        self.block_limit = MAX_BLOCK if not timeout else min(MAX_BLOCK, timeout / 2)
+        self.socket_timeout: float | None = timeout
+
+    @staticmethod
+    def _describe(client: redis.Redis) -> str:
+        """Return the server's address as a URL with the password masked."""
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        db = kwargs.get("db", 0)
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}?db={db}"
+        scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
+        username, password = kwargs.get("username"), kwargs.get("password")
+        userinfo = ""
+        if password:
+            userinfo = f"{username or ''}:***@"
+        elif username:
+            userinfo = f"{username}@"
+        host = kwargs.get("host", "localhost")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{userinfo}{host}:{kwargs.get('port', 6379)}/{db}"
+
+    def scrub(self, text: str) -> str:
+        """Return ``text`` with the password, if it appears, replaced by ``***``."""
+        if self._secret and self._secret in text:
+            return text.replace(self._secret, "***")
+        return text
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn redis-py errors raised inside the block into nbqueue errors.
+
+        Raises:
+          ConnectionFailed: the server refused the connection or the credentials.
+          ConnectionClosed: the connection dropped, or the server did not answer in time.
+          BrokerError: the server answered with an error (out of memory, read-only...).
+        """
+        try:
+            yield
+        except redis.AuthenticationError as e:
+            raise ConnectionFailed(
+                f"Redis at {self.where} refused the credentials ({self.scrub(str(e))}); "
+                f"check the user name and password."
+            ) from None
+        except redis.TimeoutError as e:
+            raise ConnectionClosed(
+                f"Redis at {self.where} did not answer within {self.socket_timeout} s "
+                f"({self.scrub(str(e))}); check that the server is running and not paused, "
+                f"or pass a larger socket_timeout=."
+            ) from None
+        except redis.ConnectionError as e:
+            text = self.scrub(str(e))
+            if "connecting to" in text or "Connection refused" in text:
+                raise ConnectionFailed(
+                    f"Could not connect to Redis at {self.where} ({text}); check that the "
+                    f"server is running and that the URL is right."
+                ) from None
+            raise ConnectionClosed(
+                f"Lost the connection to Redis at {self.where} ({text}); the call may not have "
+                f"completed: check the server, then try again."
+            ) from None
+        except redis.OutOfMemoryError as e:
+            raise BrokerError(
+                f"Redis at {self.where} is out of memory ({self.scrub(str(e))}); nothing was "
+                f"written: free memory or raise maxmemory, then try again."
+            ) from None
+        except redis.ReadOnlyError as e:
+            raise BrokerError(
+                f"Redis at {self.where} is a read-only replica ({self.scrub(str(e))}); point "
+                f"the URL at the primary."
+            ) from None
+        except redis.ResponseError as e:
+            raise BrokerError(
+                f"Redis at {self.where} answered with an error: {self.scrub(str(e))}; check "
+                f"the server's log and its version (nbqueue needs Redis 6.2 or newer)."
+            ) from None
+
+    def close(self) -> None:
+        """Close the connections, unless the client was passed in."""
+        if self.owns_client:
+            self.client.close()
+            self.client.connection_pool.disconnect()

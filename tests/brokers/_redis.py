@@ -1,0 +1,120 @@
+"""Redis support for the broker tests: brokers in a fresh namespace, raw injection, and private
+redis-server processes for tests that kill or pause the server.
+
+Tests never FLUSHALL or FLUSHDB: each deletes only its own namespace's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from nbqueue.brokers.redis import RedisBroker
+
+
+def make_broker(url: str, namespace: str, **options: object) -> RedisBroker:
+    """Return a broker on ``url`` whose keys all start with ``namespace``."""
+    return RedisBroker(url=url, namespace=namespace, **options)  # type: ignore[arg-type]
+
+
+def delete_namespace(client: redis.Redis, namespace: str) -> int:
+    """Delete every key starting with ``namespace`` (SCAN, never KEYS or FLUSHDB)."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{namespace}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.delete(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted
+
+
+def cleanup(broker: RedisBroker, namespace: str) -> None:
+    """Delete the test's keys."""
+    delete_namespace(broker.client, namespace)
+
+
+def inject_raw(broker: RedisBroker, queue_name: str, data: bytes) -> str:
+    """Store raw bytes as a message, as a foreign or broken producer would; return its id."""
+    rid = str(uuid.uuid4())
+    pipe = broker.client.pipeline()
+    pipe.hset(broker.keys.messages(queue_name), rid, data)
+    pipe.rpush(broker.keys.queue(queue_name), rid)
+    pipe.execute()
+    return rid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of our own, on a free port, that a test may kill, pause or restart."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nbq-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        command += ["--save", "", "--appendonly", "no", *self.args]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.01)
+            finally:
+                client.close()
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.signal(signal.SIGCONT)
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def private_redis(*args: str) -> Iterator[PrivateRedis]:
+    """Run a private redis-server with extra arguments (later ones win over the defaults)."""
+    server = PrivateRedis(*args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
