@@ -24,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised with redis hidden
 
 from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
 
-__all__ = ["RedisConnection", "load_scripts"]
+__all__ = ["RedisConnection", "load_scripts", "redis"]
 
 #: How long a command may take before it fails, in seconds (redis-py's default is 5 s with up to
 #: ten retries, which lets a paused server hold a call for about a minute).

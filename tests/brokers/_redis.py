@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from nbqueue.brokers.redis import RedisBroker
 
@@ -80,12 +82,19 @@ class PrivateRedis:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # redis-py's default retries back off for seconds
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
                 client.ping()
                 break
+            except (redis.AuthenticationError, redis.ResponseError):
+                break  # up, and asking for a password
             except redis.RedisError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None

@@ -1,0 +1,89 @@
+"""The Redis result backend: Dramatiq's keys and stored format, and reads that wake on the write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...brokers._redis_client import RedisConnection, redis
+from ...encoder import Encoder
+from ..backend import Missing, ResultBackend
+
+__all__ = ["RedisBackend"]
+
+
+class RedisBackend(ResultBackend):
+    """Store results in Redis, readable by Dramatiq's RedisBackend and the reverse.
+
+    A result is a one-element Redis list under the key Dramatiq uses (the MD5 of
+    ``"<namespace>:<queue>:<actor>:<message id>"``), expiring after the result TTL. A blocking
+    ``get_result`` waits with ``BLMOVE``, so it returns the moment the result is written;
+    sub-second timeouts are honoured (Dramatiq rounds them down to whole seconds).
+
+    Example::
+
+        backend = RedisBackend(url="redis://localhost:6379/0")
+        broker.add_middleware(Results(backend=backend))
+
+    Parameters:
+      namespace, encoder, use_namespace_prefix_keys: see ``ResultBackend``.
+      client: a ready ``redis.Redis``; used as is and never closed.
+      url: a Redis URL; wins over the connection parameters.
+      parameters: ``redis.Redis`` options (``host=``, ``port=``, ``db=``, ``password=``...);
+        nbqueue's deadlines apply unless overridden (``socket_timeout=`` is 3 s).
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "dramatiq-results",
+        encoder: Encoder | None = None,
+        use_namespace_prefix_keys: bool = False,
+        client: redis.Redis | None = None,
+        url: str | None = None,
+        **parameters: Any,
+    ) -> None:
+        super().__init__(
+            namespace=namespace,
+            encoder=encoder,
+            use_namespace_prefix_keys=use_namespace_prefix_keys,
+        )
+        self.connection = RedisConnection(url, client=client, **parameters)
+        self.client = self.connection.client
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.connection.where!r}, namespace={self.namespace!r})"
+
+    def _decode(self, data: Any) -> Any:
+        if data is None:
+            return Missing
+        return self.encoder.decode(data)
+
+    def _get(self, message_key: str) -> Any:
+        with self.connection.errors():
+            data = self.client.lindex(message_key, 0)
+        return self._decode(data)
+
+    def _store(self, message_key: str, result: Any, ttl: int) -> None:
+        data = self.encoder.encode(result)
+        with self.connection.errors():
+            pipe = self.client.pipeline()
+            pipe.delete(message_key)
+            pipe.lpush(message_key, data)
+            pipe.pexpire(message_key, ttl)
+            pipe.execute()
+
+    def _wait(self, message_key: str, timeout: float) -> Any:
+        # BLMOVE from the list to itself leaves the one element in place for other readers.
+        # Redis reads a timeout under a millisecond as "forever", so short waits just look.
+        timeout = min(timeout, self.connection.block_limit)
+        if timeout < 0.002:
+            return self._get(message_key)
+        with self.connection.errors():
+            # Redis takes fractional seconds; redis-py annotates the timeout as int.
+            seconds: Any = round(timeout, 3)
+            data = self.client.blmove(message_key, message_key, seconds, "RIGHT", "RIGHT")
+        return self._decode(data)
+
+    def close(self) -> None:
+        """Close the connections, unless the client was passed in."""
+        self.connection.close()
