@@ -1,0 +1,125 @@
+"""The Redis result backend, on a real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import nbqueue
+from nbqueue import ConnectionFailed
+from nbqueue.message import Message
+from nbqueue.results import ResultFailure, ResultMissing, Results, ResultTimeout
+from nbqueue.results.backends import RedisBackend
+from tests.brokers._redis import cleanup, delete_namespace, make_broker
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def backend(redis_url, namespace):
+    backend = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
+    yield backend
+    delete_namespace(backend.client, namespace)
+    backend.close()
+
+
+def make_message(actor_name: str = "add") -> Message[Any]:
+    return Message(queue_name="default", actor_name=actor_name, args=(), kwargs={}, options={})
+
+
+def test_results_are_stored_as_dramatiq_stores_them(redis_url, namespace):
+    backend = RedisBackend(url=redis_url, namespace=namespace)
+    message = make_message()
+    key = hashlib.md5(f"{namespace}:default:add:{message.message_id}".encode()).hexdigest()
+    try:
+        backend.store_result(message, {"total": 3}, 60000)
+        assert backend.client.lrange(key, 0, -1) == [b'{"total":3}']
+        assert 0 < backend.client.pttl(key) <= 60000
+        assert backend.get_result(message) == {"total": 3}
+    finally:
+        backend.client.delete(key)
+        backend.close()
+
+
+def test_a_missing_result_raises_at_once_without_blocking(backend):
+    with pytest.raises(ResultMissing, match="block=True"):
+        backend.get_result(make_message())
+
+
+def test_a_blocked_reader_wakes_the_moment_the_result_is_written(backend):
+    message = make_message()
+    received: list[float] = []
+
+    def reader() -> None:
+        assert backend.get_result(message, block=True, timeout=5000) == 42
+        received.append(time.perf_counter())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not _a_client_blocks_in("blmove", backend):  # give the reader the chance to block
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    stored = time.perf_counter()
+    backend.store_result(message, 42, 10000)
+    thread.join(5)
+    assert received and received[0] - stored < 0.1
+    assert backend.get_result(message) == 42  # the blocking read left the result in place
+
+
+def _a_client_blocks_in(command: str, backend: RedisBackend) -> bool:
+    return any(
+        "b" in client.get("flags", "") and client.get("cmd") == command
+        for client in backend.client.client_list()
+    )
+
+
+def test_sub_second_timeouts_are_honoured(backend):
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout):
+        backend.get_result(make_message(), block=True, timeout=300)
+    assert 0.29 <= time.monotonic() - started < 1.0
+
+
+def test_failures_are_stored_as_data(backend):
+    message = make_message()
+    try:
+        raise KeyError("secret sauce")
+    except KeyError as e:
+        backend.store_exception(message, e, 10000)
+    with pytest.raises(ResultFailure) as info:
+        backend.get_result(message, block=True, timeout=1000)
+    assert info.value.orig_exc_type == "KeyError"
+    assert "secret sauce" in info.value.orig_exc_msg
+
+
+def test_send_to_result_through_a_redis_broker_and_worker(
+    redis_url, namespace, backend, worker_factory
+):
+    broker = make_broker(redis_url, namespace)
+    broker.add_middleware(Results(backend=backend))
+    try:
+
+        @nbqueue.actor(queue_name=namespace, broker=broker, store_results=True)
+        def add(x, y):
+            return x + y
+
+        worker_factory(broker, worker_threads=2)
+        messages = [add.send(i, i) for i in range(20)]
+        assert [m.get_result(backend=backend, block=True, timeout=10000) for m in messages] == [
+            2 * i for i in range(20)
+        ]
+    finally:
+        broker.close()
+        cleanup(broker, namespace)
+
+
+def test_an_unreachable_server_is_a_clear_error():
+    backend = RedisBackend(url="redis://127.0.0.1:1/0")
+    with pytest.raises(ConnectionFailed, match="Could not connect to Redis"):
+        backend.get_result(make_message())
+    assert "127.0.0.1:1" in repr(backend)
