@@ -11,10 +11,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -127,3 +128,44 @@ def private_redis(*args: str) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+VICTIM = """
+import sys, time
+import nbqueue
+from nbqueue.brokers.redis import RedisBroker
+
+url, namespace, heartbeat_timeout = sys.argv[1], sys.argv[2], int(sys.argv[3])
+broker = RedisBroker(url=url, namespace=namespace, heartbeat_timeout=heartbeat_timeout)
+
+@nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
+def job(i=None):
+    broker.client.rpush(namespace + ":started", str(i))
+    time.sleep(60)
+
+nbqueue.Worker(broker, worker_threads=2, worker_timeout=100).start()
+time.sleep(120)
+"""
+
+
+def start_victim(
+    url: str, namespace: str, *, heartbeat_timeout: int = 2000, prefetch: int = 10
+) -> subprocess.Popen[bytes]:
+    """Start an nbqueue worker process whose actor ``job`` blocks for a minute after pushing
+    its argument to ``<namespace>:started``: a worker to kill -9 while it holds messages."""
+    env = {
+        **os.environ,
+        "NBQUEUE_QUEUE_PREFETCH": str(prefetch),
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    }
+    command = [sys.executable, "-c", VICTIM, url, namespace, str(heartbeat_timeout)]
+    return subprocess.Popen(command, env=env)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20, what: str = "") -> None:
+    """Poll another process's effect until ``condition()`` is true, failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)

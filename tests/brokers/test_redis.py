@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -17,7 +14,14 @@ import pytest
 import nbqueue
 from nbqueue import ConnectionClosed, ConnectionFailed, EncodeError, Message
 from nbqueue.brokers.redis import RedisBroker
-from tests.brokers._redis import cleanup, inject_raw, make_broker, private_redis
+from tests.brokers._redis import (
+    cleanup,
+    inject_raw,
+    make_broker,
+    private_redis,
+    start_victim,
+    wait_until,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -252,31 +256,8 @@ def test_stopping_a_worker_requeues_prefetched_messages_at_once_and_signs_off(
     assert client.zscore(keys.heartbeats, redis_broker.broker_id) is None
 
 
-def test_a_killed_worker_s_messages_come_back_within_the_heartbeat_timeout(
-    redis_url, namespace, tmp_path
-):
+def test_a_killed_worker_s_messages_come_back_within_the_heartbeat_timeout(redis_url, namespace):
     """Recovery needs no traffic: the surviving worker is idle when the other is killed."""
-    script = tmp_path / "victim.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys, time
-            import nbqueue
-            from nbqueue.brokers.redis import RedisBroker
-
-            url, namespace = sys.argv[1:3]
-            broker = RedisBroker(url=url, namespace=namespace, heartbeat_timeout=2000)
-
-            @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
-            def job(i):
-                broker.client.rpush(namespace + ":started", i)
-                time.sleep(60)
-
-            nbqueue.Worker(broker, worker_threads=2, worker_timeout=100).start()
-            time.sleep(120)
-            """
-        )
-    )
     broker = make_broker(redis_url, namespace, heartbeat_timeout=2000)
     done, finished = [], threading.Event()
 
@@ -287,18 +268,16 @@ def test_a_killed_worker_s_messages_come_back_within_the_heartbeat_timeout(
             finished.set()
 
     job.send_many(range(10))
-    env = {**os.environ, "NBQUEUE_QUEUE_PREFETCH": "10", "PYTHONPATH": os.getcwd()}
-    victim = subprocess.Popen([sys.executable, str(script), redis_url, namespace], env=env)
+    victim = start_victim(redis_url, namespace, heartbeat_timeout=2000, prefetch=10)
     survivor = nbqueue.Worker(broker, worker_threads=4, worker_timeout=100)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # bounded polling of the other process's effect
+
+        def holds_everything():
             stats = broker.queue_stats()[namespace]
             started = broker.client.llen(f"{namespace}:started")
-            if stats.ready == 0 and stats.in_flight == 10 and started == 2:
-                break
-            assert time.monotonic() < deadline, (stats, started)
-            time.sleep(0.02)
+            return stats.ready == 0 and stats.in_flight == 10 and started == 2
+
+        wait_until(holds_everything, what="the victim to fetch all ten messages")
         survivor.start()
         killed_at = time.monotonic()
         victim.send_signal(signal.SIGKILL)
