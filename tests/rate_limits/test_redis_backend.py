@@ -142,6 +142,14 @@ def test_group_callbacks_run_once_on_a_redis_broker(backend, redis_url, namespac
     from nbqueue.results.backends import RedisBackend as ResultsBackend
     from tests.brokers._redis import cleanup, make_broker
 
+    created = []
+
+    class Recording(RedisBackend):
+        def add(self, key, value, ttl):
+            created.append(key)  # the barrier's key is a bare uuid, outside the namespace
+            return super().add(key, value, ttl)
+
+    backend = Recording(client=backend.client)
     broker = make_broker(redis_url, namespace)
     results = ResultsBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
     broker.add_middleware(GroupCallbacks(backend))
@@ -171,3 +179,5 @@ def test_group_callbacks_run_once_on_a_redis_broker(backend, redis_url, namespac
         broker.close()
         results.close()
         cleanup(broker, namespace)
+        for key in created:
+            backend.client.delete(key, f"{key}@events")
