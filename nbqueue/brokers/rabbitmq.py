@@ -55,8 +55,10 @@ How it differs from Dramatiq's broker:
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -152,6 +154,14 @@ def _parameters(
     return params, where
 
 
+def _flush_at_exit(ref: weakref.ref[RabbitmqBroker]) -> None:
+    # Unconfirmed sends return before the I/O thread wrote them; write them before exiting.
+    broker = ref()
+    publisher = broker._publisher if broker is not None else None
+    if publisher is not None:
+        publisher.flush(2.0)
+
+
 def _resolve(future: Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -240,6 +250,8 @@ class RabbitmqBroker(Broker):
                     self._publisher = Publisher(
                         self._params, self._where, self._secrets, confirm=self.confirm_delivery
                     )
+                    if not self.confirm_delivery:
+                        atexit.register(_flush_at_exit, weakref.ref(self))
                 publisher = self._publisher
         return publisher
 
@@ -251,6 +263,7 @@ class RabbitmqBroker(Broker):
             publisher, self._publisher = self._publisher, None
             self._ensured.clear()
         if publisher is not None:
+            publisher.flush(self.confirm_timeout / 1000)
             publisher.start_close()
 
     def _run(self, fn: Any) -> Any:

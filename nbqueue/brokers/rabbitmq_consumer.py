@@ -132,6 +132,7 @@ class RabbitmqConsumer(Consumer):
         self._error: BrokerError | None = None
         self._ready = threading.Event()
         self._closed = False
+        self._interrupted = False
         self._lock = threading.Lock()
         # delivery tag -> when it was delivered (monotonic seconds), until settled
         self._unsettled: dict[int, float] = {}
@@ -245,6 +246,8 @@ class RabbitmqConsumer(Consumer):
                 return proxy
             if self._error is not None:
                 raise self._error
+            if self._interrupted:
+                return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -252,7 +255,7 @@ class RabbitmqConsumer(Consumer):
                 remaining = min(remaining, 0.05)
             with self._cond:
                 self._waiting = True
-                if not self._inbox and self._error is None:
+                if not self._inbox and self._error is None and not self._interrupted:
                     self._cond.wait(remaining)
                 self._waiting = False
 
@@ -380,6 +383,12 @@ class RabbitmqConsumer(Consumer):
         for _eta, _seq, proxy in self._held:
             self._settle(proxy._tag, _REQUEUE)
         self._held.clear()
+
+    def interrupt(self) -> None:
+        """Make a waiting ``next()`` return ``None`` now (the worker is stopping)."""
+        self._interrupted = True
+        with self._cond:
+            self._cond.notify_all()
 
     def barrier(self, timeout: float) -> None:
         """Wait until every delivery RabbitMQ sent so far has reached this consumer."""

@@ -26,6 +26,7 @@ from typing import Any
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
 from pika.adapters.select_connection import IOLoop, SelectConnection  # type: ignore[import-untyped]
+from pika.adapters.utils import connection_workflow  # type: ignore[import-untyped]
 
 from ..errors import (
     BrokerConnectionError,
@@ -54,10 +55,10 @@ def describe_error(error: BaseException | None, secrets: Sequence[str] = ()) -> 
     """
     if error is None:
         return "no reason given"
-    if isinstance(error, pika.exceptions.AMQPConnectionWorkflowFailed) and error.exceptions:
+    if isinstance(error, connection_workflow.AMQPConnectionWorkflowFailed) and error.exceptions:
         error = error.exceptions[-1]
     inner = getattr(error, "exception", None)
-    if isinstance(error, pika.exceptions.AMQPConnectorException) and inner is not None:
+    if isinstance(error, connection_workflow.AMQPConnectorException) and inner is not None:
         error = inner
     if isinstance(error, (pika.exceptions.ConnectionClosed, pika.exceptions.ChannelClosed)):
         text = f"{error.reply_code} {error.reply_text}"
@@ -337,7 +338,13 @@ class Publisher(Link):
         batch = Batch(items)
         if not items:
             return batch
+        fire_and_forget = not self.confirm and self._channel is not None and not self.blocked
         self.io.call(lambda: self._submit(batch))
+        if fire_and_forget:
+            # Without confirms nothing tells whether RabbitMQ took a message; like Dramatiq's
+            # unconfirmed mode, hand it to the open connection and return (flush() and close()
+            # wait for the hand-off).
+            return batch
         progress = -1
         while not batch.event.wait(timeout):
             if batch.progress != progress:
@@ -366,6 +373,24 @@ class Publisher(Link):
                 "them again is safe but may run them twice."
             )
         return batch
+
+    def flush(self, timeout: float) -> None:
+        """Wait (bounded) until every message handed to the I/O thread was written or failed."""
+        if self.io.in_loop:
+            return
+        done = threading.Event()
+
+        def check() -> None:
+            if not self._outbox or self.connection is None:
+                done.set()
+            else:
+                self.io.loop.call_later(0.01, check)
+
+        try:
+            self.io.call(check)
+        except BrokerError:
+            return
+        done.wait(timeout)
 
     def run(self, fn: Callable[[Any, Future[Any]], None], timeout: float) -> Any:
         """Run ``fn(admin_channel, future)`` on the loop thread and wait for the future.

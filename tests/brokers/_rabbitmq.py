@@ -66,9 +66,11 @@ class PrivateRabbit:
 
     Parameters:
       config: extra lines for its ``rabbitmq.conf`` (e.g. ``consumer_timeout = 5000``).
+      advanced: Erlang terms for the ``rabbit`` application, e.g. ``{channel_tick_interval,
+        500}`` (RabbitMQ 3.10 checks consumer_timeout on that tick, once a minute by default).
     """
 
-    def __init__(self, config: str = "") -> None:
+    def __init__(self, config: str = "", advanced: str = "") -> None:
         self.name = f"nbqtest{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.dist_port = free_port()
@@ -82,6 +84,8 @@ class PrivateRabbit:
             f.write("[].\n")
         with open(os.path.join(self.base, "rabbitmq-env.conf"), "w") as f:
             f.write("")
+        with open(os.path.join(self.base, "advanced.config"), "w") as f:
+            f.write(f"[{{rabbit, [{advanced}]}}].\n")
         shutil.chown(self.base, "rabbitmq", "rabbitmq")
         for entry in os.listdir(self.base):
             shutil.chown(os.path.join(self.base, entry), "rabbitmq", "rabbitmq")
@@ -96,6 +100,7 @@ class PrivateRabbit:
             "RABBITMQ_LOG_BASE": os.path.join(self.base, "log"),
             "RABBITMQ_CONFIG_FILE": os.path.join(self.base, "rabbitmq.conf"),
             "RABBITMQ_CONF_ENV_FILE": os.path.join(self.base, "rabbitmq-env.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(self.base, "advanced.config"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(self.base, "enabled_plugins"),
             "RABBITMQ_PID_FILE": os.path.join(self.base, "pid"),
             "ERL_EPMD_ADDRESS": "127.0.0.1",

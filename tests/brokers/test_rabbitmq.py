@@ -1,0 +1,401 @@
+"""Behaviour specific to the RabbitMQ broker, on a real server (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import dramatiq
+import pika
+import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker as DramatiqRabbitmqBroker
+
+import nbqueue
+from nbqueue.brokers.rabbitmq import RabbitmqBroker
+from nbqueue.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConnectionFailed,
+    PublishNacked,
+    PublishUnroutable,
+)
+from tests.brokers import _rabbitmq
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def rabbit(rabbitmq_url, namespace):
+    """Make RabbitMQ brokers for this test; their queues are deleted at teardown."""
+    made = []
+
+    def make(**options):
+        options.setdefault("max_priority", 10)
+        broker = RabbitmqBroker(url=rabbitmq_url, **options)
+        broker.emit_after("process_boot")
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+    _rabbitmq.delete_queues(
+        pika.URLParameters(rabbitmq_url),
+        [namespace, f"{namespace}-a", f"{namespace}-b", f"{namespace}-nack"],
+    )
+
+
+def _dramatiq_broker(url, **options):
+    broker = DramatiqRabbitmqBroker(url=url, **options)
+    return broker
+
+
+@pytest.mark.parametrize("max_priority", [None, 10])
+def test_queue_arguments_are_identical_to_dramatiqs_in_both_orders(
+    rabbit, rabbitmq_url, namespace, max_priority
+):
+    first, second = f"{namespace}-a", f"{namespace}-b"
+    ours = rabbit(max_priority=max_priority)
+    theirs = _dramatiq_broker(rabbitmq_url, max_priority=max_priority, confirm_delivery=True)
+    try:
+        # Dramatiq declares first, then nbqueue: a difference would be a 406 here.
+        theirs.declare_queue(first, ensure=True)
+        ours.declare_queue(first)
+        ours._ensure(first)
+        # nbqueue first, then Dramatiq.
+        ours.declare_queue(second)
+        ours._ensure(second)
+        theirs.declare_queue(second, ensure=True)
+        assert theirs.get_queue_message_counts(second) == (0, 0, 0)
+    finally:
+        theirs.close()
+
+
+def test_a_priority_mismatch_with_existing_queues_says_what_to_do(rabbit, rabbitmq_url, namespace):
+    theirs = _dramatiq_broker(rabbitmq_url)
+    try:
+        theirs.declare_queue(namespace, ensure=True)
+    finally:
+        theirs.close()
+    ours = rabbit(max_priority=10)
+    with pytest.raises(BrokerError, match="same max_priority"):
+        ours.declare_queue(namespace)
+        ours._ensure(namespace)
+
+
+def test_messages_are_published_as_dramatiq_publishes_them(rabbit, rabbitmq_url, namespace):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def add(x, y):
+        return x + y
+
+    sent = add.send_with_options(args=(1, 2), priority=3)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        method, properties, body = connection.channel().basic_get(namespace, auto_ack=True)
+    finally:
+        connection.close()
+    assert method.exchange == "" and method.routing_key == namespace
+    assert properties.delivery_mode == 2
+    assert properties.priority == 3
+    assert properties.headers is None and properties.content_type is None
+    assert json.loads(body) == sent.asdict() | {"args": [1, 2]}
+
+
+def test_larger_priorities_are_delivered_first_with_max_priority(
+    rabbit, namespace, worker_factory, monkeypatch
+):
+    monkeypatch.setenv("NBQUEUE_QUEUE_PREFETCH", "1")
+    broker = rabbit(max_priority=10)
+    order = []
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def record(p):
+        order.append(p)
+
+    for p in [3, 0, 9, 5, 1, 7]:
+        record.send_with_options(args=(p,), priority=p)
+    record.send_with_options(args=(10,), broker_priority=10)  # Dramatiq's option works too
+    worker = worker_factory(broker, worker_threads=1)
+    broker.join(namespace, timeout=10000)
+    worker.join()
+    assert order == [10, 9, 7, 5, 3, 1, 0]
+
+
+def test_priorities_without_max_priority_log_one_warning(rabbit, namespace, caplog):
+    broker = rabbit(max_priority=None)
+
+    @nbqueue.actor(queue_name=namespace, broker=broker, priority=5)
+    def urgent():
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="nbqueue.RabbitmqBroker"):
+        urgent.send()
+        urgent.send()
+    warnings = [r for r in caplog.records if "max_priority" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "FIFO" in warnings[0].getMessage()
+
+
+def test_send_returns_after_the_confirm_and_bulk_sends_are_confirmed_together(rabbit, namespace):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def work(i):
+        pass
+
+    work.send(0)
+    assert broker.queue_stats()[namespace].ready == 1
+    sent = work.send_many(range(2000))
+    assert len(sent) == 2000
+    assert broker.queue_stats()[namespace].ready == 2001
+
+
+def test_concurrent_senders_all_get_their_confirms(rabbit, namespace):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def work(i):
+        pass
+
+    errors = []
+
+    def send(n):
+        try:
+            for i in range(n):
+                work.send(i)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(100,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert broker.queue_stats()[namespace].ready == 800
+
+
+def test_a_deleted_queue_is_declared_again_on_send(rabbit, rabbitmq_url, namespace):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def work():
+        pass
+
+    work.send()
+    _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
+    work.send()
+    assert broker.queue_stats()[namespace].ready == 1
+
+
+def test_an_unroutable_publish_raises_its_own_error(rabbit, namespace):
+    broker = rabbit()
+    with pytest.raises(PublishUnroutable, match="no such queue"):
+        broker._republish(b"{}", pika.BasicProperties(delivery_mode=2), f"{namespace}-missing")
+
+
+def test_a_nacked_publish_raises_its_own_error(rabbit, rabbitmq_url, namespace):
+    name = f"{namespace}-nack"
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(
+            name, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+    finally:
+        connection.close()
+    broker = rabbit()
+    with pytest.raises(PublishNacked, match="not enqueued"):
+        broker._republish(b"{}", pika.BasicProperties(delivery_mode=2), name)
+
+
+def test_a_stopped_server_gives_a_clear_error_within_5_seconds(namespace):
+    port = _rabbitmq.free_port()  # nothing listens there
+    broker = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="Could not connect to RabbitMQ"):
+            broker.declare_queue(namespace)
+            broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
+        assert time.monotonic() - started < 5
+    finally:
+        broker.close()
+
+
+def test_passwords_stay_out_of_reprs_logs_and_errors(namespace, rabbitmq_url, caplog):
+    canary = "nbq-CANARY-s3cr3t"
+    port = _rabbitmq.free_port()
+    urls = f"amqp://guest:{canary}@127.0.0.1:{port}/%2F;amqp://bob:{canary}@127.0.0.1:{port}/%2F"
+    caplog.set_level(logging.DEBUG)
+    broker = RabbitmqBroker(url=urls)
+    try:
+        assert canary not in repr(broker) and "***" in repr(broker)
+        with pytest.raises(BrokerConnectionError) as info:
+            broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
+        text = "".join([str(info.value), repr(info.value), str(info.value.__cause__)])
+        assert canary not in text
+        # A wrong password on the real server.
+        good = rabbitmq_url.replace("guest:guest", f"guest:{canary}")
+        wrong = RabbitmqBroker(url=good)
+        with pytest.raises(BrokerConnectionError) as info:
+            wrong.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
+        wrong.close()
+        assert canary not in str(info.value) and info.value.__cause__ is None
+    finally:
+        broker.close()
+    assert canary not in caplog.text
+
+
+def test_a_url_list_fails_over_to_the_next_server(rabbitmq_url, namespace):
+    port = _rabbitmq.free_port()
+    broker = RabbitmqBroker(url=[f"amqp://guest:guest@127.0.0.1:{port}/%2F", rabbitmq_url])
+    try:
+        broker.declare_queue(namespace)
+        broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
+        assert broker.queue_stats()[namespace].ready == 1
+    finally:
+        broker.close()
+        _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
+
+
+def test_connect_routes_amqp_urls_here(rabbitmq_url):
+    broker = nbqueue.connect(rabbitmq_url)
+    try:
+        assert isinstance(broker, RabbitmqBroker)
+        assert nbqueue.get_broker() is broker
+    finally:
+        broker.close()
+
+
+def test_malformed_messages_among_valid_ones_are_dead_lettered_alone(
+    rabbit, namespace, worker_factory
+):
+    broker = rabbit()
+    done = []
+    lock = threading.Lock()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def ok(i):
+        with lock:
+            done.append(i)
+
+    bad = {
+        b"\xff\xfe": "undecodable",
+        b"not json": "undecodable",
+        b'{"queue_name": "q"': "undecodable",
+        b"[1, 2]": "invalid",
+        b"42": "invalid",
+        json.dumps({"actor_name": "ok", "args": 5}).encode(): "invalid",
+        json.dumps(
+            {"queue_name": namespace, "actor_name": "ok", "args": [], "kwargs": [], "options": {}}
+        ).encode(): "invalid",
+        json.dumps(
+            {
+                "queue_name": namespace,
+                "actor_name": "ok",
+                "args": [],
+                "kwargs": {},
+                "options": {},
+                "extra": 1,
+            }
+        ).encode(): "invalid",
+    }
+    bodies = list(bad)
+    for i in range(200):
+        ok.send(i)
+        if i % 25 == 0:
+            _rabbitmq.inject_raw(broker, namespace, bodies[i // 25])
+    worker = worker_factory(broker, worker_threads=4)
+    broker.join(namespace, timeout=20000)
+    worker.join()
+    assert sorted(done) == list(range(200))
+    letters = broker.get_dead_letters(namespace)
+    assert {letter.data: letter.reason for letter in letters} == bad
+    assert all(letter.error for letter in letters)
+    assert worker.consumers[namespace].is_alive()
+
+
+def test_dead_letters_can_be_read_twice_and_stay_counted(rabbit, namespace, worker_factory):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker, max_retries=0)
+    def fails(i):
+        raise ValueError(f"bad {i}")
+
+    for i in range(3):
+        fails.send(i)
+    worker = worker_factory(broker)
+    broker.join(namespace, timeout=10000)
+    worker.join()
+    first = broker.get_dead_letters(namespace)
+    second = broker.get_dead_letters(namespace)
+    assert [d.message.args for d in first] == [d.message.args for d in second]
+    assert sorted(d.message.args[0] for d in first) == [0, 1, 2]
+    assert {d.reason for d in first} == {"retries_exhausted"}
+    assert all("ValueError: bad" in d.error for d in first)
+    assert broker.queue_stats()[namespace].dead == 3
+    with pytest.raises(ValueError, match="bad"):
+        broker.join(namespace, timeout=1000, fail_fast=True)
+
+
+def test_queue_stats_are_cheap_enough_for_two_updates_a_second(rabbit, namespace):
+    broker = rabbit()
+    for i in range(5):
+        broker.declare_queue(f"{namespace}-{i}" if i else namespace)
+    try:
+        broker.queue_stats()
+        started = time.monotonic()
+        for _ in range(10):
+            broker.queue_stats()
+        assert (time.monotonic() - started) / 10 < 0.25
+    finally:
+        names = [f"{namespace}-{i}" for i in range(1, 5)]
+        broker.close()
+        _rabbitmq.delete_queues(broker._params, names)
+
+
+def test_heartbeats_flow_while_an_actor_runs(rabbitmq_url, namespace, worker_factory):
+    # The server drops a connection that misses two heartbeats: 2 s here, while the actor
+    # runs 4 s. The consumer's I/O thread keeps answering, so the message runs once.
+    broker = RabbitmqBroker(url=rabbitmq_url + "?heartbeat=1")
+    broker.emit_after("process_boot")
+    runs = []
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def slow():
+        runs.append(1)
+        time.sleep(4)
+
+    try:
+        slow.send()
+        worker = worker_factory(broker, worker_threads=1)
+        broker.join(namespace, timeout=20000)
+        worker.join()
+        assert len(runs) == 1
+    finally:
+        broker.close()
+        _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
+
+
+def test_dramatiq_can_read_what_a_bulk_send_published(rabbit, rabbitmq_url, namespace):
+    broker = rabbit()
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def add(x, y):
+        return x + y
+
+    add.send_many([(i, i) for i in range(10)])
+    theirs = _dramatiq_broker(rabbitmq_url, max_priority=10)
+    try:
+        consumer = theirs.consume(namespace, prefetch=10, timeout=2000)
+        got = [next(consumer) for _ in range(10)]
+        for message in got:
+            consumer.ack(message)
+        consumer.close()
+    finally:
+        theirs.close()
+    assert sorted(m.args for m in got) == [(i, i) for i in range(10)]
+    assert all(isinstance(m._message, dramatiq.Message) for m in got)
