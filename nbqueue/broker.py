@@ -197,6 +197,8 @@ class Broker(abc.ABC):
         self.delay_queues: set[str] = set()
         self.actor_options: set[str] = set()
         self.middleware: list[Middleware] = []
+        self._hooks: dict[str, list[Any]] = {}
+        self._hooks_key: tuple[int, int] = (0, 0)
         if middleware is None:
             from .middleware import default_middleware
 
@@ -212,27 +214,47 @@ class Broker(abc.ABC):
 
         A ``MiddlewareError`` (such as ``SkipMessage``) propagates; other errors are logged.
         """
-        name = "before_" + signal
-        for middleware in self.middleware:
+        for hook in self._hooks_for("before_" + signal):
             try:
-                getattr(middleware, name)(self, *args, **kwargs)
+                hook(self, *args, **kwargs)
             except MiddlewareError:
                 raise
             except Exception:
-                self.logger.critical(
-                    "Unexpected failure in %s of %r.", name, middleware, exc_info=True
-                )
+                self.logger.critical("Unexpected failure in %r.", hook, exc_info=True)
 
     def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
         """Call ``after_<signal>`` on every middleware, in reverse order; errors are logged."""
-        name = "after_" + signal
-        for middleware in reversed(self.middleware):
+        for hook in self._hooks_for("after_" + signal):
             try:
-                getattr(middleware, name)(self, *args, **kwargs)
+                hook(self, *args, **kwargs)
             except Exception:
-                self.logger.critical(
-                    "Unexpected failure in %s of %r.", name, middleware, exc_info=True
-                )
+                self.logger.critical("Unexpected failure in %r.", hook, exc_info=True)
+
+    def _hooks_for(self, name: str) -> list[Any]:
+        # Calling every middleware's no-op for every signal is the largest cost of a send; keep,
+        # per hook name, only the middleware that override it (after_* hooks in reverse order).
+        # Code that edits broker.middleware in place (not through add/remove_middleware) is
+        # caught by the list's identity and length.
+        key = (id(self.middleware), len(self.middleware))
+        if key != self._hooks_key:
+            self._hooks.clear()
+            self._hooks_key = key
+        hooks = self._hooks.get(name)
+        if hooks is None:
+            ordered = reversed(self.middleware) if name.startswith("after_") else self.middleware
+            base = getattr(Middleware, name, None)
+            hooks = [
+                getattr(m, name)
+                for m in ordered
+                if base is None or getattr(type(m), name, None) is not base
+            ]
+            self._hooks[name] = hooks
+        return hooks
+
+    def remove_middleware(self, middleware: Middleware) -> None:
+        """Remove a middleware instance from this broker (a stopped worker removes its own)."""
+        self.middleware = [m for m in self.middleware if m is not middleware]
+        self._hooks.clear()
 
     def add_middleware(
         self,
@@ -268,6 +290,7 @@ class Broker(abc.ABC):
                 raise ValueError(f"Middleware {anchor.__name__} not found on this broker.")  # type: ignore[union-attr]
         else:
             self.middleware.append(middleware)
+        self._hooks.clear()
         self.actor_options |= middleware.actor_options
         for actor in self.actors.values():
             middleware.after_declare_actor(self, actor)

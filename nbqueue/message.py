@@ -100,6 +100,32 @@ class Message(Generic[R]):
           DecodeError: with ``reason="invalid"``.
         """
 
+        if (
+            type(fields) is dict
+            and len(fields) == 7
+            and type(fields.get("queue_name")) is str
+            and type(fields.get("actor_name")) is str
+            and type(fields.get("args")) is list
+            and type(fields.get("kwargs")) is dict
+            and type(fields.get("options")) is dict
+            and type(fields.get("message_id")) is str
+            and type(fields.get("message_timestamp")) is int
+            and fields["queue_name"]
+            and fields["actor_name"]
+            and all(type(key) is str for key in fields["kwargs"])
+        ):
+            # The fast path: a well-formed body as every producer writes it (seven known keys,
+            # since the length is seven and all seven were found).
+            return cls(
+                fields["queue_name"],
+                fields["actor_name"],
+                tuple(fields["args"]),
+                fields["kwargs"],
+                fields["options"],
+                fields["message_id"],
+                fields["message_timestamp"],
+            )
+
         def invalid(why: str) -> DecodeError:
             return DecodeError(
                 f"Message is invalid: {why}; it was dead-lettered.",

@@ -175,9 +175,7 @@ class Worker:
             consumer.finish(messages)
         for consumer in consumers:
             consumer.join(max(1.0, deadline - time.monotonic()))
-        self.broker.middleware[:] = [
-            m for m in self.broker.middleware if m is not self._worker_middleware
-        ]
+        self.broker.remove_middleware(self._worker_middleware)
         self.consumers.clear()
         self.workers.clear()
         with self._idle:

@@ -213,8 +213,10 @@ class StubBroker(Broker):
     def _settle(self, queue: _Queue) -> None:
         queue.in_flight -= 1
         queue.unfinished -= 1
-        queue.not_empty.notify_all()
-        self._drained.notify_all()
+        if queue.entries:
+            queue.not_empty.notify_all()  # a consumer at its prefetch limit may take one now
+        if not queue.unfinished:
+            self._drained.notify_all()
 
     def _kill(self, queue: _Queue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
         exception = proxy._exception if proxy is not None else None

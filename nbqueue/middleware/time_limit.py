@@ -35,15 +35,18 @@ class _DeadlineWatcher(threading.Thread):
         self.interval = interval
         self.logger = logger
         self._condition = threading.Condition()
-        self._deadlines: dict[int, tuple[float, str, float]] = {}
+        self._deadlines: dict[int, tuple[float, MessageProxy, float]] = {}
         self._stopping = False
+        # when the watcher wakes up next on its own; add() only wakes it for an earlier deadline
+        self._next_check = math.inf
 
-    def add(self, thread_id: int, limit_ms: float, what: str) -> None:
+    def add(self, thread_id: int, limit_ms: float, message: MessageProxy) -> None:
         """Start the clock for ``thread_id``: interrupt it ``limit_ms`` milliseconds from now."""
         deadline = time.monotonic() + limit_ms / 1000
         with self._condition:
-            self._deadlines[thread_id] = (deadline, what, limit_ms)
-            self._condition.notify()
+            self._deadlines[thread_id] = (deadline, message, limit_ms)
+            if deadline < self._next_check:
+                self._condition.notify()
 
     def remove(self, thread_id: int) -> None:
         """Stop the clock for ``thread_id``; it is not interrupted after this returns."""
@@ -62,14 +65,16 @@ class _DeadlineWatcher(threading.Thread):
         with self._condition:
             while not self._stopping:
                 now = time.monotonic()
-                for thread_id, (deadline, what, limit_ms) in list(self._deadlines.items()):
+                for thread_id, (deadline, message, limit_ms) in list(self._deadlines.items()):
                     if deadline <= now:
                         # Interrupting under the lock means a thread that already called
                         # remove() can never be interrupted afterwards.
                         del self._deadlines[thread_id]
                         self.logger.warning(
-                            "%s exceeded its time limit of %d ms; interrupting thread %d.",
-                            what,
+                            "Actor %r (message %s) exceeded its time limit of %d ms; "
+                            "interrupting thread %d.",
+                            message.actor_name,
+                            message.message_id,
                             limit_ms,
                             thread_id,
                         )
@@ -79,9 +84,11 @@ class _DeadlineWatcher(threading.Thread):
                             self.logger.exception("Could not interrupt thread %d.", thread_id)
 
                 timeout: float | None = None
+                self._next_check = math.inf
                 if self._deadlines:
                     earliest = min(deadline for deadline, _, _ in self._deadlines.values())
                     timeout = max(0.0, min(earliest - now, self.interval))
+                    self._next_check = now + timeout
                 self._condition.wait(timeout)
 
 
@@ -117,6 +124,9 @@ class TimeLimit(Middleware):
         return {"time_limit"}
 
     def _ensure_watcher(self) -> _DeadlineWatcher:
+        watcher = self._watcher
+        if watcher is not None and watcher.is_alive():
+            return watcher
         with self._lock:
             watcher = self._watcher
             if watcher is None or not watcher.is_alive():
@@ -158,8 +168,7 @@ class TimeLimit(Middleware):
         )
         if limit is None or math.isinf(limit):
             return
-        what = f"Actor {message.actor_name!r} (message {message.message_id})"
-        self._ensure_watcher().add(threading.get_ident(), limit, what)
+        self._ensure_watcher().add(threading.get_ident(), limit, message)
 
     def after_process_message(
         self,

@@ -91,3 +91,24 @@ def test_declaring_a_queue_also_declares_its_delay_queue():
     broker.declare_queue("q")
     assert broker.get_declared_queues() == {"q"}
     assert broker.get_declared_delay_queues() == {"q.DQ"}
+
+
+def test_middleware_added_or_removed_in_place_still_runs_or_stops(stub_broker):
+    seen = []
+
+    class Spy(nbqueue.Middleware):
+        def before_enqueue(self, broker, message, delay):
+            seen.append(message.message_id)
+
+    stub_broker.declare_queue("q")
+    stub_broker.enqueue(_message())
+    spy = Spy()
+    stub_broker.middleware.append(spy)
+    stub_broker.enqueue(_message())
+    stub_broker.middleware.remove(spy)
+    stub_broker.enqueue(_message())
+    stub_broker.add_middleware(spy)
+    stub_broker.enqueue(_message())
+    stub_broker.remove_middleware(spy)
+    stub_broker.enqueue(_message())
+    assert len(seen) == 2
