@@ -141,6 +141,29 @@ class PrivateRabbit:
             f"The private RabbitMQ node did not start in {timeout} s; see {self.base}."
         )
 
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` against this node (never against the shared one)."""
+        result = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "rabbitmq",
+                "--",
+                "env",
+                *[f"{k}={v}" for k, v in self.env.items()],
+                f"{RABBITMQ_BIN}/rabbitmqctl",
+                "-n",
+                self.env["RABBITMQ_NODENAME"],
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
     def beam_pids(self) -> list[int]:
         out = subprocess.run(
             ["pgrep", "-f", f"-sname {self.name}@localhost|{self.name}@localhost"],
