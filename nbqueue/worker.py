@@ -159,6 +159,10 @@ class Worker:
         self._wake_threads()
         for _ in self.workers:
             self.work_queue.put(_WorkItem((-(2**62), -1), _STOP, None))
+        # Prefetched messages that no worker thread started go back now, not after the
+        # running actors finish (which can take as long as the timeout).
+        for consumer, messages in self._unstarted().items():
+            consumer.hand_back(messages)
         for thread in self.workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         leftovers: dict[ConsumerThread, list[MessageProxy]] = {c: [] for c in consumers}
@@ -183,6 +187,23 @@ class Worker:
             self._idle.notify_all()
         self.broker.emit_after("worker_shutdown", self)
         self.logger.info("Worker %s stopped.", self.worker_id[:8])
+
+    def _unstarted(self) -> dict[ConsumerThread, list[MessageProxy]]:
+        """Take the messages no worker thread has started off the work queue (stops stay)."""
+        taken: dict[ConsumerThread, list[MessageProxy]] = {}
+        stops = []
+        while True:
+            try:
+                item = self.work_queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.message is _STOP:
+                stops.append(item)
+            elif item.consumer is not None:
+                taken.setdefault(item.consumer, []).append(item.message)
+        for item in stops:
+            self.work_queue.put(item)
+        return taken
 
     def _wake_threads(self) -> None:
         self.paused = False
@@ -332,6 +353,9 @@ class ConsumerThread(_PausableThread):
         self._finished = threading.Event()
         self._handed_back: list[MessageProxy] = []
         self._late: list[MessageProxy] = []
+        self._early: list[MessageProxy] = []
+        self._early_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def settle(self, message: MessageProxy, *, ack: bool) -> None:
         """Acknowledge or reject a message this thread's consumer fetched."""
@@ -354,10 +378,17 @@ class ConsumerThread(_PausableThread):
                     "Could not interrupt the consumer of %r.", self.queue_name, exc_info=True
                 )
 
+    def hand_back(self, messages: list[MessageProxy]) -> None:
+        """Have the thread requeue unprocessed messages now, while running actors finish."""
+        with self._early_lock:
+            self._early.extend(messages)
+        self._stopping.set()
+
     def finish(self, messages: list[MessageProxy]) -> None:
         """Hand back unprocessed messages; the thread requeues them, closes and exits."""
         self._handed_back = messages
         self._finished.set()
+        self._stopping.set()
         self.resume()
 
     def run(self) -> None:
@@ -384,8 +415,22 @@ class ConsumerThread(_PausableThread):
                 )
                 self._close_consumer()
                 restart_wait.wait(RESTART_DELAY / 1000)
-        self._finished.wait()
-        messages = self._handed_back + self._late
+        while True:
+            self._stopping.wait()
+            self._stopping.clear()
+            finished = self._finished.is_set()
+            with self._early_lock:
+                messages, self._early = self._early + self._late, []
+            self._late = []
+            if finished:
+                messages += self._handed_back
+            self._requeue(messages)
+            if finished:
+                break
+        self.broker.emit_before("consumer_thread_shutdown", self)
+        self._close_consumer()
+
+    def _requeue(self, messages: list[MessageProxy]) -> None:
         if messages and self.consumer is not None:
             try:
                 self.consumer.requeue(messages)
@@ -396,8 +441,6 @@ class ConsumerThread(_PausableThread):
                     self.queue_name,
                     exc_info=True,
                 )
-        self.broker.emit_before("consumer_thread_shutdown", self)
-        self._close_consumer()
 
     def _consume(self) -> None:
         worker = self.worker

@@ -174,7 +174,8 @@ class RedisConnection:
             raise ConnectionClosed(
                 f"Redis at {self.where} did not answer within {self.socket_timeout} s "
                 f"({self.scrub(str(e))}); check that the server is running and not paused, "
-                f"or pass a larger socket_timeout=."
+                f"or pass a larger socket_timeout= (a write that timed out may still take "
+                f"effect when the server resumes)."
             ) from None
         except redis.ConnectionError as e:
             text = self.scrub(str(e))

@@ -64,6 +64,13 @@ class RedisBackend(ResultBackend):
         return self._decode(data)
 
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
+        if isinstance(result, dict) and isinstance(result.get("exn"), dict):
+            # A failure's text may quote the URL it failed on: never store this server's password.
+            exn = {
+                k: self.connection.scrub(v) if isinstance(v, str) else v
+                for k, v in result["exn"].items()
+            }
+            result = {**result, "exn": exn}
         data = self.encoder.encode(result)
         with self.connection.errors():
             pipe = self.client.pipeline()
