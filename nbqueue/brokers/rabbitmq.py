@@ -58,6 +58,7 @@ from __future__ import annotations
 import atexit
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -549,6 +550,27 @@ class RabbitmqBroker(Broker):
 
             self._run(delete)
         self._ensured.discard(canonical)
+
+    def _delete_queue(self, name: str) -> None:
+        def delete(channel: Any, future: Future[Any]) -> None:
+            channel.queue_delete(name, callback=lambda _f: _resolve(future, None))
+
+        self._run(delete)
+
+    def _lease_queue(self, queue_name: str, ttl: int) -> str:
+        """Declare a lease queue that returns its message to ``queue_name`` after ``ttl`` ms."""
+        canonical = q_name(queue_name)
+        name = f"nbqueue.lease.{canonical}.{uuid.uuid4().hex[:12]}"
+        self._declare(
+            name,
+            {
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": canonical,
+                "x-message-ttl": ttl,
+                "x-expires": 2 * ttl + 60_000,
+            },
+        )
+        return name
 
     def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool = False) -> None:
         """Wait until a queue and its delay queue are empty and this process settled its work.

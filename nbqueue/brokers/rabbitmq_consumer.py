@@ -34,7 +34,23 @@ logger = logging.getLogger("nbqueue.RabbitmqBroker.consumer")
 REASON_HEADER = "x-nbqueue-reason"
 ERROR_HEADER = "x-nbqueue-error"
 
+#: A delivery unacknowledged for this fraction of the consumer_timeout is leased (main queues)
+#: or re-published (delayed messages held by a delay-queue consumer).
+LEASE_FRACTION = 0.4
+
 _ACK, _NACK, _REQUEUE = 1, 2, 3
+
+
+class _Lease:
+    __slots__ = ("proxy", "queue", "renew_at", "busy", "final")
+
+    def __init__(self, proxy: RabbitmqMessage) -> None:
+        self.proxy = proxy
+        self.queue: str | None = None
+        self.renew_at = 0.0
+        self.busy = True
+        # how the worker settled the message while the lease was being taken or renewed
+        self.final: tuple[int, str | None, str | None] | None = None
 
 
 class RabbitmqMessage(MessageProxy):
@@ -78,9 +94,7 @@ class _ConsumerLink(Link):
 
         def start(_frame: Any) -> None:
             channel.basic_consume(
-                consumer.queue_name,
-                consumer._on_delivery,
-                callback=lambda _frame: consumer._on_ready(None),
+                consumer.queue_name, consumer._on_delivery, callback=consumer._on_consuming
             )
 
         channel.basic_qos(prefetch_count=consumer.prefetch, callback=start)
@@ -136,6 +150,8 @@ class RabbitmqConsumer(Consumer):
         self._lock = threading.Lock()
         # delivery tag -> when it was delivered (monotonic seconds), until settled
         self._unsettled: dict[int, float] = {}
+        self._proxies: dict[int, RabbitmqMessage] = {}
+        self._leases: dict[int, _Lease] = {}
         # delayed messages held here until they are near due: (eta, seq, proxy)
         self._held: list[tuple[int, int, RabbitmqMessage]] = []
         self._held_seq = itertools.count()
@@ -172,9 +188,14 @@ class RabbitmqConsumer(Consumer):
             with self._lock:
                 lost = len(self._unsettled)
                 self._unsettled.clear()
+                self._proxies.clear()
             self.broker._local_delta(self.queue_name, -(dropped + lost))
             with self._cond:
                 self._cond.notify_all()
+
+    def _on_consuming(self, _frame: Any) -> None:
+        self._on_ready(None)
+        self._tick()
 
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
@@ -272,13 +293,17 @@ class RabbitmqConsumer(Consumer):
                 e.reason,
                 str(e)[:300],
             )
-            self._dead_letter(tag, properties, body, e.reason, str(e))
+            self._finish(tag, _NACK, body, properties, e.reason, str(e))
             return None
-        return RabbitmqMessage(message, self, tag, redelivered, properties, body)
+        proxy = RabbitmqMessage(message, self, tag, redelivered, properties, body)
+        if not self.is_delay_queue:
+            with self._lock:
+                self._proxies[tag] = proxy
+        return proxy
 
     def _hold_window(self) -> int | None:
         timeout = self.broker.consumer_timeout
-        return None if not timeout else int(timeout * 0.4)
+        return None if not timeout else int(timeout * LEASE_FRACTION)
 
     def _hold(self, proxy: RabbitmqMessage) -> bool:
         # A delayed message due later than the hold window stays here, unacknowledged, and is
@@ -314,16 +339,12 @@ class RabbitmqConsumer(Consumer):
                     continue
                 held.remove((eta, seq, proxy))
                 heapq.heapify(held)
-                self.ack(proxy)
+                self._finish(proxy._tag, _ACK, proxy._body, proxy._properties)
         return None
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def _settle(self, tag: int, kind: int) -> bool:
-        with self._lock:
-            if self._unsettled.pop(tag, None) is None:
-                return False
-        self.broker._local_delta(self.queue_name, -1)
+    def _send(self, kind: int, tag: int) -> None:
         self._settles.append((kind, tag))
         if not self._flush_pending:
             self._flush_pending = True
@@ -331,7 +352,6 @@ class RabbitmqConsumer(Consumer):
                 self._link.io.call(self._flush)
             except BrokerError:
                 pass  # closed: RabbitMQ returns the message to the queue
-        return True
 
     def _own(self, message: MessageProxy) -> int | None:
         if getattr(message, "_consumer", None) is not self:
@@ -342,7 +362,7 @@ class RabbitmqConsumer(Consumer):
     def ack(self, message: MessageProxy) -> None:
         tag = self._own(message)
         if tag is not None:
-            self._settle(tag, _ACK)
+            self._finish(tag, _ACK, message._body, message._properties)
 
     def nack(self, message: MessageProxy) -> None:
         """Dead-letter the message to ``<queue>.XQ`` with its reason in a header."""
@@ -353,36 +373,171 @@ class RabbitmqConsumer(Consumer):
         error = None if exception is None else f"{type(exception).__name__}: {exception}"
         reason = message.dead_reason or "failed"
         self.broker._record_dead(self.queue_name, exception, message, reason)
-        proxy: RabbitmqMessage = message  # type: ignore[assignment]
-        self._dead_letter(tag, proxy._properties, proxy._body, reason, error)
-
-    def _dead_letter(
-        self, tag: int, properties: Any, body: bytes, reason: str, error: str | None
-    ) -> None:
-        with self._lock:
-            if tag not in self._unsettled:
-                return
-        try:
-            self.broker._publish_dead_letter(self.queue_name, body, properties, reason, error)
-        except BrokerError:
-            logger.warning(
-                "Could not move a dead letter to %s with its reason; RabbitMQ dead-letters it "
-                "without one.",
-                xq_name(self.queue_name),
-                exc_info=True,
-            )
-            self._settle(tag, _NACK)
-            return
-        self._settle(tag, _ACK)
+        self._finish(tag, _NACK, message._body, message._properties, reason, error)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         for message in messages:
             tag = self._own(message)
             if tag is not None:
-                self._settle(tag, _REQUEUE)
+                self._finish(tag, _REQUEUE, message._body, message._properties)
         for _eta, _seq, proxy in self._held:
-            self._settle(proxy._tag, _REQUEUE)
+            self._finish(proxy._tag, _REQUEUE, proxy._body, proxy._properties)
         self._held.clear()
+
+    def _finish(
+        self,
+        tag: int,
+        kind: int,
+        body: bytes,
+        properties: Any,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Settle a delivery once: acknowledge, dead-letter (``_NACK``) or requeue it."""
+        with self._lock:
+            lease = self._leases.get(tag)
+            if lease is not None:
+                if lease.busy:
+                    lease.final = (kind, reason, error)  # the lease thread finishes it
+                    return
+                del self._leases[tag]
+            if self._unsettled.pop(tag, None) is None:
+                return
+            self._proxies.pop(tag, None)
+        self.broker._local_delta(self.queue_name, -1)
+        if lease is not None:
+            self._end_lease(lease, kind, body, properties, reason, error)
+        elif kind == _NACK:
+            try:
+                self.broker._publish_dead_letter(
+                    self.queue_name, body, properties, reason or "failed", error
+                )
+            except BrokerError:
+                logger.warning(
+                    "Could not move a dead letter to %s with its reason; RabbitMQ dead-letters "
+                    "it without one.",
+                    xq_name(self.queue_name),
+                    exc_info=True,
+                )
+                self._send(_NACK, tag)
+                return
+            self._send(_ACK, tag)
+        else:
+            self._send(kind, tag)
+
+    # -- leases: deliveries held longer than RabbitMQ's consumer_timeout allows -----------------
+
+    def _tick(self) -> None:
+        # On the loop thread, every tenth of the timeout: find deliveries that must not stay
+        # unacknowledged any longer, and (re)park them on a helper thread.
+        timeout = self.broker.consumer_timeout
+        if self._closed or not timeout or self.is_delay_queue:
+            return
+        now = time.monotonic()
+        limit = now - timeout * LEASE_FRACTION / 1000
+        work = []
+        with self._lock:
+            for tag, delivered in self._unsettled.items():
+                if delivered <= limit and tag not in self._leases and tag in self._proxies:
+                    lease = _Lease(self._proxies[tag])
+                    self._leases[tag] = lease
+                    work.append(lease)
+            for lease in self._leases.values():
+                if not lease.busy and lease.renew_at <= now:
+                    lease.busy = True
+                    work.append(lease)
+        if work:
+            threading.Thread(
+                target=self._lease_all, args=(work,), name="nbqueue-rabbitmq-lease", daemon=True
+            ).start()
+        self._link.io.loop.call_later(max(0.05, timeout / 10000), self._tick)
+
+    def _lease_all(self, leases: list[_Lease]) -> None:
+        for lease in leases:
+            self._lease(lease)
+
+    def _lease(self, lease: _Lease) -> None:
+        """Move a long-held delivery into a lease queue of its own, or renew that lease.
+
+        The lease queue dead-letters its copy back to the queue after ``LEASE_FRACTION`` of the
+        consumer_timeout: if this process dies, the message runs again, as an unacknowledged
+        delivery would. While the actor runs, the lease is renewed (a fresh queue, then the old
+        one deleted); when it ends, the lease queue is deleted (or the copy dead-lettered).
+        """
+        broker = self.broker
+        proxy = lease.proxy
+        ttl = int((broker.consumer_timeout or 0) * LEASE_FRACTION)
+        old = lease.queue
+        try:
+            name = broker._lease_queue(self.queue_name, ttl)
+            broker._republish(proxy._body, proxy._properties, name)
+        except BrokerError:
+            logger.warning(
+                "Could not lease message %s held for a long time; RabbitMQ may redeliver it "
+                "when its consumer_timeout passes.",
+                proxy.message_id,
+                exc_info=True,
+            )
+            if old is None:
+                with self._lock:
+                    self._leases.pop(proxy._tag, None)
+                    final = lease.final
+                if final is not None:
+                    self._finish(proxy._tag, final[0], proxy._body, proxy._properties, *final[1:])
+            else:
+                with self._lock:
+                    lease.busy = False
+                    lease.renew_at = time.monotonic() + ttl / 2000
+                    final = lease.final
+                if final is not None:
+                    self._finish(proxy._tag, final[0], proxy._body, proxy._properties, *final[1:])
+            return
+        if old is None:
+            self._send(_ACK, proxy._tag)  # the lease queue holds the message now
+            logger.info(
+                "Message %s has been unacknowledged for a long time; it is leased in %r so "
+                "RabbitMQ's consumer_timeout does not redeliver it.",
+                proxy.message_id,
+                name,
+            )
+        else:
+            broker._delete_queue(old)
+        with self._lock:
+            lease.queue = name
+            lease.renew_at = time.monotonic() + ttl / 2000
+            lease.busy = False
+            final = lease.final
+        if final is not None:
+            self._finish(proxy._tag, final[0], proxy._body, proxy._properties, *final[1:])
+
+    def _end_lease(
+        self,
+        lease: _Lease,
+        kind: int,
+        body: bytes,
+        properties: Any,
+        reason: str | None,
+        error: str | None,
+    ) -> None:
+        broker = self.broker
+        name = lease.queue
+        assert name is not None
+        try:
+            if kind == _NACK:
+                broker._publish_dead_letter(
+                    self.queue_name, body, properties, reason or "failed", error
+                )
+            elif kind == _REQUEUE:
+                broker._republish(body, properties, q_name(self.queue_name))
+            broker._delete_queue(name)
+        except BrokerError:
+            logger.warning(
+                "Could not end the lease of a message in %r; it returns to %r when the lease "
+                "expires.",
+                name,
+                q_name(self.queue_name),
+                exc_info=True,
+            )
 
     def interrupt(self) -> None:
         """Make a waiting ``next()`` return ``None`` now (the worker is stopping)."""
@@ -411,9 +566,9 @@ class RabbitmqConsumer(Consumer):
         with self._lock:
             lost = len(self._unsettled)
             self._unsettled.clear()
+            self._proxies.clear()
         self._held.clear()
-        if self._error is None:
-            self.broker._local_delta(self.queue_name, -(dropped + lost))
+        self.broker._local_delta(self.queue_name, -(dropped + lost))
 
     def _shutdown(self) -> None:
         def close_channel() -> None:

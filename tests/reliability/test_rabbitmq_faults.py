@@ -106,6 +106,7 @@ def test_killing_workers_mid_run_loses_nothing(rabbitmq_url, namespace, tmp_path
         )
         assert not lost
         assert broker.queue_stats()[namespace].dead == 0
+        worker.stop()
     finally:
         broker.close()
         _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
@@ -244,10 +245,11 @@ def test_a_resource_alarm_blocks_sends_with_a_clear_error_within_5_seconds(
         broker.close()
 
 
-def test_delayed_messages_outlive_the_servers_consumer_timeout(
+def test_long_jobs_and_delayed_messages_outlive_the_servers_consumer_timeout(
     private_rabbit, namespace, worker_factory, caplog
 ):
-    # consumer_timeout 2 s, checked every 0.5 s: a delivery held 2 s closes its channel.
+    # consumer_timeout 2 s, checked every 0.5 s: a delivery held 2 s closes its channel (and
+    # without leases and re-published delays, both messages below would run twice).
     node = private_rabbit("consumer_timeout = 2000\n", "{channel_tick_interval, 500}")
     broker = RabbitmqBroker(url=node.url, consumer_timeout=2000)
     broker.emit_after("process_boot")
@@ -257,17 +259,25 @@ def test_delayed_messages_outlive_the_servers_consumer_timeout(
     def later(i):
         runs.append((i, time.monotonic()))
 
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def long_job():
+        runs.append(("long", time.monotonic()))
+        time.sleep(6)
+
     try:
         worker = worker_factory(broker)
         sent_at = time.monotonic()
         later.send_with_options(args=(1,), delay=7000)
         later.send_with_options(args=(2,), delay=500)
+        long_job.send()
         broker.join(namespace, timeout=30000)
         worker.join()
-        assert sorted(i for i, _ in runs) == [1, 2]
+        assert sorted(str(i) for i, _ in runs) == ["1", "2", "long"]
         ran_at = dict(runs)
         assert ran_at[1] - sent_at >= 6.9
         assert "lost its broker connection" not in caplog.text
         assert "timed out" not in caplog.text
+        assert broker.queue_stats()[namespace].dead == 0
+        worker.stop()
     finally:
         broker.close()
