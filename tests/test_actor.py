@@ -73,7 +73,7 @@ def test_redeclaring_an_actor_replaces_it_like_rerunning_a_cell(stub_broker, stu
 
     first = job
 
-    @nbqueue.actor  # noqa: F811 - the point of the test
+    @nbqueue.actor  # type: ignore[no-redef]  # noqa: F811 - the point of the test
     def job():
         return 2
 
@@ -120,7 +120,7 @@ def test_send_with_options_accepts_milliseconds_or_a_timedelta(stub_broker):
     with pytest.raises(ValueError, match="negative"):
         later.send_with_options(delay=-1)
     with pytest.raises(TypeError, match="milliseconds"):
-        later.send_with_options(delay="soon")
+        later.send_with_options(delay="soon")  # type: ignore[arg-type]
 
 
 def test_callbacks_given_as_actors_are_stored_by_name(stub_broker):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from typing import Any
 
 import pytest
 
@@ -10,8 +11,10 @@ from nbqueue import DecodeError, EncodeError, Message
 from nbqueue.message import get_encoder
 
 
-def make(**overrides):
-    fields = dict(queue_name="q1", actor_name="add", args=(1, 2), kwargs={}, options={})
+def make(**overrides: Any) -> Message[Any]:
+    fields: dict[str, Any] = dict(
+        queue_name="q1", actor_name="add", args=(1, 2), kwargs={}, options={}
+    )
     fields.update(overrides)
     return Message(**fields)
 

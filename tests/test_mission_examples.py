@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_the_complete_application():
         ]
     )
     nbqueue.set_broker(broker)
-    done: dict[str, list[object]] = {"emails": [], "orders": [], "reports": []}
+    done: dict[str, list[Any]] = {"emails": [], "orders": [], "reports": []}
     lock = threading.Lock()
     rng = random.Random(7)
 

@@ -9,6 +9,12 @@ from nbqueue import Message, QueueNotFound
 from nbqueue.brokers.stub import StubBroker
 
 
+def _next(consumer):
+    message = next(consumer)
+    assert message is not None
+    return message
+
+
 def _message(queue="q", **options):
     return Message(queue_name=queue, actor_name="a", args=(), kwargs={}, options=options)
 
@@ -52,8 +58,7 @@ def test_a_consumer_never_holds_more_than_its_prefetch():
     for _ in range(5):
         broker.enqueue(_message())
     consumer = broker.consume("q", prefetch=2, timeout=10)
-    first, second = next(consumer), next(consumer)
-    assert first is not None and second is not None
+    first, _ = _next(consumer), _next(consumer)
     assert next(consumer) is None
     consumer.ack(first)
     assert next(consumer) is not None
@@ -65,11 +70,11 @@ def test_requeued_and_closed_messages_return_to_their_place():
     broker.declare_queue("q")
     sent = [broker.enqueue(_message(n=i)) for i in range(3)]
     consumer = broker.consume("q", prefetch=3, timeout=10)
-    got = [next(consumer) for _ in range(3)]
+    got = [_next(consumer) for _ in range(3)]
     consumer.requeue(got[:1])
     consumer.close()
     again = broker.consume("q", prefetch=3, timeout=10)
-    assert [next(again).message_id for _ in range(3)] == [m.message_id for m in sent]
+    assert [_next(again).message_id for _ in range(3)] == [m.message_id for m in sent]
 
 
 def test_acknowledging_twice_is_harmless():
@@ -78,7 +83,7 @@ def test_acknowledging_twice_is_harmless():
     broker.enqueue(_message())
     broker.enqueue(_message())
     consumer = broker.consume("q", prefetch=2, timeout=10)
-    message = next(consumer)
+    message = _next(consumer)
     consumer.ack(message)
     consumer.ack(message)
     stats = broker.queue_stats()["q"]
