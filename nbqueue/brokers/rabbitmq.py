@@ -38,12 +38,21 @@ How it differs from Dramatiq's broker:
   longer than ``consumer_timeout`` (30 minutes by default) and redelivers everything it held.
   RabbitMQ 3.10 has no per-queue or per-consumer setting for it (``x-consumer-timeout`` and the
   ``consumer-timeout`` policy arrived in 3.12, for quorum queues), and queue arguments must stay
-  Dramatiq's. So a delay-queue consumer keeps a delayed message that is due later than 40 % of
-  ``consumer_timeout`` to itself, and re-publishes it to ``q.DQ`` (then acknowledges it) once it
-  has held it for that long; only messages due within that window reach the worker, which moves
-  them in time. Tell the broker the server's value with ``consumer_timeout=`` if it is not the
-  default. Jobs that run longer than ``consumer_timeout`` are not covered on 3.10: raise the
-  server's ``consumer_timeout`` (``rabbitmq.conf``) above your longest job.
+  Dramatiq's, so nbqueue works within the server's timeout (tell the broker its value with
+  ``consumer_timeout=`` if it is not the default):
+
+  - a delay-queue consumer keeps to itself any delayed message due later than 40 % of
+    ``consumer_timeout``, and once it has held one that long it re-publishes it to ``q.DQ`` and
+    acknowledges it; only messages due within that window reach the worker, which moves them in
+    time;
+  - a delivery of ``q`` unacknowledged for 40 % of ``consumer_timeout`` (a long job, or one
+    waiting behind long jobs) is *leased*: a copy goes to a queue of its own,
+    ``nbqueue.lease.<q>.<id>`` (durable, ``x-message-ttl`` 40 % of the timeout, dead-lettering
+    back to ``q``, ``x-expires``), and the delivery is acknowledged. The lease is renewed while
+    the job runs and deleted when it ends (a failure publishes the copy to ``q.XQ`` first). If
+    the process dies, the copy expires back to ``q`` and runs again, as an unacknowledged
+    delivery would, only later (up to 40 % of the timeout).
+
 * **join()** waits until ``q`` and ``q.DQ`` are empty on the server and nothing delivered to this
   process's consumers is unsettled. Workers in other processes are invisible to it.
 * **queue_stats()** counts with passive declarations: ``ready`` (``q``), ``delayed`` (``q.DQ``
@@ -63,16 +72,14 @@ import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pika  # type: ignore[import-untyped]
 
 from ..broker import Broker, Consumer, DeadLetter, QueueStats
-from ..common import current_millis, dq_name, getenv_int, q_name, redact_url, xq_name
+from ..common import current_millis, dq_name, getenv_int, q_name, xq_name
 from ..errors import (
     BrokerError,
     ConnectionFailed,
-    DecodeError,
     PublishNacked,
     PublishOutcomeUnknown,
     PublishRejected,
@@ -81,78 +88,14 @@ from ..errors import (
 )
 from ..message import Message
 from ..middleware.base import Middleware
-from .rabbitmq_consumer import ERROR_HEADER, REASON_HEADER, RabbitmqConsumer
-from .rabbitmq_io import Batch, Publisher
+from .rabbitmq_consumer import RabbitmqConsumer
+from .rabbitmq_publisher import Batch, Publisher
+from .rabbitmq_wire import ERROR_HEADER, REASON_HEADER, connection_parameters, dead_letter
 
 __all__ = ["RabbitmqBroker"]
 
 #: How long a dead letter stays in ``<queue>.XQ``, in milliseconds (Dramatiq's variable).
 DEAD_MESSAGE_TTL = getenv_int("dramatiq_dead_message_ttl", 86400000 * 7)
-
-#: Connection settings nbqueue chooses unless the URL or the keyword arguments set them.
-_PIKA_DEFAULTS: dict[str, Any] = {
-    "heartbeat": 30,
-    "retry_delay": 0.5,
-    "socket_timeout": 2.0,
-    "stack_timeout": 4.0,
-    "blocked_connection_timeout": 30.0,
-}
-
-
-def _parameters(
-    url: str | list[str] | None,
-    host: str | None,
-    port: int | None,
-    parameters: list[dict[str, Any]] | None,
-    connection_attempts: int | None,
-    pika_kwargs: dict[str, Any],
-) -> tuple[list[Any], str]:
-    """Build pika connection parameters (one per failover server) and a printable address."""
-    if url is not None:
-        if parameters is not None or pika_kwargs or host is not None or port is not None:
-            raise ValueError(
-                "RabbitmqBroker takes url= or connection parameters (host=, port=, "
-                "parameters=, pika keywords), not both; put the settings in the URL's query."
-            )
-        urls = url.split(";") if isinstance(url, str) else list(url)
-        params = []
-        for one in urls:
-            one = one.strip()
-            given = set(parse_qs(urlsplit(one).query))
-            p = pika.URLParameters(one)
-            for name, value in _PIKA_DEFAULTS.items():
-                if name not in given:
-                    setattr(p, name, value)
-            if connection_attempts is not None or "connection_attempts" not in given:
-                p.connection_attempts = connection_attempts or 3
-            params.append(p)
-        return params, ";".join(redact_url(u.strip()) for u in urls)
-    if parameters is not None:
-        if pika_kwargs or host is not None or port is not None:
-            raise ValueError(
-                "RabbitmqBroker takes parameters= or host=/port=/pika keywords, not both."
-            )
-        dicts = [dict(p) for p in parameters]
-    else:
-        single = dict(pika_kwargs)
-        if host is not None:
-            single["host"] = host
-        if port is not None:
-            single["port"] = port
-        dicts = [single]
-    params = []
-    for d in dicts:
-        d.setdefault("host", "127.0.0.1")
-        for name, value in _PIKA_DEFAULTS.items():
-            d.setdefault(name, value)
-        if connection_attempts is not None:
-            d["connection_attempts"] = connection_attempts
-        d.setdefault("connection_attempts", 3)
-        params.append(pika.ConnectionParameters(**d))
-    where = ";".join(
-        f"{p.host}:{p.port}{'' if p.virtual_host == '/' else p.virtual_host}" for p in params
-    )
-    return params, where
 
 
 def _flush_at_exit(ref: weakref.ref[RabbitmqBroker]) -> None:
@@ -213,7 +156,7 @@ class RabbitmqBroker(Broker):
     ) -> None:
         if max_priority is not None and not 0 < max_priority <= 255:
             raise ValueError(f"max_priority must be between 1 and 255, got {max_priority!r}.")
-        self._params, self._where = _parameters(
+        self._params, self._where = connection_parameters(
             url, host, port, parameters, connection_attempts, pika_kwargs
         )
         self._secrets = [
@@ -666,20 +609,4 @@ class RabbitmqBroker(Broker):
             if getattr(e, "reply_code", None) == 404:
                 return []
             raise
-        letters = []
-        for properties, body in raw:
-            headers = getattr(properties, "headers", None) or {}
-            reason = headers.get(REASON_HEADER)
-            if reason is None:
-                deaths = headers.get("x-death") or [{}]
-                reason = deaths[0].get("reason") or "rejected"
-            reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-            error = headers.get(ERROR_HEADER)
-            if isinstance(error, bytes):
-                error = error.decode("utf-8", "replace")
-            try:
-                message: Message[Any] | None = Message.decode(body)
-            except DecodeError:
-                message = None
-            letters.append(DeadLetter(canonical, bytes(body), reason, message, error))
-        return letters
+        return [dead_letter(canonical, properties, body) for properties, body in raw]

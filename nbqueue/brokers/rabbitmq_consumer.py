@@ -30,10 +30,6 @@ __all__ = ["RabbitmqConsumer", "RabbitmqMessage"]
 
 logger = logging.getLogger("nbqueue.RabbitmqBroker.consumer")
 
-#: Headers nbqueue adds to a dead letter it moves to ``<queue>.XQ`` itself.
-REASON_HEADER = "x-nbqueue-reason"
-ERROR_HEADER = "x-nbqueue-error"
-
 #: A delivery unacknowledged for this fraction of the consumer_timeout is leased (main queues)
 #: or re-published (delayed messages held by a delay-queue consumer).
 LEASE_FRACTION = 0.4
