@@ -106,7 +106,6 @@ def test_killing_workers_mid_run_loses_nothing(rabbitmq_url, namespace, tmp_path
         )
         assert not lost
         assert broker.queue_stats()[namespace].dead == 0
-        worker.stop()
     finally:
         broker.close()
         _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
