@@ -10,6 +10,7 @@ once. Bulk sends are published in slices, so confirms and heartbeats are read in
 from __future__ import annotations
 
 import collections
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -105,6 +106,8 @@ class Publisher(Link):
         )
         self._returned: collections.Counter[bytes] = collections.Counter()
         self._draining = False
+        # (routing key, id(properties)) -> (method frame, encoded properties, properties)
+        self._frame_cache: dict[Any, Any] = {}
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -267,6 +270,8 @@ class Publisher(Link):
         budget = PUBLISH_SLICE
         outbox = self._outbox
         confirm = self.confirm
+        framer = self._framer()
+        frames: list[bytes] = []
         while outbox and budget > 0:
             batch, start = outbox[0]
             if start == 0:
@@ -279,7 +284,12 @@ class Publisher(Link):
             items = batch.items
             for index in range(start, end):
                 routing_key, body, properties = items[index]
-                channel.basic_publish("", routing_key, body, properties, mandatory=confirm)
+                data = framer(routing_key, body, properties) if framer is not None else None
+                if data is not None:
+                    frames.append(data)
+                else:
+                    self._emit(frames)
+                    channel.basic_publish("", routing_key, body, properties, mandatory=confirm)
                 if confirm:
                     self._seq += 1
                     self._unconfirmed[self._seq] = (batch, index)
@@ -290,9 +300,65 @@ class Publisher(Link):
                 outbox.popleft()
             else:
                 outbox[0] = (batch, end)
+        self._emit(frames)
         if outbox:
             # Let the loop read confirms (and heartbeats) before the next slice.
             self.io.loop.add_callback_threadsafe(self._drain)
+
+    def _emit(self, frames: list[bytes]) -> None:
+        if frames:
+            self.connection._output_marshaled_frames([b"".join(frames)])
+            frames.clear()
+
+    def _framer(self) -> Callable[[str, bytes, Any], bytes | None] | None:
+        """Return a function that frames a publish as pika would, with the constant parts cached.
+
+        A slice of a batch then goes to the socket as one write instead of three per message.
+        ``None`` (use ``basic_publish``) if this pika lacks the internals it relies on.
+        """
+        connection = self.connection
+        channel = self._channel
+        body_max = getattr(connection, "_body_max_length", None)
+        if not body_max or not hasattr(connection, "_output_marshaled_frames"):
+            return None
+        number = channel.channel_number
+        cache = self._frame_cache
+        if cache.get("channel") != (id(channel), number):
+            cache.clear()
+            cache["channel"] = (id(channel), number)
+        confirm = self.confirm
+        pack = struct.pack
+
+        def framer(routing_key: str, body: bytes, properties: Any) -> bytes | None:
+            size = len(body)
+            if size > body_max or not size:
+                return None
+            key = (routing_key, id(properties))
+            parts = cache.get(key)
+            if parts is None:
+                method = pika.frame.Method(
+                    number,
+                    pika.spec.Basic.Publish(
+                        exchange="", routing_key=routing_key, mandatory=confirm
+                    ),
+                ).marshal()
+                parts = (method, b"".join(properties.encode()), properties)
+                cache[key] = parts
+            method, encoded, _keep = parts
+            header = pack(">HxxQ", 60, size) + encoded
+            return b"".join(
+                (
+                    method,
+                    pack(">BHI", 2, number, len(header)),
+                    header,
+                    b"\xce",
+                    pack(">BHI", 3, number, size),
+                    body,
+                    b"\xce",
+                )
+            )
+
+        return framer
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # A returned message's Basic.Return arrives before its Basic.Ack; remember the body so
