@@ -148,6 +148,15 @@ class RedisConnection:
             host = f"[{host}]"
         return f"{scheme}://{userinfo}{host}:{kwargs.get('port', 6379)}/{db}"
 
+    def dedicated(self) -> redis.Redis:
+        """Return a client with one connection of its own to the same server, for a blocking
+        command that should neither wait for nor hold a connection of the shared pool."""
+        pool = self.client.connection_pool
+        own = redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+        )
+        return redis.Redis(connection_pool=own)
+
     def scrub(self, text: str) -> str:
         """Return ``text`` with the password, if it appears, replaced by ``***``."""
         if self._secret and self._secret in text:

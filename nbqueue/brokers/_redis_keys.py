@@ -94,10 +94,6 @@ class RedisKeys:
         """The set of queue names ``worker`` has ack sets for."""
         return f"{self._own}queues.{worker}"
 
-    def control(self, worker: str) -> str:
-        """The list that interrupts ``worker``'s blocking wait (new queue, shutdown)."""
-        return f"{self._own}control.{worker}"
-
     # groups of keys
     def stored(self, queue: str) -> list[str]:
         """Every key holding waiting messages of ``queue`` (not dead letters, not ack sets)."""

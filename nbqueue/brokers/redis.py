@@ -50,8 +50,9 @@ from ..errors import BrokerError, DecodeError, NbqueueError, QueueJoinTimeout
 from ..message import Message
 from ..middleware.base import Middleware
 from ._redis_client import RedisConnection, load_scripts
-from ._redis_consumer import BrokerService, RedisConsumer
+from ._redis_consumer import RedisConsumer
 from ._redis_keys import WAKE_CAP, WAKE_TTL, RedisKeys
+from ._redis_service import BrokerService
 
 __all__ = ["RedisBroker", "RedisKeys"]
 

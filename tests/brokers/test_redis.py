@@ -466,6 +466,7 @@ def test_a_worker_presumed_dead_does_not_run_its_recovered_message_twice(
         message = next(consumer)
         assert second.service.recover(first.broker_id) == 1  # as if first had stopped beating
         consumer.ack(message)  # first finished the work after all
+        assert first.service.acker.flush(5)  # acks are written in the background
         assert "presumed dead" in caplog.text
         other = second.consume(namespace, timeout=10)
         assert next(other) is None  # the requeued copy was dropped, not run again

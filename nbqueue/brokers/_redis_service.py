@@ -1,0 +1,278 @@
+"""The background side of the Redis broker: fetching, settling, heartbeats and recovery.
+
+Each ``RedisBroker`` that consumes runs one background thread (``BrokerService``). It
+heartbeats and runs maintenance every ``min(1 s, heartbeat_timeout / 4)``, whatever the
+traffic, and recovers the ack sets of workers whose heartbeat, by the server's clock, is older
+than ``heartbeat_timeout``: so a killed worker's messages are back within about
+``heartbeat_timeout`` + 1 s, with no dependence on other commands being sent.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..common import q_name
+from ..errors import BrokerError
+from ._redis_acks import Acker
+from ._redis_keys import WAKE_CAP, WAKE_TTL
+
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ["BrokerService", "Entry"]
+
+#: How long a worker's queue registry lives without a fetch (ms): a week, like dead letters.
+REGISTRY_TTL = 7 * 86400000
+
+#: How many dead workers one tick reports, and how many expired dead letters it prunes.
+DEAD_WORKERS_PER_TICK, PRUNE_PER_TICK = 64, 500
+
+#: Longest error text stored with a dead letter.
+MAX_ERROR_TEXT = 2000
+
+#: A fetched message: its redis message id and its encoded body.
+Entry = tuple[str, bytes]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class BrokerService:
+    """Fetch, settle, heartbeat and recover, for one ``RedisBroker``.
+
+    The background thread runs while a consumer is open or a fetched message is unsettled;
+    when nothing is left it signs off (leaves the heartbeats set) and exits.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.logger = logging.getLogger("nbqueue.RedisBroker.service")
+        self.interval = min(1.0, broker.heartbeat_timeout / 4000)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._consumers: collections.Counter[str] = collections.Counter()
+        self._held: dict[str, set[str]] = collections.defaultdict(set)
+        self._stash: dict[str, list[Entry]] = collections.defaultdict(list)
+        self._consumed: set[str] = set()
+        self._kick = threading.Event()
+        self.acker = Acker(self)
+        self._quiet_until = 0.0
+
+    # -- consumers ---------------------------------------------------------------------------
+
+    def attach(self, queue: str) -> list[Entry]:
+        """Register an open consumer of ``queue``; return messages stashed for it."""
+        with self._lock:
+            self._consumers[queue] += 1
+            self._consumed.add(queue)
+            stash = self._stash.pop(queue, [])
+            self._ensure_thread()
+        return stash
+
+    def detach(self, queue: str, leftovers: list[Entry]) -> None:
+        """Unregister a consumer; ``leftovers`` are fetched messages it could not requeue."""
+        with self._lock:
+            self._consumers[queue] -= 1
+            if self._consumers[queue] <= 0:
+                del self._consumers[queue]
+            if leftovers:
+                self._stash[queue].extend(leftovers)
+
+    def hold(self, queue: str, rid: str) -> None:
+        with self._lock:
+            self._held[queue].add(rid)
+
+    def release(self, queue: str, rids: Iterable[str]) -> None:
+        with self._lock:
+            held = self._held.get(queue)
+            if held is not None:
+                held.difference_update(rids)
+                if not held:
+                    del self._held[queue]
+
+    def _needed(self) -> bool:
+        return bool(self._consumers or self._held or self._stash) and not self._stopping
+
+    # -- the Redis protocol ------------------------------------------------------------------
+
+    def fetch(self, queue: str, count: int, keys: list[str]) -> list[Entry]:
+        broker = self.broker
+        with broker.connection.errors():
+            reply = broker.scripts["fetch"](
+                keys=keys, args=[count, broker.broker_id, queue, REGISTRY_TTL]
+            )
+        if reply[0]:
+            broker.logger.warning(
+                "Dropped %d ids on %r that had no message stored under them (written by a "
+                "foreign producer, or flushed meanwhile).",
+                int(reply[0]),
+                queue,
+            )
+        return [(_text(rid), body) for rid, body in zip(reply[1::2], reply[2::2], strict=True)]
+
+    def ack(self, queue: str, rid: str) -> None:
+        """Acknowledge in the background (see ``Acker``); the message stays held until then."""
+        self.acker.submit(queue, rid)
+
+    def nack(self, queue: str, rid: str, reason: str, error: str | None) -> None:
+        broker = self.broker
+        if error is not None:
+            error = broker.connection.scrub(error[:MAX_ERROR_TEXT])
+        why = json.dumps({"reason": reason, "error": error})
+        with broker.connection.errors():
+            broker.scripts["nack"](
+                keys=broker.keys.nack(queue, broker.broker_id),
+                args=[rid, why, WAKE_CAP, WAKE_TTL],
+            )
+        self.release(queue, (rid,))
+
+    def requeue(self, queue: str, rids: list[str], worker: str | None = None) -> int:
+        """Put fetched messages back; with ``worker``, recover that worker's whole ack set."""
+        broker = self.broker
+        mode = "all" if worker is not None else "ids"
+        keys = broker.keys.requeue(queue, worker or broker.broker_id)
+        with broker.connection.errors():
+            moved = broker.scripts["requeue"](keys=keys, args=[WAKE_CAP, WAKE_TTL, mode, *rids])
+        if worker is None:
+            self.release(queue, rids)
+        return int(moved)
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._run, name=f"nbqueue-redis-{self.broker.broker_id[:8]}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and sign off; fetched messages not yet handed out are requeued."""
+        connection = self.broker.connection
+        self.acker.close((connection.socket_timeout or 5) + 1)
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            stash, self._stash = dict(self._stash), collections.defaultdict(list)
+        for queue, entries in stash.items():
+            try:
+                self.requeue(queue, [rid for rid, _ in entries])
+            except BrokerError:
+                self.logger.warning(
+                    "Could not requeue %d fetched messages on %r; they are redelivered once "
+                    "this worker's heartbeat times out.",
+                    len(entries),
+                    queue,
+                )
+        if thread is not None:
+            self._kick.set()
+            thread.join(2 * (connection.socket_timeout or 5) + 1)
+
+    def _run(self) -> None:
+        next_tick = 0.0
+        while True:
+            with self._lock:
+                needed = self._needed()
+            if not needed:
+                self._sign_off()
+                with self._lock:
+                    if not self._needed():
+                        self._thread = None
+                        return
+            try:
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.tick()
+                    next_tick = now + self.interval
+                self._kick.wait(max(0.0, next_tick - time.monotonic()))
+                self._kick.clear()
+            except Exception:
+                now = time.monotonic()
+                if now >= self._quiet_until:
+                    self.logger.warning(
+                        "The Redis broker's heartbeat failed; retrying every %.1f s.",
+                        self.interval,
+                        exc_info=True,
+                    )
+                    self._quiet_until = now + 30
+                time.sleep(self.interval)
+                next_tick = 0.0
+
+    def tick(self) -> None:
+        """Heartbeat, prune expired dead letters, and recover workers that died."""
+        broker = self.broker
+        keys = broker.keys
+        with self._lock:
+            canonical = sorted({q_name(queue) for queue in self._consumed})
+        script_keys = [keys.heartbeats]
+        for queue in canonical:
+            script_keys += keys.dead_letters(queue)
+        with broker.connection.errors():
+            dead = broker.scripts["tick"](
+                keys=script_keys,
+                args=[
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    DEAD_WORKERS_PER_TICK,
+                    PRUNE_PER_TICK,
+                ],
+            )
+        for worker in dead:
+            self.recover(_text(worker))
+
+    def recover(self, worker: str) -> int:
+        """Requeue every message a dead worker held, then forget the worker.
+
+        The queues come from the worker's registry (nbqueue workers), or from a SCAN of its ack
+        sets (Dramatiq workers, which keep none), once per dead worker.
+
+        Returns:
+          How many messages went back to their queues.
+        """
+        broker = self.broker
+        keys = broker.keys
+        with broker.connection.errors():
+            queues = {_text(q) for q in broker.client.smembers(keys.registry(worker))}
+            if not queues:
+                pattern = keys.ack_set_pattern(worker)
+                for key in broker.client.scan_iter(match=pattern, count=1000):
+                    queues.add(keys.queue_of_ack_set(worker, _text(key)))
+        moved = sum(self.requeue(queue, [], worker=worker) for queue in sorted(queues))
+        with broker.connection.errors():
+            broker.scripts["bury"](
+                keys=[keys.heartbeats, keys.registry(worker)],
+                args=[worker, broker.heartbeat_timeout],
+            )
+        if moved:
+            broker.logger.warning(
+                "Worker %s stopped heartbeating for over %d ms; requeued the %d messages it held.",
+                worker,
+                broker.heartbeat_timeout,
+                moved,
+            )
+        return moved
+
+    def _sign_off(self) -> None:
+        broker = self.broker
+        keys = broker.keys
+        with self._lock:
+            consumed = sorted(self._consumed)
+        ack_sets = [keys.ack_set(broker.broker_id, queue) for queue in consumed]
+        try:
+            with broker.connection.errors():
+                broker.scripts["signoff"](
+                    keys=[keys.heartbeats, keys.registry(broker.broker_id), *ack_sets],
+                    args=[broker.broker_id],
+                )
+        except BrokerError:
+            self.logger.debug("Could not sign off from the heartbeats set.", exc_info=True)
