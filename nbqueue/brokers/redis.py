@@ -278,10 +278,10 @@ class RedisBroker(Broker):
         """
         self.check_server()
         message, target, data, priority = self._prepare(message, delay)
+        frame = _frame(message.options["redis_message_id"], priority, data)
         with self.connection.errors():
             self.scripts["enqueue"](
-                keys=self.keys.enqueue(target),
-                args=[WAKE_CAP, WAKE_TTL, message.options["redis_message_id"], data, priority],
+                keys=self.keys.enqueue(target), args=[WAKE_CAP, WAKE_TTL, frame]
             )
         self.emit_after("enqueue", message, delay)
         return message
@@ -307,20 +307,22 @@ class RedisBroker(Broker):
         try:
             for target, entries in by_queue.items():
                 keys = self.keys.enqueue(target)
-                args: list[Any] = [WAKE_CAP, WAKE_TTL]
+                frames: list[bytes] = []
                 size = 0
                 for i, (message, data, priority) in enumerate(entries):
-                    args += [message.options["redis_message_id"], data, priority]
+                    frames.append(_frame(message.options["redis_message_id"], priority, data))
                     size += len(data)
                     if (
-                        len(args) >= 2 + 3 * BATCH_MESSAGES
+                        len(frames) >= BATCH_MESSAGES
                         or size >= BATCH_BYTES
-                        or (i == len(entries) - 1)
+                        or i == len(entries) - 1
                     ):
                         with self.connection.errors():
-                            self.scripts["enqueue"](keys=keys, args=args)
-                        sent += (len(args) - 2) // 3
-                        args, size = [WAKE_CAP, WAKE_TTL], 0
+                            self.scripts["enqueue"](
+                                keys=keys, args=[WAKE_CAP, WAKE_TTL, b"".join(frames)]
+                            )
+                        sent += len(frames)
+                        frames, size = [], 0
         except BrokerError as e:
             raise type(e)(f"{e} {sent} of {len(prepared)} messages were enqueued.") from e
         for message, _, _, _ in prepared:
@@ -487,6 +489,13 @@ class RedisBroker(Broker):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _frame(rid: str, priority: int, data: bytes) -> bytes:
+    """Frame one message for enqueue.lua: id (36 bytes), priority, body length, body."""
+    if len(rid) != 36:
+        raise ValueError(f"redis_message_id must be a 36-character uuid, got {rid!r}.")
+    return b"%s%+05d%010d%s" % (rid.encode(), priority, len(data), data)
 
 
 def _new_id() -> str:
