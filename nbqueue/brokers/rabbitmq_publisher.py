@@ -134,7 +134,7 @@ class Publisher(Link):
             # unconfirmed mode, hand it to the open connection and return (flush() and close()
             # wait for the hand-off).
             return batch
-        progress = -1
+        progress = 0
         while not batch.event.wait(timeout):
             if batch.progress != progress:
                 progress = batch.progress
@@ -156,10 +156,11 @@ class Publisher(Link):
                     f"Could not publish to RabbitMQ at {self.where} within {timeout:g} s"
                     f"{reason}; nothing was sent. Check that the server runs, then send again."
                 )
+            blocked = f" (it blocks publishing: {self.blocked})" if self.blocked else ""
             raise PublishOutcomeUnknown(
                 f"RabbitMQ at {self.where} did not confirm {batch.remaining} published "
-                f"message(s) within {timeout:g} s; they may or may not be enqueued. Sending "
-                "them again is safe but may run them twice."
+                f"message(s) within {timeout:g} s{blocked}; they may or may not be enqueued. "
+                "Sending them again is safe but may run them twice."
             )
         return batch
 
