@@ -224,10 +224,20 @@ class RabbitmqBroker(Broker):
             arguments["x-max-priority"] = self.max_priority
         return arguments
 
-    def declare_queue(self, queue_name: str) -> None:
-        """Declare a queue and its delay queue; RabbitMQ sees them on first use (as Dramatiq)."""
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Declare a queue and its delay queue; RabbitMQ sees them on first use (as Dramatiq).
+
+        Parameters:
+          ensure: declare them on RabbitMQ now.
+
+        Raises:
+          BrokerError: with ``ensure``, the queues exist with other arguments.
+          ConnectionFailed: with ``ensure``, RabbitMQ could not be reached.
+        """
         canonical = q_name(queue_name)
         if canonical in self.queues:
+            if ensure:
+                self._ensure(canonical)
             return
         self.emit_before("declare_queue", canonical)
         self.queues[canonical] = None
@@ -235,6 +245,8 @@ class RabbitmqBroker(Broker):
         delay_name = dq_name(canonical)
         self.delay_queues.add(delay_name)
         self.emit_after("declare_delay_queue", delay_name)
+        if ensure:
+            self._ensure(canonical)
 
     def _ensure(self, canonical: str) -> None:
         if canonical in self._ensured:
@@ -462,6 +474,15 @@ class RabbitmqBroker(Broker):
                 self._forget_queue(name)
                 return 0
             raise
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """Return how many messages wait in a queue, its delay queue and its dead letters."""
+        canonical = q_name(queue_name)
+        return (
+            self._count(canonical),
+            self._count(dq_name(canonical)),
+            self._count(xq_name(canonical)),
+        )
 
     def flush(self, queue_name: str) -> None:
         """Drop the messages waiting in a queue, its delay queue and its dead letters."""

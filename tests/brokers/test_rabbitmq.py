@@ -399,3 +399,32 @@ def test_dramatiq_can_read_what_a_bulk_send_published(rabbit, rabbitmq_url, name
         theirs.close()
     assert sorted(m.args for m in got) == [(i, i) for i in range(10)]
     assert all(isinstance(m._message, dramatiq.Message) for m in got)
+
+
+def test_the_constructors_users_write_do_not_connect_until_used():
+    # from the seed's examples: nothing here may touch the network
+    by_host = RabbitmqBroker(host="localhost", port=5672)
+    by_url = RabbitmqBroker(
+        url="amqp://user:password@localhost:5672/vhost",
+        confirm_delivery=True,
+        connection_attempts=5,
+        max_priority=10,
+        middleware=[nbqueue.middleware.AgeLimit(), nbqueue.middleware.Retries()],
+    )
+    assert repr(by_host) == "RabbitmqBroker('localhost:5672')"
+    assert "password" not in repr(by_url) and "vhost" in repr(by_url)
+    assert by_url._params[0].connection_attempts == 5
+    with pytest.raises(ValueError, match="not both"):
+        RabbitmqBroker(url="amqp://localhost", host="localhost")
+    with pytest.raises(ValueError, match="max_priority"):
+        RabbitmqBroker(max_priority=0)
+
+
+def test_dramatiq_style_helpers_declare_and_count(rabbit, namespace):
+    broker = rabbit()
+    broker.declare_queue(namespace, ensure=True)
+    broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
+    broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}), delay=60000)
+    assert broker.get_queue_message_counts(namespace) == (1, 1, 0)
+    broker.flush(namespace)
+    assert broker.get_queue_message_counts(namespace) == (0, 0, 0)
