@@ -16,6 +16,9 @@ How it differs from Dramatiq's broker:
   alarm, nothing sent), ``PublishOutcomeUnknown`` (sent, connection lost before the confirm),
   ``PublishNacked`` and ``PublishUnroutable`` (refused; safe to send again). A returned message is
   re-declared and sent once more before ``PublishUnroutable`` is raised.
+* **Without confirms** (``confirm_delivery=False``, Dramatiq's default) ``send()`` hands the
+  message to the open connection and returns; ``close()`` and interpreter exit write what is
+  still queued (bounded). As in Dramatiq, such messages are lost if the server dies.
 * **Bounded waits.** Connecting uses short socket and handshake timeouts and retries
   (``connection_attempts``, half a second apart); every send, declaration and count waits at
   most ``confirm_timeout`` milliseconds (5 s) without progress, so a stopped or blocked server
@@ -58,6 +61,9 @@ How it differs from Dramatiq's broker:
 * **queue_stats()** counts with passive declarations: ``ready`` (``q``), ``delayed`` (``q.DQ``
   plus the delayed messages held in this process), ``dead`` (``q.XQ``); RabbitMQ does not tell
   unacknowledged counts over AMQP 0-9-1, so ``in_flight`` is ``None``.
+* Dramatiq's thread-local ``broker.connection`` and ``broker.channel`` do not exist: pika
+  objects never leave their I/O threads. ``declare_queue(ensure=)`` and
+  ``get_queue_message_counts()`` do.
 * Passwords never appear in the repr, logs or errors (pika's exceptions are described, scrubbed,
   and never chained).
 """

@@ -8,6 +8,7 @@ out as one ``Basic.Ack`` with ``multiple`` set.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import itertools
@@ -154,8 +155,7 @@ class RabbitmqConsumer(Consumer):
         # loop-thread state for coalescing acknowledgements
         self._settles: collections.deque[tuple[int, int]] = collections.deque()
         self._flush_pending = False
-        self._order: collections.deque[int] = collections.deque()
-        self._done: dict[int, bool] = {}  # tag -> True once sent, False while an ack waits
+        self._open: set[int] = set()  # delivered and not yet settled on the channel
         self._link = _ConsumerLink(self, broker)
         try:
             self._link.io.call(self._link.connect)
@@ -195,7 +195,7 @@ class RabbitmqConsumer(Consumer):
 
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
-        self._order.append(tag)
+        self._open.add(tag)
         self.broker._local_delta(self.queue_name, 1)
         self._inbox.append((tag, method.redelivered, properties, body))
         if self._waiting:
@@ -209,27 +209,25 @@ class RabbitmqConsumer(Consumer):
         if channel is None or not channel.is_open:
             settles.clear()
             return
-        done = self._done
+        open_tags = self._open
+        acks = []
         while settles:
             kind, tag = settles.popleft()
+            open_tags.discard(tag)
             if kind == _ACK:
-                done[tag] = False
+                acks.append(tag)
             else:
                 channel.basic_nack(tag, multiple=False, requeue=kind == _REQUEUE)
-                done[tag] = True
-        # Acknowledge the longest settled prefix in one frame, the rest one by one.
-        order = self._order
-        last = 0
-        while order and order[0] in done:
-            tag = order.popleft()
-            if not done.pop(tag):
-                last = tag
-        if last:
-            channel.basic_ack(last, multiple=True)
-        for tag, sent in done.items():
-            if not sent:
-                channel.basic_ack(tag)
-                done[tag] = True
+        if not acks:
+            return
+        # Every ack below the oldest delivery still open goes out as one multiple ack: nothing
+        # else below it is outstanding (earlier settles, and the nacks above, went out first).
+        acks.sort()
+        below = bisect.bisect_left(acks, min(open_tags)) if open_tags else len(acks)
+        if below:
+            channel.basic_ack(acks[below - 1], multiple=True)
+        for tag in acks[below:]:
+            channel.basic_ack(tag)
 
     def _barrier(self, event: threading.Event) -> None:
         channel = self._link.channel

@@ -337,6 +337,10 @@ class Publisher(Link):
             key = (routing_key, id(properties))
             parts = cache.get(key)
             if parts is None:
+                if len(cache) > 256:
+                    # one-off properties (dead letters, re-published deliveries) must not pile up
+                    cache.clear()
+                    cache["channel"] = (id(channel), number)
                 method = pika.frame.Method(
                     number,
                     pika.spec.Basic.Publish(
