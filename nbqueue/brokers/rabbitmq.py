@@ -354,8 +354,8 @@ class RabbitmqBroker(Broker):
 
         Raises:
           EncodeError: a message cannot be encoded; nothing was sent.
-          BrokerError: as ``enqueue``; the error's ``messages`` are the ones not confirmed
-            (the others were enqueued).
+          BrokerError: as ``enqueue``; the error's ``messages`` attribute lists every message
+            that was not confirmed (the others were enqueued).
         """
         sent: list[Message[Any]] = []
         items = []
@@ -390,18 +390,24 @@ class RabbitmqBroker(Broker):
 
     @staticmethod
     def _raise(batch: Batch, messages: list[Message[Any]]) -> None:
+        # Raise the gravest error of the batch; its ``messages`` are every message of the batch
+        # that was not confirmed (the others were enqueued).
         errors = sorted(batch.errors, key=lambda pair: pair[0])
+        failed = [messages[i] for i, _ in errors]
         for kind in (PublishOutcomeUnknown, ConnectionFailed, PublishNacked, PublishUnroutable):
-            picked = [(i, e) for i, e in errors if isinstance(e, kind)]
-            if picked:
-                failed = [messages[i] for i, _ in picked]
-                first = picked[0][1]
-                text = str(first)
-                if len(errors) > 1:
-                    text += f" ({len(errors)} of {len(messages)} messages were not confirmed.)"
-                if isinstance(first, (PublishOutcomeUnknown, PublishRejected)):
-                    raise type(first)(text, failed)
-                raise type(first)(text)
+            first = next((e for _, e in errors if isinstance(e, kind)), None)
+            if first is None:
+                continue
+            text = str(first)
+            if len(messages) > 1:
+                text += f" ({len(errors)} of {len(messages)} messages were not confirmed.)"
+            error: BrokerError
+            if isinstance(first, (PublishOutcomeUnknown, PublishRejected)):
+                error = type(first)(text, failed)
+            else:
+                error = type(first)(text)
+                error.messages = failed  # type: ignore[attr-defined]
+            raise error
         raise errors[0][1]
 
     def _republish(self, body: bytes, properties: Any, queue_name: str) -> None:

@@ -428,3 +428,22 @@ def test_dramatiq_style_helpers_declare_and_count(rabbit, namespace):
     assert broker.get_queue_message_counts(namespace) == (1, 1, 0)
     broker.flush(namespace)
     assert broker.get_queue_message_counts(namespace) == (0, 0, 0)
+
+
+def test_a_partly_refused_bulk_send_names_every_message_not_enqueued(
+    rabbit, rabbitmq_url, namespace
+):
+    name = f"{namespace}-nack"
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(
+            name, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
+        )
+    finally:
+        connection.close()
+    broker = rabbit()
+    broker._ensured.add(name)  # a queue of its own making: do not declare Dramatiq's arguments
+    messages = [nbqueue.Message(name, "a", (i,), {}, {}) for i in range(10)]
+    with pytest.raises(PublishNacked, match="5 of 10 messages") as info:
+        broker.enqueue_many(messages)
+    assert sorted(m.args[0] for m in info.value.messages) == [5, 6, 7, 8, 9]
