@@ -50,6 +50,69 @@ class _Lease:
         self.final: tuple[int, str | None, str | None] | None = None
 
 
+class _Held:
+    """Delayed messages a delay-queue consumer keeps (unacknowledged) until they are near due.
+
+    Indexed twice, by due time and by delivery time, so finding the next message to hand over
+    and the next one to re-publish costs a heap peek, not a scan.
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, RabbitmqMessage] = {}
+        self.by_eta: list[tuple[float, int]] = []
+        self.by_age: list[tuple[float, int]] = []
+        self.seq = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self.live)
+
+    def add(self, eta_ms: float, delivered: float, proxy: RabbitmqMessage) -> None:
+        seq = next(self.seq)
+        self.live[seq] = proxy
+        heapq.heappush(self.by_eta, (eta_ms, seq))
+        heapq.heappush(self.by_age, (delivered, seq))
+
+    def _pop(self, heap: list[tuple[float, int]], limit: float) -> RabbitmqMessage | None:
+        while heap:
+            key, seq = heap[0]
+            if seq not in self.live:
+                heapq.heappop(heap)
+                continue
+            if key > limit:
+                return None
+            heapq.heappop(heap)
+            return self.live.pop(seq)
+        return None
+
+    def pop_due(self, until_ms: float) -> RabbitmqMessage | None:
+        """Remove and return a message due by ``until_ms`` (epoch milliseconds)."""
+        return self._pop(self.by_eta, until_ms)
+
+    def pop_old(self, delivered_before: float) -> RabbitmqMessage | None:
+        """Remove and return a message delivered before ``delivered_before`` (monotonic)."""
+        return self._pop(self.by_age, delivered_before)
+
+    def next_change(self, window_ms: float) -> float:
+        """Seconds until a message becomes due for hand-over or re-publication."""
+        waits = [60.0]
+        while self.by_eta and self.by_eta[0][1] not in self.live:
+            heapq.heappop(self.by_eta)
+        while self.by_age and self.by_age[0][1] not in self.live:
+            heapq.heappop(self.by_age)
+        if self.by_eta:
+            waits.append((self.by_eta[0][0] - window_ms - current_millis()) / 1000)
+        if self.by_age:
+            waits.append(self.by_age[0][0] + window_ms / 1000 - time.monotonic())
+        return max(0.001, min(waits))
+
+    def drain(self) -> list[RabbitmqMessage]:
+        proxies = list(self.live.values())
+        self.live.clear()
+        self.by_eta.clear()
+        self.by_age.clear()
+        return proxies
+
+
 class RabbitmqMessage(MessageProxy):
     """A message delivered by RabbitMQ, with its delivery tag (valid on its consumer only)."""
 
@@ -150,8 +213,7 @@ class RabbitmqConsumer(Consumer):
         self._proxies: dict[int, RabbitmqMessage] = {}
         self._leases: dict[int, _Lease] = {}
         # delayed messages held here until they are near due: (eta, seq, proxy)
-        self._held: list[tuple[int, int, RabbitmqMessage]] = []
-        self._held_seq = itertools.count()
+        self._held = _Held()
         # loop-thread state for coalescing acknowledgements
         self._settles: collections.deque[tuple[int, int]] = collections.deque()
         self._flush_pending = False
@@ -267,7 +329,7 @@ class RabbitmqConsumer(Consumer):
             if remaining <= 0:
                 return None
             if self._held:
-                remaining = min(remaining, 0.05)
+                remaining = min(remaining, self._held.next_change(self._hold_window() or 0))
             with self._cond:
                 self._waiting = True
                 if not self._inbox and self._error is None and not self._interrupted:
@@ -308,33 +370,33 @@ class RabbitmqConsumer(Consumer):
             return False
         if eta - current_millis() <= window:
             return False
-        heapq.heappush(self._held, (int(eta), next(self._held_seq), proxy))
+        with self._lock:
+            delivered = self._unsettled.get(proxy._tag, time.monotonic())
+        self._held.add(eta, delivered, proxy)
         return True
 
     def _tend_held(self) -> RabbitmqMessage | None:
         window = self._hold_window() or 0
-        now_ms = current_millis()
-        held = self._held
-        if held[0][0] - now_ms <= window:
-            return heapq.heappop(held)[2]
+        due = self._held.pop_due(current_millis() + window)
+        if due is not None:
+            return due
         limit = time.monotonic() - window / 1000
-        for eta, seq, proxy in list(held):
-            with self._lock:
-                delivered = self._unsettled.get(proxy._tag)
-            if delivered is not None and delivered <= limit:
-                try:
-                    self.broker._republish(proxy._body, proxy._properties, dq_name(self.queue_name))
-                except BrokerError:
-                    logger.warning(
-                        "Could not re-publish delayed message %s; RabbitMQ may redeliver it.",
-                        proxy.message_id,
-                        exc_info=True,
-                    )
-                    continue
-                held.remove((eta, seq, proxy))
-                heapq.heapify(held)
-                self._finish(proxy._tag, _ACK, proxy._body, proxy._properties)
-        return None
+        while True:
+            proxy = self._held.pop_old(limit)
+            if proxy is None:
+                return None
+            try:
+                self.broker._republish(proxy._body, proxy._properties, dq_name(self.queue_name))
+            except BrokerError:
+                logger.warning(
+                    "Could not re-publish delayed message %s; retrying in a second (RabbitMQ may "
+                    "redeliver it).",
+                    proxy.message_id,
+                    exc_info=True,
+                )
+                self._held.add(proxy.options["eta"], limit + 1.0, proxy)
+                return None
+            self._finish(proxy._tag, _ACK, proxy._body, proxy._properties)
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -374,9 +436,8 @@ class RabbitmqConsumer(Consumer):
             tag = self._own(message)
             if tag is not None:
                 self._finish(tag, _REQUEUE, message._body, message._properties)
-        for _eta, _seq, proxy in self._held:
+        for proxy in self._held.drain():
             self._finish(proxy._tag, _REQUEUE, proxy._body, proxy._properties)
-        self._held.clear()
 
     def _finish(
         self,
@@ -561,7 +622,7 @@ class RabbitmqConsumer(Consumer):
             lost = len(self._unsettled)
             self._unsettled.clear()
             self._proxies.clear()
-        self._held.clear()
+        self._held.drain()
         self.broker._local_delta(self.queue_name, -(dropped + lost))
 
     def _shutdown(self) -> None:
