@@ -80,21 +80,48 @@ class EventLoopThread(threading.Thread):
     def run_coroutine(self, coro: Coroutine[Any, Any, R]) -> R:
         """Run ``coro`` on the loop and block until it finishes.
 
-        An ``Interrupt`` raised in the calling thread while it waits cancels the coroutine, waits
-        up to a second for it to clean up, and propagates.
+        An ``Interrupt`` raised in the calling thread while it waits (a time limit, a shutdown,
+        an abort) cancels the coroutine's task, waits up to a second for the task to finish its
+        cleanup, and propagates; the message is settled only after that cleanup.
         """
-        future = self.submit(coro)
+        outcome: concurrent.futures.Future[R] = concurrent.futures.Future()
+        tasks: list[asyncio.Task[R]] = []
+
+        def finish(task: asyncio.Task[R]) -> None:
+            if task.cancelled():
+                outcome.cancel()
+            elif (error := task.exception()) is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(task.result())
+
+        def start() -> None:
+            # Runs in a copy of the caller's context, so context variables (CurrentMessage)
+            # reach the coroutine.
+            task = self.loop.create_task(coro)
+            task.add_done_callback(finish)
+            tasks.append(task)
+
+        def cancel() -> None:
+            for task in tasks:
+                task.cancel()
+
+        if not self.is_alive():
+            coro.close()
+            raise RuntimeError("The nbqueue event loop thread is not running.")
+        self.loop.call_soon_threadsafe(start)
         try:
             while True:
                 try:
-                    return future.result(timeout=self.interrupt_check_ival)
+                    return outcome.result(timeout=self.interrupt_check_ival)
                 except concurrent.futures.TimeoutError:
                     continue
         except Interrupt:
-            self.loop.call_soon_threadsafe(future.cancel)
+            # start() was scheduled first, so cancel() always finds the task.
+            self.loop.call_soon_threadsafe(cancel)
             try:
-                future.result(timeout=1.0)
-            except BaseException:  # noqa: S110 - the interrupt is what matters
+                outcome.result(timeout=1.0)
+            except BaseException:  # noqa: S110 - the interrupt is what propagates
                 pass
             raise
 
