@@ -19,9 +19,19 @@ The tree (names shared with Dramatiq mean the same condition)::
     │   │   ├── PublishNacked           the broker answered with a negative confirm
     │   │   └── PublishUnroutable       no queue took the message (it was deleted?)
     │   └── BrokerUnavailable           no broker implementation for a URL or missing extra
+    ├── LiveUnavailable                 a message cannot be watched: no live channel
     ├── QueueJoinTimeout                broker.join() or worker.join() ran out of time
     ├── RateLimitExceeded               a rate limiter refused to acquire
     └── Retry                           control flow: raise inside an actor to retry it
+
+Interrupts are raised inside a running actor from another thread. They derive from
+``BaseException`` (through ``nbqueue.threading.Interrupt``), so an actor's ``except Exception:``
+does not swallow them::
+
+    Interrupt
+    ├── Abort                           message.abort() stopped the actor
+    ├── Shutdown                        the worker is stopping (nbqueue.middleware)
+    └── TimeLimitExceeded               the actor ran past its time limit (nbqueue.middleware)
 
 ``NbqueueError`` is also importable as ``DramatiqError`` so ported code that catches it keeps
 working. ``ConnectionError`` is a deprecated alias of ``BrokerConnectionError`` (as in Dramatiq).
@@ -32,7 +42,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from .threading import Interrupt
+
 __all__ = [
+    "Abort",
     "ActorNotFound",
     "BrokerConnectionError",
     "BrokerError",
@@ -43,6 +56,7 @@ __all__ = [
     "DecodeError",
     "DramatiqError",
     "EncodeError",
+    "LiveUnavailable",
     "NbqueueError",
     "PublishNacked",
     "PublishOutcomeUnknown",
@@ -178,6 +192,14 @@ class BrokerUnavailable(BrokerError):
     """No broker can serve a URL: an unknown scheme, or a missing optional package."""
 
 
+class LiveUnavailable(NbqueueError):
+    """A message cannot be watched or aborted because its broker has no live channel.
+
+    Add ``nbqueue.live.Live()`` to the broker, with a ``Results`` middleware whose backend is a
+    ``StubBackend`` (this process only) or a ``RedisBackend`` (any process).
+    """
+
+
 class QueueJoinTimeout(NbqueueError):
     """Waiting for a queue or a worker to drain took longer than the timeout."""
 
@@ -198,6 +220,22 @@ class Retry(NbqueueError):  # noqa: N818 - Dramatiq's name
     def __init__(self, message: str = "", delay: int | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class Abort(Interrupt):  # noqa: N818 - a control-flow signal, like Retry
+    """Raised inside an actor whose message was aborted with ``message.abort()``.
+
+    A sync actor gets it in its thread at the next bytecode boundary (code blocked in one long C
+    call, such as ``time.sleep(60)`` or a socket read, sees it when that call returns); an async
+    actor's task is cancelled instead. Clean up in ``finally:`` blocks. An aborted message is
+    never retried: it is dead-lettered with the reason ``"aborted"`` and its result is a failure.
+
+    Parameters:
+      message: the text stored with the failure.
+    """
+
+    def __init__(self, message: str = "The message was aborted.") -> None:
+        super().__init__(message)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,219 @@
+"""The live channel: status, progress, streamed output and abort of messages, from any process.
+
+Inside an actor::
+
+    @nbqueue.actor
+    async def agent(prompt):
+        for i, token in enumerate(generate(prompt)):
+            nbqueue.stream(token)            # or yield it from an async generator actor
+            nbqueue.progress(i + 1, total=100, desc="generating")
+            print("anything printed is captured too")
+
+From the caller, in this process or another one that reaches the same Redis::
+
+    message = agent.send("hello")
+    message.status()                           # StatusRecord(status=MessageStatus.running, ...)
+    for event in message.events(timeout=60000):  # or: async for event in message.events()
+        print(event.kind, event.data)
+    message.abort()
+
+The broker needs the ``Live`` middleware (the in-memory default broker has it) and, to watch
+from other processes, a ``RedisBackend`` result backend. What Dramatiq lacks and this adds is
+described in ``nbqueue.live.middleware.Live``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Abort, EncodeError, LiveUnavailable
+from .channel import current_channel
+from .events import EventStream
+from .middleware import DEFAULT_TTL, Live, resolve_transport
+from .status import LiveEvent, MessageStatus, Progress, StatusRecord
+from .transport import TOO_LATE, Transport
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..message import Message
+
+__all__ = [
+    "Abort",
+    "EventStream",
+    "Live",
+    "LiveEvent",
+    "MessageStatus",
+    "Progress",
+    "StatusRecord",
+    "abort",
+    "events",
+    "progress",
+    "status",
+    "stream",
+    "transport_for",
+]
+
+
+def stream(chunk: Any) -> None:
+    """Stream a chunk of output from the running actor to whoever watches its message.
+
+    Text chunks may reach watchers merged with their neighbours; any other JSON value arrives
+    as one event. Outside of an actor run by a worker (e.g. when calling an actor directly),
+    this does nothing.
+
+    Parameters:
+      chunk: text, or a JSON value (dict, list, number...).
+
+    Raises:
+      EncodeError: ``chunk`` is neither text nor a JSON value.
+    """
+    channel = current_channel()
+    if channel is None:
+        return
+    if isinstance(chunk, str):
+        channel.output(chunk, "stream")
+        return
+    try:
+        json.dumps(chunk, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise EncodeError(
+            f"stream() takes text or a JSON value, got {type(chunk).__name__}; pass str(value) "
+            f"or a dict of JSON types instead."
+        ) from e
+    channel.value({"value": chunk, "stream": "stream"})
+
+
+def _number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise TypeError(
+            f"progress() takes a number for {name}, got {value!r}; call it like "
+            f"nbqueue.progress(3, total=10)."
+        )
+
+
+def progress(done: float, total: float | None = None, desc: str | None = None) -> None:
+    """Report the running actor's progress to whoever watches its message.
+
+    Cheap enough for a tight loop: reports are coalesced to at most one event per
+    ``progress_interval`` (100 ms) per message, and the latest report is always delivered before
+    the message's final status. Outside of an actor run by a worker, this does nothing.
+
+    Parameters:
+      done: how much is done, in any unit.
+      total: how much there is in all, in the same unit (``None``: unknown).
+      desc: a short description of the current step.
+
+    Raises:
+      TypeError: ``done`` or ``total`` is not a number.
+    """
+    channel = current_channel()
+    if channel is None:
+        return
+    _number("done", done)
+    if total is not None:
+        _number("total", total)
+    channel.progress({"done": done, "total": total, "desc": None if desc is None else str(desc)})
+
+
+def transport_for(broker: Broker) -> Transport:
+    """Return the transport that holds the live channel of ``broker``'s messages.
+
+    Raises:
+      LiveUnavailable: the broker has no ``Live`` middleware and no ``RedisBackend``.
+    """
+    for middleware in broker.middleware:
+        if isinstance(middleware, Live):
+            return middleware.transport(broker)
+    transport = resolve_transport(broker)
+    if transport is None or not transport.buffered:
+        raise LiveUnavailable(
+            f"{broker!r} has no live channel; add one with "
+            f"broker.add_middleware(nbqueue.live.Live()), after a Results middleware with a "
+            f"StubBackend or RedisBackend."
+        )
+    return transport
+
+
+def _resolve(message: Message[Any] | str, broker: Broker | None) -> tuple[Transport, str]:
+    message_id = message if isinstance(message, str) else message.message_id
+    if broker is None:
+        from ..broker import get_broker
+
+        broker = get_broker()
+    try:
+        transport = transport_for(broker)
+    except LiveUnavailable as e:
+        raise LiveUnavailable(f"Message {message_id} cannot be watched: {e}") from None
+    publisher = getattr(transport, "_nbq_publisher", None)
+    if publisher is not None:
+        publisher.flush()  # read this process's own pending writes
+    return transport, message_id
+
+
+def status(message: Message[Any] | str, *, broker: Broker | None = None) -> StatusRecord | None:
+    """Return the status record of a message, or ``None`` when there is none (yet, or any more).
+
+    Parameters:
+      message: the message, or its id.
+      broker: the broker it was sent with (default: the global broker).
+
+    Raises:
+      LiveUnavailable: the broker has no live channel.
+    """
+    transport, message_id = _resolve(message, broker)
+    return transport.status(message_id)
+
+
+def events(
+    message: Message[Any] | str,
+    *,
+    broker: Broker | None = None,
+    follow: bool = True,
+    timeout: int | None = None,
+    offset: int = 0,
+) -> EventStream:
+    """Return the events of a message (status changes, progress and output), oldest first.
+
+    Parameters:
+      message: the message, or its id.
+      broker: the broker it was sent with (default: the global broker).
+      follow: wait for new events until the message finishes (or ``timeout`` passes);
+        otherwise yield what is stored now and stop.
+      timeout: how long to follow, in milliseconds (``None``: until the message finishes).
+      offset: start after this offset, e.g. ``stream.offset`` of an earlier stream.
+
+    Returns:
+      An iterator that is also an async iterator.
+
+    Raises:
+      LiveUnavailable: the broker has no live channel.
+    """
+    transport, message_id = _resolve(message, broker)
+    return EventStream(transport, message_id, offset=offset, follow=follow, timeout=timeout)
+
+
+def abort(message: Message[Any] | str, *, broker: Broker | None = None) -> bool:
+    """Abort a message: skip it if it has not started, interrupt it if it runs.
+
+    A queued or delayed message is marked ``aborted`` at once and skipped when a worker reaches
+    it. A running async actor has its task cancelled; a running sync actor gets ``Abort`` raised
+    in its thread (code blocked in a long C call sees it when the call returns). A worker in
+    any process that shares the live channel acts within about a second. The message is not
+    retried. Returns at once; follow ``events()`` to see it end.
+
+    Parameters:
+      message: the message, or its id.
+      broker: the broker it was sent with (default: the global broker).
+
+    Returns:
+      False when the message had already finished, True otherwise.
+
+    Raises:
+      LiveUnavailable: the broker has no live channel.
+    """
+    from ..common import current_millis
+
+    transport, message_id = _resolve(message, broker)
+    return transport.abort(message_id, ttl=DEFAULT_TTL, now=current_millis()) != TOO_LATE

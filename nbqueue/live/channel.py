@@ -1,0 +1,352 @@
+"""The worker side of the live channel: per-message buffers and one publisher thread.
+
+An actor's ``stream()``, ``progress()`` and captured output land in its message's ``Channel``
+(a lock and a list append: cheap enough to call in a tight loop). One ``Publisher`` thread per
+transport takes what the channels hold and writes it in batches: it wakes as soon as a channel
+has something, so at a low rate every event goes out at once, and at a high rate events pile up
+while the previous batch is written and leave together. Consecutive text chunks merge, up to
+``max_chunk`` characters. Progress is coalesced: at most one report per ``progress_interval``
+per message, and the latest one always goes out before the message's final status.
+
+Buffers are bounded: when the store cannot keep up, the oldest chunks are dropped and a
+``dropped`` event says how many.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .transport import Transport, Write
+
+__all__ = ["Channel", "Publisher", "current_channel", "get_publisher"]
+
+logger = logging.getLogger("nbqueue.live")
+
+_current: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
+    "nbqueue_live_channel", default=None
+)
+
+#: How long closing a channel waits for the publisher to write it, in seconds.
+CLOSE_TIMEOUT = 10.0
+
+
+def current_channel() -> Channel | None:
+    """Return the channel of the message the calling actor runs for, or ``None``."""
+    return _current.get()
+
+
+class _Text:
+    __slots__ = ("stream", "parts", "size")
+
+    def __init__(self, stream: str, text: str) -> None:
+        self.stream = stream
+        self.parts = [text]
+        self.size = len(text)
+
+
+class Channel:
+    """Buffers one running message's output and progress until the publisher writes them.
+
+    Parameters:
+      publisher: the publisher of the message's transport.
+      message_id: the message.
+      ttl: how long what is written lives, in milliseconds.
+      max_chunk: the longest text chunk, in characters; longer writes are split.
+      max_pending: how many chunks may wait to be written before the oldest are dropped.
+      progress_interval: the shortest time between two progress events, in seconds.
+      capture: whether the actor's stdout and stderr are captured.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        message_id: str,
+        *,
+        ttl: int,
+        max_chunk: int,
+        max_pending: int,
+        progress_interval: float,
+        capture: bool = True,
+    ) -> None:
+        self.publisher = publisher
+        self.message_id = message_id
+        self.ttl = ttl
+        self.max_chunk = max_chunk
+        self.max_pending = max_pending
+        self.progress_interval = progress_interval
+        self.capture = capture
+        self._lock = threading.Lock()
+        self._pending: deque[_Text | dict[str, Any]] = deque()
+        self._progress: dict[str, Any] | None = None
+        self._progress_due = 0.0
+        self._dropped = 0
+        self._scheduled = False  # in the publisher's queue
+        self._writing = False  # taken by a drain whose write has not finished
+        self._timer = False  # the publisher holds a timer for held-back progress
+        self._final: Write | None = None
+        self._final_taken = False
+        self._closed = False
+        self._flushed = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Channel({self.message_id!r})"
+
+    def output(self, text: str, stream: str) -> bool:
+        """Queue text written to ``stream``; return False (nothing queued) once closed."""
+        if not text:
+            return not self._closed
+        with self._lock:
+            if self._closed:
+                return False
+            pending = self._pending
+            last = pending[-1] if pending else None
+            if type(last) is _Text and last.stream == stream:
+                if last.size + len(text) <= self.max_chunk:
+                    last.parts.append(text)
+                    last.size += len(text)
+                    return True
+            for start in range(0, len(text), self.max_chunk):
+                pending.append(_Text(stream, text[start : start + self.max_chunk]))
+            while len(pending) > self.max_pending:
+                pending.popleft()
+                self._dropped += 1
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self.publisher.schedule(self)
+        return True
+
+    def value(self, data: dict[str, Any]) -> bool:
+        """Queue a JSON value passed to ``stream()``; return False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._pending.append(data)
+            while len(self._pending) > self.max_pending:
+                self._pending.popleft()
+                self._dropped += 1
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self.publisher.schedule(self)
+        return True
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """Replace the progress report waiting to be written."""
+        with self._lock:
+            if self._closed:
+                return
+            self._progress = data
+            schedule = not self._scheduled and not self._timer
+            if schedule:
+                self._scheduled = True
+        if schedule:
+            self.publisher.schedule(self)
+
+    def drain(self, now: float) -> tuple[Write | None, float | None]:
+        """Take what is ready to be written (for the publisher, or ``close()``).
+
+        Call ``after_write()`` once a returned write was made.
+
+        Returns:
+          The write (or ``None``), and when held-back progress is due (or ``None``).
+        """
+        with self._lock:
+            self._scheduled = False
+            events: list[tuple[str, dict[str, Any]]] = []
+            if self._dropped:
+                events.append(("dropped", {"events": self._dropped}))
+                self._dropped = 0
+            for item in self._pending:
+                if type(item) is _Text:
+                    text = item.parts[0] if len(item.parts) == 1 else "".join(item.parts)
+                    events.append(("output", {"text": text, "stream": item.stream}))
+                else:
+                    events.append(("output", item))  # type: ignore[arg-type]
+            self._pending.clear()
+            final, self._final = self._final, None
+            progress, due = None, None
+            if self._progress is not None:
+                if final is not None or now >= self._progress_due:
+                    progress, self._progress = self._progress, None
+                    events.append(("progress", progress))
+                    self._progress_due = now + self.progress_interval
+                else:
+                    due = self._progress_due
+            self._timer = due is not None
+            if not events and final is None:
+                return None, due
+            self._writing = True
+            self._final_taken = final is not None
+        if final is None:
+            return Write(self.message_id, self.ttl, events, progress=progress), due
+        final.events[:0] = events
+        final.progress = progress
+        return final, None
+
+    def after_write(self) -> None:
+        """Called once a write returned by ``drain()`` was made (or failed)."""
+        with self._lock:
+            self._writing = False
+            final = self._final_taken
+        if final:
+            self._flushed.set()
+
+    def close(self, final: Write, *, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Write what is left, then ``final`` (the status change that ends this attempt).
+
+        Blocks until it is written (or ``timeout`` seconds pass), so that once a worker has
+        processed a message, its status says so. When the publisher holds nothing of this
+        channel, the calling thread writes it itself, saving a thread hop.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._final = final
+            inline = not self._scheduled and not self._writing
+            if inline:
+                self._scheduled = True  # keeps late schedulers away; drain() resets it
+        if inline:
+            write, _ = self.drain(time.monotonic())
+            if write is not None:
+                self.publisher.write_now([write])
+                self.after_write()
+            return
+        self.publisher.schedule(self)
+        if not self._flushed.wait(timeout):
+            logger.warning(
+                "The live channel of message %s was not written within %.0f s; its status may "
+                "lag behind.",
+                self.message_id,
+                timeout,
+            )
+
+
+class Publisher(threading.Thread):
+    """Writes channels and queued status changes to a transport, in batches.
+
+    Parameters:
+      transport: where to write.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(name="nbqueue-live-publisher", daemon=True)
+        self.transport = transport
+        self._cond = threading.Condition()
+        self._channels: deque[Channel] = deque()
+        self._loose: list[Write] = []
+        self._timers: list[tuple[float, int, Channel]] = []
+        self._sequence = itertools.count()
+        self._submitted = 0
+        self._written = 0
+        self._launched = False
+        self._failures = 0
+
+    def _ensure_started(self) -> None:
+        # Under self._cond.
+        if not self._launched:
+            self._launched = True
+            self.start()
+
+    def schedule(self, channel: Channel) -> None:
+        """Have the publisher look at ``channel`` soon."""
+        with self._cond:
+            self._channels.append(channel)
+            self._ensure_started()
+            self._cond.notify()
+
+    def submit(self, write: Write) -> None:
+        """Queue a write that belongs to no channel (a producer's status change)."""
+        with self._cond:
+            self._loose.append(write)
+            self._submitted += 1
+            self._ensure_started()
+            self._cond.notify()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every write submitted so far was made (read-your-writes for callers)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._written < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def write_now(self, writes: list[Write]) -> list[int]:
+        """Write in the calling thread, logging (not raising) failures."""
+        try:
+            return self.transport.write(writes)
+        except Exception:
+            self._failures += 1
+            if self._failures in (1, 10) or self._failures % 1000 == 0:
+                logger.warning(
+                    "The live channel could not write to %r (failure %d); status and output "
+                    "were lost.",
+                    self.transport,
+                    self._failures,
+                    exc_info=True,
+                )
+            return []
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._channels and not self._loose:
+                    timeout = None
+                    if self._timers:
+                        timeout = self._timers[0][0] - time.monotonic()
+                        if timeout <= 0:
+                            break
+                    self._cond.wait(timeout)
+                now = time.monotonic()
+                channels = list(self._channels)
+                self._channels.clear()
+                while self._timers and self._timers[0][0] <= now:
+                    channels.append(heapq.heappop(self._timers)[2])
+                writes, self._loose = self._loose, []
+                target = self._submitted
+            drained = []
+            seen: set[int] = set()
+            for channel in channels:
+                if id(channel) in seen:
+                    continue
+                seen.add(id(channel))
+                write, due = channel.drain(now)
+                if write is not None:
+                    writes.append(write)
+                    drained.append(channel)
+                if due is not None:
+                    with self._cond:
+                        heapq.heappush(self._timers, (due, next(self._sequence), channel))
+            if writes:
+                self.write_now(writes)
+            for channel in drained:
+                channel.after_write()
+            with self._cond:
+                self._written = max(self._written, target)
+                self._cond.notify_all()
+
+
+_publishers_lock = threading.Lock()
+
+
+def get_publisher(transport: Transport) -> Publisher:
+    """Return the publisher thread of ``transport`` (started on first use)."""
+    publisher: Publisher | None = getattr(transport, "_nbq_publisher", None)
+    if publisher is None:
+        with _publishers_lock:
+            publisher = getattr(transport, "_nbq_publisher", None)
+            if publisher is None:
+                publisher = Publisher(transport)
+                transport._nbq_publisher = publisher  # type: ignore[attr-defined]
+    return publisher

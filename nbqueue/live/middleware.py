@@ -1,0 +1,473 @@
+"""The Live middleware: writes each message's status, streams its output and carries out aborts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..common import current_millis, q_name
+from ..errors import Abort
+from ..middleware.base import Middleware, SkipMessage
+from ..threading import raise_thread_exception
+from . import capture
+from .channel import Channel, _current, get_publisher
+from .memory import memory_transport_for
+from .transport import ABORTED, Transport, Write
+
+if TYPE_CHECKING:
+    from ..broker import Broker, MessageProxy
+    from ..message import Message
+    from ..results import ResultBackend, Results
+    from ..worker import Worker
+
+__all__ = ["Live", "resolve_transport"]
+
+logger = logging.getLogger("nbqueue.live")
+
+#: How long records live when no Results middleware says otherwise, in milliseconds.
+DEFAULT_TTL = 600000
+
+_STARTING, _RUNNING, _DONE = 0, 1, 2
+_HOST = socket.gethostname()
+
+_redis_transports: weakref.WeakKeyDictionary[Any, dict[str, Transport]] = (
+    weakref.WeakKeyDictionary()
+)
+_redis_lock = threading.Lock()
+
+
+def _redis_transport(connection: Any, namespace: str, max_events: int) -> Transport:
+    from .redis import RedisTransport
+
+    with _redis_lock:
+        by_namespace = _redis_transports.setdefault(connection, {})
+        transport = by_namespace.get(namespace)
+        if transport is None:
+            transport = by_namespace[namespace] = RedisTransport(
+                connection, namespace, max_events=max_events
+            )
+        return transport
+
+
+def _results(broker: Broker) -> Results | None:
+    from ..results import Results
+
+    return next((m for m in broker.middleware if isinstance(m, Results)), None)
+
+
+def resolve_transport(
+    broker: Broker,
+    backend: ResultBackend | None = None,
+    *,
+    namespace: str | None = None,
+    max_events: int = 1000,
+) -> Transport | None:
+    """Return the transport for ``broker``: from ``backend``, else its Results backend.
+
+    A ``StubBackend`` gives the in-memory transport (this process); a ``RedisBackend`` gives
+    the Redis transport, under the RedisBroker's namespace (or the backend's with any other
+    broker). With no Results middleware, a ``RedisBroker``'s own connection serves.
+
+    Returns:
+      The transport, or ``None`` when nothing on the broker can carry the live channel.
+    """
+    from ..results.backends.stub import StubBackend
+
+    if backend is None:
+        results = _results(broker)
+        backend = results.backend if results is not None else None
+    redis_backends = sys.modules.get("nbqueue.results.backends.redis")
+    redis_brokers = sys.modules.get("nbqueue.brokers.redis")
+    broker_namespace = None
+    if redis_brokers is not None and isinstance(broker, redis_brokers.RedisBroker):
+        broker_namespace = broker.namespace
+    if isinstance(backend, StubBackend):
+        return memory_transport_for(backend, max_events=max_events)
+    if redis_backends is not None and isinstance(backend, redis_backends.RedisBackend):
+        ns = namespace or broker_namespace or backend.namespace
+        return _redis_transport(backend.connection, ns, max_events)
+    if backend is None and broker_namespace is not None:
+        connection = broker.connection  # type: ignore[attr-defined]
+        return _redis_transport(connection, namespace or broker_namespace, max_events)
+    return None
+
+
+def _summary(exception: BaseException | None) -> str:
+    if exception is None:
+        return ""
+    try:
+        text = f"{type(exception).__name__}: {exception}"
+    except Exception:
+        text = type(exception).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _worker_id() -> str:
+    worker: Any = getattr(threading.current_thread(), "worker", None)
+    worker_id = getattr(worker, "worker_id", None)
+    suffix = f":{worker_id[:8]}" if isinstance(worker_id, str) else ""
+    return f"{_HOST}:{os.getpid()}{suffix}"
+
+
+class _Running:
+    """What this worker knows about one message it runs."""
+
+    __slots__ = (
+        "lock",
+        "state",
+        "thread_id",
+        "attempt",
+        "started_at",
+        "ttl",
+        "channel",
+        "abort_requested",
+        "aborted",
+        "skipped",
+        "exception",
+        "retry_delay",
+    )
+
+    def __init__(self, thread_id: int, attempt: int, started_at: int, ttl: int) -> None:
+        self.lock = threading.Lock()
+        self.state = _STARTING
+        self.thread_id = thread_id
+        self.attempt = attempt
+        self.started_at = started_at
+        self.ttl = ttl
+        self.channel: Channel | None = None
+        self.abort_requested = False
+        self.aborted = False
+        self.skipped = False
+        self.exception: BaseException | None = None
+        self.retry_delay: int | None = None
+
+
+class Live(Middleware):
+    """Record each message's status, stream its output and progress, and carry out aborts.
+
+    Add it last, so that it runs right around the actor (the in-memory default broker has it)::
+
+        broker.add_middleware(Results(backend=RedisBackend(url=...)))
+        broker.add_middleware(Live())
+
+    The producer writes ``enqueued``/``delayed``; the worker writes ``running``, then
+    ``succeeded``, ``retrying``, ``failed``, ``skipped``, ``aborted`` or ``dead``, and streams
+    what the actor passes to ``nbqueue.stream()``, yields (async generator actors), reports with
+    ``nbqueue.progress()`` and prints. Where it is kept follows the broker's result backend:
+    ``StubBackend`` keeps it in this process, ``RedisBackend`` in Redis, where any process can
+    watch it (with a RabbitMQ broker too). Everything expires with the result (``result_ttl``).
+
+    An aborted message is never retried: it is dead-lettered with the reason ``"aborted"`` and
+    its result is a failure of type ``Abort``.
+
+    Parameters:
+      backend: where to keep the channel; defaults to the broker's Results backend (and to the
+        RedisBroker's connection, or this process's memory, without one).
+      ttl: how long records and events live, in milliseconds; defaults to the result TTL.
+      capture: whether actors' stdout and stderr are captured (the ``capture_output`` actor
+        and message option overrides it).
+      max_events: how many events each message keeps; older ones are dropped.
+      max_chunk: the longest output chunk, in characters.
+      progress_interval: the shortest time between two progress events of a message, in
+        milliseconds.
+      namespace: the Redis key namespace (default: the broker's, else the backend's).
+    """
+
+    def __init__(
+        self,
+        backend: ResultBackend | None = None,
+        *,
+        ttl: int | None = None,
+        capture: bool = True,
+        max_events: int = 1000,
+        max_chunk: int = 4096,
+        progress_interval: int = 100,
+        namespace: str | None = None,
+    ) -> None:
+        if max_events < 1 or max_chunk < 1:
+            raise ValueError(
+                f"max_events and max_chunk must be at least 1, got {max_events} and {max_chunk}."
+            )
+        self.backend = backend
+        self.ttl = ttl
+        self.capture = capture
+        self.max_events = max_events
+        self.max_chunk = max_chunk
+        self.progress_interval = progress_interval
+        self.namespace = namespace
+        self._transport: Transport | None = None
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._workers = 0
+
+    def __repr__(self) -> str:
+        return f"Live(transport={self._transport!r})"
+
+    @property
+    def actor_options(self) -> set[str]:
+        """``capture_output``: whether the actor's stdout and stderr are captured."""
+        return {"capture_output"}
+
+    def transport(self, broker: Broker) -> Transport:
+        """Return the transport this middleware writes to (chosen on first use)."""
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                if self._transport is None:
+                    found = resolve_transport(
+                        broker, self.backend, namespace=self.namespace, max_events=self.max_events
+                    )
+                    if found is None:
+                        logger.warning(
+                            "Live found no StubBackend or RedisBackend on %r; live status is kept "
+                            "in this process only (add Results(backend=RedisBackend(...)) to "
+                            "watch from other processes).",
+                            broker,
+                        )
+                        found = memory_transport_for(broker, max_events=self.max_events)
+                    self._transport = found
+                transport = self._transport
+        return transport
+
+    def _ttl(self, broker: Broker, message: Message[Any] | MessageProxy) -> int:
+        if self.ttl:
+            return self.ttl
+        ttl = message.options.get("result_ttl")
+        if not ttl:
+            actor = broker.actors.get(message.actor_name)
+            ttl = actor.options.get("result_ttl") if actor is not None else None
+        if not ttl:
+            results = _results(broker)
+            ttl = results.result_ttl if results is not None else None
+        return int(ttl or DEFAULT_TTL)
+
+    def _write(self, transport: Transport, write: Write) -> int:
+        try:
+            results = transport.write([write])
+        except Exception:
+            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
+            return 0
+        return results[0] if results else 0
+
+    # -- producer ----------------------------------------------------------------------------
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        running = self._running.get(message.message_id)
+        if running is not None:
+            running.retry_delay = delay or 0  # Retries enqueued the next attempt
+            return
+        transport = self.transport(broker)
+        now = current_millis()
+        status = "delayed" if delay else "enqueued"
+        fields: dict[str, Any] = {
+            "status": status,
+            "actor_name": message.actor_name,
+            "queue_name": q_name(message.queue_name),
+        }
+        event: dict[str, Any] = {"status": status}
+        if delay:
+            fields["eta"] = event["eta"] = message.options.get("eta") or now + delay
+        write = Write(
+            message.message_id,
+            self._ttl(broker, message) + (delay or 0),
+            mode="initial",
+            fields=fields,
+            once={"enqueued_at": now},
+            status_event=event,
+        )
+        if transport.buffered:
+            get_publisher(transport).submit(write)
+        else:
+            self._write(transport, write)
+
+    # -- worker ------------------------------------------------------------------------------
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        with self._lock:
+            self._workers += 1
+        self.transport(broker).subscribe(self)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        with self._lock:
+            self._workers = max(0, self._workers - 1)
+            if self._workers:
+                return
+            self._running = {k: r for k, r in self._running.items() if r.state != _DONE}
+        self.transport(broker).unsubscribe(self)
+
+    def on_abort(self, message_id: str) -> None:
+        """Interrupt ``message_id`` if it runs here (called by the transport)."""
+        running = self._running.get(message_id)
+        if running is None:
+            return
+        with running.lock:
+            if running.state == _STARTING:
+                running.abort_requested = True
+            elif running.state == _RUNNING and not running.aborted:
+                # Under the lock: once the actor is done (state set under this lock), it can
+                # no longer be interrupted.
+                running.aborted = True
+                logger.info("Aborting message %s.", message_id)
+                raise_thread_exception(running.thread_id, Abort)
+
+    def running_ids(self) -> list[str]:
+        """Return the ids of the messages that run here."""
+        with self._lock:
+            return [k for k, r in self._running.items() if r.state != _DONE]
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        capture_output = message.options.get("capture_output")
+        if capture_output is None:
+            actor = broker.actors.get(message.actor_name)
+            capture_output = actor.options.get("capture_output") if actor is not None else None
+        capture_output = self.capture if capture_output is None else bool(capture_output)
+        if capture_output:
+            capture.install()
+        transport = self.transport(broker)
+        attempt = int(message.options.get("retries") or 0) + 1
+        now = current_millis()
+        ttl = self._ttl(broker, message)
+        running = _Running(threading.get_ident(), attempt, now, ttl)
+        with self._lock:
+            self._running[message.message_id] = running
+        worker_id = _worker_id()
+        start = Write(
+            message.message_id,
+            ttl,
+            mode="start",
+            attempt=attempt,
+            fields={
+                "status": "running",
+                "attempt": attempt,
+                "worker_id": worker_id,
+                "started_at": now,
+                "finished_at": "",
+                "eta": "",
+                "progress": "",
+                "actor_name": message.actor_name,
+                "queue_name": q_name(message.queue_name),
+            },
+            once={"enqueued_at": message.message_timestamp},
+            status_event={"status": "running", "attempt": attempt, "worker_id": worker_id},
+            backfill={"status": "enqueued"},
+        )
+        aborted = self._write(transport, start) == ABORTED
+        channel = Channel(
+            get_publisher(transport),
+            message.message_id,
+            ttl=ttl,
+            max_chunk=self.max_chunk,
+            max_pending=self.max_events,
+            progress_interval=self.progress_interval / 1000,
+            capture=capture_output,
+        )
+        with running.lock:
+            running.channel = channel
+            aborted = aborted or running.abort_requested
+            running.state = _DONE if aborted else _RUNNING
+        if aborted:
+            running.aborted = running.skipped = True
+            message.stuff_exception(Abort())
+            message.fail("aborted")
+            raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
+        _current.set(channel)
+
+    def _done(self, message: MessageProxy) -> _Running | None:
+        running = self._running.get(message.message_id)
+        if running is not None:
+            with running.lock:
+                running.state = _DONE
+            _current.set(None)
+        return running
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        running = self._done(message)
+        if running is None or exception is None:
+            return
+        running.exception = exception
+        if running.aborted or isinstance(exception, Abort):
+            running.aborted = True
+            message.fail("aborted")  # Retries leaves failed messages alone
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        running = self._done(message)
+        if running is not None:
+            running.skipped = True
+
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        if message.queue_name.endswith(".DQ"):
+            return  # a delayed message that came due was moved to its queue
+        with self._lock:
+            running = self._running.pop(message.message_id, None)
+        if running is None:
+            self._finish(broker, message, None, "skipped", "")
+        elif running.aborted:
+            self._finish(broker, message, running, "aborted", _summary(running.exception))
+        elif running.exception is not None:
+            status = "failed" if running.retry_delay is None else "retrying"
+            self._finish(broker, message, running, status, _summary(running.exception))
+        else:
+            self._finish(
+                broker, message, running, "skipped" if running.skipped else "succeeded", ""
+            )
+
+    def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
+        with self._lock:
+            running = self._running.pop(message.message_id, None)
+        exception = running.exception if running is not None else None
+        if reason == "aborted" or (running is not None and running.aborted):
+            status = "aborted"
+        elif exception is not None and running is not None and not running.skipped:
+            status = "failed"
+        else:
+            status = "dead"
+        error = _summary(exception or getattr(message, "_exception", None))
+        if status == "dead":
+            error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
+        self._finish(broker, message, running, status, error)
+
+    def _finish(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        running: _Running | None,
+        status: str,
+        error: str,
+    ) -> None:
+        now = current_millis()
+        attempt = running.attempt if running else int(message.options.get("retries") or 0) + 1
+        ttl = running.ttl if running else self._ttl(broker, message)
+        fields: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
+        event: dict[str, Any] = {"status": status, "attempt": attempt}
+        if running is not None:
+            event["duration"] = max(0, now - running.started_at)
+        if error:
+            event["error"] = error
+        if status == "retrying" and running is not None:
+            delay = running.retry_delay or 0
+            fields["eta"] = event["eta"] = now + delay
+            ttl += delay
+        write = Write(
+            message.message_id,
+            ttl,
+            mode="worker",
+            attempt=attempt,
+            fields=fields,
+            status_event=event,
+        )
+        if running is not None and running.channel is not None:
+            running.channel.close(write)
+        else:
+            self._write(self.transport(broker), write)

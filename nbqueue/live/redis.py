@@ -1,0 +1,325 @@
+"""The Redis live channel: status records in hashes, events in streams, readable from anywhere.
+
+Keys, under the namespace ``ns`` (the RedisBroker's, else the result backend's)::
+
+    ns:__nbq__:live:<message id>          hash: the status record, plus the event counter
+    ns:__nbq__:live:<message id>:events   stream: the events, ids "<offset>-0", XADD MAXLEN ~
+    ns:__nbq__:live:aborts                stream: ids of running messages to abort
+
+A message's two keys expire with its result (PEXPIRE on every write). Readers block with
+``XREAD BLOCK``, so an event reaches a watcher in another process about as fast as the network
+allows. Workers block on the aborts stream in one thread per process, and also check the abort
+flags of their running messages about once a second, in case a notification was missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .status import LiveEvent, StatusRecord
+from .transport import AbortListener, Transport, Write
+
+if TYPE_CHECKING:
+    from ..brokers._redis_client import RedisConnection
+
+__all__ = ["RedisTransport", "live_prefix"]
+
+logger = logging.getLogger("nbqueue.live")
+
+#: How long the aborts stream lives after its last entry, in milliseconds (one day).
+ABORTS_TTL = 86400000
+
+#: How many abort notifications the aborts stream keeps (about).
+ABORTS_MAXLEN = 1000
+
+#: How often a worker checks the abort flags of its running messages, in seconds.
+POLL_INTERVAL = 1.0
+
+_WRITE = """
+local record, stream = KEYS[1], KEYS[2]
+local ttl, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
+local mode, attempt = ARGV[4], tonumber(ARGV[5])
+local status_event, progress, backfill = ARGV[6], ARGV[7], ARGV[8]
+local i = 9
+local nfields = tonumber(ARGV[i])
+local fields_at = i + 1
+i = fields_at + 2 * nfields
+local nonce = tonumber(ARGV[i])
+local once_at = i + 1
+i = once_at + 2 * nonce
+
+local function add(kind, data)
+  local seq = redis.call('HINCRBY', record, 'seq', 1)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', kind, 'd', data, 't', now)
+end
+
+while i < #ARGV do
+  add(ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if progress ~= '' then
+  redis.call('HSET', record, 'progress', progress)
+end
+local result = 1
+if mode ~= '' then
+  local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
+  local status = cur[1]
+  if mode == 'start' and cur[3] then
+    result = -1
+  elseif status == 'aborted' then
+    result = 0
+  elseif mode == 'initial' then
+    if status and status ~= 'delayed' and status ~= 'retrying' then result = 0 end
+  elseif attempt < (tonumber(cur[2]) or 0) then
+    result = 0
+  end
+  if result == 1 then
+    if not status and backfill ~= '' then add('status', backfill) end
+    for j = fields_at, fields_at + 2 * nfields - 1, 2 do
+      redis.call('HSET', record, ARGV[j], ARGV[j + 1])
+    end
+    for j = once_at, once_at + 2 * nonce - 1, 2 do
+      redis.call('HSETNX', record, ARGV[j], ARGV[j + 1])
+    end
+    if status_event ~= '' then add('status', status_event) end
+  end
+end
+redis.call('PEXPIRE', record, ttl)
+redis.call('PEXPIRE', stream, ttl)
+return result
+"""
+
+_ABORT = """
+local record, stream, aborts = KEYS[1], KEYS[2], KEYS[3]
+local now, ttl, maxlen, message_id, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local status = redis.call('HGET', record, 'status')
+if status == 'succeeded' or status == 'failed' or status == 'skipped' or status == 'aborted'
+    or status == 'dead' then
+  return 0
+end
+redis.call('HSET', record, 'abort', now)
+if status == 'running' then
+  redis.call('XADD', aborts, 'MAXLEN', '~', ARGV[7], '*', 'id', message_id)
+  redis.call('PEXPIRE', aborts, ARGV[6])
+  return 2
+end
+redis.call('HSET', record, 'status', 'aborted', 'finished_at', now)
+local seq = redis.call('HINCRBY', record, 'seq', 1)
+redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', 'status', 'd', event, 't', now)
+local pttl = redis.call('PTTL', record)
+if pttl < 0 then
+  pttl = tonumber(ttl)
+  redis.call('PEXPIRE', record, pttl)
+end
+redis.call('PEXPIRE', stream, pttl)
+return 1
+"""
+
+
+def live_prefix(namespace: str) -> str:
+    """Return the prefix of every live-channel key under ``namespace``."""
+    return f"{namespace}:__nbq__:live:"
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class RedisTransport(Transport):
+    """Keep status records and events in Redis (see the module docstring).
+
+    Parameters:
+      connection: the connection of a ``RedisBackend`` or ``RedisBroker``; used, never closed.
+      namespace: the key namespace.
+      max_events: how many events each message keeps (about: streams are trimmed with ``~``).
+    """
+
+    buffered = True
+
+    def __init__(
+        self, connection: RedisConnection, namespace: str, *, max_events: int = 1000
+    ) -> None:
+        super().__init__(max_events=max_events)
+        self.connection = connection
+        self.client = connection.client
+        self.namespace = namespace
+        self.prefix = live_prefix(namespace)
+        self.aborts_key = self.prefix + "aborts"
+        self._write = self.client.register_script(_WRITE)
+        self._abort = self.client.register_script(_ABORT)
+        self._listeners: list[AbortListener] = []
+        self._lock = threading.Lock()
+        self._watcher: _AbortWatcher | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisTransport({self.connection.where!r}, namespace={self.namespace!r})"
+
+    def keys(self, message_id: str) -> list[str]:
+        """Return the record and events keys of a message."""
+        record = self.prefix + message_id
+        return [record, record + ":events"]
+
+    def write(self, writes: list[Write]) -> list[int]:
+        if not writes:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for w in writes:
+            args: list[Any] = [
+                w.ttl,
+                self.max_events,
+                int(time.time() * 1000),
+                w.mode,
+                w.attempt,
+                "" if w.status_event is None else _dumps(w.status_event),
+                "" if w.progress is None else _dumps(w.progress),
+                "" if w.backfill is None else _dumps(w.backfill),
+            ]
+            for group in (w.fields, w.once):
+                pairs = [(k, v) for k, v in group.items() if v is not None]
+                args.append(len(pairs))
+                for key, value in pairs:
+                    args += [key, _dumps(value) if isinstance(value, (dict, list)) else value]
+            for kind, data in w.events:
+                args += [kind, _dumps(data)]
+            self._write(keys=self.keys(w.message_id), args=args, client=pipe)
+        with self.connection.errors():
+            return [int(r) for r in pipe.execute()]
+
+    def read(
+        self, message_id: str, offset: int, *, block: float | None, count: int = 1000
+    ) -> list[LiveEvent]:
+        stream = self.keys(message_id)[1]
+        block_ms = None
+        if block is not None:
+            block_ms = int(min(block, self.connection.block_limit) * 1000)
+            if block_ms < 1:
+                block_ms = None
+        with self.connection.errors():
+            reply: Any = self.client.xread({stream: f"{offset}-0"}, count=count, block=block_ms)
+        events = []
+        for _, entries in reply or []:
+            for entry_id, raw in entries:
+                seq = int(_text(entry_id).split("-", 1)[0])
+                fields = {_text(k): v for k, v in raw.items()}
+                try:
+                    data = json.loads(fields.get("d") or "{}")
+                except ValueError:
+                    data = {}
+                stamp = int(fields.get("t") or 0)
+                events.append(LiveEvent(seq, _text(fields.get("k", "")), data, stamp))
+        return events
+
+    def status(self, message_id: str) -> StatusRecord | None:
+        with self.connection.errors():
+            fields = self.client.hgetall(self.keys(message_id)[0])
+        return StatusRecord.from_fields(message_id, fields) if fields else None
+
+    def abort(self, message_id: str, *, ttl: int, now: int) -> int:
+        event = _dumps({"status": "aborted", "by": "abort()"})
+        keys = [*self.keys(message_id), self.aborts_key]
+        args: list[Any] = [now, ttl, self.max_events, message_id, event, ABORTS_TTL, ABORTS_MAXLEN]
+        with self.connection.errors():
+            return int(self._abort(keys=keys, args=args))
+
+    def abort_flags(self, message_ids: list[str]) -> list[str]:
+        """Return which of ``message_ids`` have an abort requested."""
+        if not message_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hexists(self.prefix + message_id, "abort")
+        with self.connection.errors():
+            flags = pipe.execute()
+        return [m for m, flagged in zip(message_ids, flags, strict=True) if flagged]
+
+    def subscribe(self, listener: AbortListener) -> None:
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = _AbortWatcher(self)
+                self._watcher.start()
+
+    def unsubscribe(self, listener: AbortListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            watcher = self._watcher if not self._listeners else None
+            if watcher is not None:
+                self._watcher = None
+        if watcher is not None:
+            watcher.stop()
+
+    def listeners(self) -> list[AbortListener]:
+        """Return the registered abort listeners."""
+        with self._lock:
+            return list(self._listeners)
+
+    def close(self) -> None:
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+            self._listeners.clear()
+        if watcher is not None:
+            watcher.stop()
+
+
+class _AbortWatcher(threading.Thread):
+    """Blocks on the aborts stream and hands the ids to the listeners (see the module doc)."""
+
+    def __init__(self, transport: RedisTransport) -> None:
+        super().__init__(name="nbqueue-live-aborts", daemon=True)
+        self.transport = transport
+        self._stopping = threading.Event()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stopping.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout)
+
+    def run(self) -> None:
+        transport = self.transport
+        client = transport.connection.dedicated()
+        block_ms = max(1, int(transport.connection.block_limit * 1000))
+        last: str | None = None
+        next_poll = 0.0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if last is None:
+                        newest: Any = client.xrevrange(transport.aborts_key, count=1)
+                        last = _text(newest[0][0]) if newest else "0-0"
+                    reply: Any = client.xread(
+                        {transport.aborts_key: last}, count=100, block=block_ms
+                    )
+                    ids = []
+                    for _, entries in reply or []:
+                        for entry_id, fields in entries:
+                            last = _text(entry_id)
+                            ids += [_text(v) for k, v in fields.items() if _text(k) == "id"]
+                    now = time.monotonic()
+                    if now >= next_poll:
+                        next_poll = now + POLL_INTERVAL
+                        running = [m for lis in transport.listeners() for m in lis.running_ids()]
+                        ids += transport.abort_flags(running)
+                    for message_id in ids:
+                        for listener in transport.listeners():
+                            listener.on_abort(message_id)
+                except Exception:
+                    if self._stopping.is_set():
+                        break
+                    logger.warning(
+                        "The live channel could not read abort requests from Redis; "
+                        "retrying in a second.",
+                        exc_info=True,
+                    )
+                    self._stopping.wait(1.0)
+        finally:
+            client.close()

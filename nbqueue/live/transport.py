@@ -1,0 +1,167 @@
+"""The transport contract: where the live channel keeps status records and events.
+
+A transport stores, per message, one status record and a bounded log of events, both expiring
+with the message's result. Writers are the producer (``enqueued``/``delayed``) and the worker
+(everything else); readers are any process that can reach the same store. ``memory.py`` keeps
+them in this process, ``redis.py`` in Redis.
+
+Status changes are guarded, because writers in different processes race:
+
+* ``aborted`` is final: no status change applies after it;
+* the producer's ``initial`` writes apply only to a message with no status yet, or one that is
+  ``delayed`` or ``retrying`` (a delayed message coming due), never over a worker's write;
+* a worker's write applies unless the record is at a later attempt; a ``start`` write also
+  fails (returning ``ABORTED``) when an abort was requested, atomically with the check.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Protocol
+
+from .status import FINISHED, LiveEvent, StatusRecord
+
+__all__ = [
+    "ABORTED",
+    "ABORTED_NOW",
+    "APPLIED",
+    "REJECTED",
+    "REQUESTED",
+    "TOO_LATE",
+    "AbortListener",
+    "Transport",
+    "Write",
+    "abort_outcome",
+    "decide",
+]
+
+#: What a status change did: applied, rejected as stale, or refused because of an abort.
+APPLIED, REJECTED, ABORTED = 1, 0, -1
+
+#: What ``Transport.abort`` did: too late (finished), aborted at once (not running), or
+#: requested from the worker running it.
+TOO_LATE, ABORTED_NOW, REQUESTED = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Write:
+    """One message's share of a batch of writes.
+
+    The events are appended in order, then the status change (if ``mode`` is set) is applied
+    and, when it applies, its status event is appended last.
+
+    Attributes:
+      message_id: the message.
+      ttl: how long the record and events live after this write, in milliseconds.
+      events: ``(kind, data)`` pairs to append.
+      progress: the latest progress data, kept in the record.
+      mode: ``""`` (no status change), ``"initial"``, ``"start"`` or ``"worker"``.
+      attempt: the attempt number of a worker's write.
+      fields: record fields set when the status change applies (``status`` among them).
+      once: record fields set only if the record does not have them yet.
+      status_event: the data of the status event appended when the change applies.
+      backfill: the data of a status event appended first when the change applies to a record
+        with no status yet: a worker that starts a message before the producer's (batched)
+        ``enqueued`` write landed records ``enqueued`` itself, so every log starts alike.
+    """
+
+    message_id: str
+    ttl: int
+    events: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    progress: dict[str, Any] | None = None
+    mode: str = ""
+    attempt: int = 0
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    once: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status_event: dict[str, Any] | None = None
+    backfill: dict[str, Any] | None = None
+
+
+def decide(mode: str, status: str | None, attempt: int, abort: bool, new_attempt: int) -> int:
+    """Return whether a status change applies (``APPLIED``, ``REJECTED`` or ``ABORTED``).
+
+    ``redis.py`` runs the same rules in Lua; keep the two in step.
+    """
+    if mode == "start" and abort:
+        return ABORTED
+    if status == "aborted":
+        return REJECTED
+    if mode == "initial":
+        if status is None or status in ("delayed", "retrying"):
+            return APPLIED
+        return REJECTED
+    return APPLIED if new_attempt >= attempt else REJECTED
+
+
+def abort_outcome(status: str | None) -> int:
+    """Return what ``abort()`` does to a message in ``status`` (``TOO_LATE``...)."""
+    if status in FINISHED:
+        return TOO_LATE
+    if status == "running":
+        return REQUESTED
+    return ABORTED_NOW
+
+
+class AbortListener(Protocol):
+    """What a worker registers with a transport to hear about aborts of running messages."""
+
+    def on_abort(self, message_id: str) -> None:
+        """Abort ``message_id`` if it runs here; called from any thread, more than once."""
+
+    def running_ids(self) -> list[str]:
+        """Return the ids of the messages running here (transports may poll their flags)."""
+
+
+class Transport(abc.ABC):
+    """Base class for live-channel stores.
+
+    Attributes:
+      buffered: whether producers should batch their writes through a publisher thread (a
+        network store) rather than write inline (memory).
+      max_events: how many events each message keeps; older ones are dropped.
+    """
+
+    buffered = False
+
+    def __init__(self, *, max_events: int) -> None:
+        self.max_events = max_events
+
+    @abc.abstractmethod
+    def write(self, writes: list[Write]) -> list[int]:
+        """Apply a batch of writes, in order; return ``APPLIED``/``REJECTED``/``ABORTED`` for
+        each (``APPLIED`` for writes without a status change)."""
+
+    @abc.abstractmethod
+    def read(
+        self, message_id: str, offset: int, *, block: float | None, count: int = 1000
+    ) -> list[LiveEvent]:
+        """Return up to ``count`` events after ``offset``, oldest first.
+
+        Parameters:
+          block: wait up to this many seconds for an event when there is none (``None``: do
+            not wait). Returning early with nothing is allowed.
+        """
+
+    @abc.abstractmethod
+    def status(self, message_id: str) -> StatusRecord | None:
+        """Return the status record of a message, or ``None`` when there is none."""
+
+    @abc.abstractmethod
+    def abort(self, message_id: str, *, ttl: int, now: int) -> int:
+        """Request an abort: mark the record, and abort at once unless it runs.
+
+        Returns:
+          ``TOO_LATE``, ``ABORTED_NOW`` or ``REQUESTED`` (a worker will interrupt it).
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, listener: AbortListener) -> None:
+        """Deliver abort requests for running messages to ``listener`` until unsubscribed."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, listener: AbortListener) -> None:
+        """Stop delivering abort requests to ``listener``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the transport's threads and connections."""
