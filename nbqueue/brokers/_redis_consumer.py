@@ -62,7 +62,10 @@ class RedisConsumer(Consumer):
         self._idle_since: float | None = None
         self._woken = False
         self._blocker: redis.Redis | None = None
-        self._wake_keys = [broker.keys.wake(queue_name)]
+        self._inbox = broker.keys.inbox(broker.broker_id, queue_name)
+        self._block_keys = [self._inbox, broker.keys.wake(queue_name)]
+        # An idle registration outlives the wait between two fetches of an idle consumer.
+        self._idle_for = broker.poll_interval + int(broker.connection.block_limit * 1000) + 500
         self._cache: collections.deque[Entry] = collections.deque(self.service.attach(queue_name))
 
     def __next__(self) -> MessageProxy | None:
@@ -92,7 +95,9 @@ class RedisConsumer(Consumer):
             since = self._idle_since
             if since is None or self._woken or time.monotonic() - since >= poll:
                 self._woken = False
-                entries = service.fetch(queue, min(room, FETCH_LIMIT), self._fetch_keys)
+                entries = service.fetch(
+                    queue, min(room, FETCH_LIMIT), self._fetch_keys, idle_for=self._idle_for
+                )
                 if entries:
                     self._idle_since = None
                     self._cache.extend(entries)
@@ -106,7 +111,8 @@ class RedisConsumer(Consumer):
                 self._woken = self._block(pause)
 
     def _block(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a wake-up token; return whether one came."""
+        """Wait up to ``timeout`` seconds for a message handed to the inbox (it goes to the
+        cache) or a wake-up token; return whether either came."""
         connection = self.broker.connection
         timeout = min(timeout, connection.block_limit)
         if timeout < 0.002:  # Redis reads a timeout below a millisecond as "forever"
@@ -117,13 +123,20 @@ class RedisConsumer(Consumer):
             return False
         try:
             with connection.errors():
-                popped = self._blocker.blpop(self._wake_keys, timeout=round(timeout, 3))
+                popped = self._blocker.blpop(self._block_keys, timeout=round(timeout, 3))
         except Exception:
             # interrupt() shut the socket down under us: redis-py then raises all sorts
             if self.interrupted():
                 return False
             raise
-        return popped is not None
+        if popped is None:
+            return False
+        key, frame = popped
+        if key == self._inbox.encode() or key == self._inbox:
+            raw = frame if isinstance(frame, bytes) else str(frame).encode()
+            self._cache.append((raw[:36].decode(), raw[36:]))
+            self._idle_since = None
+        return True
 
     def _deliver(self, rid: str, data: bytes) -> MessageProxy | None:
         try:
@@ -205,6 +218,10 @@ class RedisConsumer(Consumer):
         self.service.acker.flush((self.broker.connection.socket_timeout or 5) + 1)
         leftovers = list(self._cache)
         self._cache.clear()
+        try:  # leave the idle set; take back what was handed over meanwhile
+            leftovers += self.service.fetch(self.queue_name, 0, self._fetch_keys)
+        except BrokerError:
+            pass  # those stay in this worker's ack set: redelivered if it dies
         if leftovers:
             try:
                 self.service.requeue(self.queue_name, [rid for rid, _ in leftovers])

@@ -90,6 +90,18 @@ class RedisKeys:
         """The list of tokens ``join()`` blocks on, pushed when the queue drains."""
         return f"{self._own}{q_name(queue)}.drained"
 
+    def idle(self, queue: str) -> str:
+        """The sorted set of idle consumers of ``queue`` (registration -> deadline, ms)."""
+        return f"{self._own}{queue}.idle"
+
+    def inbox(self, worker: str, queue: str) -> str:
+        """The list an idle consumer blocks on: messages handed straight to ``worker``."""
+        return f"{self._own}{queue}.inbox.{worker}"
+
+    def idle_registration(self, worker: str, queue: str) -> str:
+        """What an idle consumer registers: its worker, ack set and inbox (see enqueue.lua)."""
+        return f"{worker}\n{self.ack_set(worker, queue)}\n{self.inbox(worker, queue)}"
+
     def registry(self, worker: str) -> str:
         """The set of queue names ``worker`` has ack sets for."""
         return f"{self._own}queues.{worker}"
@@ -118,6 +130,8 @@ class RedisKeys:
             self.scores(queue),
             self.sequence(queue),
             self.wake(queue),
+            self.heartbeats,
+            self.idle(queue),
         ]
 
     def fetch(self, queue: str, worker: str) -> list[str]:
@@ -129,6 +143,8 @@ class RedisKeys:
             self.ack_set(worker, queue),
             self.heartbeats,
             self.registry(worker),
+            self.idle(queue),
+            self.inbox(worker, queue),
         ]
 
     def _drain_keys(self, queue: str) -> list[str]:

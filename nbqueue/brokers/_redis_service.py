@@ -103,12 +103,19 @@ class BrokerService:
 
     # -- the Redis protocol ------------------------------------------------------------------
 
-    def fetch(self, queue: str, count: int, keys: list[str]) -> list[Entry]:
+    def fetch(self, queue: str, count: int, keys: list[str], *, idle_for: int = 0) -> list[Entry]:
+        """Fetch up to ``count`` messages (and whatever was handed to this worker's inbox).
+
+        Parameters:
+          idle_for: when nothing is found, register as idle for this long (ms), so that the
+            next enqueue hands its message straight to the inbox; 0 leaves the idle set.
+        """
         broker = self.broker
+        registration = broker.keys.idle_registration(broker.broker_id, queue)
+        args: list[Any] = [count, broker.broker_id, queue, REGISTRY_TTL, int(idle_for > 0)]
+        args += [idle_for, registration]
         with broker.connection.errors():
-            reply = broker.scripts["fetch"](
-                keys=keys, args=[count, broker.broker_id, queue, REGISTRY_TTL]
-            )
+            reply = broker.scripts["fetch"](keys=keys, args=args)
         if reply[0]:
             broker.logger.warning(
                 "Dropped %d ids on %r that had no message stored under them (written by a "
@@ -243,7 +250,14 @@ class BrokerService:
         keys = broker.keys
         with broker.connection.errors():
             queues = {_text(q) for q in broker.client.smembers(keys.registry(worker))}
-            if not queues:
+            if queues:
+                # First stop enqueues from handing the dead worker anything more.
+                pipe = broker.client.pipeline(transaction=False)
+                for queue in queues:
+                    pipe.zrem(keys.idle(queue), keys.idle_registration(worker, queue))
+                    pipe.delete(keys.inbox(worker, queue))
+                pipe.execute()
+            else:
                 pattern = keys.ack_set_pattern(worker)
                 for key in broker.client.scan_iter(match=pattern, count=1000):
                     queues.add(keys.queue_of_ack_set(worker, _text(key)))

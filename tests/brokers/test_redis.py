@@ -186,8 +186,8 @@ def test_an_idle_consumer_wakes_when_a_message_arrives_not_after_polling(redis_u
     idle = threading.Event()
     fetch = broker.service.fetch
 
-    def watched_fetch(*args):
-        entries = fetch(*args)
+    def watched_fetch(*args, **kwargs):
+        entries = fetch(*args, **kwargs)
         if not entries:
             idle.set()
         return entries
@@ -210,6 +210,64 @@ def test_an_idle_consumer_wakes_when_a_message_arrives_not_after_polling(redis_u
         consumer.close()
         broker.close()
         cleanup(broker, namespace)
+
+
+def test_a_message_sent_to_an_idle_consumer_is_handed_over_without_a_fetch(redis_broker, namespace):
+    redis_broker.declare_queue(namespace)
+    client, keys, me = redis_broker.client, redis_broker.keys, redis_broker.broker_id
+
+    def send(i):
+        message = Message(queue_name=namespace, actor_name="a", args=(i,), kwargs={}, options={})
+        return redis_broker.enqueue(message).options["redis_message_id"]
+
+    consumer = redis_broker.consume(namespace, timeout=10)
+    assert next(consumer) is None  # found nothing: registered as idle
+    rid = send(1)
+    assert client.llen(keys.queue(namespace)) == 0
+    assert client.sismember(keys.ack_set(me, namespace), rid)  # as if fetched
+    first = next(consumer)
+    assert first.args == (1,)
+    consumer.ack(first)
+    assert next(consumer) is None
+    rid = send(2)  # handed over again; closing gives it back
+    consumer.close()
+    assert client.lrange(keys.queue(namespace), 0, -1) == [rid.encode()]
+    assert client.scard(keys.ack_set(me, namespace)) == 0
+    assert client.zcard(keys.idle(namespace)) == 0
+
+
+def test_nothing_is_handed_to_an_idle_consumer_whose_worker_is_gone(redis_broker, namespace):
+    redis_broker.declare_queue(namespace)
+    client, keys = redis_broker.client, redis_broker.keys
+    ghost = keys.idle_registration("ghost", namespace)
+    client.zadd(keys.idle(namespace), {ghost: 10**13})  # idle "forever", but no heartbeat
+    redis_broker.enqueue(
+        Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+    )
+    assert client.llen(keys.queue(namespace)) == 1
+    assert client.zcard(keys.idle(namespace)) == 0
+    assert not client.exists(keys.ack_set("ghost", namespace))
+
+
+def test_recovering_a_dead_idle_worker_stops_hand_overs_to_it(redis_url, namespace):
+    dead, survivor = make_broker(redis_url, namespace), make_broker(redis_url, namespace)
+    try:
+        dead.declare_queue(namespace)
+        consumer = dead.consume(namespace, timeout=10)
+        assert next(consumer) is None  # idle and registered, then it "dies"
+        handed = dead.enqueue(
+            Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+        )
+        assert survivor.service.recover(dead.broker_id) == 1
+        assert survivor.client.zcard(survivor.keys.idle(namespace)) == 0
+        survivor.enqueue(
+            Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+        )
+        listed = survivor.client.lrange(survivor.keys.queue(namespace), 0, -1)
+        assert len(listed) == 2 and handed.options["redis_message_id"].encode() in listed
+    finally:
+        survivor.close()
+        cleanup(survivor, namespace)
 
 
 def test_messages_from_producers_that_do_not_wake_are_polled(redis_url, namespace):

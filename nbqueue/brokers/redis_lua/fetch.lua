@@ -1,31 +1,51 @@
 -- Fetch up to n messages for one consumer, and heartbeat.
 --
 -- KEYS: 1 list, 2 messages hash, 3 prioritized zset, 4 this worker's ack set for the queue,
---       5 heartbeats zset, 6 this worker's queue registry
--- ARGV: 1 n, 2 worker id, 3 queue name, 4 registry ttl (ms)
+--       5 heartbeats zset, 6 this worker's queue registry, 7 the queue's idle consumers zset,
+--       8 this worker's inbox for the queue
+-- ARGV: 1 n, 2 worker id, 3 queue name, 4 registry ttl (ms), 5 "1" to register as idle when
+--       nothing is found, 6 how long an idle registration lasts (ms), 7 the registration
 --
--- Order: positive priorities (negative scores), then the Dramatiq list, then negative
+-- Messages handed off to this worker's inbox by enqueue.lua come first (they already are in
+-- the ack set). Then: positive priorities (negative scores), the Dramatiq list, negative
 -- priorities. Fetched ids go into the worker's ack set, as Dramatiq's fetch does, and the
 -- queue name into the worker's registry, so that whoever recovers this worker after it died
 -- knows which ack sets to look at without scanning the keyspace.
 --
+-- When nothing is found the consumer registers as idle: the next enqueue hands a message
+-- straight to its inbox, which it blocks on, saving the fetch round trip.
+--
 -- Returns {dropped, id1, body1, id2, body2, ...}; `dropped` counts ids that had no body (a
 -- foreign producer's mistake, or a message flushed meanwhile): they are forgotten.
-redis.call("zadd", KEYS[5], now_ms(), ARGV[2])
+local now = now_ms()
+redis.call("zadd", KEYS[5], now, ARGV[2])
 redis.call("sadd", KEYS[6], ARGV[3])
 redis.call("pexpire", KEYS[6], ARGV[4])
+redis.call("zrem", KEYS[7], ARGV[7])
 
 local want = tonumber(ARGV[1])
-local ids = {}
+local out = {0}
 
-local high = redis.call("zrangebyscore", KEYS[3], "-inf", "(0", "LIMIT", 0, want)
-if #high > 0 then
-    redis.call("zrem", KEYS[3], unpack(high))
-    for _, id in ipairs(high) do
-        ids[#ids + 1] = id
+local inboxed = redis.call("lrange", KEYS[8], 0, -1)
+if #inboxed > 0 then
+    redis.call("del", KEYS[8])
+    for _, frame in ipairs(inboxed) do
+        out[#out + 1] = string.sub(frame, 1, 36)
+        out[#out + 1] = string.sub(frame, 37)
     end
+    want = want - #inboxed
 end
 
+local ids = {}
+if want > 0 then
+    local high = redis.call("zrangebyscore", KEYS[3], "-inf", "(0", "LIMIT", 0, want)
+    if #high > 0 then
+        redis.call("zrem", KEYS[3], unpack(high))
+        for _, id in ipairs(high) do
+            ids[#ids + 1] = id
+        end
+    end
+end
 if #ids < want then
     local listed = redis.call("lpop", KEYS[1], want - #ids)
     if listed then
@@ -34,7 +54,6 @@ if #ids < want then
         end
     end
 end
-
 if #ids < want then
     local low = redis.call("zpopmin", KEYS[3], want - #ids)
     for i = 1, #low, 2 do
@@ -42,21 +61,22 @@ if #ids < want then
     end
 end
 
-if #ids == 0 then
-    return {0}
+if #ids > 0 then
+    redis.call("sadd", KEYS[4], unpack(ids))
+    local bodies = redis.call("hmget", KEYS[2], unpack(ids))
+    for i, id in ipairs(ids) do
+        local body = bodies[i]
+        if body then
+            out[#out + 1] = id
+            out[#out + 1] = body
+        else
+            redis.call("srem", KEYS[4], id)
+            out[1] = out[1] + 1
+        end
+    end
 end
 
-redis.call("sadd", KEYS[4], unpack(ids))
-local bodies = redis.call("hmget", KEYS[2], unpack(ids))
-local out = {0}
-for i, id in ipairs(ids) do
-    local body = bodies[i]
-    if body then
-        out[#out + 1] = id
-        out[#out + 1] = body
-    else
-        redis.call("srem", KEYS[4], id)
-        out[1] = out[1] + 1
-    end
+if #out == 1 and ARGV[5] == "1" then
+    redis.call("zadd", KEYS[7], now + tonumber(ARGV[6]), ARGV[7])
 end
 return out
