@@ -103,21 +103,26 @@ class EventLoopThread(threading.Thread):
             tasks.append(task)
 
         def cancel() -> None:
+            if not tasks:  # the interrupt came before start() was scheduled
+                coro.close()
+                outcome.cancel()
             for task in tasks:
                 task.cancel()
 
         if not self.is_alive():
             coro.close()
             raise RuntimeError("The nbqueue event loop thread is not running.")
-        self.loop.call_soon_threadsafe(start)
         try:
+            # Scheduled inside the try, so that an interrupt landing right after start() was
+            # scheduled (an abort as the actor begins) still cancels the task.
+            self.loop.call_soon_threadsafe(start)
             while True:
                 try:
                     return outcome.result(timeout=self.interrupt_check_ival)
                 except concurrent.futures.TimeoutError:
                     continue
         except Interrupt:
-            # start() was scheduled first, so cancel() always finds the task.
+            # The loop runs callbacks in order: if start() was scheduled, cancel() finds its task.
             self.loop.call_soon_threadsafe(cancel)
             try:
                 outcome.result(timeout=1.0)

@@ -82,3 +82,43 @@ def test_a_new_worker_gets_a_new_loop_after_the_old_one_stopped(
     loop_thread = get_event_loop_thread()
     assert loop_thread is not None and loop_thread.is_alive()
     assert results == [1]
+
+
+def test_an_interrupt_right_after_the_coroutine_was_scheduled_still_cancels_it() -> None:
+    # The interrupt lands in the narrowest window: start() is scheduled, nothing waits yet.
+    import pytest
+
+    from nbqueue.asyncio import EventLoopThread
+    from nbqueue.threading import Interrupt
+
+    thread = EventLoopThread()
+    thread.start()
+    loop: Any = thread.loop
+    schedule = loop.call_soon_threadsafe
+    outcomes: list[str] = []
+
+    def interrupted(callback: Any, *args: Any) -> Any:
+        handle = schedule(callback, *args)
+        if not outcomes:
+            outcomes.append("scheduled")
+            raise Interrupt()
+        return handle
+
+    async def slow() -> None:
+        outcomes.append("started")
+        await asyncio.sleep(30)
+
+    async def pending() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    loop.call_soon_threadsafe = interrupted
+    try:
+        with pytest.raises(Interrupt):
+            thread.run_coroutine(slow())
+        loop.call_soon_threadsafe = schedule
+        # cancel() ran right after start(), before the task's first step
+        assert outcomes == ["scheduled"]
+        assert asyncio.run_coroutine_threadsafe(pending(), loop).result(5) == 0
+    finally:
+        loop.call_soon_threadsafe = schedule
+        thread.stop()
