@@ -16,6 +16,7 @@ from .composition import group, pipeline
 from .connection import connect
 from .encoder import Encoder, JSONEncoder
 from .errors import (
+    Abort,
     ActorNotFound,
     BrokerConnectionError,
     BrokerError,
@@ -31,6 +32,7 @@ from .errors import (
     Retry,
 )
 from .generic import GenericActor
+from .live import MessageStatus, progress, stream
 from .message import Message, get_encoder, set_encoder
 from .middleware import Middleware
 from .worker import ConsumerThread, Worker, WorkerThread
@@ -38,6 +40,7 @@ from .worker import ConsumerThread, Worker, WorkerThread
 __version__ = "0.1.0"
 
 __all__ = [
+    "Abort",
     "Actor",
     "ActorNotFound",
     "Broker",
@@ -55,6 +58,7 @@ __all__ = [
     "JSONEncoder",
     "Message",
     "MessageProxy",
+    "MessageStatus",
     "Middleware",
     "NbqueueError",
     "QueueJoinTimeout",
@@ -71,8 +75,10 @@ __all__ = [
     "group",
     "middleware",
     "pipeline",
+    "progress",
     "set_broker",
     "set_encoder",
+    "stream",
 ]
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .asyncio import async_to_sync
@@ -42,14 +43,42 @@ def _delay_ms(delay: int | float | datetime.timedelta | None) -> int | None:
     return int(delay)
 
 
+def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn an async generator function into a coroutine function that streams each chunk with
+    ``nbqueue.stream()`` and returns them all (see ``Actor``)."""
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        from .live import stream
+
+        chunks = []
+        generator: Any = fn(*args, **kwargs)
+        try:
+            async for chunk in generator:
+                stream(chunk)
+                chunks.append(chunk)
+        finally:
+            await generator.aclose()
+        if chunks and all(isinstance(chunk, str) for chunk in chunks):
+            return "".join(chunks)
+        return chunks
+
+    return run
+
+
 class Actor(Generic[P, R]):
     """A function that can be run in the background by a worker.
 
     Create actors with the ``@actor`` decorator. Calling an actor runs the function now, in the
     caller's thread; ``send()`` enqueues a message and returns at once.
 
+    An async generator function is an actor that streams: each chunk it yields goes to the
+    message's live channel (as with ``nbqueue.stream()``), and since async generators cannot
+    return a value, its result is the concatenation of the chunks when they are all ``str``,
+    and the list of chunks otherwise (``[]`` when it yields nothing).
+
     Parameters:
-      fn: the function (sync or ``async def``).
+      fn: the function (sync, ``async def``, or an async generator function).
       broker: the broker the actor is declared on.
       actor_name: the name messages use to find the actor.
       queue_name: the queue its messages go to.
@@ -74,8 +103,9 @@ class Actor(Generic[P, R]):
             )
         self.logger = logging.getLogger(f"nbqueue.actor.{actor_name}")
         self.original_fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.fn: Callable[P, R] = async_to_sync(fn) if self.is_async else fn  # type: ignore[arg-type,assignment]
+        target: Any = _streaming(fn) if inspect.isasyncgenfunction(fn) else fn
+        self.is_async = inspect.iscoroutinefunction(target)
+        self.fn: Callable[P, R] = async_to_sync(target) if self.is_async else target
         self.broker = broker
         self.actor_name = actor_name
         self.queue_name = queue_name

@@ -42,14 +42,16 @@ def default_broker() -> Broker:
 
 def _memory_broker() -> Broker:
     from .brokers.stub import StubBroker
+    from .live import Live
     from .middleware import AsyncIO, default_middleware
     from .results import Results
     from .results.backends import StubBackend
 
     # The embedded broker stores results by default: in a notebook, a result that was thrown away
-    # is the surprise, and they live only in this process and expire after result_ttl.
+    # is the surprise, and they live only in this process and expire after result_ttl. Live comes
+    # last, so that it runs right around the actor (status, output, abort).
     middleware = [m() for m in default_middleware]
-    middleware += [AsyncIO(), Results(backend=StubBackend(), store_results=True)]
+    middleware += [AsyncIO(), Results(backend=StubBackend(), store_results=True), Live()]
     return StubBroker(middleware=middleware)
 
 

@@ -13,7 +13,9 @@ from .encoder import Encoder, JSONEncoder, MessageData
 from .errors import DecodeError
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .composition import pipeline
+    from .live import EventStream, StatusRecord
     from .results import ResultBackend
 
 __all__ = ["Message", "generate_unique_id", "get_encoder", "set_encoder"]
@@ -225,6 +227,67 @@ class Message(Generic[R]):
             backend = get_broker().get_results_backend()
         result: R = backend.get_result(self, block=block, timeout=timeout)
         return result
+
+    def status(self, *, broker: Broker | None = None) -> StatusRecord | None:
+        """Return this message's status record from the live channel (nbqueue addition).
+
+        Parameters:
+          broker: the broker it was sent with (default: the global broker).
+
+        Returns:
+          The record (``record.status`` is a ``MessageStatus``), or ``None`` when there is none
+          yet or any more (records expire with the result).
+
+        Raises:
+          LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
+        """
+        from .live import status
+
+        return status(self, broker=broker)
+
+    def events(
+        self,
+        *,
+        broker: Broker | None = None,
+        follow: bool = True,
+        timeout: int | None = None,
+        offset: int = 0,
+    ) -> EventStream:
+        """Return this message's status changes, progress and output, oldest first (nbqueue
+        addition).
+
+        The result is an iterator and an async iterator. With ``follow`` it waits for new events
+        until the message finishes or ``timeout`` passes, then stops without raising.
+
+        Parameters:
+          broker: the broker it was sent with (default: the global broker).
+          follow: wait for new events; otherwise yield what is stored now and stop.
+          timeout: how long to follow, in milliseconds (``None``: until the message finishes).
+          offset: start after this offset (``stream.offset`` of an earlier stream resumes it).
+
+        Raises:
+          LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
+        """
+        from .live import events
+
+        return events(self, broker=broker, follow=follow, timeout=timeout, offset=offset)
+
+    def abort(self, *, broker: Broker | None = None) -> bool:
+        """Abort this message: skip it if it has not started, interrupt it if it runs (nbqueue
+        addition). It is never retried. Returns at once.
+
+        Parameters:
+          broker: the broker it was sent with (default: the global broker).
+
+        Returns:
+          False when the message had already finished, True otherwise.
+
+        Raises:
+          LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
+        """
+        from .live import abort
+
+        return abort(self, broker=broker)
 
     @property
     def message_datetime(self) -> datetime.datetime:

@@ -21,7 +21,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .common import current_millis, getenv_int, q_name
-from .errors import ActorNotFound, BrokerConnectionError, QueueJoinTimeout, RateLimitExceeded, Retry
+from .errors import (
+    Abort,
+    ActorNotFound,
+    BrokerConnectionError,
+    QueueJoinTimeout,
+    RateLimitExceeded,
+    Retry,
+)
 from .middleware.base import Middleware, SkipMessage
 
 if TYPE_CHECKING:
@@ -552,6 +559,9 @@ class WorkerThread(_PausableThread):
             return
         if isinstance(error, RateLimitExceeded):
             self.logger.debug("Rate limit exceeded in message %s: %s", message.message_id, error)
+            return
+        if isinstance(error, Abort):
+            self.logger.info("Message %s was aborted.", message.message_id)
             return
         throws: Any = message.options.get("throws") or (
             actor.options.get("throws") if actor else None

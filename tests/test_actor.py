@@ -199,3 +199,39 @@ def test_send_many_sends_nothing_when_one_item_cannot_be_encoded(stub_broker):
     with pytest.raises(nbqueue.EncodeError, match=r"args\[0\]"):
         record.send_many([1, 2, object()])
     assert stub_broker.queue_stats()["default"].ready == 0
+
+
+def test_async_generator_actors_return_their_chunks_joined_or_listed():
+    broker = StubBroker()
+
+    @nbqueue.actor(broker=broker)
+    async def words(n):
+        for i in range(n):
+            yield f"w{i} "
+
+    @nbqueue.actor(broker=broker)
+    async def records(n):
+        for i in range(n):
+            yield {"i": i}
+
+    assert words.is_async
+    assert words(3) == "w0 w1 w2 "  # all str: concatenated
+    assert records(2) == [{"i": 0}, {"i": 1}]  # otherwise: the list
+    assert words(0) == []
+
+
+def test_async_generator_actors_are_closed_when_they_fail():
+    broker = StubBroker()
+    closed = []
+
+    @nbqueue.actor(broker=broker)
+    async def broken():
+        try:
+            yield "a"
+            raise ValueError("boom")
+        finally:
+            closed.append(True)
+
+    with pytest.raises(ValueError, match="boom"):
+        broken()
+    assert closed == [True]

@@ -52,7 +52,8 @@ class Retries(Middleware):
     ``"retries_exhausted"``, and the actor named by ``on_retry_exhausted`` (if any) receives
     ``(message_dict, {"retries": n, "max_retries": m})``. An exception matching the ``throws``
     option (an exception class or a tuple of them) dead-letters the message at once with the
-    reason ``"throws"``.
+    reason ``"throws"``. A message that another middleware failed first (an aborted one, for
+    instance) is not retried.
 
     Parameters:
       max_retries: how many times a message is retried; ``None`` retries forever.
@@ -95,7 +96,9 @@ class Retries(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
+        if exception is None or message.failed:
+            # A message another middleware already failed (e.g. one that Live aborted) is
+            # dead-lettered, never retried as well.
             return
 
         actor = broker.get_actor(message.actor_name)

@@ -315,3 +315,33 @@ def test_messages_that_succeed_are_not_retried(
     stub_worker.join()
 
     assert recorder.delays == [None]
+
+
+class FailFirst(Middleware):
+    """Fails every message whose actor raised, before Retries sees it (as Live does on abort)."""
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is not None:
+            message.fail("aborted")
+
+
+def test_a_message_another_middleware_failed_is_not_retried(stub_broker: StubBroker) -> None:
+    stub_broker.add_middleware(FailFirst())  # added last, so its after-hook runs before Retries'
+    worker = Worker(stub_broker, worker_timeout=100)
+    worker.start()
+    attempts: list[int] = []
+
+    @nbqueue.actor(max_retries=5, min_backoff=10)
+    def doomed() -> None:
+        attempts.append(1)
+        raise ValueError("boom")
+
+    try:
+        doomed.send()
+        stub_broker.join(doomed.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    assert attempts == [1]
+    [dead] = stub_broker.get_dead_letters(doomed.queue_name)
+    assert dead.reason == "aborted"
