@@ -160,9 +160,10 @@ class Worker:
         deadline = time.monotonic() + timeout / 1000
         self.broker.emit_before("worker_shutdown", self)
         consumers = list(self.consumers.values())
+        # First, so that no worker thread takes another message while the consumers stop.
+        self.running = False
         for consumer in consumers:
             consumer.stop_fetching()
-        self.running = False
         self._wake_threads()
         for _ in self.workers:
             self.work_queue.put(_WorkItem((-(2**62), -1), _STOP, None))

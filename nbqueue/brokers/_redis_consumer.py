@@ -61,6 +61,7 @@ class RedisConsumer(Consumer):
         self._waiting_for_room = False
         self._idle_since: float | None = None
         self._woken = False
+        self._blocking = False
         self._blocker: redis.Redis | None = None
         self._inbox = broker.keys.inbox(broker.broker_id, queue_name)
         self._block_keys = [self._inbox, broker.keys.wake(queue_name)]
@@ -121,6 +122,7 @@ class RedisConsumer(Consumer):
             self._blocker = connection.dedicated()
         if self.interrupted():
             return False
+        self._blocking = True
         try:
             with connection.errors():
                 popped = self._blocker.blpop(self._block_keys, timeout=round(timeout, 3))
@@ -129,6 +131,8 @@ class RedisConsumer(Consumer):
             if self.interrupted():
                 return False
             raise
+        finally:
+            self._blocking = False
         if popped is None:
             return False
         key, frame = popped
@@ -206,7 +210,7 @@ class RedisConsumer(Consumer):
         with self._lock:
             self._room.notify()
         blocker = self._blocker
-        if blocker is not None:
+        if blocker is not None and self._blocking:
             # Shutting the socket down ends a blocked BLPOP at once, with no round trip.
             blocker.connection_pool.disconnect()
 
