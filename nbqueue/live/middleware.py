@@ -466,6 +466,7 @@ class Live(Middleware):
             attempt=attempt,
             fields=fields,
             status_event=event,
+            backfill={"status": "enqueued"},
         )
         if running is not None and running.channel is not None:
             running.channel.close(write)

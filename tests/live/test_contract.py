@@ -4,6 +4,7 @@ coalescing, aborts in every state, bounded output, and the agent-like example of
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import nbqueue
 from nbqueue.live import MessageStatus
 from nbqueue.results import ResultFailure
-from tests.live.conftest import follow, record, reports, statuses, text, wait_for
+from tests.live.conftest import follow, record, reports, statuses, text
 
 
 def test_a_streaming_async_actor_yields_its_events_in_order(live_broker, worker_factory):
@@ -23,7 +24,7 @@ def test_a_streaming_async_actor_yields_its_events_in_order(live_broker, worker_
         for i in range(n):
             await asyncio.sleep(0.005)
             yield f"t{i} "
-        print("done", file=__import__("sys").stderr)
+        print("done", file=sys.stderr)
 
     worker_factory(live_broker)
     message = tokens.send(5)
@@ -155,6 +156,7 @@ def test_aborting_a_running_message_stops_it_within_a_second(live_broker, worker
         @nbqueue.actor(actor_name="job", max_retries=3, min_backoff=10)
         def job():
             runs.append("started")
+            nbqueue.stream("started")
             try:
                 while True:
                     time.sleep(0.01)
@@ -166,6 +168,7 @@ def test_aborting_a_running_message_stops_it_within_a_second(live_broker, worker
         @nbqueue.actor(actor_name="job", max_retries=3, min_backoff=10)
         async def job():
             runs.append("started")
+            nbqueue.stream("started")
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
@@ -174,7 +177,9 @@ def test_aborting_a_running_message_stops_it_within_a_second(live_broker, worker
 
     worker = worker_factory(live_broker)
     message = job.send()
-    wait_for(message, MessageStatus.running)
+    for event in message.events(timeout=10000):
+        if event.kind == "output":
+            break  # the actor's own code runs
     started = time.monotonic()
     assert message.abort() is True
     events = follow(message, timeout=5000)

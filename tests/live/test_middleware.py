@@ -1,0 +1,98 @@
+"""What the Live middleware records for each way a message can end, on memory and Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import nbqueue
+from nbqueue.live import Live, MessageStatus
+from nbqueue.message import Message
+from nbqueue.middleware import Middleware, SkipMessage
+from tests.live.conftest import follow, record, statuses
+
+
+def test_a_failure_is_recorded_with_its_error(live_broker, worker_factory):
+    @nbqueue.actor(max_retries=0)
+    def broken():
+        raise ValueError("boom")
+
+    worker = worker_factory(live_broker)
+    message = broken.send()
+    events = follow(message)
+    assert statuses(events) == ["enqueued", "running", "failed"]
+    final = record(message)
+    assert final.error == "ValueError: boom" and events[-1].data["error"] == "ValueError: boom"
+    assert final.worker_id == f"{socket.gethostname()}:{os.getpid()}:{worker.worker_id[:8]}"
+    assert final.attempt == 1 and final.finished_at is not None
+
+
+def test_a_retried_message_goes_through_retrying_to_its_next_attempt(live_broker, worker_factory):
+    attempts = []
+
+    @nbqueue.actor(max_retries=3, min_backoff=10, max_backoff=20)
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first time")
+        print("second time lucky")
+
+    worker_factory(live_broker)
+    message = flaky.send()
+    events = follow(message)
+    seen = statuses(events)
+    assert seen[:3] == ["enqueued", "running", "retrying"]
+    assert seen[-2:] == ["running", "succeeded"]
+    retrying = next(e for e in events if e.status is MessageStatus.retrying)
+    assert retrying.data["error"] == "RuntimeError: first time" and "eta" in retrying.data
+    final = record(message)
+    assert final.attempt == 2 and final.error is None
+
+
+def test_delayed_messages_say_when_they_are_due(live_broker, worker_factory):
+    @nbqueue.actor
+    def later():
+        pass
+
+    message = later.send_with_options(delay=100)
+    delayed = record(message)
+    assert delayed.status is MessageStatus.delayed and delayed.eta is not None
+    worker_factory(live_broker)
+    events = follow(message)
+    assert statuses(events)[0] == "delayed" and statuses(events)[-1] == "succeeded"
+
+
+class SkipEverything(Middleware):
+    def before_process_message(self, broker, message):
+        raise SkipMessage("not today")
+
+
+def test_a_message_a_middleware_skips_is_skipped(live_broker, worker_factory):
+    live_broker.add_middleware(SkipEverything(), before=Live)
+
+    @nbqueue.actor
+    def never():
+        raise AssertionError("skipped")
+
+    worker_factory(live_broker)
+    message = never.send()
+    assert statuses(follow(message)) == ["enqueued", "skipped"]
+
+
+def test_messages_dead_lettered_before_they_run_are_dead(live_broker, worker_factory):
+    @nbqueue.actor(max_age=1)
+    def stale():
+        raise AssertionError("too old to run")
+
+    worker_factory(live_broker)
+    old = stale.send_with_options(delay=50)
+    ghost: Message[None] = Message(
+        queue_name=stale.queue_name, actor_name="ghost", args=(), kwargs={}, options={}
+    )
+    live_broker.enqueue(ghost)
+
+    assert statuses(follow(old))[-1] == "dead"
+    assert record(old).error == "dead-lettered (max_age)"
+    assert statuses(follow(ghost)) == ["enqueued", "dead"]
+    error = record(ghost).error
+    assert error is not None and error.startswith("dead-lettered (unknown_actor): ActorNotFound")

@@ -1,0 +1,228 @@
+"""The Redis live channel: its keys, and watching and aborting from other processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import nbqueue
+from nbqueue.brokers.stub import StubBroker
+from nbqueue.live import Live, MessageStatus, transport_for
+from nbqueue.live.redis import RedisTransport, live_prefix
+from nbqueue.results import Results
+from tests.live.conftest import follow, record, statuses, text, wait_for
+
+pytestmark = pytest.mark.redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+WATCHER = """
+import json, sys, time
+import nbqueue
+from nbqueue.brokers.redis import RedisBroker
+from nbqueue.results import Results
+from nbqueue.results.backends import RedisBackend
+
+url, namespace, message_id = sys.argv[1:4]
+backend = RedisBackend(url=url, namespace=namespace, use_namespace_prefix_keys=True)
+# No Live middleware here: a RedisBackend is enough to watch.
+broker = RedisBroker(url=url, namespace=namespace, middleware=[Results(backend=backend)])
+print("watching", flush=True)
+for event in nbqueue.live.events(message_id, broker=broker, timeout=20000):
+    line = {"offset": event.offset, "kind": event.kind, "data": event.data, "at": time.time()}
+    print(json.dumps(line), flush=True)
+"""
+
+WORKER = """
+import sys, time
+import nbqueue
+from nbqueue.brokers.redis import RedisBroker
+from nbqueue.live import Live
+from nbqueue.middleware import AsyncIO, default_middleware
+from nbqueue.results import Results
+from nbqueue.results.backends import RedisBackend
+
+url, namespace = sys.argv[1:3]
+backend = RedisBackend(url=url, namespace=namespace, use_namespace_prefix_keys=True)
+middleware = [m() for m in default_middleware]
+middleware += [AsyncIO(), Results(backend=backend, store_results=True), Live()]
+broker = RedisBroker(url=url, namespace=namespace, middleware=middleware)
+
+@nbqueue.actor(broker=broker, actor_name="spin", max_retries=3, min_backoff=10)
+def spin():
+    nbqueue.stream("spinning in another process")
+    while True:
+        time.sleep(0.01)
+
+worker = nbqueue.Worker(broker, worker_timeout=100, worker_threads=2)
+worker.start()
+print("ready", flush=True)
+sys.stdin.read()
+worker.stop(timeout=5000)
+"""
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(params=["redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_keys_sit_under_the_namespace_and_expire_with_the_result(live_broker, worker_factory):
+    @nbqueue.actor(result_ttl=60000)
+    def job():
+        nbqueue.stream("x")
+
+    worker_factory(live_broker)
+    message = job.send()
+    follow(message)
+    client = live_broker.client
+    prefix = live_prefix(live_broker.namespace)
+    keys = sorted(k.decode() for k in client.scan_iter(match=prefix + "*"))
+    assert keys == [prefix + message.message_id, prefix + message.message_id + ":events"]
+    for key in keys:
+        assert 0 < client.pttl(key) <= 60000
+    assert prefix.startswith(f"{live_broker.namespace}:__nbq__:live:")
+
+
+def test_a_watcher_in_another_process_sees_the_stream_of_a_job_run_here(
+    live_broker, worker_factory, redis_url, namespace, processes
+):
+    @nbqueue.actor
+    async def tokens(n):
+        for i in range(n):
+            await asyncio.sleep(0.02)
+            nbqueue.progress(i + 1, total=n)
+            yield f"t{i} "
+
+    message = tokens.message(10)
+    watcher = _spawn(WATCHER, redis_url, namespace, message.message_id)
+    processes.append(watcher)
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().strip() == "watching"
+
+    worker_factory(live_broker)
+    live_broker.enqueue(message)
+    here = follow(message)
+    out, _ = watcher.communicate(timeout=30)
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(e["offset"], e["kind"], e["data"]) for e in lines] == [
+        (e.offset, e.kind, e.data) for e in here
+    ]
+    assert text(here) == "".join(f"t{i} " for i in range(10))
+    assert statuses(here) == ["enqueued", "running", "succeeded"]
+
+
+def test_an_abort_reaches_a_worker_in_another_process_within_a_second(
+    live_broker, redis_url, namespace, processes
+):
+    @nbqueue.actor(actor_name="spin", max_retries=3, min_backoff=10)
+    def spin():
+        raise AssertionError("runs in the other process only")
+
+    worker = _spawn(WORKER, redis_url, namespace)
+    processes.append(worker)
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "ready"
+
+    message = spin.send()
+    for event in message.events(timeout=10000):
+        if event.kind == "output":
+            break  # the actor's own code runs, over there
+    started = time.monotonic()
+    assert message.abort() is True
+    events = follow(message, timeout=5000)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0
+    assert statuses(events) == ["enqueued", "running", "aborted"]
+    assert text(events) == "spinning in another process"
+    assert record(message).attempt == 1
+    live_broker.join(spin.queue_name, timeout=10000)
+    assert [d.reason for d in live_broker.get_dead_letters(spin.queue_name)] == ["aborted"]
+    worker.communicate("", timeout=30)
+    assert worker.returncode == 0
+
+
+def test_a_missed_abort_notification_is_caught_by_the_flag_check(live_broker, worker_factory):
+    @nbqueue.actor(max_retries=0)
+    def spin():
+        nbqueue.stream("go")
+        while True:
+            time.sleep(0.01)
+
+    worker_factory(live_broker)
+    message = spin.send()
+    wait_for(message, MessageStatus.running)
+    transport = transport_for(live_broker)
+    assert isinstance(transport, RedisTransport)
+    # Set the flag as abort() does, but send no notification.
+    live_broker.client.hset(transport.keys(message.message_id)[0], "abort", "1")
+
+    started = time.monotonic()
+    events = follow(message, timeout=5000)
+    assert statuses(events)[-1] == "aborted"
+    assert time.monotonic() - started < 2.5  # checked about once a second
+
+
+def test_with_another_broker_the_redis_result_backend_carries_the_channel(
+    redis_url, namespace, worker_factory
+):
+    # As with a RabbitMQ broker: the configured result backend decides where the channel is.
+    from nbqueue.results.backends import RedisBackend
+    from tests.brokers._redis import delete_namespace
+
+    backend = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
+    broker = StubBroker(middleware=[Results(backend=backend, store_results=True), Live()])
+    nbqueue.set_broker(broker)
+    try:
+
+        @nbqueue.actor
+        def job():
+            print("hello from a stub broker")
+
+        worker_factory(broker)
+        message = job.send()
+        events = follow(message)
+        transport = transport_for(broker)
+        assert isinstance(transport, RedisTransport) and transport.namespace == namespace
+        keys = list(backend.client.scan_iter(match=live_prefix(namespace) + "*"))
+        assert len(keys) == 2
+
+        # A reader elsewhere needs only the backend.
+        reader = StubBroker(middleware=[Results(backend=backend)])
+        seen: Any = list(message.events(broker=reader, follow=False))
+        assert seen == events and text(seen, "stdout") == "hello from a stub broker\n"
+    finally:
+        delete_namespace(backend.client, namespace)
+        backend.close()
