@@ -44,6 +44,7 @@ SCRIPT_NAMES = (
     "dead_letters",
     "enqueue",
     "fetch",
+    "leave",
     "nack",
     "requeue",
     "signoff",
@@ -91,7 +92,9 @@ class RedisConnection:
       url: ``redis://``, ``rediss://`` or ``unix://``; wins over ``host``/``port``/``db``.
       client: a ready client; used as is (its own timeouts apply) and never closed here.
       host, port, db, password: connection parameters when there is no URL.
-      pool_kwargs: options for the connection pool, e.g. ``{"max_connections": 20}``.
+      pool_kwargs: options for the connection pool, e.g. ``{"max_connections": 20}``; with a
+        limit, callers wait for a free connection rather than fail. Blocked idle consumers use
+        connections of their own, outside the limit.
       redis_kwargs: any other ``redis.Redis`` option (``socket_timeout=``, ``ssl_ca_certs=``...).
     """
 
@@ -114,10 +117,16 @@ class RedisConnection:
             options.update({k: v for k, v in explicit.items() if v is not None})
             options.update(redis_kwargs)
             options.update(pool_kwargs or {})
+            # With a connection limit, a caller waits (up to the socket timeout) for a free
+            # connection instead of failing with "Too many connections".
+            pool_class: type[redis.ConnectionPool] = redis.ConnectionPool
+            if options.get("max_connections"):
+                pool_class = redis.BlockingConnectionPool
+                options.setdefault("timeout", options.get("socket_timeout") or SOCKET_TIMEOUT)
             if url:
-                pool = redis.ConnectionPool.from_url(url, **options)
+                pool = pool_class.from_url(url, **options)
             else:
-                pool = redis.ConnectionPool(**options)
+                pool = pool_class(**options)
             client = redis.Redis(connection_pool=pool)
         self.client: redis.Redis = client
         kwargs = client.connection_pool.connection_kwargs

@@ -223,7 +223,7 @@ class RedisConsumer(Consumer):
         leftovers = list(self._cache)
         self._cache.clear()
         try:  # leave the idle set; take back what was handed over meanwhile
-            leftovers += self.service.fetch(self.queue_name, 0, self._fetch_keys)
+            leftovers += self.service.leave(self.queue_name)
         except BrokerError:
             pass  # those stay in this worker's ack set: redelivered if it dies
         if leftovers:

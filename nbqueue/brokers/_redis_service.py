@@ -125,6 +125,15 @@ class BrokerService:
             )
         return [(_text(rid), body) for rid, body in zip(reply[1::2], reply[2::2], strict=True)]
 
+    def leave(self, queue: str) -> list[Entry]:
+        """Leave the idle set of ``queue``; return what was handed to this worker meanwhile."""
+        broker = self.broker
+        keys = [broker.keys.idle(queue), broker.keys.inbox(broker.broker_id, queue)]
+        registration = broker.keys.idle_registration(broker.broker_id, queue)
+        with broker.connection.errors():
+            reply = broker.scripts["leave"](keys=keys, args=[registration])
+        return [(_text(rid), body) for rid, body in zip(reply[0::2], reply[1::2], strict=True)]
+
     def ack(self, queue: str, rid: str) -> None:
         """Acknowledge in the background (see ``Acker``); the message stays held until then."""
         self.acker.submit(queue, rid)

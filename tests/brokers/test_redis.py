@@ -266,6 +266,8 @@ def test_recovering_a_dead_idle_worker_stops_hand_overs_to_it(redis_url, namespa
         listed = survivor.client.lrange(survivor.keys.queue(namespace), 0, -1)
         assert len(listed) == 2 and handed.options["redis_message_id"].encode() in listed
     finally:
+        consumer.close()
+        dead.close()
         survivor.close()
         cleanup(survivor, namespace)
 
@@ -568,3 +570,46 @@ def test_expired_dead_letters_are_pruned_by_maintenance(redis_broker, namespace)
     assert redis_broker.get_dead_letters(namespace) == []
     assert not redis_broker.client.hexists(keys.dead_reasons(namespace), rid)
     consumer.close()
+
+
+def test_the_mission_s_redis_examples_run_unchanged(redis_url, namespace, worker_factory):
+    from nbqueue.results import Results
+    from nbqueue.results.backends import RedisBackend
+
+    # Building a broker connects to nothing, so these run as written.
+    RedisBroker(host="localhost", port=6379, db=0).close()
+    RedisBroker(
+        url="redis://:password@localhost:6379/0",
+        namespace="dramatiq",
+        connection_pool_kwargs={"max_connections": 20},
+    ).close()
+
+    # The results example, on the test database instead of db 0.
+    broker = RedisBroker(
+        url=redis_url, namespace=namespace, connection_pool_kwargs={"max_connections": 4}
+    )
+    backend = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
+    broker.add_middleware(Results(backend=backend))
+    nbqueue.set_broker(broker)
+    try:
+
+        @nbqueue.actor(queue_name=namespace, store_results=True)
+        def calculate(x, y):
+            return x + y
+
+        @nbqueue.actor(queue_name=f"{namespace}-other")
+        def other():
+            pass
+
+        worker = worker_factory(broker, worker_threads=8)  # more threads than connections
+        message = calculate.send(5, 3)
+        assert backend.get_result(message, block=True, timeout=5000) == 8
+        results = [calculate.send(i, i) for i in range(50)]
+        assert [m.get_result(block=True, timeout=10000) for m in results] == [
+            2 * i for i in range(50)
+        ]
+        worker.stop()
+    finally:
+        broker.close()
+        backend.close()
+        cleanup(broker, namespace)

@@ -167,7 +167,7 @@ def test_group_callbacks_run_once_on_a_redis_broker(backend, redis_url, namespac
             calls.append(label)
             called.set()
 
-        worker_factory(broker, worker_threads=4)
+        worker = worker_factory(broker, worker_threads=4)
         g = group([add.message(1), add.message(2) | add.message(3), add.message(4)])
         g.add_completion_callback(done.message("all"))
         g.run()
@@ -175,6 +175,7 @@ def test_group_callbacks_run_once_on_a_redis_broker(backend, redis_url, namespac
         assert called.wait(10)
         broker.join(namespace, timeout=10000)
         assert calls == ["all"]
+        worker.stop()
     finally:
         broker.close()
         results.close()

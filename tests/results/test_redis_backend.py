@@ -108,11 +108,12 @@ def test_send_to_result_through_a_redis_broker_and_worker(
         def add(x, y):
             return x + y
 
-        worker_factory(broker, worker_threads=2)
+        worker = worker_factory(broker, worker_threads=2)
         messages = [add.send(i, i) for i in range(20)]
         assert [m.get_result(backend=backend, block=True, timeout=10000) for m in messages] == [
             2 * i for i in range(20)
         ]
+        worker.stop()
     finally:
         broker.close()
         cleanup(broker, namespace)
