@@ -20,6 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
 from .status import LiveEvent, StatusRecord
 from .transport import AbortListener, Transport, Write
 
@@ -167,31 +169,46 @@ class RedisTransport(Transport):
         record = self.prefix + message_id
         return [record, record + ":events"]
 
+    def _args(self, w: Write) -> list[Any]:
+        args: list[Any] = [
+            w.ttl,
+            self.max_events,
+            int(time.time() * 1000),
+            w.mode,
+            w.attempt,
+            "" if w.status_event is None else _dumps(w.status_event),
+            "" if w.progress is None else _dumps(w.progress),
+            "" if w.backfill is None else _dumps(w.backfill),
+        ]
+        for group in (w.fields, w.once):
+            pairs = [(k, v) for k, v in group.items() if v is not None]
+            args.append(len(pairs))
+            for key, value in pairs:
+                args += [key, _dumps(value) if isinstance(value, (dict, list)) else value]
+        for kind, data in w.events:
+            args += [kind, _dumps(data)]
+        return args
+
     def write(self, writes: list[Write]) -> list[int]:
-        if not writes:
-            return []
+        if len(writes) == 1:
+            w = writes[0]
+            with self.connection.errors():
+                return [int(self._write(keys=self.keys(w.message_id), args=self._args(w)))]
+        # EVALSHA in a plain pipeline: redis-py's script-aware pipelines ask SCRIPT EXISTS
+        # first, which would double the round trips of every batch.
         pipe = self.client.pipeline(transaction=False)
         for w in writes:
-            args: list[Any] = [
-                w.ttl,
-                self.max_events,
-                int(time.time() * 1000),
-                w.mode,
-                w.attempt,
-                "" if w.status_event is None else _dumps(w.status_event),
-                "" if w.progress is None else _dumps(w.progress),
-                "" if w.backfill is None else _dumps(w.backfill),
-            ]
-            for group in (w.fields, w.once):
-                pairs = [(k, v) for k, v in group.items() if v is not None]
-                args.append(len(pairs))
-                for key, value in pairs:
-                    args += [key, _dumps(value) if isinstance(value, (dict, list)) else value]
-            for kind, data in w.events:
-                args += [kind, _dumps(data)]
-            self._write(keys=self.keys(w.message_id), args=args, client=pipe)
+            pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self._args(w))
         with self.connection.errors():
-            return [int(r) for r in pipe.execute()]
+            replies = pipe.execute(raise_on_error=False)
+            results = []
+            for w, reply in zip(writes, replies, strict=True):
+                if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
+                    reply = self._write(keys=self.keys(w.message_id), args=self._args(w))
+                elif isinstance(reply, Exception):
+                    raise reply
+                results.append(int(reply))
+        return results
 
     def read(
         self, message_id: str, offset: int, *, block: float | None, count: int = 1000
