@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +54,14 @@ SCRIPT_NAMES = (
 )
 
 _sources: dict[str, str] = {}
+
+#: Servers already warned about in this process (by masked address).
+_warned_servers: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _script_source(name: str) -> str:
@@ -136,6 +146,8 @@ class RedisConnection:
         #: the longest one blocking command may block, in seconds
         self.block_limit = MAX_BLOCK if not timeout else min(MAX_BLOCK, timeout / 2)
         self.socket_timeout: float | None = timeout
+        self._checked = threading.Event()
+        self._check_lock = threading.Lock()
 
     @staticmethod
     def _describe(client: redis.Redis) -> str:
@@ -165,6 +177,70 @@ class RedisConnection:
             connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
         )
         return redis.Redis(connection_pool=own)
+
+    def check_server(self, logger: logging.Logger) -> None:
+        """Check the server once per connection: its version, and whether it keeps what it is
+        sent (a warning once per server and process: no persistence, or an evicting policy).
+
+        Raises:
+          BrokerError: the server is older than Redis 6.2.
+          ConnectionFailed, ConnectionClosed: the server cannot be reached.
+        """
+        if self._checked.is_set():
+            return
+        with self._check_lock:
+            if self._checked.is_set():
+                return
+            with self.errors():
+                info = self.client.info("server")
+                settings = self._read_settings()
+            version = str(info.get("redis_version", "0"))
+            parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+            if parts < (6, 2):
+                raise BrokerError(
+                    f"Redis at {self.where} is version {version}; nbqueue needs Redis 6.2 or "
+                    f"newer (for LPOP with a count and BLMOVE): upgrade the server."
+                )
+            self._warn_about(settings, logger)
+            self._checked.set()
+
+    def _read_settings(self) -> dict[str, str]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for name in ("appendonly", "save", "maxmemory-policy"):
+                pipe.config_get(name)
+            settings: dict[str, str] = {}
+            for reply in pipe.execute():
+                settings.update({_text(k): _text(v) for k, v in reply.items()})
+            return settings
+        except redis.ResponseError:
+            # CONFIG is often disabled on managed servers; INFO tells almost as much.
+            persistence = self.client.info("persistence")
+            memory = self.client.info("memory")
+            return {
+                "appendonly": "yes" if persistence.get("aof_enabled") else "no",
+                "maxmemory-policy": str(memory.get("maxmemory_policy", "")),
+            }
+
+    def _warn_about(self, settings: dict[str, str], logger: logging.Logger) -> None:
+        with _warned_lock:
+            if self.where in _warned_servers:
+                return
+            _warned_servers.add(self.where)
+        if settings.get("appendonly") == "no" and settings.get("save", "?") == "":
+            logger.warning(
+                'Redis at %s has no persistence (appendonly no, save ""): queued messages are '
+                "lost if the server restarts; set appendonly yes for durable queues.",
+                self.where,
+            )
+        policy = settings.get("maxmemory-policy", "noeviction")
+        if policy and policy != "noeviction":
+            logger.warning(
+                "Redis at %s may evict keys (maxmemory-policy %s): queued messages can vanish "
+                "when memory runs short; set maxmemory-policy noeviction.",
+                self.where,
+                policy,
+            )
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with the password, if it appears, replaced by ``***``."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -68,9 +67,6 @@ MAX_PRIORITY = 1023
 
 #: How many messages one enqueue script call carries at most, and how many bytes.
 BATCH_MESSAGES, BATCH_BYTES = 1000, 1 << 20
-
-_warned_servers: set[str] = set()
-_warned_lock = threading.Lock()
 
 
 class RedisBroker(Broker):
@@ -155,8 +151,6 @@ class RedisBroker(Broker):
         self.priorities = priorities
         self.scripts = load_scripts(self.client)
         self.service = BrokerService(self)
-        self._checked = threading.Event()
-        self._check_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.connection.where!r}, namespace={self.namespace!r})"
@@ -165,8 +159,6 @@ class RedisBroker(Broker):
         """Stop heartbeating (leaving the heartbeats set if nothing is held) and disconnect."""
         self.service.stop()
         self.connection.close()
-
-    # -- server check ------------------------------------------------------------------------
 
     def check_server(self) -> None:
         """Check the server once: its version, and whether it keeps what it is sent.
@@ -178,62 +170,7 @@ class RedisBroker(Broker):
           BrokerError: the server is older than Redis 6.2.
           ConnectionFailed, ConnectionClosed: the server cannot be reached.
         """
-        if self._checked.is_set():
-            return
-        with self._check_lock:
-            if self._checked.is_set():
-                return
-            with self.connection.errors():
-                info = self.client.info("server")
-                settings = self._read_settings()
-            version = str(info.get("redis_version", "0"))
-            parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-            if parts < (6, 2):
-                raise BrokerError(
-                    f"Redis at {self.connection.where} is version {version}; nbqueue needs Redis "
-                    f"6.2 or newer (for LPOP with a count and BLMOVE): upgrade the server."
-                )
-            self._warn_about(settings)
-            self._checked.set()
-
-    def _read_settings(self) -> dict[str, str]:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for name in ("appendonly", "save", "maxmemory-policy"):
-                pipe.config_get(name)
-            settings: dict[str, str] = {}
-            for reply in pipe.execute():
-                settings.update({_text(k): _text(v) for k, v in reply.items()})
-            return settings
-        except redis.ResponseError:
-            # CONFIG is often disabled on managed servers; INFO tells almost as much.
-            persistence = self.client.info("persistence")
-            memory = self.client.info("memory")
-            return {
-                "appendonly": "yes" if persistence.get("aof_enabled") else "no",
-                "maxmemory-policy": str(memory.get("maxmemory_policy", "")),
-            }
-
-    def _warn_about(self, settings: dict[str, str]) -> None:
-        where = self.connection.where
-        with _warned_lock:
-            if where in _warned_servers:
-                return
-            _warned_servers.add(where)
-        if settings.get("appendonly") == "no" and settings.get("save", "?") == "":
-            self.logger.warning(
-                'Redis at %s has no persistence (appendonly no, save ""): queued messages are '
-                "lost if the server restarts; set appendonly yes for durable queues.",
-                where,
-            )
-        policy = settings.get("maxmemory-policy", "noeviction")
-        if policy and policy != "noeviction":
-            self.logger.warning(
-                "Redis at %s may evict keys (maxmemory-policy %s): queued messages can vanish "
-                "when memory runs short; set maxmemory-policy noeviction.",
-                where,
-                policy,
-            )
+        self.connection.check_server(self.logger)
 
     # -- queues and enqueueing ---------------------------------------------------------------
 
