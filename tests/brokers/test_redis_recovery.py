@@ -1,0 +1,159 @@
+"""Recovery on the Redis broker: dead workers, hand-overs to idle consumers, maintenance."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+import nbqueue
+from nbqueue import Message
+from tests.brokers._redis import cleanup, make_broker, start_victim, wait_until
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_broker(redis_url, namespace):
+    broker = make_broker(redis_url, namespace)
+    broker.emit_after("process_boot")
+    nbqueue.set_broker(broker)
+    yield broker
+    broker.close()
+    cleanup(broker, namespace)
+
+
+def test_nothing_is_handed_to_an_idle_consumer_whose_worker_is_gone(redis_broker, namespace):
+    redis_broker.declare_queue(namespace)
+    client, keys = redis_broker.client, redis_broker.keys
+    ghost = keys.idle_registration("ghost", namespace)
+    client.zadd(keys.idle(namespace), {ghost: 10**13})  # idle "forever", but no heartbeat
+    redis_broker.enqueue(
+        Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+    )
+    assert client.llen(keys.queue(namespace)) == 1
+    assert client.zcard(keys.idle(namespace)) == 0
+    assert not client.exists(keys.ack_set("ghost", namespace))
+
+
+def test_recovering_a_dead_idle_worker_stops_hand_overs_to_it(redis_url, namespace):
+    dead, survivor = make_broker(redis_url, namespace), make_broker(redis_url, namespace)
+    try:
+        dead.declare_queue(namespace)
+        consumer = dead.consume(namespace, timeout=10)
+        assert next(consumer) is None  # idle and registered, then it "dies"
+        handed = dead.enqueue(
+            Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+        )
+        assert survivor.service.recover(dead.broker_id) == 1
+        assert survivor.client.zcard(survivor.keys.idle(namespace)) == 0
+        survivor.enqueue(
+            Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+        )
+        listed = survivor.client.lrange(survivor.keys.queue(namespace), 0, -1)
+        assert len(listed) == 2 and handed.options["redis_message_id"].encode() in listed
+    finally:
+        consumer.close()
+        dead.close()
+        survivor.close()
+        cleanup(survivor, namespace)
+
+
+def test_a_killed_worker_s_messages_come_back_within_the_heartbeat_timeout(redis_url, namespace):
+    """Recovery needs no traffic: the surviving worker is idle when the other is killed."""
+    broker = make_broker(redis_url, namespace, heartbeat_timeout=2000)
+    done, finished = [], threading.Event()
+
+    @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
+    def job(i):
+        done.append((i, time.monotonic()))
+        if len(done) == 10:
+            finished.set()
+
+    job.send_many(range(10))
+    victim = start_victim(redis_url, namespace, heartbeat_timeout=2000, prefetch=10)
+    survivor = nbqueue.Worker(broker, worker_threads=4, worker_timeout=100)
+    try:
+
+        def holds_everything():
+            stats = broker.queue_stats()[namespace]
+            started = broker.client.llen(f"{namespace}:started")
+            return stats.ready == 0 and stats.in_flight == 10 and started == 2
+
+        wait_until(holds_everything, what="the victim to fetch all ten messages")
+        survivor.start()
+        killed_at = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        assert finished.wait(10)
+        latency = max(at for _, at in done) - killed_at
+        assert sorted(i for i, _ in done) == list(range(10))
+        assert latency <= 2.0 + 1.0, latency
+        # the dead worker was forgotten once its messages were back
+        assert broker.client.zrange(broker.keys.heartbeats, 0, -1) == [broker.broker_id.encode()]
+        print(f"redelivery latency after kill -9: {latency:.3f} s (heartbeat_timeout 2 s)")
+    finally:
+        victim.kill()
+        survivor.stop(timeout=5000)
+        broker.close()
+        cleanup(broker, namespace)
+
+
+def test_a_worker_presumed_dead_does_not_run_its_recovered_message_twice(
+    redis_url, namespace, caplog
+):
+    first = make_broker(redis_url, namespace)
+    second = make_broker(redis_url, namespace)
+    try:
+        first.declare_queue(namespace)
+        first.enqueue(Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={}))
+        consumer = first.consume(namespace, timeout=10)
+        message = next(consumer)
+        assert second.service.recover(first.broker_id) == 1  # as if first had stopped beating
+        consumer.ack(message)  # first finished the work after all
+        assert first.service.acker.flush(5)  # acks are written in the background
+        assert "presumed dead" in caplog.text
+        other = second.consume(namespace, timeout=10)
+        assert next(other) is None  # the requeued copy was dropped, not run again
+        other.close()
+        consumer.close()
+    finally:
+        first.close()
+        second.close()
+        cleanup(first, namespace)
+
+
+def test_a_dead_dramatiq_worker_s_ack_sets_are_found_without_a_registry(redis_broker, namespace):
+    redis_broker.declare_queue(namespace)
+    sent = redis_broker.enqueue(
+        Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+    )
+    client, keys = redis_broker.client, redis_broker.keys
+    rid = sent.options["redis_message_id"]
+    client.lpop(keys.queue(namespace))  # a Dramatiq worker fetched it, then died
+    client.sadd(keys.ack_set("dramatiq-worker", namespace), rid)
+    client.zadd(keys.heartbeats, {"dramatiq-worker": 0})
+    redis_broker.service.tick()
+    assert client.lrange(keys.queue(namespace), 0, -1) == [rid.encode()]
+    assert client.zscore(keys.heartbeats, "dramatiq-worker") is None
+    assert not client.exists(keys.ack_set("dramatiq-worker", namespace))
+
+
+def test_expired_dead_letters_are_pruned_by_maintenance(redis_broker, namespace):
+    redis_broker.declare_queue(namespace)
+    redis_broker.enqueue(
+        Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
+    )
+    consumer = redis_broker.consume(namespace, timeout=10)
+    message = next(consumer)
+    message.fail("old")
+    consumer.nack(message)
+    keys = redis_broker.keys
+    rid = message._redis_id
+    redis_broker.client.zadd(keys.dead(namespace), {rid: 1})  # dead-lettered long ago
+    redis_broker.service.tick()
+    assert redis_broker.get_dead_letters(namespace) == []
+    assert not redis_broker.client.hexists(keys.dead_reasons(namespace), rid)
+    consumer.close()
