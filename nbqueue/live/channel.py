@@ -36,6 +36,9 @@ _current: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
 #: How long closing a channel waits for the publisher to write it, in seconds.
 CLOSE_TIMEOUT = 10.0
 
+#: How long the publisher's thread waits with nothing to do before it exits, in seconds.
+IDLE_EXIT = 30.0
+
 
 def current_channel() -> Channel | None:
     """Return the channel of the message the calling actor runs for, or ``None``."""
@@ -230,16 +233,18 @@ class Channel:
             )
 
 
-class Publisher(threading.Thread):
-    """Writes channels and queued status changes to a transport, in batches.
+class Publisher:
+    """Writes channels and queued status changes to a transport, in batches, on a thread of its
+    own. The thread starts on first use and exits after ``IDLE_EXIT`` seconds with nothing to
+    do, so idle brokers (a notebook's, a test's) keep no thread.
 
     Parameters:
       transport: where to write.
     """
 
     def __init__(self, transport: Transport) -> None:
-        super().__init__(name="nbqueue-live-publisher", daemon=True)
         self.transport = transport
+        self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._channels: deque[Channel] = deque()
         self._loose: list[Write] = []
@@ -247,14 +252,20 @@ class Publisher(threading.Thread):
         self._sequence = itertools.count()
         self._submitted = 0
         self._written = 0
-        self._launched = False
         self._failures = 0
 
+    def is_alive(self) -> bool:
+        """Whether the publisher's thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _ensure_started(self) -> None:
-        # Under self._cond.
-        if not self._launched:
-            self._launched = True
-            self.start()
+        # Under self._cond; the thread clears self._thread under it too before exiting.
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="nbqueue-live-publisher", daemon=True
+            )
+            self._thread.start()
 
     def schedule(self, channel: Channel) -> None:
         """Have the publisher look at ``channel`` soon."""
@@ -298,16 +309,19 @@ class Publisher(threading.Thread):
                 )
             return []
 
-    def run(self) -> None:
+    def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._channels and not self._loose:
-                    timeout = None
+                    timeout = IDLE_EXIT
                     if self._timers:
                         timeout = self._timers[0][0] - time.monotonic()
                         if timeout <= 0:
                             break
-                    self._cond.wait(timeout)
+                    if not self._cond.wait(timeout) and not self._timers:
+                        if not self._channels and not self._loose:
+                            self._thread = None
+                            return
                 now = time.monotonic()
                 channels = list(self._channels)
                 self._channels.clear()

@@ -7,7 +7,6 @@ import os
 import socket
 import sys
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..common import current_millis, q_name
@@ -35,17 +34,16 @@ DEFAULT_TTL = 600000
 _STARTING, _RUNNING, _DONE = 0, 1, 2
 _HOST = socket.gethostname()
 
-_redis_transports: weakref.WeakKeyDictionary[Any, dict[str, Transport]] = (
-    weakref.WeakKeyDictionary()
-)
 _redis_lock = threading.Lock()
 
 
 def _redis_transport(connection: Any, namespace: str, max_events: int) -> Transport:
+    """Return the Redis transport of a connection and namespace, shared by every user of the
+    connection in this process (kept on the connection, so it goes away with it)."""
     from .redis import RedisTransport
 
     with _redis_lock:
-        by_namespace = _redis_transports.setdefault(connection, {})
+        by_namespace: dict[str, Transport] = connection.__dict__.setdefault("_nbq_live", {})
         transport = by_namespace.get(namespace)
         if transport is None:
             transport = by_namespace[namespace] = RedisTransport(
@@ -118,6 +116,7 @@ class _Running:
     """What this worker knows about one message it runs."""
 
     __slots__ = (
+        "message_id",
         "lock",
         "state",
         "thread_id",
@@ -132,7 +131,10 @@ class _Running:
         "retry_delay",
     )
 
-    def __init__(self, thread_id: int, attempt: int, started_at: int, ttl: int) -> None:
+    def __init__(
+        self, message_id: str, thread_id: int, attempt: int, started_at: int, ttl: int
+    ) -> None:
+        self.message_id = message_id
         self.lock = threading.Lock()
         self.state = _STARTING
         self.thread_id = thread_id
@@ -202,7 +204,11 @@ class Live(Middleware):
         self.namespace = namespace
         self._transport: Transport | None = None
         self._lock = threading.Lock()
+        # message id -> what runs here, for aborts; and, per worker thread, the message it runs
+        # (every hook of a message runs on one worker thread, and a retry of the same message
+        # may already run on another)
         self._running: dict[str, _Running] = {}
+        self._local = threading.local()
         self._workers = 0
 
     def __repr__(self) -> str:
@@ -257,7 +263,7 @@ class Live(Middleware):
     # -- producer ----------------------------------------------------------------------------
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        running = self._running.get(message.message_id)
+        running = self._mine(message)
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
@@ -332,7 +338,8 @@ class Live(Middleware):
         attempt = int(message.options.get("retries") or 0) + 1
         now = current_millis()
         ttl = self._ttl(broker, message)
-        running = _Running(threading.get_ident(), attempt, now, ttl)
+        running = _Running(message.message_id, threading.get_ident(), attempt, now, ttl)
+        self._local.running = running
         with self._lock:
             self._running[message.message_id] = running
         worker_id = _worker_id()
@@ -377,8 +384,24 @@ class Live(Middleware):
             raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
         _current.set(channel)
 
+    def _mine(self, message: Message[Any] | MessageProxy) -> _Running | None:
+        """Return what this worker thread runs, if it is ``message``."""
+        running: _Running | None = getattr(self._local, "running", None)
+        if running is None or running.message_id != message.message_id:
+            return None
+        return running
+
+    def _forget(self, message: MessageProxy) -> _Running | None:
+        running = self._mine(message)
+        if running is not None:
+            self._local.running = None
+            with self._lock:
+                if self._running.get(running.message_id) is running:
+                    del self._running[running.message_id]
+        return running
+
     def _done(self, message: MessageProxy) -> _Running | None:
-        running = self._running.get(message.message_id)
+        running = self._mine(message)
         if running is not None:
             with running.lock:
                 running.state = _DONE
@@ -409,8 +432,7 @@ class Live(Middleware):
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         if message.queue_name.endswith(".DQ"):
             return  # a delayed message that came due was moved to its queue
-        with self._lock:
-            running = self._running.pop(message.message_id, None)
+        running = self._forget(message)
         if running is None:
             self._finish(broker, message, None, "skipped", "")
         elif running.aborted:
@@ -424,8 +446,7 @@ class Live(Middleware):
             )
 
     def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
-        with self._lock:
-            running = self._running.pop(message.message_id, None)
+        running = self._forget(message)
         exception = running.exception if running is not None else None
         if reason == "aborted" or (running is not None and running.aborted):
             status = "aborted"

@@ -296,9 +296,12 @@ class _AbortWatcher(threading.Thread):
         self.transport = transport
         self._stopping = threading.Event()
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def stop(self, timeout: float = 0.0) -> None:
+        """Ask the thread to exit; it does within a second (its XREAD BLOCK), and closes its
+        connection. Waits up to ``timeout`` seconds for it (by default not at all, so a worker
+        stops at once)."""
         self._stopping.set()
-        if self.is_alive() and self is not threading.current_thread():
+        if timeout and self.is_alive() and self is not threading.current_thread():
             self.join(timeout)
 
     def run(self) -> None:

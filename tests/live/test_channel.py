@@ -139,3 +139,19 @@ def test_flush_waits_for_submitted_writes():
     publisher.flush()
     record = transport.status("m")
     assert record is not None and record.status == "enqueued"
+
+
+def test_the_publisher_thread_exits_when_idle_and_comes_back(monkeypatch):
+    from nbqueue.live import channel as channel_module
+
+    monkeypatch.setattr(channel_module, "IDLE_EXIT", 0.05)
+    transport = MemoryTransport()
+    publisher = Publisher(transport)
+    publisher.submit(Write("m", 60000, events=[("output", {"text": "a"})]))
+    thread = publisher._thread
+    assert thread is not None
+    thread.join(5)
+    assert not publisher.is_alive()
+    publisher.submit(Write("m", 60000, events=[("output", {"text": "b"})]))
+    publisher.flush()
+    assert [e.data["text"] for e in transport.read("m", 0, block=None)] == ["a", "b"]

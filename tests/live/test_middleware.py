@@ -6,6 +6,7 @@ import os
 import socket
 
 import nbqueue
+from nbqueue.errors import Retry
 from nbqueue.live import Live, MessageStatus
 from nbqueue.message import Message
 from nbqueue.middleware import Middleware, SkipMessage
@@ -96,3 +97,24 @@ def test_messages_dead_lettered_before_they_run_are_dead(live_broker, worker_fac
     assert statuses(follow(ghost)) == ["enqueued", "dead"]
     error = record(ghost).error
     assert error is not None and error.startswith("dead-lettered (unknown_actor): ActorNotFound")
+
+
+def test_a_retry_that_starts_at_once_on_another_thread_keeps_the_record_right(
+    live_broker, worker_factory
+):
+    attempts = []
+
+    @nbqueue.actor(max_retries=3)
+    def again():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise Retry("now", delay=0)
+
+    worker_factory(live_broker, worker_threads=4)
+    message = again.send()
+    events = follow(message)
+    # "retrying" is left out when the next attempt started before it was written: a late
+    # write for an earlier attempt never overwrites a later one.
+    runs = [e.data["attempt"] for e in events if e.status is MessageStatus.running]
+    assert runs == [1, 2] and statuses(events)[-1] == "succeeded"
+    assert record(message).attempt == 2
