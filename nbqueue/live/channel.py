@@ -153,13 +153,17 @@ class Channel:
         if schedule:
             self.publisher.schedule(self)
 
-    def drain(self, now: float) -> tuple[Write | None, float | None]:
+    def drain(self, now: float, *, timer: bool = False) -> tuple[Write | None, float | None]:
         """Take what is ready to be written (for the publisher, or ``close()``).
 
         Call ``after_write()`` once a returned write was made.
 
+        Parameters:
+          timer: the publisher drains the channel because its progress timer fired.
+
         Returns:
-          The write (or ``None``), and when held-back progress is due (or ``None``).
+          The write (or ``None``), and when to set a timer for held-back progress (``None``
+          when no new timer is needed).
         """
         with self._lock:
             self._scheduled = False
@@ -183,7 +187,10 @@ class Channel:
                     self._progress_due = now + self.progress_interval
                 else:
                     due = self._progress_due
-            self._timer = due is not None
+            if due is not None and self._timer and not timer:
+                due = None  # the publisher already holds a timer for this progress
+            else:
+                self._timer = due is not None
             if not events and final is None:
                 return None, due
             self._writing = True
@@ -323,19 +330,19 @@ class Publisher:
                             self._thread = None
                             return
                 now = time.monotonic()
-                channels = list(self._channels)
+                channels = [(channel, False) for channel in self._channels]
                 self._channels.clear()
                 while self._timers and self._timers[0][0] <= now:
-                    channels.append(heapq.heappop(self._timers)[2])
+                    channels.append((heapq.heappop(self._timers)[2], True))
                 writes, self._loose = self._loose, []
                 target = self._submitted
             drained = []
             seen: set[int] = set()
-            for channel in channels:
+            for channel, timer in channels:
                 if id(channel) in seen:
                     continue
                 seen.add(id(channel))
-                write, due = channel.drain(now)
+                write, due = channel.drain(now, timer=timer)
                 if write is not None:
                     writes.append(write)
                     drained.append(channel)

@@ -294,8 +294,18 @@ class Live(Middleware):
     # -- worker ------------------------------------------------------------------------------
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        from ..middleware.retries import Retries
+
         with self._lock:
             self._workers += 1
+        position = next((i for i, m in enumerate(broker.middleware) if m is self), -1)
+        later = broker.middleware[position + 1 :] if position >= 0 else []
+        if any(isinstance(m, Retries) for m in later):
+            logger.warning(
+                "Live comes before Retries on %r, so aborted messages may be retried; add Live "
+                "after Retries (last is best).",
+                broker,
+            )
         self.transport(broker).subscribe(self)
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:

@@ -118,3 +118,12 @@ def test_a_retry_that_starts_at_once_on_another_thread_keeps_the_record_right(
     runs = [e.data["attempt"] for e in events if e.status is MessageStatus.running]
     assert runs == [1, 2] and statuses(events)[-1] == "succeeded"
     assert record(message).attempt == 2
+
+
+def test_live_placed_before_retries_is_reported(worker_factory, caplog):
+    from nbqueue.brokers.stub import StubBroker
+    from nbqueue.middleware import Retries
+
+    broker = StubBroker(middleware=[Live(), Retries()])
+    worker_factory(broker)
+    assert "Live comes before Retries" in caplog.text
