@@ -82,6 +82,20 @@ __all__ = [
 ]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbqueue``: register the ``%%actor``, ``%send`` and ``%nbqueue`` magics."""
+    from .notebook.extension import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbqueue``: stop the embedded worker and remove the magics."""
+    from .notebook.extension import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 def __getattr__(name: str) -> Any:
     if name == "ConnectionError":
         from . import errors

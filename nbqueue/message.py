@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .common import current_millis
@@ -289,6 +289,18 @@ class Message(Generic[R]):
 
         return abort(self, broker=broker)
 
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await message`` waits for its result without blocking the event loop (nbqueue
+        addition), as ``get_result(block=True)`` does from the global broker's backend.
+
+        It waits until the result is stored; wrap it in ``asyncio.wait_for`` for a deadline.
+        Cancelling it (Ctrl-C in a notebook) stops the wait within about a second.
+
+        Raises:
+          ResultFailure: the actor failed.
+        """
+        return _await_result(self).__await__()
+
     @property
     def message_datetime(self) -> datetime.datetime:
         """The message's creation time as an aware UTC datetime."""
@@ -313,3 +325,19 @@ class Message(Generic[R]):
             kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
             params = f"{params}, {kw}" if params else kw
         return f"{self.actor_name}({params})"
+
+
+async def _await_result(message: Message[R]) -> R:
+    import asyncio
+    import functools
+
+    from .results.errors import ResultTimeout
+
+    loop = asyncio.get_running_loop()
+    wait = functools.partial(message.get_result, block=True, timeout=1000)
+    while True:
+        # Short waits in a thread: a cancelled await leaves no thread blocked for long.
+        try:
+            return await loop.run_in_executor(None, wait)
+        except ResultTimeout:
+            continue

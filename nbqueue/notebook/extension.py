@@ -1,0 +1,51 @@
+"""``%load_ext nbqueue`` and ``%unload_ext nbqueue``.
+
+Loading registers the magics and shows every ``Message`` a cell returns as its live job view.
+Unloading removes both and stops the embedded worker (IPython has no API to unregister magics,
+so their names are deleted from the magics manager's tables).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..message import Message
+from .magics import NbqueueMagics
+
+__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+
+_MAGICS = {"line": ("send", "nbqueue"), "cell": ("actor",)}
+
+_loaded: dict[int, NbqueueMagics] = {}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics on ``ipython`` and the job view as the display of messages."""
+    if id(ipython) in _loaded:
+        return
+    magics = NbqueueMagics(ipython)
+    ipython.register_magics(magics)
+    formatter = ipython.display_formatter.mimebundle_formatter
+    formatter.for_type(Message, lambda message: magics.job_view(message)._repr_mimebundle_())
+    _loaded[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop the embedded worker and the views, and remove the magics and the message display."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    magics.embedded.close()
+    for view in magics.views:
+        view.close()
+    table = ipython.magics_manager.magics
+    for kind, names in _MAGICS.items():
+        for name in names:
+            table[kind].pop(name, None)
+    ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    ipython.display_formatter.mimebundle_formatter.pop(Message, None)
+
+
+def loaded_magics(ipython: Any) -> NbqueueMagics | None:
+    """Return the magics registered on ``ipython``, or ``None`` before ``%load_ext nbqueue``."""
+    return _loaded.get(id(ipython))

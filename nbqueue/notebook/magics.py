@@ -1,0 +1,423 @@
+"""The ``%%actor``, ``%send`` and ``%nbqueue`` magics."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
+
+from IPython.core import magic, magic_arguments
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, magics_class
+
+from ..actor import Actor
+from ..actor import actor as declare
+from ..broker import Broker, get_broker
+from ..common import QUEUE_NAME_RE, redact_url
+from ..connection import connect
+from ..message import Message
+from .embedded import get_embedded_worker
+from .setup import prepare_broker
+from .widgets import History, JobView, QueueMonitor, ResultsTable
+
+__all__ = ["NbqueueMagics", "split_options"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: _F, /) -> _F: ...
+
+
+# IPython's magic decorators are untyped; these casts keep the magics' own types visible.
+_args = cast("Callable[..., _Decorator]", magic_arguments.magic_arguments)
+_arg = cast("Callable[..., _Decorator]", magic_arguments.argument)
+_parse = cast("Callable[[Any, str], argparse.Namespace]", magic_arguments.parse_argstring)
+_line_magic = cast("Callable[[str], _Decorator]", magic.line_magic)
+_cell_magic = cast("Callable[[str], _Decorator]", magic.cell_magic)
+_no_var_expand = cast("_Decorator", magic.no_var_expand)
+
+_SEND_OPTIONS = ("delay", "priority", "queue")
+_ACTOR_OPTIONS = ("max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
+_SEND_USAGE = "usage: %send ACTOR ARGS... [--delay MS] [--priority N] [--queue NAME]"
+
+
+def split_options(text: str, names: tuple[str, ...] = _SEND_OPTIONS) -> tuple[str, dict[str, str]]:
+    """Take ``--name VALUE`` / ``--name=VALUE`` options out of Python argument text.
+
+    Options are recognised only outside strings and brackets and after whitespace, so
+    ``"--x"``, ``f(--y)`` and ``a --b`` inside expressions... are left alone where they can be.
+
+    Returns:
+      The text without the options, and the options found.
+
+    Raises:
+      UsageError: an unknown option, or an option without a value.
+    """
+    out: list[str] = []
+    options: dict[str, str] = {}
+    i, depth, quote = 0, 0, ""
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                out.append(text[i : i + 2])
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                out.append(quote)
+                i += len(quote)
+                quote = ""
+                continue
+            out.append(c)
+            i += 1
+            continue
+        if c in "\"'":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else c
+            out.append(quote)
+            i += len(quote)
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "#":
+            break  # a comment ends the arguments
+        elif depth == 0 and text.startswith("--", i) and (i == 0 or text[i - 1].isspace()):
+            match = re.match(r"--([A-Za-z][\w-]*)(?:=|\s+)?(\S+)?", text[i:])
+            name = match.group(1).replace("-", "_") if match else ""
+            if match is None or name not in names:
+                given = match.group(0).split("=")[0].split()[0] if match else text[i:].split()[0]
+                allowed = ", ".join("--" + n for n in names)
+                raise UsageError(f"Unknown option {given}; the options are {allowed}.")
+            if match.group(2) is None:
+                raise UsageError(f"Option --{match.group(1)} needs a value, e.g. --{name} 10.")
+            options[name] = match.group(2)
+            i += match.end()
+            continue
+        out.append(c)
+        i += 1
+    if quote:
+        raise UsageError(f"Unterminated string in {text.strip()!r}; close the {quote} quote.")
+    return "".join(out).strip(), options
+
+
+def _int_option(options: dict[str, str], name: str) -> int | None:
+    value = options.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--{name} takes a whole number, got {value!r}.") from None
+
+
+def _kind(fn: Any) -> str:
+    if inspect.isasyncgenfunction(fn):
+        return " (async generator)"
+    if inspect.iscoroutinefunction(fn):
+        return " (async)"
+    return ""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message}.")
+
+
+@magics_class
+class NbqueueMagics(Magics):
+    """nbqueue's magics; ``%load_ext nbqueue`` registers one instance."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.embedded = get_embedded_worker()
+        self.history = History()
+        #: actor name -> (function, declaration options), re-declared after a connect
+        self.declared: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.views: list[Any] = []
+
+    @property
+    def ip(self) -> InteractiveShell:
+        """The shell the magics are registered on."""
+        assert self.shell is not None
+        return self.shell
+
+    # -- %%actor -------------------------------------------------------------------------------
+
+    @_args()
+    @_arg("--name", help="the actor's name (only for a cell that defines one function)")
+    @_arg("--queue", help="the queue its messages go to (default: 'default')")
+    @_arg("--priority", type=int, help="larger runs first (default: 0)")
+    @_arg("--max-retries", type=int, help="how many times a failure is retried")
+    @_arg("--min-backoff", type=int, help="the first retry's delay, in milliseconds")
+    @_arg("--max-backoff", type=int, help="the longest retry delay, in milliseconds")
+    @_arg("--time-limit", type=int, help="abort a run after this many milliseconds")
+    @_arg("--max-age", type=int, help="skip messages older than this many milliseconds")
+    @_arg(
+        "--store-results",
+        dest="store_results",
+        action="store_true",
+        default=None,
+        help="store results, so message.get_result() works (the default)",
+    )
+    @_arg("--no-store-results", dest="store_results", action="store_false")
+    @_cell_magic("actor")
+    def actor(self, line: str, cell: str) -> None:
+        """Run the cell and register every function it defines as an actor.
+
+        Usage: ``%%actor [--queue NAME] [--priority N] [--max-retries N] ...`` on the first line
+        of a cell; sync, ``async def`` and async generator functions all work. Results are
+        stored by default. Re-running the cell replaces the actors. Send with ``%send NAME
+        ARGS`` or ``NAME.send(...)``; calling ``NAME(...)`` still runs the function here.
+        """
+        args = _parse(self.actor, line)
+        if args.queue is not None and not QUEUE_NAME_RE.fullmatch(args.queue):
+            raise UsageError(
+                f"Queue name {args.queue!r} is invalid; use letters, digits, '.', '_' and '-'."
+            )
+        source: str = self.ip.transform_cell(cell)  # type: ignore[no-untyped-call]
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            tree = None  # running it below reports the error with the cell's own lines
+        names = [
+            node.name
+            for node in (tree.body if tree is not None else [])
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
+        if args.name is not None and len(names) != 1:
+            raise UsageError(
+                f"--name needs a cell that defines exactly one function, this one defines "
+                f"{len(names)}; drop --name or split the cell."
+            )
+        filename = self.ip.compile.cache(source)
+        code = compile(source, filename, "exec")
+        exec(code, self.ip.user_ns)
+
+        broker = get_broker()
+        options: dict[str, Any] = {
+            name: getattr(args, name) for name in _ACTOR_OPTIONS if getattr(args, name) is not None
+        }
+        stored = args.store_results is not False and "store_results" in broker.actor_options
+        if args.store_results and not stored:
+            raise UsageError(
+                "This broker has no Results middleware, so --store-results cannot work; add "
+                "Results(backend=...) to it, or use %nbqueue connect redis://... instead."
+            )
+        if "store_results" in broker.actor_options:
+            options["store_results"] = stored
+        declaration = {
+            "queue_name": args.queue or "default",
+            "priority": args.priority or 0,
+            **options,
+        }
+        registered = []
+        for name in names:
+            fn = self.ip.user_ns.get(name)
+            if isinstance(fn, Actor) or not callable(fn):
+                continue  # already an actor (@nbqueue.actor in the cell), or rebound
+            actor_name = args.name or name
+            self.ip.user_ns[name] = self._declare(fn, actor_name, declaration, broker)
+            registered.append(f"{actor_name}{_kind(fn)}")
+        if not registered:
+            print("The cell defines no new function, so no actor was registered.")
+            return
+        results = "results stored" if stored else "results not stored"
+        print(
+            f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
+            f"({type(broker).__name__}, {results})."
+        )
+
+    def _declare(
+        self, fn: Any, actor_name: str, declaration: dict[str, Any], broker: Broker
+    ) -> Actor[Any, Any]:
+        try:
+            actor = declare(actor_name=actor_name, broker=broker, **declaration)(fn)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.declared[actor_name] = (fn, declaration)
+        return actor
+
+    # -- %send ---------------------------------------------------------------------------------
+
+    @_no_var_expand
+    @_args()
+    @_arg("actor", help="the actor (a name from an %%actor cell)")
+    @_arg("args", nargs="*", help="Python expressions, as in a call: 1, 'a b', x=2")
+    @_arg("--delay", type=int, help="run no sooner than this many milliseconds from now")
+    @_arg("--priority", type=int, help="larger runs first")
+    @_arg("--queue", help="send to this queue instead of the actor's")
+    @_line_magic("send")
+    def send(self, line: str) -> Message[Any]:
+        """Send a message to an actor and show its live job view; returns the message.
+
+        Usage: ``%send add 1, y=2 --delay 1000``. The arguments are Python expressions
+        evaluated in the notebook, as in a call; ``{x}`` and ``$x`` are not expanded. The
+        embedded worker starts on first need. ``_`` (or ``m = %send ...``) holds the message:
+        ``m.get_result(block=True)``, ``await m``, ``m.abort()``.
+        """
+        text, options = split_options(line)
+        match = re.match(r"([A-Za-z_][\w.]*)(\(.*\))?\s*(.*)", text, re.S)
+        if match is None:
+            raise UsageError(f"{_SEND_USAGE}; e.g. %send add 1, 2.")
+        name, call, rest = match.groups()
+        if call is not None:
+            if rest:
+                raise UsageError(f"Unexpected text after {name}{call}; {_SEND_USAGE}.")
+            rest = call[1:-1]
+        actor = self._find_actor(name)
+        args, kwargs = self._evaluate(rest)
+        delay = _int_option(options, "delay")
+        priority = _int_option(options, "priority")
+        queue = options.get("queue")
+        if delay is not None and delay < 0:
+            raise UsageError(f"--delay must not be negative, got {delay}.")
+        if queue is not None and not QUEUE_NAME_RE.fullmatch(queue):
+            raise UsageError(
+                f"Queue name {queue!r} is invalid; use letters, digits, '.', '_', '-'."
+            )
+        extra = {"priority": priority} if priority is not None else {}
+        message = actor.message_with_options(args=args, kwargs=kwargs, **extra)
+        broker = actor.broker
+        if queue is not None:
+            broker.declare_queue(queue)
+            message = dataclasses.replace(message, queue_name=queue)
+        if broker is get_broker():
+            self.embedded.on_send()
+        sent: Message[Any] = broker.enqueue(message, delay=delay)
+        self.history.add(sent, broker)
+        return sent
+
+    def _find_actor(self, name: str) -> Actor[Any, Any]:
+        try:
+            found = eval(name, self.ip.user_ns)  # a dotted name, checked by the regex
+        except Exception:
+            found = None
+        if isinstance(found, Actor):
+            return found
+        actor = get_broker().actors.get(name)
+        if actor is not None:
+            return actor
+        raise UsageError(
+            f"No actor named {name!r}; define it in an %%actor cell (or with @nbqueue.actor) first."
+        )
+
+    def _evaluate(self, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        try:
+            tree = ast.parse(f"__nbqueue_call__({text})", mode="eval")
+        except SyntaxError as e:
+            raise UsageError(
+                f"Cannot read the arguments {text!r} ({e.msg}); write them as in a Python call, "
+                f"e.g. %send add 1, y=2."
+            ) from None
+        code = compile(tree, "<%send arguments>", "eval")
+
+        def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return args, kwargs
+
+        try:
+            result: tuple[tuple[Any, ...], dict[str, Any]] = eval(
+                code, self.ip.user_ns, {"__nbqueue_call__": capture}
+            )
+        except Exception as e:
+            raise UsageError(
+                f"Evaluating the arguments {text!r} raised {type(e).__name__}: {e}."
+            ) from None
+        return result
+
+    def job_view(self, message: Message[Any]) -> JobView:
+        """Return a live job view of ``message`` (the display of every ``Message``)."""
+        broker = next(
+            (b for m, b in self.history.recent() if m.message_id == message.message_id), None
+        )
+        view = JobView(message, broker=broker, before_send=self.embedded.on_send)
+        self.views.append(view)
+        del self.views[:-100]
+        return view
+
+    # -- %nbqueue ------------------------------------------------------------------------------
+
+    @_line_magic("nbqueue")
+    def nbqueue_magic(self, line: str) -> Any:
+        """Connect to a broker, control the embedded worker, and show live views.
+
+        Usage::
+
+          %nbqueue connect URL          use redis://..., amqp://... or memory:// from now on
+          %nbqueue status               the broker, the embedded worker and the actors
+          %nbqueue worker start [--threads N] [--queues Q ...]
+          %nbqueue worker stop          stop it (messages it holds go back to the broker)
+          %nbqueue monitor              a live table of the queues
+          %nbqueue results              a live table of the messages sent from here
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"Cannot read {line!r}: {e}.") from None
+        command, rest = (words[0], words[1:]) if words else ("status", [])
+        if command == "connect" and len(rest) == 1:
+            return self._connect(rest[0])
+        if command == "status" and not rest:
+            return self._status()
+        if command == "worker" and rest[:1] == ["start"]:
+            parser = _Parser(prog="%nbqueue worker start", add_help=False)
+            parser.add_argument("--threads", type=int)
+            parser.add_argument("--queues", nargs="+")
+            opts = parser.parse_args(rest[1:])
+            if opts.threads is not None and opts.threads < 1:
+                raise UsageError(f"--threads must be at least 1, got {opts.threads}.")
+            self.embedded.start(threads=opts.threads, queues=opts.queues)
+            print(f"Embedded worker {self.embedded.status()}.")
+            return None
+        if command == "worker" and rest == ["stop"]:
+            self.embedded.stop(auto=False)
+            print(
+                "Embedded worker stopped; %send no longer starts it (%nbqueue worker start does)."
+            )
+            return None
+        if command == "monitor" and not rest:
+            embedded = self.embedded
+            return QueueMonitor(worker_status=embedded.status, rate=embedded.meter.rate)
+        if command == "results" and not rest:
+            return ResultsTable(self.history)
+        raise UsageError(
+            f"Unknown %nbqueue command {line.strip()!r}; use connect URL, status, worker start, "
+            f"worker stop, monitor or results."
+        )
+
+    def _connect(self, url: str) -> None:
+        was_running = self.embedded.running
+        self.embedded.stop()
+        broker = connect(url)
+        notes = prepare_broker(broker, url)
+        for actor_name, (fn, declaration) in self.declared.items():
+            options = dict(declaration)
+            if "store_results" not in broker.actor_options:
+                options.pop("store_results", None)
+            actor = self._declare(fn, actor_name, options, broker)
+            if self.ip.user_ns.get(fn.__name__) is not None:
+                current = self.ip.user_ns[fn.__name__]
+                if isinstance(current, Actor) and current.actor_name == actor_name:
+                    self.ip.user_ns[fn.__name__] = actor
+        if was_running:
+            self.embedded.start()
+        print(f"Connected to {redact_url(url)} ({type(broker).__name__}{notes}).")
+
+    def _status(self) -> None:
+        broker = get_broker()
+        stats = broker.queue_stats()
+        queues = ", ".join(
+            f"{name} ({s.ready} ready, {s.delayed} delayed)" for name, s in sorted(stats.items())
+        )
+        actors = ", ".join(sorted(broker.actors)) or "none"
+        print(f"Broker: {type(broker).__name__}")
+        print(f"Embedded worker: {self.embedded.status()}")
+        print(f"Actors: {actors}")
+        print(f"Queues: {queues or 'none'}")

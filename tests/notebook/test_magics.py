@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import sys
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+import nbqueue
+from nbqueue import Actor, Message, MessageStatus
+from nbqueue.notebook.magics import split_options
+from nbqueue.results import ResultFailure
+
+ADD = "def add(x, y=0):\n    return x + y\n"
+
+
+def test_actor_cell_registers_every_function_it_defines(ip, capsys):
+    ip.run_cell_magic(
+        "actor",
+        "",
+        "import asyncio\n"
+        "def add(x, y):\n    return x + y\n"
+        "async def double(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+        "async def words(n):\n    for i in range(n):\n        yield f'w{i} '\n"
+        "factor = 3\n",
+    )
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        "Actors add, double (async), words (async generator) on queue 'default' "
+        "(StubBroker, results stored)."
+    )
+    broker = nbqueue.get_broker()
+    assert {"add", "double", "words"} <= broker.get_declared_actors()
+    assert isinstance(ip.user_ns["add"], Actor)
+    assert ip.user_ns["factor"] == 3  # the cell ran in the user namespace
+    assert ip.user_ns["add"](1, 2) == 3  # calling still runs the function here
+    add = ip.run_line_magic("send", "add 1, 2")
+    double = ip.run_line_magic("send", "double factor")
+    words = ip.run_line_magic("send", "words 3")
+    assert add.get_result(block=True) == 3
+    assert double.get_result(block=True) == 6
+    assert words.get_result(block=True) == "w0 w1 w2 "
+
+
+def test_rerunning_an_actor_cell_replaces_the_actor(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    first = ip.user_ns["add"]
+    assert ip.run_line_magic("send", "add 1, 2").get_result(block=True) == 3
+    ip.run_cell_magic("actor", "", "def add(x, y=0):\n    return x * y\n")
+    assert ip.user_ns["add"] is not first
+    assert nbqueue.get_broker().get_actor("add") is ip.user_ns["add"]
+    assert ip.run_line_magic("send", "add 4, 5").get_result(block=True) == 20
+
+
+def test_actor_flags_become_actor_options(ip, capsys):
+    ip.run_cell_magic(
+        "actor",
+        "--name total --queue sums --priority 5 --max-retries 2 --min-backoff 10 "
+        "--max-backoff 100 --time-limit 5000 --max-age 60000 --no-store-results",
+        ADD,
+    )
+    assert "on queue 'sums'" in capsys.readouterr().out
+    actor = nbqueue.get_broker().get_actor("total")
+    assert ip.user_ns["add"] is actor
+    assert actor.queue_name == "sums"
+    assert actor.priority == 5
+    assert actor.options == {
+        "max_retries": 2,
+        "min_backoff": 10,
+        "max_backoff": 100,
+        "time_limit": 5000,
+        "max_age": 60000,
+        "store_results": False,
+    }
+
+
+def test_actor_cell_that_raises_registers_nothing(ip):
+    with pytest.raises(ZeroDivisionError):
+        ip.run_cell_magic("actor", "", "def f():\n    pass\n1 / 0\n")
+    assert "f" not in nbqueue.get_broker().actors
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["--priority high", "--bogus 1", "--name x", "--queue 'bad name'"],
+)
+def test_bad_actor_flags_raise_usage_error(ip, line):
+    with pytest.raises(UsageError):
+        ip.run_cell_magic("actor", line, "def a(): pass\ndef b(): pass\n")
+
+
+def test_send_evaluates_python_arguments_in_the_user_namespace(ip):
+    ip.run_cell_magic("actor", "", "def echo(*args, **kwargs):\n    return [args, kwargs]\n")
+    ip.user_ns["x"] = 10
+    cases = {
+        "echo 1, x=2": [[1], {"x": 2}],
+        'echo "a b"': [["a b"], {}],
+        "echo x + 1, [x, 'y z'], k={'a': x}": [[11, [10, "y z"]], {"k": {"a": 10}}],
+        "echo(1, *[2, 3], **{'k': 4})": [[1, 2, 3], {"k": 4}],
+        "echo": [[], {}],
+        "echo -1, '--delay 5'": [[-1, "--delay 5"], {}],
+    }
+    for line, expected in cases.items():
+        message = ip.run_line_magic("send", line)
+        assert isinstance(message, Message)
+        assert message.get_result(block=True) == expected, line
+
+
+def test_send_does_not_expand_braces_or_dollars(ip):
+    ip.run_cell_magic("actor", "", "def echo(value):\n    return value\n")
+    ip.user_ns["name"] = "expanded"
+    message = ip.run_line_magic("send", "echo {'name': '$name'}")
+    assert message.get_result(block=True) == {"name": "$name"}
+
+
+def test_send_options_delay_priority_and_queue(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    delayed = ip.run_line_magic("send", "add 1, 2 --delay 60000")
+    assert delayed.queue_name == "default.DQ"
+    assert delayed.status().status is MessageStatus.delayed
+    other = ip.run_line_magic("send", "add 2, 2 --queue=elsewhere --priority 7")
+    assert other.queue_name == "elsewhere"
+    assert other.options["priority"] == 7
+    assert other.get_result(block=True) == 4
+    assert delayed.abort()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "nothing 1",
+        "add 1,,",
+        "add 1 --delay soon",
+        "add 1 --wait 5",
+        "add 1 --delay",
+        "add 'open",
+        "add undefined_name",
+        "add 1 --queue 'bad name'",
+    ],
+)
+def test_bad_send_input_raises_usage_error(ip, line):
+    ip.run_cell_magic("actor", "", ADD)
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("send", line)
+    assert "\n" not in str(info.value)
+
+
+def test_split_options_leaves_strings_and_brackets_alone():
+    assert split_options("f '--delay 1', g(--x) --delay 5") == (
+        "f '--delay 1', g(--x)",
+        {"delay": "5"},
+    )
+    assert split_options('f """a --queue b""" --queue=q') == ('f """a --queue b"""', {"queue": "q"})
+
+
+def test_send_shows_the_job_view_and_sets_underscore(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    result = ip.run_cell("%send add 1, 2")
+    assert result.success
+    message = ip.user_ns["_"]
+    assert isinstance(message, Message)
+    assert message.get_result(block=True) == 3
+    bundle, _ = ip.display_formatter.format(message)
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("<nbqueue job add(1, 2): ")
+    assert "text/html" in bundle
+
+
+def test_send_returns_in_under_50_ms(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    ip.run_line_magic("send", "add 0, 0").get_result(block=True)  # the worker has started
+    times = []
+    for i in range(20):
+        start = time.perf_counter()
+        ip.run_cell(f"%send add {i}, 1")
+        times.append(time.perf_counter() - start)
+    assert ip.user_ns["_"].get_result(block=True) == 20
+    assert statistics.median(times) < 0.05, times
+
+
+def test_messages_are_awaitable_at_the_top_level(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    ip.run_cell_magic("actor", "--max-retries 0", "def boom():\n    raise KeyError('k')\n")
+    result = ip.run_cell("m = %send add 2, 3\nvalue = await m")
+    assert result.success, result.error_in_exec
+    assert ip.user_ns["value"] == 5
+    message = ip.run_line_magic("send", "boom")
+    with pytest.raises(ResultFailure):
+        asyncio.run(_await(message))
+
+
+async def _await(message):
+    return await message
+
+
+def test_a_blocking_wait_is_interrupted_by_ctrl_c(ip):
+    ip.run_cell_magic(
+        "actor",
+        "",
+        "import time\ndef slow():\n    while True:\n        time.sleep(0.01)\n",
+    )
+    message = ip.run_line_magic("send", "slow")
+    main = threading.get_ident()
+    blocked = threading.Event()
+
+    def interrupt():
+        # Ctrl-C lands once the main thread waits inside get_result (found from its stack).
+        while not blocked.wait(0.01):
+            frame = sys._current_frames().get(main)
+            while frame is not None:
+                if frame.f_code.co_name == "get_result":
+                    blocked.set()
+                    signal.pthread_kill(main, signal.SIGINT)
+                    return
+                frame = frame.f_back
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        threading.Thread(target=interrupt, daemon=True).start()
+        message.get_result(block=True, timeout=20000)
+    assert blocked.is_set()
+    assert time.monotonic() - start < 5
+    assert message.abort()
+    stream = message.events(timeout=5000)
+    assert [e.status for e in stream if e.status][-1] is MessageStatus.aborted
+
+
+def test_worker_start_stop_and_status(ip, magics, capsys):
+    ip.run_cell_magic("actor", "", ADD)
+    ip.run_line_magic("nbqueue", "worker start --threads 2 --queues default other")
+    assert magics.embedded.worker.worker_threads == 2
+    assert magics.embedded.worker.consumer_whitelist == {"default", "other"}
+    ip.run_line_magic("nbqueue", "worker stop")
+    assert not magics.embedded.running
+    message = ip.run_line_magic("send", "add 1, 1")
+    assert not magics.embedded.running  # stopped by the user: %send does not restart it
+    assert nbqueue.get_broker().queue_stats()["default"].ready == 1
+    ip.run_line_magic("nbqueue", "worker start")
+    assert message.get_result(block=True) == 2
+    capsys.readouterr()
+    ip.run_line_magic("nbqueue", "status")
+    out = capsys.readouterr().out
+    assert "Broker: StubBroker" in out
+    assert "Embedded worker: running, 2 threads, default, other" in out
+    assert "Actors: add" in out
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["bogus", "worker", "worker start --threads 0", "worker start --bogus", "connect", "monitor x"],
+)
+def test_bad_nbqueue_commands_raise_usage_error(ip, line):
+    with pytest.raises(UsageError):
+        ip.run_line_magic("nbqueue", line)
+
+
+def test_connect_restarts_the_worker_and_redeclares_the_notebooks_actors(ip, magics, capsys):
+    ip.run_cell_magic("actor", "", ADD)
+    ip.run_line_magic("send", "add 1, 1").get_result(block=True)
+    old_broker, old_worker = nbqueue.get_broker(), magics.embedded.worker
+    ip.run_line_magic("nbqueue", "connect memory://")
+    assert "Connected to memory:// (StubBroker)." in capsys.readouterr().out
+    broker = nbqueue.get_broker()
+    assert broker is not old_broker
+    assert not old_worker.running
+    assert magics.embedded.worker.broker is broker
+    assert ip.user_ns["add"].broker is broker
+    assert ip.run_line_magic("send", "add 2, 2").get_result(block=True) == 4
+
+
+def test_connect_never_prints_a_password(ip, capsys):
+    with pytest.raises(nbqueue.NbqueueError) as info:
+        ip.run_line_magic("nbqueue", "connect bogus://user:hunter2@host/0")
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in capsys.readouterr().out
+
+
+def test_help_is_the_docstring(ip):
+    doc = ip.find_line_magic("send").__doc__
+    assert "%send add 1, y=2" in doc
+    assert "--delay" in doc
+    assert "--store-results" in ip.find_cell_magic("actor").__doc__
+
+
+def test_unload_stops_the_worker_and_removes_the_magics(ip, magics):
+    ip.run_cell_magic("actor", "", ADD)
+    ip.run_line_magic("send", "add 1, 1").get_result(block=True)
+    worker = magics.embedded.worker
+    ip.run_line_magic("unload_ext", "nbqueue")
+    try:
+        assert not worker.running
+        assert ip.find_line_magic("send") is None
+        assert ip.find_cell_magic("actor") is None
+        bundle, _ = ip.display_formatter.format(ip.user_ns["add"].send(1, 1))
+        assert "application/vnd.jupyter.widget-view+json" not in bundle
+    finally:
+        ip.run_line_magic("load_ext", "nbqueue")
