@@ -44,6 +44,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def unframe(blob: bytes | str) -> list[Entry]:
+    """Split fetch.lua's frames: id length, id, body length, body (lengths as 10 digits)."""
+    data = blob if isinstance(blob, bytes) else blob.encode()
+    entries = []
+    pos, end = 0, len(data)
+    while pos < end:
+        size = int(data[pos : pos + 10])
+        rid = data[pos + 10 : pos + 10 + size].decode()
+        pos += 10 + size
+        size = int(data[pos : pos + 10])
+        entries.append((rid, data[pos + 10 : pos + 10 + size]))
+        pos += 10 + size
+    return entries
+
+
 class BrokerService:
     """Fetch, settle, heartbeat and recover, for one ``RedisBroker``.
 
@@ -123,7 +138,7 @@ class BrokerService:
                 int(reply[0]),
                 queue,
             )
-        return [(_text(rid), body) for rid, body in zip(reply[1::2], reply[2::2], strict=True)]
+        return unframe(reply[1])
 
     def leave(self, queue: str) -> list[Entry]:
         """Leave the idle set of ``queue``; return what was handed to this worker meanwhile."""

@@ -15,8 +15,10 @@
 -- When nothing is found the consumer registers as idle: the next enqueue hands a message
 -- straight to its inbox, which it blocks on, saving the fetch round trip.
 --
--- Returns {dropped, id1, body1, id2, body2, ...}; `dropped` counts ids that had no body (a
--- foreign producer's mistake, or a message flushed meanwhile): they are forgotten.
+-- Returns {dropped, messages}: `dropped` counts ids that had no body (a foreign producer's
+-- mistake, or a message flushed meanwhile), which are forgotten; `messages` is one string of
+-- frames, each the id's length ("%010d"), the id, the body's length ("%010d") and the body,
+-- because one string costs the client far less to parse than two per message.
 local now = now_ms()
 redis.call("zadd", KEYS[5], now, ARGV[2])
 redis.call("sadd", KEYS[6], ARGV[3])
@@ -24,14 +26,21 @@ redis.call("pexpire", KEYS[6], ARGV[4])
 redis.call("zrem", KEYS[7], ARGV[7])
 
 local want = tonumber(ARGV[1])
-local out = {0}
+local dropped = 0
+local out = {}
+
+local function add(id, body)
+    out[#out + 1] = string.format("%010d", #id)
+    out[#out + 1] = id
+    out[#out + 1] = string.format("%010d", #body)
+    out[#out + 1] = body
+end
 
 local inboxed = redis.call("lrange", KEYS[8], 0, -1)
 if #inboxed > 0 then
     redis.call("del", KEYS[8])
     for _, frame in ipairs(inboxed) do
-        out[#out + 1] = string.sub(frame, 1, 36)
-        out[#out + 1] = string.sub(frame, 37)
+        add(string.sub(frame, 1, 36), string.sub(frame, 37))
     end
     want = want - #inboxed
 end
@@ -67,16 +76,15 @@ if #ids > 0 then
     for i, id in ipairs(ids) do
         local body = bodies[i]
         if body then
-            out[#out + 1] = id
-            out[#out + 1] = body
+            add(id, body)
         else
             redis.call("srem", KEYS[4], id)
-            out[1] = out[1] + 1
+            dropped = dropped + 1
         end
     end
 end
 
-if #out == 1 and ARGV[5] == "1" then
+if #out == 0 and ARGV[5] == "1" then
     redis.call("zadd", KEYS[7], now + tonumber(ARGV[6]), ARGV[7])
 end
-return out
+return {dropped, table.concat(out)}
