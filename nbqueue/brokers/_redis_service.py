@@ -282,9 +282,7 @@ class BrokerService:
                     pipe.delete(keys.inbox(worker, queue))
                 pipe.execute()
             else:
-                pattern = keys.ack_set_pattern(worker)
-                for key in broker.client.scan_iter(match=pattern, count=1000):
-                    queues.add(keys.queue_of_ack_set(worker, _text(key)))
+                queues = self._scan_ack_sets(worker)
         moved = sum(self.requeue(queue, [], worker=worker) for queue in sorted(queues))
         with broker.connection.errors():
             broker.scripts["bury"](
@@ -299,6 +297,31 @@ class BrokerService:
                 moved,
             )
         return moved
+
+    def _scan_ack_sets(self, worker: str) -> set[str]:
+        """Find a worker's ack sets with SCAN (O(keys), so heartbeating as it goes)."""
+        broker = self.broker
+        keys = broker.keys
+        pattern = keys.ack_set_pattern(worker)
+        queues: set[str] = set()
+        cursor: Any = 0
+        beat = time.monotonic()
+        while True:
+            cursor, found = broker.client.scan(cursor, match=pattern, count=1000)
+            queues.update(keys.queue_of_ack_set(worker, _text(key)) for key in found)
+            if not int(cursor):
+                return queues
+            if time.monotonic() - beat > self.interval / 2:
+                self._beat()
+                beat = time.monotonic()
+
+    def _beat(self) -> None:
+        """Heartbeat alone (the tick script with no queues and no dead workers asked for)."""
+        broker = self.broker
+        broker.scripts["tick"](
+            keys=[broker.keys.heartbeats],
+            args=[broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl, 0, 0],
+        )
 
     def _sign_off(self) -> None:
         broker = self.broker
