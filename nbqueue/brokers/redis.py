@@ -5,26 +5,32 @@ them: ``ns:q`` (list of ids), ``ns:q.msgs`` (id -> message), ``ns:q.DQ`` and ``n
 (delayed), ``ns:q.XQ`` and ``ns:q.XQ.msgs`` (dead letters), ``ns:__acks__.<worker>.<queue>``
 (fetched, not yet acknowledged) and ``ns:__heartbeats__``. Each enqueue stores a fresh
 ``options.redis_message_id``. So a Dramatiq worker runs what nbqueue sends, and the reverse.
-
-Keys only nbqueue writes sit under ``ns:__nbq__:``: prioritized messages, wake-up lists,
-dead-letter reasons and worker registries.
+Keys only nbqueue writes sit under ``ns:__nbq__:`` (see ``RedisKeys``). Every move is one Lua
+script (``redis_lua/``). Needs Redis 6.2 or newer.
 
 **What differs from Dramatiq, and what a Dramatiq worker sees.**
 
-* Priorities are real: a message with a non-zero priority is stored in a sorted set
-  (``ns:__nbq__:q.prio``) and fetched before (priority > 0) or after (priority < 0) the
-  default-priority messages of the list, across the whole queue. A Dramatiq worker reads only
-  the list, so it never runs a prioritized message, unless a Dramatiq worker's maintenance
-  recovers one from a dead nbqueue worker (it then lands in the list, priority lost). Send with
-  priority 0, or pass ``priorities=False``, on queues that Dramatiq workers consume.
-* A dead worker's messages come back on a schedule: every worker process heartbeats and runs
-  maintenance about once a second, judging liveness by the Redis server's clock, so messages a
-  ``kill -9``'d worker held are redelivered within ``heartbeat_timeout`` + 1 s (Dramatiq: random
-  maintenance, from seconds to never). No ``KEYS`` anywhere.
-* Idle consumers block on a wake-up list that nbqueue producers push to, rather than polling;
-  messages from Dramatiq producers are picked up within ``poll_interval``.
-* A message that cannot be decoded is dead-lettered alone, with its reason (Dramatiq's consumer
-  crashes and strands it with its neighbours).
+* Priorities are real: a message with a non-zero priority (clamped to +-1023) is stored in a
+  sorted set (``ns:__nbq__:q.prio``) and fetched before (priority > 0) or after (priority < 0)
+  the default-priority messages of the list, across the whole queue. A Dramatiq worker reads
+  only the list, so it never runs a prioritized message, unless a Dramatiq worker's maintenance
+  recovers one from a dead nbqueue worker (it then lands in the list, its priority lost). Send
+  with priority 0, or pass ``priorities=False``, on queues that Dramatiq workers consume.
+* Idle nbqueue consumers block instead of polling, and a message sent while one is idle is
+  handed straight to it (its id goes into that worker's ack set, as a fetch would put it, so
+  a crash still recovers it); such a message never appears in the list, so an idle nbqueue
+  worker wins it over a Dramatiq worker. Messages from Dramatiq producers, which neither hand
+  over nor wake, are picked up within ``poll_interval``.
+* A dead worker's messages come back on a schedule: every consuming process heartbeats and
+  runs maintenance about once a second, judging liveness by the Redis server's clock, so what a
+  ``kill -9``'d worker held is redelivered within ``heartbeat_timeout`` + 1 s (Dramatiq: random
+  maintenance, from seconds to never). No ``KEYS``: nbqueue workers record which queues they
+  hold messages of; a dead Dramatiq worker's ack sets are found once with ``SCAN``. Dramatiq
+  workers judge nbqueue's heartbeats by their own clock: keep the machines' clocks in sync.
+* Acknowledgements are written in the background, in batches: a worker that crashes just after
+  finishing a message may run it again, as after any crash of an at-least-once worker.
+* A message that cannot be decoded or validated is dead-lettered alone, with its reason, which
+  ``get_dead_letters`` returns (Dramatiq's consumer crashes and strands it with its neighbours).
 * Every call has a deadline: a hung server fails a call within about 3 s (``socket_timeout``).
 """
 
