@@ -14,12 +14,14 @@ Buffers are bounded: when the store cannot keep up, the oldest chunks are droppe
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import heapq
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -212,16 +214,19 @@ class Channel:
     def close(self, final: Write, *, timeout: float = CLOSE_TIMEOUT) -> None:
         """Write what is left, then ``final`` (the status change that ends this attempt).
 
-        Blocks until it is written (or ``timeout`` seconds pass), so that once a worker has
-        processed a message, its status says so. When the publisher holds nothing of this
-        channel, the calling thread writes it itself, saving a thread hop.
+        In memory it is written before this returns (by the calling thread when the publisher
+        holds nothing of this channel), so once a worker has processed a message, its status
+        says so. A network store gets it through the publisher, batched with other messages'
+        writes, without waiting; ``Publisher.flush()`` (which ``status()`` and ``events()``
+        call) waits for it in this process.
         """
+        buffered = self.publisher.transport.buffered
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._final = final
-            inline = not self._scheduled and not self._writing
+            inline = not buffered and not self._scheduled and not self._writing
             if inline:
                 self._scheduled = True  # keeps late schedulers away; drain() resets it
         if inline:
@@ -230,7 +235,9 @@ class Channel:
                 self.publisher.write_now([write])
                 self.after_write()
             return
-        self.publisher.schedule(self)
+        self.publisher.schedule(self, counted=True)
+        if buffered:
+            return
         if not self._flushed.wait(timeout):
             logger.warning(
                 "The live channel of message %s was not written within %.0f s; its status may "
@@ -252,6 +259,7 @@ class Publisher:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._thread: threading.Thread | None = None
+        _publishers.add(self)
         self._cond = threading.Condition()
         self._channels: deque[Channel] = deque()
         self._loose: list[Write] = []
@@ -274,10 +282,16 @@ class Publisher:
             )
             self._thread.start()
 
-    def schedule(self, channel: Channel) -> None:
-        """Have the publisher look at ``channel`` soon."""
+    def schedule(self, channel: Channel, *, counted: bool = False) -> None:
+        """Have the publisher look at ``channel`` soon.
+
+        Parameters:
+          counted: ``flush()`` waits for this write (a channel's final status).
+        """
         with self._cond:
             self._channels.append(channel)
+            if counted:
+                self._submitted += 1
             self._ensure_started()
             self._cond.notify()
 
@@ -359,6 +373,16 @@ class Publisher:
 
 
 _publishers_lock = threading.Lock()
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Daemon threads still run while atexit handlers do: give pending writes (a script's last
+    # sends, a worker's last statuses) a moment to go out.
+    for publisher in list(_publishers):
+        if publisher.is_alive():
+            publisher.flush(timeout=2.0)
 
 
 def get_publisher(transport: Transport) -> Publisher:

@@ -58,6 +58,21 @@ def _results(broker: Broker) -> Results | None:
     return next((m for m in broker.middleware if isinstance(m, Results)), None)
 
 
+class _ResultsCache:
+    """The broker's Results middleware, looked up again only when its middleware list changes
+    (as ``Broker._hooks_for`` does): the lookup would otherwise cost every send."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._results: Results | None = None
+
+    def get(self, broker: Broker) -> Results | None:
+        key = (id(broker.middleware), len(broker.middleware))
+        if key != self._key:
+            self._results, self._key = _results(broker), key
+        return self._results
+
+
 def resolve_transport(
     broker: Broker,
     backend: ResultBackend | None = None,
@@ -209,6 +224,7 @@ class Live(Middleware):
         # may already run on another)
         self._running: dict[str, _Running] = {}
         self._local = threading.local()
+        self._results = _ResultsCache()
         self._workers = 0
 
     def __repr__(self) -> str:
@@ -216,8 +232,17 @@ class Live(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        """``capture_output``: whether the actor's stdout and stderr are captured."""
-        return {"capture_output"}
+        """``capture_output``: whether the actor's stdout and stderr are captured; ``live``:
+        ``False`` leaves the actor's messages out of the live channel altogether (for tiny
+        high-rate tasks: on Redis the channel costs about one round trip per message)."""
+        return {"capture_output", "live"}
+
+    def _option(self, broker: Broker, message: Message[Any] | MessageProxy, name: str) -> Any:
+        value = message.options.get(name)
+        if value is None:
+            actor = broker.actors.get(message.actor_name)
+            value = actor.options.get(name) if actor is not None else None
+        return value
 
     def transport(self, broker: Broker) -> Transport:
         """Return the transport this middleware writes to (chosen on first use)."""
@@ -248,7 +273,7 @@ class Live(Middleware):
             actor = broker.actors.get(message.actor_name)
             ttl = actor.options.get("result_ttl") if actor is not None else None
         if not ttl:
-            results = _results(broker)
+            results = self._results.get(broker)
             ttl = results.result_ttl if results is not None else None
         return int(ttl or DEFAULT_TTL)
 
@@ -266,6 +291,8 @@ class Live(Middleware):
         running = self._mine(message)
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
+            return
+        if self._option(broker, message, "live") is False:
             return
         transport = self.transport(broker)
         now = current_millis()
@@ -309,12 +336,14 @@ class Live(Middleware):
         self.transport(broker).subscribe(self)
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        transport = self.transport(broker)
+        get_publisher(transport).flush()  # the last statuses go out before the process ends
         with self._lock:
             self._workers = max(0, self._workers - 1)
             if self._workers:
                 return
             self._running = {k: r for k, r in self._running.items() if r.state != _DONE}
-        self.transport(broker).unsubscribe(self)
+        transport.unsubscribe(self)
 
     def on_abort(self, message_id: str) -> None:
         """Interrupt ``message_id`` if it runs here (called by the transport)."""
@@ -337,10 +366,9 @@ class Live(Middleware):
             return [k for k, r in self._running.items() if r.state != _DONE]
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        capture_output = message.options.get("capture_output")
-        if capture_output is None:
-            actor = broker.actors.get(message.actor_name)
-            capture_output = actor.options.get("capture_output") if actor is not None else None
+        if self._option(broker, message, "live") is False:
+            return
+        capture_output = self._option(broker, message, "capture_output")
         capture_output = self.capture if capture_output is None else bool(capture_output)
         if capture_output:
             capture.install()
@@ -444,7 +472,8 @@ class Live(Middleware):
             return  # a delayed message that came due was moved to its queue
         running = self._forget(message)
         if running is None:
-            self._finish(broker, message, None, "skipped", "")
+            if self._option(broker, message, "live") is not False:
+                self._finish(broker, message, None, "skipped", "")
         elif running.aborted:
             self._finish(broker, message, running, "aborted", _summary(running.exception))
         elif running.exception is not None:
@@ -457,6 +486,8 @@ class Live(Middleware):
 
     def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
         running = self._forget(message)
+        if running is None and self._option(broker, message, "live") is False:
+            return
         exception = running.exception if running is not None else None
         if reason == "aborted" or (running is not None and running.aborted):
             status = "aborted"

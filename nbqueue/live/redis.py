@@ -41,57 +41,49 @@ ABORTS_MAXLEN = 1000
 #: How often a worker checks the abort flags of its running messages, in seconds.
 POLL_INTERVAL = 1.0
 
+# ARGV[1] is a JSON header (one argument keeps redis-py's packing cheap), then event pairs.
 _WRITE = """
 local record, stream = KEYS[1], KEYS[2]
-local ttl, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
-local mode, attempt = ARGV[4], tonumber(ARGV[5])
-local status_event, progress, backfill = ARGV[6], ARGV[7], ARGV[8]
-local i = 9
-local nfields = tonumber(ARGV[i])
-local fields_at = i + 1
-i = fields_at + 2 * nfields
-local nonce = tonumber(ARGV[i])
-local once_at = i + 1
-i = once_at + 2 * nonce
+local h = cjson.decode(ARGV[1])
+local now = h.now
 
 local function add(kind, data)
   local seq = redis.call('HINCRBY', record, 'seq', 1)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', kind, 'd', data, 't', now)
+  redis.call('XADD', stream, 'MAXLEN', '~', h.max, seq .. '-0', 'k', kind, 'd', data, 't', now)
 end
 
-while i < #ARGV do
+for i = 2, #ARGV, 2 do
   add(ARGV[i], ARGV[i + 1])
-  i = i + 2
 end
-if progress ~= '' then
-  redis.call('HSET', record, 'progress', progress)
+if h.progress ~= '' then
+  redis.call('HSET', record, 'progress', h.progress)
 end
 local result = 1
-if mode ~= '' then
+if h.mode ~= '' then
   local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
   local status = cur[1]
-  if mode == 'start' and cur[3] then
+  if h.mode == 'start' and cur[3] then
     result = -1
   elseif status == 'aborted' then
     result = 0
-  elseif mode == 'initial' then
+  elseif h.mode == 'initial' then
     if status and status ~= 'delayed' and status ~= 'retrying' then result = 0 end
-  elseif attempt < (tonumber(cur[2]) or 0) then
+  elseif h.attempt < (tonumber(cur[2]) or 0) then
     result = 0
   end
   if result == 1 then
-    if not status and backfill ~= '' then add('status', backfill) end
-    for j = fields_at, fields_at + 2 * nfields - 1, 2 do
-      redis.call('HSET', record, ARGV[j], ARGV[j + 1])
+    if not status and h.backfill ~= '' then add('status', h.backfill) end
+    for key, value in pairs(h.fields) do
+      redis.call('HSET', record, key, value)
     end
-    for j = once_at, once_at + 2 * nonce - 1, 2 do
-      redis.call('HSETNX', record, ARGV[j], ARGV[j + 1])
+    for key, value in pairs(h.once) do
+      redis.call('HSETNX', record, key, value)
     end
-    if status_event ~= '' then add('status', status_event) end
+    if h.status ~= '' then add('status', h.status) end
   end
 end
-redis.call('PEXPIRE', record, ttl)
-redis.call('PEXPIRE', stream, ttl)
+redis.call('PEXPIRE', record, h.ttl)
+redis.call('PEXPIRE', stream, h.ttl)
 return result
 """
 
@@ -129,6 +121,10 @@ def live_prefix(namespace: str) -> str:
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _field(value: Any) -> str:
+    return _dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _text(value: Any) -> str:
@@ -170,21 +166,20 @@ class RedisTransport(Transport):
         return [record, record + ":events"]
 
     def _args(self, w: Write) -> list[Any]:
-        args: list[Any] = [
-            w.ttl,
-            self.max_events,
-            int(time.time() * 1000),
-            w.mode,
-            w.attempt,
-            "" if w.status_event is None else _dumps(w.status_event),
-            "" if w.progress is None else _dumps(w.progress),
-            "" if w.backfill is None else _dumps(w.backfill),
-        ]
-        for group in (w.fields, w.once):
-            pairs = [(k, v) for k, v in group.items() if v is not None]
-            args.append(len(pairs))
-            for key, value in pairs:
-                args += [key, _dumps(value) if isinstance(value, (dict, list)) else value]
+        header = {
+            "ttl": w.ttl,
+            "max": self.max_events,
+            "now": int(time.time() * 1000),
+            "mode": w.mode,
+            "attempt": w.attempt,
+            "status": "" if w.status_event is None else _dumps(w.status_event),
+            "progress": "" if w.progress is None else _dumps(w.progress),
+            "backfill": "" if w.backfill is None else _dumps(w.backfill),
+            # Strings, so that Lua stores them exactly (it would format numbers as floats).
+            "fields": {k: _field(v) for k, v in w.fields.items() if v is not None},
+            "once": {k: _field(v) for k, v in w.once.items() if v is not None},
+        }
+        args: list[Any] = [_dumps(header)]
         for kind, data in w.events:
             args += [kind, _dumps(data)]
         return args

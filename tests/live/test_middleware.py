@@ -127,3 +127,19 @@ def test_live_placed_before_retries_is_reported(worker_factory, caplog):
     broker = StubBroker(middleware=[Live(), Retries()])
     worker_factory(broker)
     assert "Live comes before Retries" in caplog.text
+
+
+def test_actors_can_stay_out_of_the_live_channel(live_broker, worker_factory):
+    @nbqueue.actor(live=False, max_retries=0)
+    def tiny(fail):
+        print("not captured")
+        nbqueue.stream("nowhere")
+        if fail:
+            raise ValueError("boom")
+
+    worker = worker_factory(live_broker)
+    quiet = [tiny.send(False), tiny.send(True)]
+    live_broker.join(tiny.queue_name, fail_fast=False)
+    worker.join()
+    assert [m.status() for m in quiet] == [None, None]
+    assert [list(m.events(follow=False)) for m in quiet] == [[], []]
