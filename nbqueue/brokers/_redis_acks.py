@@ -136,11 +136,11 @@ class Acker:
         service.release(queue, rids)
         for rid in lost:
             broker.logger.warning(
-                "Message %s on %r was acknowledged after this worker had been presumed dead "
-                "(no heartbeat for %d ms) and it was requeued; it may have run twice.",
+                "Message %s on %r was acknowledged after it had gone back to the queue (its "
+                "worker was presumed dead, or stopped while the actor ran); the requeued copy "
+                "is dropped unless another worker has taken it already.",
                 _text(rid),
                 queue,
-                broker.heartbeat_timeout,
             )
 
     def _complain(self) -> None:

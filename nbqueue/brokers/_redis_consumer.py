@@ -42,8 +42,10 @@ class RedisConsumer(Consumer):
     """Consumes one queue: fetches in batches, blocks on a wake-up list while idle.
 
     Closing requeues fetched messages that were never handed out. Messages handed out and not
-    yet settled stay in this worker's ack set until they are acknowledged (through any consumer
-    of the queue on this broker) or, if the process dies, recovered by another worker.
+    yet settled are requeued too when the consumer was interrupted first (a worker stopping:
+    their actors outlived the stop timeout). Otherwise (a consumer restarted after a lost
+    connection) they stay in this worker's ack set until acknowledged through any consumer of
+    the queue on this broker or, if the process dies, recovered by another worker.
     """
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -214,6 +216,28 @@ class RedisConsumer(Consumer):
             # Shutting the socket down ends a blocked BLPOP at once, with no round trip.
             blocker.connection_pool.disconnect()
 
+    def _hand_back_unsettled(self) -> None:
+        # Closing after interrupt() is a worker stopping: what is still unsettled now belongs to
+        # actors that outlived the stop timeout, and goes back to the queue to run again (as
+        # Worker.stop promises). Should such an actor finish after all, its late ack deletes
+        # the requeued copy unless another worker already took it.
+        with self._lock:
+            rids = list(self._handed)
+        if not rids:
+            return
+        try:
+            moved = self.service.requeue(self.queue_name, rids)
+        except BrokerError:
+            return  # they stay in this worker's ack set: redelivered if it dies
+        self._settled(rids)
+        if moved:
+            self.broker.logger.warning(
+                "Requeued %d messages on %r whose actors were still running when the worker "
+                "stopped; they will run again.",
+                moved,
+                self.queue_name,
+            )
+
     def close(self) -> None:
         if self._closed:
             return
@@ -238,6 +262,8 @@ class RedisConsumer(Consumer):
                     self.queue_name,
                 )
         self.service.detach(self.queue_name, leftovers)
+        if self._interrupted:
+            self._hand_back_unsettled()
         if self._blocker is not None:
             self._blocker.close()
             self._blocker.connection_pool.disconnect()

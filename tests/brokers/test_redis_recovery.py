@@ -114,7 +114,7 @@ def test_a_worker_presumed_dead_does_not_run_its_recovered_message_twice(
         assert second.service.recover(first.broker_id) == 1  # as if first had stopped beating
         consumer.ack(message)  # first finished the work after all
         assert first.service.acker.flush(5)  # acks are written in the background
-        assert "presumed dead" in caplog.text
+        assert "acknowledged after it had gone back to the queue" in caplog.text
         other = second.consume(namespace, timeout=10)
         assert next(other) is None  # the requeued copy was dropped, not run again
         other.close()
@@ -157,3 +157,30 @@ def test_expired_dead_letters_are_pruned_by_maintenance(redis_broker, namespace)
     assert redis_broker.get_dead_letters(namespace) == []
     assert not redis_broker.client.hexists(keys.dead_reasons(namespace), rid)
     consumer.close()
+
+
+def test_an_actor_that_outlives_the_stop_timeout_has_its_message_handed_back(
+    redis_broker, worker_factory, namespace, caplog
+):
+    started, release, runs = threading.Event(), threading.Event(), []
+
+    @nbqueue.actor(queue_name=namespace, broker=redis_broker)
+    def stuck():
+        started.set()
+        release.wait(10)
+        runs.append(1)
+
+    stuck.send()
+    worker = worker_factory(redis_broker, worker_threads=1)
+    assert started.wait(10)
+    worker.stop(timeout=100)
+    stats = redis_broker.queue_stats()[namespace]
+    assert (stats.ready, stats.in_flight) == (1, 0)  # back at once, to run again
+    release.set()  # the actor finishes after all: its late ack deletes the requeued copy
+    redis_broker.join(namespace, timeout=10000)
+    assert "still running when the worker stopped" in caplog.text
+    assert "acknowledged after it had gone back to the queue" in caplog.text
+    consumer = redis_broker.consume(namespace, timeout=10)
+    assert next(consumer) is None
+    consumer.close()
+    assert runs == [1]
