@@ -29,9 +29,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Abort, EncodeError, LiveUnavailable
+from .backends import resolve_transport
 from .channel import current_channel
 from .events import EventStream
-from .middleware import DEFAULT_TTL, Live, resolve_transport
+from .middleware import DEFAULT_TTL, Live
 from .status import LiveEvent, MessageStatus, Progress, StatusRecord
 from .transport import TOO_LATE, Transport
 

@@ -3,165 +3,31 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from ..common import current_millis, q_name
 from ..errors import Abort
 from ..middleware.base import Middleware, SkipMessage
-from ..threading import raise_thread_exception
 from . import capture
+from .backends import ResultsCache, resolve_transport
 from .channel import Channel, _current, get_publisher
 from .memory import memory_transport_for
+from .running import DONE, RUNNING, Running, RunningTable, summary, worker_id
 from .transport import ABORTED, Transport, Write
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
     from ..message import Message
-    from ..results import ResultBackend, Results
+    from ..results import ResultBackend
     from ..worker import Worker
 
-__all__ = ["Live", "resolve_transport"]
+__all__ = ["DEFAULT_TTL", "Live"]
 
 logger = logging.getLogger("nbqueue.live")
 
 #: How long records live when no Results middleware says otherwise, in milliseconds.
 DEFAULT_TTL = 600000
-
-_STARTING, _RUNNING, _DONE = 0, 1, 2
-_HOST = socket.gethostname()
-
-_redis_lock = threading.Lock()
-
-
-def _redis_transport(connection: Any, namespace: str, max_events: int) -> Transport:
-    """Return the Redis transport of a connection and namespace, shared by every user of the
-    connection in this process (kept on the connection, so it goes away with it)."""
-    from .redis import RedisTransport
-
-    with _redis_lock:
-        by_namespace: dict[str, Transport] = connection.__dict__.setdefault("_nbq_live", {})
-        transport = by_namespace.get(namespace)
-        if transport is None:
-            transport = by_namespace[namespace] = RedisTransport(
-                connection, namespace, max_events=max_events
-            )
-        return transport
-
-
-def _results(broker: Broker) -> Results | None:
-    from ..results import Results
-
-    return next((m for m in broker.middleware if isinstance(m, Results)), None)
-
-
-class _ResultsCache:
-    """The broker's Results middleware, looked up again only when its middleware list changes
-    (as ``Broker._hooks_for`` does): the lookup would otherwise cost every send."""
-
-    def __init__(self) -> None:
-        self._key: tuple[int, int] | None = None
-        self._results: Results | None = None
-
-    def get(self, broker: Broker) -> Results | None:
-        key = (id(broker.middleware), len(broker.middleware))
-        if key != self._key:
-            self._results, self._key = _results(broker), key
-        return self._results
-
-
-def resolve_transport(
-    broker: Broker,
-    backend: ResultBackend | None = None,
-    *,
-    namespace: str | None = None,
-    max_events: int = 1000,
-) -> Transport | None:
-    """Return the transport for ``broker``: from ``backend``, else its Results backend.
-
-    A ``StubBackend`` gives the in-memory transport (this process); a ``RedisBackend`` gives
-    the Redis transport, under the RedisBroker's namespace (or the backend's with any other
-    broker). With no Results middleware, a ``RedisBroker``'s own connection serves.
-
-    Returns:
-      The transport, or ``None`` when nothing on the broker can carry the live channel.
-    """
-    from ..results.backends.stub import StubBackend
-
-    if backend is None:
-        results = _results(broker)
-        backend = results.backend if results is not None else None
-    redis_backends = sys.modules.get("nbqueue.results.backends.redis")
-    redis_brokers = sys.modules.get("nbqueue.brokers.redis")
-    broker_namespace = None
-    if redis_brokers is not None and isinstance(broker, redis_brokers.RedisBroker):
-        broker_namespace = broker.namespace
-    if isinstance(backend, StubBackend):
-        return memory_transport_for(backend, max_events=max_events)
-    if redis_backends is not None and isinstance(backend, redis_backends.RedisBackend):
-        ns = namespace or broker_namespace or backend.namespace
-        return _redis_transport(backend.connection, ns, max_events)
-    if backend is None and broker_namespace is not None:
-        connection = broker.connection  # type: ignore[attr-defined]
-        return _redis_transport(connection, namespace or broker_namespace, max_events)
-    return None
-
-
-def _summary(exception: BaseException | None) -> str:
-    if exception is None:
-        return ""
-    try:
-        text = f"{type(exception).__name__}: {exception}"
-    except Exception:
-        text = type(exception).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _worker_id() -> str:
-    worker: Any = getattr(threading.current_thread(), "worker", None)
-    worker_id = getattr(worker, "worker_id", None)
-    suffix = f":{worker_id[:8]}" if isinstance(worker_id, str) else ""
-    return f"{_HOST}:{os.getpid()}{suffix}"
-
-
-class _Running:
-    """What this worker knows about one message it runs."""
-
-    __slots__ = (
-        "message_id",
-        "lock",
-        "state",
-        "thread_id",
-        "attempt",
-        "started_at",
-        "ttl",
-        "channel",
-        "abort_requested",
-        "aborted",
-        "skipped",
-        "exception",
-        "retry_delay",
-    )
-
-    def __init__(
-        self, message_id: str, thread_id: int, attempt: int, started_at: int, ttl: int
-    ) -> None:
-        self.message_id = message_id
-        self.lock = threading.Lock()
-        self.state = _STARTING
-        self.thread_id = thread_id
-        self.attempt = attempt
-        self.started_at = started_at
-        self.ttl = ttl
-        self.channel: Channel | None = None
-        self.abort_requested = False
-        self.aborted = False
-        self.skipped = False
-        self.exception: BaseException | None = None
-        self.retry_delay: int | None = None
 
 
 class Live(Middleware):
@@ -219,12 +85,8 @@ class Live(Middleware):
         self.namespace = namespace
         self._transport: Transport | None = None
         self._lock = threading.Lock()
-        # message id -> what runs here, for aborts; and, per worker thread, the message it runs
-        # (every hook of a message runs on one worker thread, and a retry of the same message
-        # may already run on another)
-        self._running: dict[str, _Running] = {}
-        self._local = threading.local()
-        self._results = _ResultsCache()
+        self._table = RunningTable()
+        self._results = ResultsCache()
         self._workers = 0
 
     def __repr__(self) -> str:
@@ -288,7 +150,7 @@ class Live(Middleware):
     # -- producer ----------------------------------------------------------------------------
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        running = self._mine(message)
+        running = self._table.mine(message.message_id)
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
@@ -342,28 +204,16 @@ class Live(Middleware):
             self._workers = max(0, self._workers - 1)
             if self._workers:
                 return
-            self._running = {k: r for k, r in self._running.items() if r.state != _DONE}
+        self._table.prune()
         transport.unsubscribe(self)
 
     def on_abort(self, message_id: str) -> None:
         """Interrupt ``message_id`` if it runs here (called by the transport)."""
-        running = self._running.get(message_id)
-        if running is None:
-            return
-        with running.lock:
-            if running.state == _STARTING:
-                running.abort_requested = True
-            elif running.state == _RUNNING and not running.aborted:
-                # Under the lock: once the actor is done (state set under this lock), it can
-                # no longer be interrupted.
-                running.aborted = True
-                logger.info("Aborting message %s.", message_id)
-                raise_thread_exception(running.thread_id, Abort)
+        self._table.on_abort(message_id)
 
     def running_ids(self) -> list[str]:
         """Return the ids of the messages that run here."""
-        with self._lock:
-            return [k for k, r in self._running.items() if r.state != _DONE]
+        return self._table.running_ids()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if self._option(broker, message, "live") is False:
@@ -376,11 +226,8 @@ class Live(Middleware):
         attempt = int(message.options.get("retries") or 0) + 1
         now = current_millis()
         ttl = self._ttl(broker, message)
-        running = _Running(message.message_id, threading.get_ident(), attempt, now, ttl)
-        self._local.running = running
-        with self._lock:
-            self._running[message.message_id] = running
-        worker_id = _worker_id()
+        running = self._table.start(message.message_id, attempt, now, ttl)
+        wid = worker_id()
         start = Write(
             message.message_id,
             ttl,
@@ -389,7 +236,7 @@ class Live(Middleware):
             fields={
                 "status": "running",
                 "attempt": attempt,
-                "worker_id": worker_id,
+                "worker_id": wid,
                 "started_at": now,
                 "finished_at": "",
                 "eta": "",
@@ -398,7 +245,7 @@ class Live(Middleware):
                 "queue_name": q_name(message.queue_name),
             },
             once={"enqueued_at": message.message_timestamp},
-            status_event={"status": "running", "attempt": attempt, "worker_id": worker_id},
+            status_event={"status": "running", "attempt": attempt, "worker_id": wid},
             backfill={"status": "enqueued"},
         )
         aborted = self._write(transport, start) == ABORTED
@@ -414,7 +261,7 @@ class Live(Middleware):
         with running.lock:
             running.channel = channel
             aborted = aborted or running.abort_requested
-            running.state = _DONE if aborted else _RUNNING
+            running.state = DONE if aborted else RUNNING
         if aborted:
             running.aborted = running.skipped = True
             message.stuff_exception(Abort())
@@ -422,27 +269,11 @@ class Live(Middleware):
             raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
         _current.set(channel)
 
-    def _mine(self, message: Message[Any] | MessageProxy) -> _Running | None:
-        """Return what this worker thread runs, if it is ``message``."""
-        running: _Running | None = getattr(self._local, "running", None)
-        if running is None or running.message_id != message.message_id:
-            return None
-        return running
-
-    def _forget(self, message: MessageProxy) -> _Running | None:
-        running = self._mine(message)
-        if running is not None:
-            self._local.running = None
-            with self._lock:
-                if self._running.get(running.message_id) is running:
-                    del self._running[running.message_id]
-        return running
-
-    def _done(self, message: MessageProxy) -> _Running | None:
-        running = self._mine(message)
+    def _done(self, message: MessageProxy) -> Running | None:
+        running = self._table.mine(message.message_id)
         if running is not None:
             with running.lock:
-                running.state = _DONE
+                running.state = DONE
             _current.set(None)
         return running
 
@@ -470,22 +301,22 @@ class Live(Middleware):
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         if message.queue_name.endswith(".DQ"):
             return  # a delayed message that came due was moved to its queue
-        running = self._forget(message)
+        running = self._table.forget(message.message_id)
         if running is None:
             if self._option(broker, message, "live") is not False:
                 self._finish(broker, message, None, "skipped", "")
         elif running.aborted:
-            self._finish(broker, message, running, "aborted", _summary(running.exception))
+            self._finish(broker, message, running, "aborted", summary(running.exception))
         elif running.exception is not None:
             status = "failed" if running.retry_delay is None else "retrying"
-            self._finish(broker, message, running, status, _summary(running.exception))
+            self._finish(broker, message, running, status, summary(running.exception))
         else:
             self._finish(
                 broker, message, running, "skipped" if running.skipped else "succeeded", ""
             )
 
     def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
-        running = self._forget(message)
+        running = self._table.forget(message.message_id)
         if running is None and self._option(broker, message, "live") is False:
             return
         exception = running.exception if running is not None else None
@@ -495,7 +326,7 @@ class Live(Middleware):
             status = "failed"
         else:
             status = "dead"
-        error = _summary(exception or getattr(message, "_exception", None))
+        error = summary(exception or getattr(message, "_exception", None))
         if status == "dead":
             error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
         self._finish(broker, message, running, status, error)
@@ -504,7 +335,7 @@ class Live(Middleware):
         self,
         broker: Broker,
         message: MessageProxy,
-        running: _Running | None,
+        running: Running | None,
         status: str,
         error: str,
     ) -> None:

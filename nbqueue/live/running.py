@@ -1,0 +1,145 @@
+"""What a worker knows about the messages it runs: their attempt, channel, outcome and abort.
+
+Every hook of one message runs on one worker thread, and a retry of the same message may
+already run on another, so each worker thread keeps its own current message; a table by id
+serves abort requests, which arrive on other threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Abort
+from ..threading import raise_thread_exception
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+__all__ = ["DONE", "RUNNING", "STARTING", "Running", "RunningTable", "summary", "worker_id"]
+
+logger = logging.getLogger("nbqueue.live")
+
+#: A message's states here: starting (not interruptible yet), running (its actor runs and may
+#: be interrupted), done (the actor returned; never interrupted again).
+STARTING, RUNNING, DONE = 0, 1, 2
+
+_HOST = socket.gethostname()
+
+
+def summary(exception: BaseException | None) -> str:
+    """Return a one-line summary of an exception (at most 500 characters)."""
+    if exception is None:
+        return ""
+    try:
+        text = f"{type(exception).__name__}: {exception}"
+    except Exception:
+        text = type(exception).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def worker_id() -> str:
+    """Return ``"<host>:<pid>:<worker>"`` for the calling worker thread."""
+    worker: Any = getattr(threading.current_thread(), "worker", None)
+    wid = getattr(worker, "worker_id", None)
+    suffix = f":{wid[:8]}" if isinstance(wid, str) else ""
+    return f"{_HOST}:{os.getpid()}{suffix}"
+
+
+class Running:
+    """One message that runs here."""
+
+    __slots__ = (
+        "message_id",
+        "lock",
+        "state",
+        "thread_id",
+        "attempt",
+        "started_at",
+        "ttl",
+        "channel",
+        "abort_requested",
+        "aborted",
+        "skipped",
+        "exception",
+        "retry_delay",
+    )
+
+    def __init__(
+        self, message_id: str, thread_id: int, attempt: int, started_at: int, ttl: int
+    ) -> None:
+        self.message_id = message_id
+        self.lock = threading.Lock()
+        self.state = STARTING
+        self.thread_id = thread_id
+        self.attempt = attempt
+        self.started_at = started_at
+        self.ttl = ttl
+        self.channel: Channel | None = None
+        self.abort_requested = False  # asked while starting
+        self.aborted = False  # Abort was raised in its thread (or it was skipped as aborted)
+        self.skipped = False
+        self.exception: BaseException | None = None
+        self.retry_delay: int | None = None  # set when Retries enqueued the next attempt
+
+
+class RunningTable:
+    """The messages that run in this process, for one Live middleware."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, Running] = {}
+        self._local = threading.local()
+
+    def start(self, message_id: str, attempt: int, started_at: int, ttl: int) -> Running:
+        """Register the message the calling worker thread is about to run."""
+        running = Running(message_id, threading.get_ident(), attempt, started_at, ttl)
+        self._local.running = running
+        with self._lock:
+            self._by_id[message_id] = running
+        return running
+
+    def mine(self, message_id: str) -> Running | None:
+        """Return what the calling worker thread runs, if it is ``message_id``."""
+        running: Running | None = getattr(self._local, "running", None)
+        if running is None or running.message_id != message_id:
+            return None
+        return running
+
+    def forget(self, message_id: str) -> Running | None:
+        """Drop the calling thread's message, once it was settled; return it."""
+        running = self.mine(message_id)
+        if running is not None:
+            self._local.running = None
+            with self._lock:
+                if self._by_id.get(message_id) is running:
+                    del self._by_id[message_id]
+        return running
+
+    def prune(self) -> None:
+        """Drop messages that are done but were never settled (a stopped worker's)."""
+        with self._lock:
+            self._by_id = {k: r for k, r in self._by_id.items() if r.state != DONE}
+
+    def on_abort(self, message_id: str) -> None:
+        """Interrupt ``message_id`` if it runs here (called by the transport, any thread)."""
+        running = self._by_id.get(message_id)
+        if running is None:
+            return
+        with running.lock:
+            if running.state == STARTING:
+                running.abort_requested = True
+            elif running.state == RUNNING and not running.aborted:
+                # Under the lock: once the actor is done (state set under this lock), it can
+                # no longer be interrupted.
+                running.aborted = True
+                logger.info("Aborting message %s.", message_id)
+                raise_thread_exception(running.thread_id, Abort)
+
+    def running_ids(self) -> list[str]:
+        """Return the ids of the messages whose actors have not returned yet."""
+        with self._lock:
+            return [k for k, r in self._by_id.items() if r.state != DONE]
