@@ -465,10 +465,13 @@ class ConsumerThread(_PausableThread):
                 self._wait_while_paused(worker)
 
     def _close_consumer(self) -> None:
-        if self.consumer is None:
+        # Forgotten first: an actor that outlived a stop must not settle its message through a
+        # closed consumer, since closing gave it back to the broker (settle() skips it).
+        consumer, self.consumer = self.consumer, None
+        if consumer is None:
             return
         try:
-            self.consumer.close()
+            consumer.close()
         except Exception:
             self.logger.debug("Error closing the consumer of %r.", self.queue_name, exc_info=True)
 

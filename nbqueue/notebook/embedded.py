@@ -15,7 +15,7 @@ import collections
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..broker import Broker, get_broker
 from ..middleware.base import Middleware
@@ -23,11 +23,17 @@ from ..worker import Worker
 
 if TYPE_CHECKING:
     from ..broker import MessageProxy
+    from ..message import Message
 
-__all__ = ["EmbeddedWorker", "RateMeter", "get_embedded_worker"]
+__all__ = ["AutoStart", "EmbeddedWorker", "RateMeter", "get_embedded_worker"]
 
-#: How long stopping the embedded worker may take, in milliseconds.
+#: How long running actors get to finish when the embedded worker stops, in milliseconds.
 STOP_TIMEOUT = 4000
+
+#: The same at interpreter exit (kernel shutdown). jupyter_client sends SIGTERM 2.5 s after its
+#: shutdown request (half of its default ``shutdown_wait_time``), and a kernel killed before the
+#: worker stopped leaves its messages to the broker's redelivery timeout.
+EXIT_TIMEOUT = 1500
 
 #: How many threads the embedded worker runs unless told otherwise.
 DEFAULT_THREADS = 4
@@ -67,6 +73,22 @@ class RateMeter(Middleware):
             return len(self._times) / self.window
 
 
+class AutoStart(Middleware):
+    """Starts the embedded worker when the kernel sends a message: its "first need".
+
+    Sends made by nbqueue's own threads (retries, delayed messages coming due) are ignored, so a
+    stopping worker never restarts itself.
+    """
+
+    def __init__(self, embedded: EmbeddedWorker) -> None:
+        self.embedded = embedded
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        if self.embedded.auto and not threading.current_thread().name.startswith("nbqueue-"):
+            if broker is get_broker():
+                self.embedded.ensure_started()
+
+
 class EmbeddedWorker:
     """Owns the kernel's one embedded ``Worker`` (see the module docstring).
 
@@ -80,6 +102,8 @@ class EmbeddedWorker:
         self.queues: list[str] | None = list(queues) if queues is not None else None
         self.worker: Worker | None = None
         self.meter = RateMeter()
+        self.autostart = AutoStart(self)
+        self._brokers: list[Broker] = []
         #: whether ``%send`` starts the worker on first need (off after ``%nbqueue worker stop``)
         self.auto = True
         self._lock = threading.RLock()
@@ -114,6 +138,15 @@ class EmbeddedWorker:
                 return worker
             return self.start()
 
+    def attach(self, broker: Broker) -> None:
+        """Add the rate meter and the start-on-first-send hook to ``broker``."""
+        with self._lock:
+            for middleware in (self.meter, self.autostart):
+                if middleware not in broker.middleware:
+                    broker.add_middleware(middleware)
+            if broker not in self._brokers:
+                self._brokers.append(broker)
+
     def on_send(self) -> None:
         """Start the worker if it should run and does not (called before each ``%send``)."""
         if self.auto:
@@ -134,15 +167,14 @@ class EmbeddedWorker:
             if queues is not None:
                 self.queues = list(queues) or None
             broker = get_broker()
-            if self.meter not in broker.middleware:
-                broker.add_middleware(self.meter)
+            self.attach(broker)
             worker = Worker(broker, queues=self.queues, worker_threads=self.threads)
             worker.start()
             self.worker = worker
             if not self._atexit:
                 # Daemon threads die with the interpreter; stopping first hands their messages
                 # back instead of leaving them to the broker's redelivery timeout.
-                atexit.register(self.stop)
+                atexit.register(self._stop_at_exit)
                 self._atexit = True
             return worker
 
@@ -160,13 +192,20 @@ class EmbeddedWorker:
             if worker is None:
                 return
             worker.stop(timeout=timeout)
-            worker.broker.remove_middleware(self.meter)
+
+    def _stop_at_exit(self) -> None:
+        self.stop(EXIT_TIMEOUT)
 
     def close(self) -> None:
-        """Stop the worker and forget the exit hook (``%unload_ext``)."""
+        """Stop the worker, detach from the brokers and forget the exit hook (``%unload_ext``)."""
         self.stop()
+        with self._lock:
+            for broker in self._brokers:
+                broker.remove_middleware(self.meter)
+                broker.remove_middleware(self.autostart)
+            self._brokers.clear()
         if self._atexit:
-            atexit.unregister(self.stop)
+            atexit.unregister(self._stop_at_exit)
             self._atexit = False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..broker import get_broker
 from ..message import Message
 from .magics import NbqueueMagics
 
@@ -24,6 +25,7 @@ def load_ipython_extension(ipython: Any) -> None:
     if id(ipython) in _loaded:
         return
     magics = NbqueueMagics(ipython)
+    magics.embedded.attach(get_broker())  # the in-memory default unless configured
     ipython.register_magics(magics)
     formatter = ipython.display_formatter.mimebundle_formatter
     formatter.for_type(Message, lambda message: magics.job_view(message)._repr_mimebundle_())

@@ -350,7 +350,7 @@ class NbqueueMagics(Magics):
 
         Usage::
 
-          %nbqueue connect URL          use redis://..., amqp://... or memory:// from now on
+          %nbqueue connect URL [--namespace NS]   use redis://..., amqp://... or memory://
           %nbqueue status               the broker, the embedded worker and the actors
           %nbqueue worker start [--threads N] [--queues Q ...]
           %nbqueue worker stop          stop it (messages it holds go back to the broker)
@@ -362,8 +362,12 @@ class NbqueueMagics(Magics):
         except ValueError as e:
             raise UsageError(f"Cannot read {line!r}: {e}.") from None
         command, rest = (words[0], words[1:]) if words else ("status", [])
-        if command == "connect" and len(rest) == 1:
-            return self._connect(rest[0])
+        if command == "connect":
+            parser = _Parser(prog="%nbqueue connect", add_help=False)
+            parser.add_argument("url")
+            parser.add_argument("--namespace")
+            opts = parser.parse_args(rest)
+            return self._connect(opts.url, namespace=opts.namespace)
         if command == "status" and not rest:
             return self._status()
         if command == "worker" and rest[:1] == ["start"]:
@@ -392,11 +396,12 @@ class NbqueueMagics(Magics):
             f"worker stop, monitor or results."
         )
 
-    def _connect(self, url: str) -> None:
+    def _connect(self, url: str, *, namespace: str | None = None) -> None:
         was_running = self.embedded.running
         self.embedded.stop()
-        broker = connect(url)
+        broker = connect(url, **({"namespace": namespace} if namespace else {}))
         notes = prepare_broker(broker, url)
+        self.embedded.attach(broker)
         for actor_name, (fn, declaration) in self.declared.items():
             options = dict(declaration)
             if "store_results" not in broker.actor_options:

@@ -1,0 +1,92 @@
+"""The notebook layer in a real kernel: a notebook run by nbclient, and a kernel shutdown."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _outputs(cell, kind):
+    return [o for o in cell.outputs if o.output_type == kind]
+
+
+def _stdout(cell):
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream")
+
+
+def test_a_notebook_defines_sends_and_waits_for_an_actor(tmp_path):
+    cells = [
+        "%load_ext nbqueue",
+        "%%actor\ndef add(x, y):\n    print('adding', x, y)\n    return x + y",
+        "import time\nstart = time.perf_counter()\nm = %send add 1, y=2\n"
+        "send_ms = (time.perf_counter() - start) * 1000\nm",
+        "print(m.get_result(block=True, timeout=10000), send_ms < 50)",
+        "await m",
+        "%nbqueue status",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = nbclient.NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    load, actor, send, wait, awaited, status = nb.cells
+    assert load.outputs == []
+    assert _stdout(actor) == "Actors add on queue 'default' (StubBroker, results stored).\n"
+    (shown,) = _outputs(send, "execute_result")
+    assert WIDGET in shown.data
+    assert shown.data["text/plain"].startswith("<nbqueue job add(1, y=2): ")
+    assert "text/html" in shown.data
+    assert _stdout(send) == ""
+    assert _stdout(wait) == "3 True\n"
+    assert _outputs(awaited, "execute_result")[0].data["text/plain"] == "3"
+    assert "Embedded worker: running" in _stdout(status)
+    # the actor's print went to its job view, never into a cell
+    assert all("adding" not in _stdout(cell) for cell in nb.cells)
+
+
+@pytest.mark.redis
+def test_kernel_shutdown_requeues_running_messages_within_5_seconds(redis_url, namespace):
+    from jupyter_client.manager import start_new_kernel
+
+    from nbqueue.brokers.redis import RedisBroker
+    from tests.brokers._redis import delete_namespace
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    try:
+        code = [
+            "%load_ext nbqueue",
+            f"%nbqueue connect {redis_url} --namespace {namespace}",
+            "%%actor --max-retries 0\nimport time\n"
+            "def slow(i):\n    while True:\n        time.sleep(0.01)",
+            "ms = [slow.send(i) for i in range(3)]\n"
+            "import nbqueue\n"
+            "for m in ms:\n"
+            "    for e in m.events(timeout=20000):\n"
+            "        if e.status is nbqueue.MessageStatus.running:\n"
+            "            break\n"
+            "print([str(m.status().status) for m in ms])",
+        ]
+        for source in code:
+            reply = kc.execute_interactive(source, timeout=60, output_hook=lambda msg: None)
+            assert reply["content"]["status"] == "ok", (source, reply["content"])
+        start = time.monotonic()
+        km.shutdown_kernel(now=False)
+        elapsed = time.monotonic() - start
+        assert elapsed < 5.0, elapsed
+        broker.declare_queue("default")
+        stats = broker.queue_stats()["default"]
+        assert (stats.ready, stats.in_flight) == (3, 0), stats
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+        delete_namespace(broker.client, namespace)
+        broker.close()
