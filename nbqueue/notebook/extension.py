@@ -27,6 +27,8 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = NbqueueMagics(ipython)
     magics.embedded.attach(get_broker())  # the in-memory default unless configured
     ipython.register_magics(magics)
+    ipython.events.register("pre_run_cell", magics.pre_run_cell)
+    ipython.events.register("post_run_cell", magics.post_run_cell)
     formatter = ipython.display_formatter.mimebundle_formatter
     formatter.for_type(Message, lambda message: magics.job_view(message)._repr_mimebundle_())
     _loaded[id(ipython)] = magics
@@ -38,6 +40,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.embedded.close()
+    ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
+    ipython.events.unregister("post_run_cell", magics.post_run_cell)
     for view in magics.views:
         view.close()
     table = ipython.magics_manager.magics

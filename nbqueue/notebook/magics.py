@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import re
 import shlex
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
@@ -142,6 +143,22 @@ class NbqueueMagics(Magics):
         #: actor name -> (function, declaration options), re-declared after a connect
         self.declared: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.views: list[Any] = []
+        #: views made by %send for the message it returns, until displayed
+        self._prepared: dict[str, JobView] = {}
+        #: set while no cell runs (see JobView's ``idle``)
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def pre_run_cell(self, info: Any) -> None:
+        """IPython event: a cell starts."""
+        self.idle.clear()
+
+    def post_run_cell(self, result: Any) -> None:
+        """IPython event: a cell finished."""
+        for view in self._prepared.values():
+            view.close()  # made for a message the cell did not display (m = %send ...)
+        self._prepared.clear()
+        self.idle.set()
 
     @property
     def ip(self) -> InteractiveShell:
@@ -229,6 +246,8 @@ class NbqueueMagics(Magics):
         if not registered:
             print("The cell defines no new function, so no actor was registered.")
             return
+        if broker is get_broker():
+            self.embedded.on_send()  # start it now, so that the first %send is fast too
         results = "results stored" if stored else "results not stored"
         print(
             f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
@@ -291,7 +310,12 @@ class NbqueueMagics(Magics):
             message = dataclasses.replace(message, queue_name=queue)
         if broker is get_broker():
             self.embedded.on_send()
+        # The view's widgets are made before the message is sent: once it is, worker threads
+        # compete with this cell for the GIL, and the cell must return at once.
+        view = self._new_view(message, broker)
         sent: Message[Any] = broker.enqueue(message, delay=delay)
+        view.message = sent
+        self._prepared[sent.message_id] = view
         self.history.add(sent, broker)
         return sent
 
@@ -334,10 +358,16 @@ class NbqueueMagics(Magics):
 
     def job_view(self, message: Message[Any]) -> JobView:
         """Return a live job view of ``message`` (the display of every ``Message``)."""
+        view = self._prepared.pop(message.message_id, None)
+        if view is not None:
+            return view
         broker = next(
             (b for m, b in self.history.recent() if m.message_id == message.message_id), None
         )
-        view = JobView(message, broker=broker, before_send=self.embedded.on_send)
+        return self._new_view(message, broker)
+
+    def _new_view(self, message: Message[Any], broker: Broker | None) -> JobView:
+        view = JobView(message, broker=broker, before_send=self.embedded.on_send, idle=self.idle)
         self.views.append(view)
         del self.views[:-100]
         return view

@@ -244,6 +244,8 @@ class JobView:
       message: the message to watch.
       broker: the broker it was sent with (default: the global broker).
       before_send: called before Retry sends again (the notebook starts its worker there).
+      idle: set while no cell runs; the view builds its widgets once it is set (or after a
+        second), so that building them does not slow down the cell that displays the view.
     """
 
     def __init__(
@@ -252,7 +254,9 @@ class JobView:
         *,
         broker: Broker | None = None,
         before_send: Callable[[], object] | None = None,
+        idle: threading.Event | None = None,
     ) -> None:
+        self.idle = idle
         self.broker = broker or get_broker()
         self.message = message
         self.before_send = before_send
@@ -261,37 +265,12 @@ class JobView:
         self._closed = False
         self._poked = False
         self._lock = threading.Lock()
+        # Only two widgets exist when the view is displayed: every widget costs a comm message
+        # or three, and the cell that displays the view must return at once. The publisher
+        # thread builds the rest (_build) before it first renders.
         self.header = widgets.HTML(self.state.header_html())
-        self.bar = widgets.FloatProgress(
-            value=0.0, min=0.0, max=1.0, layout=widgets.Layout(display="none", width="40%")
-        )
-        self.progress_label = widgets.HTML("")
-        self.output = widgets.HTML("")
-        self.output_box = widgets.Accordion(
-            children=[self.output], layout=widgets.Layout(display="none")
-        )
-        self.output_box.set_title(0, "Output")
-        self.outcome = widgets.HTML("")
-        self.cancel_button = widgets.Button(
-            description="Cancel", icon="stop", layout=widgets.Layout(width="auto")
-        )
-        self.retry_button = widgets.Button(
-            description="Retry",
-            icon="redo",
-            disabled=True,
-            layout=widgets.Layout(width="auto"),
-        )
-        self.cancel_button.on_click(lambda _: self.cancel())
-        self.retry_button.on_click(lambda _: self.retry())
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.header]),
-                widgets.HBox([self.bar, self.progress_label]),
-                self.output_box,
-                self.outcome,
-                widgets.HBox([self.cancel_button, self.retry_button]),
-            ]
-        )
+        self.widget = widgets.VBox([self.header])
+        self._built = False
         self.thread: threading.Thread | None = None
         self.renders = 0
         self._start()
@@ -357,6 +336,37 @@ class JobView:
 
     # -- the publisher thread ----------------------------------------------------------------
 
+    def _build(self) -> None:
+        if self._built:
+            return
+        self._built = True
+        if self.idle is not None:
+            self.idle.wait(1.0)
+        self.bar = widgets.FloatProgress(
+            value=0.0, min=0.0, max=1.0, layout=widgets.Layout(display="none", width="40%")
+        )
+        self.progress_label = widgets.HTML("")
+        self.output = widgets.HTML("")
+        self.output_box = widgets.Accordion(
+            children=[self.output], layout=widgets.Layout(display="none")
+        )
+        self.output_box.set_title(0, "Output")
+        self.outcome = widgets.HTML("")
+        self.cancel_button = widgets.Button(
+            description="Cancel", icon="stop", layout=widgets.Layout(width="auto")
+        )
+        self.retry_button = widgets.Button(
+            description="Retry", icon="redo", disabled=True, layout=widgets.Layout(width="auto")
+        )
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.retry_button.on_click(lambda _: self.retry())
+        self.widget.children = (
+            widgets.HBox([self.header, self.cancel_button, self.retry_button]),
+            widgets.HBox([self.bar, self.progress_label]),
+            self.output_box,
+            self.outcome,
+        )
+
     def _start(self) -> None:
         self._generation += 1
         self.thread = threading.Thread(
@@ -371,6 +381,7 @@ class JobView:
         return not self._closed and generation == self._generation
 
     def _run(self, generation: int, message: Message[Any], state: JobState) -> None:
+        self._build()
         try:
             transport = transport_for(self.broker)
         except LiveUnavailable:
@@ -407,6 +418,7 @@ class JobView:
 
     def _run_without_live(self, generation: int, message: Message[Any], state: JobState) -> None:
         # No live channel (e.g. RabbitMQ without a RedisBackend): wait for the result alone.
+        self._build()
         self._render(state)
         while self._current(generation):
             try:
