@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from ..broker import MessageProxy
     from ..message import Message
 
-__all__ = ["AutoStart", "EmbeddedWorker", "RateMeter", "get_embedded_worker"]
+__all__ = ["AutoStart", "EmbeddedWorker", "RateMeter", "WorkerLog", "get_embedded_worker"]
 
 #: How long running actors get to finish when the embedded worker stops, in milliseconds.
 STOP_TIMEOUT = 4000
@@ -73,6 +75,47 @@ class RateMeter(Middleware):
             return len(self._times) / self.window
 
 
+class WorkerLog(logging.Handler):
+    """Keeps what nbqueue logs from its own threads out of whichever cell happens to run.
+
+    Records from nbqueue's threads (worker, consumer, publisher) are kept, the last ``size`` of
+    them, for ``%nbqueue status``; records from the kernel's own thread are written to
+    ``sys.stderr`` as usual. Installed on the ``nbqueue`` logger only when logging is not
+    configured (no handler on it or on the root logger), so user configuration always wins.
+    """
+
+    def __init__(self, size: int = 50) -> None:
+        super().__init__(logging.WARNING)
+        self.records: collections.deque[str] = collections.deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.threadName and record.threadName.startswith("nbqueue-"):
+                self.records.append(text)
+            elif sys.stderr is not None:
+                sys.stderr.write(text + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def install(self) -> bool:
+        """Attach to the ``nbqueue`` logger unless logging is configured; return whether it did."""
+        logger = logging.getLogger("nbqueue")
+        if logger.handlers or logging.getLogger().handlers:
+            return False
+        logger.addHandler(self)
+        logger.propagate = False
+        return True
+
+    def uninstall(self) -> None:
+        """Detach from the ``nbqueue`` logger."""
+        logger = logging.getLogger("nbqueue")
+        if self in logger.handlers:
+            logger.removeHandler(self)
+            logger.propagate = True
+
+
 class AutoStart(Middleware):
     """Starts the embedded worker when the kernel sends a message: its "first need".
 
@@ -103,6 +146,7 @@ class EmbeddedWorker:
         self.worker: Worker | None = None
         self.meter = RateMeter()
         self.autostart = AutoStart(self)
+        self.log = WorkerLog()
         self._brokers: list[Broker] = []
         #: whether ``%send`` starts the worker on first need (off after ``%nbqueue worker stop``)
         self.auto = True

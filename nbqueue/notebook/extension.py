@@ -26,6 +26,7 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     magics = NbqueueMagics(ipython)
     magics.embedded.attach(get_broker())  # the in-memory default unless configured
+    magics.embedded.log.install()
     ipython.register_magics(magics)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     ipython.events.register("post_run_cell", magics.post_run_cell)
@@ -40,6 +41,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.embedded.close()
+    magics.embedded.log.uninstall()
     ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     ipython.events.unregister("post_run_cell", magics.post_run_cell)
     for view in magics.views:

@@ -456,3 +456,8 @@ class NbqueueMagics(Magics):
         print(f"Embedded worker: {self.embedded.status()}")
         print(f"Actors: {actors}")
         print(f"Queues: {queues or 'none'}")
+        recent = list(self.embedded.log.records)[-5:]
+        if recent:
+            print("Recent worker log:")
+            for line in recent:
+                print(f"  {line}")

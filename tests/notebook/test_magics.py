@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import statistics
 import sys
@@ -300,3 +301,20 @@ def test_unload_stops_the_worker_and_removes_the_magics(ip, magics):
         assert "application/vnd.jupyter.widget-view+json" not in bundle
     finally:
         ip.run_line_magic("load_ext", "nbqueue")
+
+
+def test_worker_logs_stay_out_of_the_running_cell(ip, magics, monkeypatch, capsys):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh kernel
+    assert magics.embedded.log.install()
+    try:
+        ip.run_cell_magic("actor", "--max-retries 0", "def boom():\n    raise KeyError('k')\n")
+        message = ip.run_line_magic("send", "boom")
+        with pytest.raises(ResultFailure):
+            message.get_result(block=True)
+        list(message.events(timeout=10000))
+        captured = capsys.readouterr()
+        assert "KeyError" not in captured.err + captured.out
+        ip.run_line_magic("nbqueue", "status")
+        assert "failed after 0 retries" in capsys.readouterr().out
+    finally:
+        magics.embedded.log.uninstall()
