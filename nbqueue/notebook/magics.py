@@ -416,11 +416,15 @@ class NbqueueMagics(Magics):
                 "Embedded worker stopped; %send no longer starts it (%nbqueue worker start does)."
             )
             return None
-        if command == "monitor" and not rest:
+        if command in ("monitor", "results") and not rest:
             embedded = self.embedded
-            return QueueMonitor(worker_status=embedded.status, rate=embedded.meter.rate)
-        if command == "results" and not rest:
-            return ResultsTable(self.history)
+            view: QueueMonitor | ResultsTable
+            if command == "monitor":
+                view = QueueMonitor(worker_status=embedded.status, rate=embedded.meter.rate)
+            else:
+                view = ResultsTable(self.history)
+            self.views.append(view)  # closed by %unload_ext
+            return view
         raise UsageError(
             f"Unknown %nbqueue command {line.strip()!r}; use connect URL, status, worker start, "
             f"worker stop, monitor or results."

@@ -318,3 +318,29 @@ def test_worker_logs_stay_out_of_the_running_cell(ip, magics, monkeypatch, capsy
         assert "failed after 0 retries" in capsys.readouterr().out
     finally:
         magics.embedded.log.uninstall()
+
+
+def test_monitor_and_results_show_live_tables(ip, magics):
+    ip.run_cell_magic("actor", "", ADD)
+    message = ip.run_line_magic("send", "add 2, 3")
+    assert message.get_result(block=True) == 5
+    list(message.events(timeout=10000))
+    monitor = ip.run_line_magic("nbqueue", "monitor")
+    table = ip.run_line_magic("nbqueue", "results")
+    monitor_text = ip.display_formatter.format(monitor)[0]["text/plain"]
+    assert monitor_text.splitlines()[1].split() == ["default", "0", "0", "0", "0"]
+    assert "embedded worker: running, 4 threads, all queues" in monitor_text
+    table.refresh()
+    assert ip.display_formatter.format(table)[0]["text/plain"].split() == [
+        "add(2,",
+        "3)",
+        "succeeded",
+        "5",
+    ]
+    ip.run_line_magic("unload_ext", "nbqueue")
+    try:
+        monitor.thread.join(2)
+        table.thread.join(2)
+        assert not monitor.thread.is_alive() and not table.thread.is_alive()
+    finally:
+        ip.run_line_magic("load_ext", "nbqueue")
