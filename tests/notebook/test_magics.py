@@ -344,3 +344,25 @@ def test_monitor_and_results_show_live_tables(ip, magics):
         assert not monitor.thread.is_alive() and not table.thread.is_alive()
     finally:
         ip.run_line_magic("load_ext", "nbqueue")
+
+
+@pytest.mark.redis
+def test_connect_to_redis_runs_and_watches_jobs_there(ip, magics, redis_url, namespace, capsys):
+    from tests.brokers._redis import delete_namespace
+
+    ip.run_cell_magic("actor", "", "def shout(text):\n    print(text)\n    return text.upper()\n")
+    ip.run_line_magic("nbqueue", f"connect {redis_url} --namespace {namespace}")
+    broker = nbqueue.get_broker()
+    try:
+        assert "(RedisBroker)." in capsys.readouterr().out
+        assert ip.user_ns["shout"].broker is broker
+        message = ip.run_line_magic("send", "shout 'hi'")
+        assert message.get_result(block=True) == "HI"
+        view = magics.job_view(message)
+        assert view.join(10)
+        assert view.state.status == "succeeded" and view.state.result == "HI"
+        assert "hi\n" in view.state.output
+    finally:
+        magics.embedded.stop()
+        delete_namespace(broker.client, namespace)
+        broker.close()
