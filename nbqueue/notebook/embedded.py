@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..broker import Broker, get_broker
@@ -125,11 +125,18 @@ class AutoStart(Middleware):
 
     def __init__(self, embedded: EmbeddedWorker) -> None:
         self.embedded = embedded
+        #: called with each message the kernel sent, and its broker (the results table)
+        self.on_sent: Callable[[Message[Any], Broker], object] | None = None
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         if self.embedded.auto and not threading.current_thread().name.startswith("nbqueue-"):
             if broker is get_broker():
                 self.embedded.ensure_started()
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        on_sent = self.on_sent
+        if on_sent is not None and not threading.current_thread().name.startswith("nbqueue-"):
+            on_sent(message, broker)
 
 
 class EmbeddedWorker:

@@ -41,6 +41,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.embedded.close()
+    magics.embedded.autostart.on_sent = None
     magics.embedded.log.uninstall()
     ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     ipython.events.unregister("post_run_cell", magics.post_run_cell)

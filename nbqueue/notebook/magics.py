@@ -140,6 +140,7 @@ class NbqueueMagics(Magics):
         super().__init__(shell)
         self.embedded = get_embedded_worker()
         self.history = History()
+        self.embedded.autostart.on_sent = self.history.add  # every send, not only %send
         #: actor name -> (function, declaration options), re-declared after a connect
         self.declared: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.views: list[Any] = []
@@ -316,7 +317,8 @@ class NbqueueMagics(Magics):
         sent: Message[Any] = broker.enqueue(message, delay=delay)
         view.message = sent
         self._prepared[sent.message_id] = view
-        self.history.add(sent, broker)
+        if self.embedded.autostart not in broker.middleware:
+            self.history.add(sent, broker)  # else the middleware recorded it
         return sent
 
     def _find_actor(self, name: str) -> Actor[Any, Any]:

@@ -322,7 +322,7 @@ def test_worker_logs_stay_out_of_the_running_cell(ip, magics, monkeypatch, capsy
 
 def test_monitor_and_results_show_live_tables(ip, magics):
     ip.run_cell_magic("actor", "", ADD)
-    message = ip.run_line_magic("send", "add 2, 3")
+    message = ip.user_ns["add"].send(2, 3)  # any send from the kernel is listed
     assert message.get_result(block=True) == 5
     list(message.events(timeout=10000))
     monitor = ip.run_line_magic("nbqueue", "monitor")
@@ -364,5 +364,5 @@ def test_connect_to_redis_runs_and_watches_jobs_there(ip, magics, redis_url, nam
         assert "hi\n" in view.state.output
     finally:
         magics.embedded.stop()
-        delete_namespace(broker.client, namespace)
+        delete_namespace(broker.client, namespace)  # type: ignore[attr-defined]
         broker.close()
