@@ -168,7 +168,7 @@ def test_send_shows_the_job_view_and_sets_underscore(ip):
     assert message.get_result(block=True) == 3
     bundle, _ = ip.display_formatter.format(message)
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["text/plain"].startswith("<nbqueue job add(1, 2): ")
+    assert bundle["text/plain"] == "<nbqueue job add(1, 2)>"
     assert "text/html" in bundle
 
 
