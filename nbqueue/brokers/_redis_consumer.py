@@ -17,35 +17,27 @@ from typing import TYPE_CHECKING
 from ..broker import Consumer, MessageProxy
 from ..errors import BrokerError, DecodeError
 from ..message import Message
-from ._redis_service import Entry
+from ._redis_service import Entry, dead_letter_details, message_redis_id
 
 if TYPE_CHECKING:
     import redis
 
     from .redis import RedisBroker
 
-__all__ = ["RedisConsumer", "redis_id"]
+__all__ = ["RedisConsumer"]
 
 #: How many messages one fetch takes at most (Lua's unpack() has a limit).
 FETCH_LIMIT = 500
 
 
-def redis_id(message: MessageProxy) -> str | None:
-    """The id a fetched message is stored under (set at fetch; the option as a fallback)."""
-    rid = getattr(message, "_redis_id", None)
-    if rid is None:
-        rid = message.options.get("redis_message_id")
-    return rid if isinstance(rid, str) else None
-
-
 class RedisConsumer(Consumer):
     """Consumes one queue: fetches in batches, blocks on a wake-up list while idle.
 
-    Closing requeues fetched messages that were never handed out. Messages handed out and not
-    yet settled are requeued too when the consumer was interrupted first (a worker stopping:
-    their actors outlived the stop timeout). Otherwise (a consumer restarted after a lost
-    connection) they stay in this worker's ack set until acknowledged through any consumer of
-    the queue on this broker or, if the process dies, recovered by another worker.
+    ``close()`` gives back the messages fetched and not handed out (retrying in the background
+    if Redis cannot be reached). Messages handed out and not settled are still being processed:
+    after a worker restarts a consumer (lost connection) they stay this worker's, to be settled
+    by id when their actors finish, so a reconnect runs nothing twice; after ``interrupt()`` (a
+    worker stopping past its timeout) they go back to the queue as well.
     """
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -69,7 +61,8 @@ class RedisConsumer(Consumer):
         self._block_keys = [self._inbox, broker.keys.wake(queue_name)]
         # An idle registration outlives the wait between two fetches of an idle consumer.
         self._idle_for = broker.poll_interval + int(broker.connection.block_limit * 1000) + 500
-        self._cache: collections.deque[Entry] = collections.deque(self.service.attach(queue_name))
+        self._cache: collections.deque[Entry] = collections.deque()
+        self.service.attach(queue_name)
 
     def __next__(self) -> MessageProxy | None:
         deadline = time.monotonic() + self.timeout / 1000
@@ -174,7 +167,7 @@ class RedisConsumer(Consumer):
                 self._room.notify()
 
     def ack(self, message: MessageProxy) -> None:
-        rid = redis_id(message)
+        rid = message_redis_id(message)
         if rid is None:
             self.broker.logger.warning(
                 "Cannot acknowledge %s: it has no redis_message_id.", message.message_id
@@ -184,19 +177,17 @@ class RedisConsumer(Consumer):
         self._settled((rid,))
 
     def nack(self, message: MessageProxy) -> None:
-        rid = redis_id(message)
+        rid = message_redis_id(message)
         if rid is None:
             self.broker.logger.warning(
                 "Cannot dead-letter %s: it has no redis_message_id.", message.message_id
             )
             return
-        exception = getattr(message, "_exception", None)
-        error = None if exception is None else f"{type(exception).__name__}: {exception}"
-        self.service.nack(self.queue_name, rid, message.dead_reason or "failed", error)
+        self.service.nack(self.queue_name, rid, *dead_letter_details(message))
         self._settled((rid,))
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        rids = [rid for rid in (redis_id(m) for m in messages) if rid is not None]
+        rids = [rid for rid in (message_redis_id(m) for m in messages) if rid is not None]
         if not rids:
             return
         self.broker.logger.debug("Requeueing %d messages on %r.", len(rids), self.queue_name)
@@ -216,54 +207,33 @@ class RedisConsumer(Consumer):
             # Shutting the socket down ends a blocked BLPOP at once, with no round trip.
             blocker.connection_pool.disconnect()
 
-    def _hand_back_unsettled(self) -> None:
-        # Closing after interrupt() is a worker stopping: what is still unsettled now belongs to
-        # actors that outlived the stop timeout, and goes back to the queue to run again (as
-        # Worker.stop promises). Should such an actor finish after all, its late ack deletes
-        # the requeued copy unless another worker already took it.
-        with self._lock:
-            rids = list(self._handed)
-        if not rids:
-            return
-        try:
-            moved = self.service.requeue(self.queue_name, rids)
-        except BrokerError:
-            return  # they stay in this worker's ack set: redelivered if it dies
-        self._settled(rids)
-        if moved:
-            self.broker.logger.warning(
-                "Requeued %d messages on %r whose actors were still running when the worker "
-                "stopped; they will run again.",
-                moved,
-                self.queue_name,
-            )
-
     def close(self) -> None:
+        """Give back what was fetched and not handed out; see the class docstring for the rest."""
         if self._closed:
             return
         self._closed = True
         # Acks still being written land first, so the queue's counts are right when close returns.
         self.service.acker.flush((self.broker.connection.socket_timeout or 5) + 1)
-        leftovers = list(self._cache)
+        rids = [rid for rid, _ in self._cache]
         self._cache.clear()
-        try:  # leave the idle set; take back what was handed over meanwhile
-            leftovers += self.service.leave(self.queue_name)
-        except BrokerError:
-            pass  # those stay in this worker's ack set: redelivered if it dies
-        if leftovers:
-            try:
-                self.service.requeue(self.queue_name, [rid for rid, _ in leftovers])
-                leftovers = []
-            except BrokerError:
-                self.broker.logger.warning(
-                    "Could not requeue %d prefetched messages on %r; the next consumer of the "
-                    "queue takes them over.",
-                    len(leftovers),
-                    self.queue_name,
-                )
-        self.service.detach(self.queue_name, leftovers)
-        if self._interrupted:
-            self._hand_back_unsettled()
+        with self._lock:
+            running = list(self._handed)
+            self._handed.clear()
+        # The worker does not settle through a consumer it closed; the broker settles these by
+        # id when the worker announces their ack or nack (RedisBroker.emit_after).
+        self.service.add_strays(self.queue_name, running)
+        if running and self._interrupted:
+            # A worker stopping: these actors outlived its stop timeout. They go back to run
+            # again, unless they finish first and their ack deletes the requeued copy.
+            rids += running
+            self.broker.logger.warning(
+                "Requeued %d messages on %r whose actors were still running when the worker "
+                "stopped; they run again unless they finish before another worker takes them.",
+                len(running),
+                self.queue_name,
+            )
+        self.service.give_back(self.queue_name, rids, leave=True)
+        self.service.detach(self.queue_name)
         if self._blocker is not None:
             self._blocker.close()
             self._blocker.connection_pool.disconnect()

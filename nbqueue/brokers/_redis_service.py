@@ -23,6 +23,7 @@ from ._redis_acks import Acker
 from ._redis_keys import WAKE_CAP, WAKE_TTL
 
 if TYPE_CHECKING:
+    from ..broker import MessageProxy
     from .redis import RedisBroker
 
 __all__ = ["BrokerService", "Entry"]
@@ -36,12 +37,30 @@ DEAD_WORKERS_PER_TICK, PRUNE_PER_TICK = 64, 500
 #: Longest error text stored with a dead letter.
 MAX_ERROR_TEXT = 2000
 
+#: How many messages of closed consumers are remembered, to be settled by id.
+MAX_STRAYS = 10000
+
 #: A fetched message: its redis message id and its encoded body.
 Entry = tuple[str, bytes]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def message_redis_id(message: MessageProxy) -> str | None:
+    """The id a fetched message is stored under (set at fetch; the option as a fallback)."""
+    rid = getattr(message, "_redis_id", None)
+    if rid is None:
+        rid = message.options.get("redis_message_id")
+    return rid if isinstance(rid, str) else None
+
+
+def dead_letter_details(message: MessageProxy) -> tuple[str, str | None]:
+    """Why a message is dead-lettered, and the error text of what its actor raised."""
+    exception = getattr(message, "_exception", None)
+    error = None if exception is None else f"{type(exception).__name__}: {exception}"
+    return message.dead_reason or "failed", error
 
 
 def unframe(blob: bytes | str) -> list[Entry]:
@@ -75,31 +94,68 @@ class BrokerService:
         self._stopping = False
         self._consumers: collections.Counter[str] = collections.Counter()
         self._held: dict[str, set[str]] = collections.defaultdict(set)
-        self._stash: dict[str, list[Entry]] = collections.defaultdict(list)
+        # queue -> ids to put back (and whether to empty the inbox first), retried each tick
+        self._owed: dict[str, tuple[list[str], bool]] = {}
         self._consumed: set[str] = set()
         self._kick = threading.Event()
+        #: redis id -> queue, for messages handed out by a consumer that has closed since
+        self.strays: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.acker = Acker(self)
         self._quiet_until = 0.0
 
     # -- consumers ---------------------------------------------------------------------------
 
-    def attach(self, queue: str) -> list[Entry]:
-        """Register an open consumer of ``queue``; return messages stashed for it."""
+    def attach(self, queue: str) -> None:
+        """Register an open consumer of ``queue`` (the thread runs while one is open)."""
         with self._lock:
             self._consumers[queue] += 1
             self._consumed.add(queue)
-            stash = self._stash.pop(queue, [])
             self._ensure_thread()
-        return stash
 
-    def detach(self, queue: str, leftovers: list[Entry]) -> None:
-        """Unregister a consumer; ``leftovers`` are fetched messages it could not requeue."""
+    def detach(self, queue: str) -> None:
+        """Unregister a consumer of ``queue``."""
         with self._lock:
             self._consumers[queue] -= 1
             if self._consumers[queue] <= 0:
                 del self._consumers[queue]
-            if leftovers:
-                self._stash[queue].extend(leftovers)
+
+    def give_back(self, queue: str, rids: list[str], *, leave: bool) -> None:
+        """Requeue messages of a closing consumer, now or, if Redis fails, from the thread.
+
+        Parameters:
+          leave: also leave the idle set and requeue what was handed to this worker's inbox.
+        """
+        with self._lock:
+            owed, left = self._owed.pop(queue, ([], False))
+            self._owed[queue] = (owed + rids, left or leave)
+        try:
+            self._settle_debts(queue)
+        except BrokerError:
+            self.logger.warning(
+                "Could not requeue %d messages on %r; retrying until Redis answers (or, if this "
+                "process ends first, they are redelivered after its heartbeat times out).",
+                len(rids),
+                queue,
+                exc_info=True,
+            )
+            with self._lock:
+                self._ensure_thread()
+
+    def _settle_debts(self, queue: str) -> None:
+        with self._lock:
+            owed = self._owed.get(queue)
+        if owed is None:
+            return
+        rids, leave = owed
+        if leave:
+            rids = rids + [rid for rid, _ in self.leave(queue)]
+            with self._lock:
+                self._owed[queue] = (rids, False)
+        if rids:
+            self.requeue(queue, rids)
+        with self._lock:
+            if self._owed.get(queue) == (rids, False):
+                del self._owed[queue]
 
     def hold(self, queue: str, rid: str) -> None:
         with self._lock:
@@ -114,7 +170,7 @@ class BrokerService:
                     del self._held[queue]
 
     def _needed(self) -> bool:
-        return bool(self._consumers or self._held or self._stash) and not self._stopping
+        return bool(self._consumers or self._held or self._owed) and not self._stopping
 
     # -- the Redis protocol ------------------------------------------------------------------
 
@@ -151,9 +207,36 @@ class BrokerService:
 
     def ack(self, queue: str, rid: str) -> None:
         """Acknowledge in the background (see ``Acker``); the message stays held until then."""
+        if self.strays:
+            self._forget_stray(rid)
         self.acker.submit(queue, rid)
 
+    def add_strays(self, queue: str, rids: list[str]) -> None:
+        """Remember messages a closed consumer handed out, to settle them by id later."""
+        with self._lock:
+            for rid in rids:
+                self.strays[rid] = queue
+            while len(self.strays) > MAX_STRAYS:
+                self.strays.popitem(last=False)
+
+    def _forget_stray(self, rid: str) -> str | None:
+        with self._lock:
+            return self.strays.pop(rid, None)
+
+    def settle_stray(self, message: MessageProxy, *, ack: bool) -> None:
+        """Settle a message its (closed) consumer no longer settles, if it is a stray."""
+        rid = message_redis_id(message)
+        queue = self._forget_stray(rid) if rid is not None else None
+        if queue is None or rid is None:
+            return
+        if ack:
+            self.acker.submit(queue, rid)
+        else:
+            self.nack(queue, rid, *dead_letter_details(message))
+
     def nack(self, queue: str, rid: str, reason: str, error: str | None) -> None:
+        if self.strays:
+            self._forget_stray(rid)
         broker = self.broker
         if error is not None:
             error = broker.connection.scrub(error[:MAX_ERROR_TEXT])
@@ -187,21 +270,20 @@ class BrokerService:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and sign off; fetched messages not yet handed out are requeued."""
+        """Stop the thread and sign off, after a last try at requeueing what is owed."""
         connection = self.broker.connection
         self.acker.close((connection.socket_timeout or 5) + 1)
         with self._lock:
             self._stopping = True
             thread = self._thread
-            stash, self._stash = dict(self._stash), collections.defaultdict(list)
-        for queue, entries in stash.items():
+            queues = list(self._owed)
+        for queue in queues:
             try:
-                self.requeue(queue, [rid for rid, _ in entries])
+                self._settle_debts(queue)
             except BrokerError:
                 self.logger.warning(
-                    "Could not requeue %d fetched messages on %r; they are redelivered once "
-                    "this worker's heartbeat times out.",
-                    len(entries),
+                    "Could not requeue messages on %r; they are redelivered once this worker's "
+                    "heartbeat times out.",
                     queue,
                 )
         if thread is not None:
@@ -224,6 +306,10 @@ class BrokerService:
                 if now >= next_tick:
                     self.tick()
                     next_tick = now + self.interval
+                    with self._lock:
+                        queues = list(self._owed)
+                    for queue in queues:
+                        self._settle_debts(queue)
                 self._kick.wait(max(0.0, next_tick - time.monotonic()))
                 self._kick.clear()
             except Exception:

@@ -161,6 +161,17 @@ class RedisBroker(Broker):
     def __repr__(self) -> str:
         return f"RedisBroker({self.connection.where!r}, namespace={self.namespace!r})"
 
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``after_<signal>`` on every middleware; see ``Broker.emit_after``.
+
+        A worker does not settle a message through a consumer it has closed (restarted after a
+        lost connection, or stopped), but it still announces the ack or nack: the broker then
+        settles the message by its id, so a reconnect neither runs it twice nor strands it.
+        """
+        super().emit_after(signal, *args, **kwargs)
+        if self.service.strays and (signal == "ack" or signal == "nack"):
+            self.service.settle_stray(args[0], ack=signal == "ack")
+
     def close(self) -> None:
         """Stop heartbeating (leaving the heartbeats set if nothing is held) and disconnect."""
         self.service.stop()

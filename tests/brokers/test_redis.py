@@ -102,6 +102,8 @@ def test_a_larger_priority_is_fetched_first_across_the_whole_queue(redis_broker,
     order = [m.args[0] for m in taken]
     assert order == [3, 7, 1, 5, 9, 0, 4, 8, 2, 6]
     consumer.requeue(taken[:4])
+    for message in taken[4:]:
+        consumer.ack(message)
     consumer.close()
     again = redis_broker.consume(namespace, prefetch=100, timeout=50)
     assert [m.args[0] for m in _drain(again)] == [3, 7, 1, 5]

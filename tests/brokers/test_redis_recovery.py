@@ -176,11 +176,34 @@ def test_an_actor_that_outlives_the_stop_timeout_has_its_message_handed_back(
     worker.stop(timeout=100)
     stats = redis_broker.queue_stats()[namespace]
     assert (stats.ready, stats.in_flight) == (1, 0)  # back at once, to run again
-    release.set()  # the actor finishes after all: its late ack deletes the requeued copy
-    redis_broker.join(namespace, timeout=10000)
     assert "still running when the worker stopped" in caplog.text
+    release.set()  # the actor finishes after all: its ack deletes the requeued copy
+    redis_broker.join(namespace, timeout=10000)
     assert "acknowledged after it had gone back to the queue" in caplog.text
     consumer = redis_broker.consume(namespace, timeout=10)
     assert next(consumer) is None
     consumer.close()
     assert runs == [1]
+
+
+def test_a_restarted_consumer_s_running_messages_are_settled_not_run_again(redis_broker, namespace):
+    """A worker closes a consumer that lost its connection and no longer settles through it;
+    the messages it handed out are settled by id when the worker announces their ack."""
+    redis_broker.declare_queue(namespace)
+    for i in range(2):
+        redis_broker.enqueue(
+            Message(queue_name=namespace, actor_name="a", args=(i,), kwargs={}, options={})
+        )
+    consumer = redis_broker.consume(namespace, prefetch=2, timeout=10)
+    done, failed = next(consumer), next(consumer)
+    consumer.close()  # as after a lost connection: no interrupt()
+    stats = redis_broker.queue_stats()[namespace]
+    assert (stats.ready, stats.in_flight) == (0, 2)  # still being processed, not requeued
+    redis_broker.emit_before("ack", done)
+    redis_broker.emit_after("ack", done)
+    failed.fail("broken")
+    redis_broker.emit_after("nack", failed)
+    assert redis_broker.service.acker.flush(5)
+    stats = redis_broker.queue_stats()[namespace]
+    assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 1)
+    assert redis_broker.get_dead_letters(namespace)[0].reason == "broken"
