@@ -269,7 +269,7 @@ class NbqueueMagics(Magics):
 
     @_no_var_expand
     @_args()
-    @_arg("actor", help="the actor (a name from an %%actor cell)")
+    @_arg("actor", help="the actor (a name from an %%%%actor cell)")
     @_arg("args", nargs="*", help="Python expressions, as in a call: 1, 'a b', x=2")
     @_arg("--delay", type=int, help="run no sooner than this many milliseconds from now")
     @_arg("--priority", type=int, help="larger runs first")
