@@ -190,13 +190,13 @@ def test_a4_sigterm_requeues_prefetched_messages_at_once(oracle_broker, namespac
         wait_until(
             lambda: (
                 broker.queue_stats()[namespace].in_flight == 8
-                and broker.client.llen(f"{namespace}:booted") == 1
+                and broker.client.llen(f"{namespace}:started") == 2
             ),
-            what="the victim to start and prefetch",
+            what="the victim to run two messages and prefetch six more",
         )
         victim.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        wait_until(lambda: broker.queue_stats()[namespace].ready == 18, what="the requeue")
+        wait_until(lambda: broker.queue_stats()[namespace].ready >= 18, what="the requeue")
         back_after = time.monotonic() - signalled
         assert victim.wait(20) == 0
         worker = nbqueue.Worker(broker, worker_threads=4, worker_timeout=100)
@@ -208,7 +208,7 @@ def test_a4_sigterm_requeues_prefetched_messages_at_once(oracle_broker, namespac
     done = executions(broker, namespace)
     print(f"A4: prefetched messages back {back_after:.3f} s after SIGTERM; {len(done)} runs")
     assert back_after <= 1.0
-    assert sorted(done) == list(range(20))  # lost 0, duplicated 0
+    assert sorted(done) == list(range(20)), done  # lost 0, duplicated 0
 
 
 def test_a8_an_actor_that_always_raises_is_dead_lettered_after_its_retries(
