@@ -154,19 +154,25 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         server.stop()
 
 
-@pytest.mark.browser
-@pytest.mark.timeout(180)
-def test_the_quickstart_job_view_succeeds_in_jupyterlab(lab: Lab) -> None:
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium, and Playwright to drive it (checked before JupyterLab starts)."""
     if not CHROMIUM.exists():
         _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         _unavailable("playwright is not installed (pip install -e '.[test]')")
+    return CHROMIUM
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+def test_the_quickstart_job_view_succeeds_in_jupyterlab(chromium: Path, lab: Lab) -> None:
+    from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "quickstart.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
