@@ -3,7 +3,8 @@
 #   make install     create $(VENV) and install nbqueue in editable mode with $(EXTRAS)
 #   make lint        ruff check + ruff format --check
 #   make typecheck   mypy (strict on nbqueue/, see pyproject.toml)
-#   make test        pytest (extra arguments: make test PYTEST_ARGS="-k cli -x")
+#   make test        pytest: tests/ and the notebooks/ (nbval); the browser test needs
+#                    /usr/bin/chromium (extra arguments: make test PYTEST_ARGS="-k cli -x")
 #   make check       lint + typecheck + test
 #   make quickstart  install the core alone, then run examples/quickstart.py (in-memory broker)
 #   make format      apply ruff's fixes and formatting
