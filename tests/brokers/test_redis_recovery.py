@@ -111,6 +111,7 @@ def test_a_worker_presumed_dead_does_not_run_its_recovered_message_twice(
         first.enqueue(Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={}))
         consumer = first.consume(namespace, timeout=10)
         message = next(consumer)
+        assert message is not None
         assert second.service.recover(first.broker_id) == 1  # as if first had stopped beating
         consumer.ack(message)  # first finished the work after all
         assert first.service.acker.flush(5)  # acks are written in the background
