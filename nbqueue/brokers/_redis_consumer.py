@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..broker import Consumer, MessageProxy
-from ..errors import BrokerError, DecodeError
+from ..errors import BrokerConnectionError, BrokerError, DecodeError
 from ..message import Message
 from ._redis_service import Entry, dead_letter_details, message_redis_id
 
@@ -33,11 +33,13 @@ FETCH_LIMIT = 500
 class RedisConsumer(Consumer):
     """Consumes one queue: fetches in batches, blocks on a wake-up list while idle.
 
-    ``close()`` gives back the messages fetched and not handed out (retrying in the background
-    if Redis cannot be reached). Messages handed out and not settled are still being processed:
-    after a worker restarts a consumer (lost connection) they stay this worker's, to be settled
-    by id when their actors finish, so a reconnect runs nothing twice; after ``interrupt()`` (a
-    worker stopping past its timeout) they go back to the queue as well.
+    ``close()`` gives back every message fetched and not settled, at once: messages still
+    being processed too, since a worker that closes a consumer no longer settles through it
+    (their actors outlived its stop timeout; should one finish first, its ack deletes the
+    requeued copy). After a lost connection, when the worker restarts the consumer, close()
+    does not wait for Redis: what was not handed out goes back from the broker's thread once
+    Redis answers, and what is being processed stays this worker's, settled by id when the
+    worker announces its ack or nack, so a reconnect runs nothing twice.
     """
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -52,6 +54,7 @@ class RedisConsumer(Consumer):
         self._room = threading.Condition(self._lock)
         self._closed = False
         self._interrupted = False
+        self._broken = False
         self._waiting_for_room = False
         self._idle_since: float | None = None
         self._woken = False
@@ -65,6 +68,13 @@ class RedisConsumer(Consumer):
         self.service.attach(queue_name)
 
     def __next__(self) -> MessageProxy | None:
+        try:
+            return self._next()
+        except BrokerConnectionError:
+            self._broken = True  # the worker restarts this consumer: see close()
+            raise
+
+    def _next(self) -> MessageProxy | None:
         deadline = time.monotonic() + self.timeout / 1000
         service, queue = self.service, self.queue_name
         poll = self.broker.poll_interval / 1000
@@ -208,12 +218,14 @@ class RedisConsumer(Consumer):
             blocker.connection_pool.disconnect()
 
     def close(self) -> None:
-        """Give back what was fetched and not handed out; see the class docstring for the rest."""
+        """Give back what was fetched and not settled; see the class docstring."""
         if self._closed:
             return
         self._closed = True
-        # Acks still being written land first, so the queue's counts are right when close returns.
-        self.service.acker.flush((self.broker.connection.socket_timeout or 5) + 1)
+        restarting = self._broken
+        if not restarting:
+            # Acks still being written land first, so the counts are right when close returns.
+            self.service.acker.flush((self.broker.connection.socket_timeout or 5) + 1)
         rids = [rid for rid, _ in self._cache]
         self._cache.clear()
         with self._lock:
@@ -222,17 +234,19 @@ class RedisConsumer(Consumer):
         # The worker does not settle through a consumer it closed; the broker settles these by
         # id when the worker announces their ack or nack (RedisBroker.emit_after).
         self.service.add_strays(self.queue_name, running)
-        if running and self._interrupted:
+        if running and not restarting:
             # A worker stopping: these actors outlived its stop timeout. They go back to run
             # again, unless they finish first and their ack deletes the requeued copy.
             rids += running
             self.broker.logger.warning(
-                "Requeued %d messages on %r whose actors were still running when the worker "
-                "stopped; they run again unless they finish before another worker takes them.",
+                "Requeued %d messages on %r whose actors were still running when the consumer "
+                "closed; they run again unless they finish before another worker takes them.",
                 len(running),
                 self.queue_name,
             )
-        self.service.give_back(self.queue_name, rids, leave=True)
+        # A consumer restarting after a lost connection does not wait for Redis: the broker's
+        # thread gives these back once it answers.
+        self.service.give_back(self.queue_name, rids, leave=True, now=not restarting)
         self.service.detach(self.queue_name)
         if self._blocker is not None:
             self._blocker.close()

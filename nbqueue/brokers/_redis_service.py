@@ -119,15 +119,22 @@ class BrokerService:
             if self._consumers[queue] <= 0:
                 del self._consumers[queue]
 
-    def give_back(self, queue: str, rids: list[str], *, leave: bool) -> None:
+    def give_back(self, queue: str, rids: list[str], *, leave: bool, now: bool = True) -> None:
         """Requeue messages of a closing consumer, now or, if Redis fails, from the thread.
 
         Parameters:
           leave: also leave the idle set and requeue what was handed to this worker's inbox.
+          now: try at once; False leaves it to the thread (a consumer restarting after a lost
+            connection should not wait for Redis to answer).
         """
         with self._lock:
             owed, left = self._owed.pop(queue, ([], False))
             self._owed[queue] = (owed + rids, left or leave)
+            if not now:
+                self._ensure_thread()
+        if not now:
+            self._kick.set()
+            return
         try:
             self._settle_debts(queue)
         except BrokerError:
@@ -306,10 +313,10 @@ class BrokerService:
                 if now >= next_tick:
                     self.tick()
                     next_tick = now + self.interval
-                    with self._lock:
-                        queues = list(self._owed)
-                    for queue in queues:
-                        self._settle_debts(queue)
+                with self._lock:
+                    queues = list(self._owed)
+                for queue in queues:
+                    self._settle_debts(queue)
                 self._kick.wait(max(0.0, next_tick - time.monotonic()))
                 self._kick.clear()
             except Exception:
