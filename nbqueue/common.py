@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "compute_backoff",
+    "lazy_redis_backend",
     "current_millis",
     "dq_name",
     "getenv_int",
@@ -116,3 +120,24 @@ def redact_url(url: str) -> str:
     if port is not None:
         netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def lazy_redis_backend(package: str) -> Callable[[str], Any]:
+    """Return a module ``__getattr__`` that imports ``<package>.redis.RedisBackend`` on first use.
+
+    ``import nbqueue`` then works without the redis package, and using ``RedisBackend`` without
+    it says which extra to install.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name != "RedisBackend":
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        try:
+            importlib.import_module("redis")
+        except ImportError as e:
+            raise ImportError(
+                "RedisBackend needs the redis package: pip install 'nbqueue[redis]'."
+            ) from e
+        return importlib.import_module(f"{package}.redis").RedisBackend
+
+    return __getattr__

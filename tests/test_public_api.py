@@ -134,3 +134,25 @@ def test_no_pickle_is_imported_by_the_core():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_redis_backends_without_redis_name_the_extra_to_install():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["redis"] = None
+        from nbqueue.rate_limits import backends as limits
+        from nbqueue.results import backends as results
+        for module in (limits, results):
+            assert "RedisBackend" in dir(module)
+            try:
+                module.RedisBackend
+            except ImportError as e:
+                print(e)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("pip install 'nbqueue[redis]'") == 2
