@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ActorNotFound
@@ -196,6 +196,16 @@ class Broker(abc.ABC):
         self.queues: dict[str, Any] = {}
         self.delay_queues: set[str] = set()
         self.actor_options: set[str] = set()
+        #: Callables that may supply the actor for a message before the lookup by name (for
+        #: example the exact version of a notebook actor the message was sent with). Each takes
+        #: the message and returns an actor or ``None``; one may raise ``ActorNotFound`` (or a
+        #: subclass carrying a dead-letter ``reason``) to refuse the message.
+        self.actor_resolvers: list[Callable[[MessageProxy], Actor[Any, Any] | None]] = []
+        #: Callables asked, in order, what to do with a message whose actor no resolver or
+        #: declaration supplies. One that returns ``True`` has handed the message on (for example
+        #: re-enqueued it for a capable worker); the worker then settles the original without
+        #: emitting ack hooks. When none does, the message is dead-lettered.
+        self.unknown_actor_handlers: list[Callable[[MessageProxy, ActorNotFound], bool]] = []
         self.middleware: list[Middleware] = []
         self._hooks: dict[str, list[Any]] = {}
         self._hooks_key: tuple[int, int] = (0, 0)
@@ -339,6 +349,19 @@ class Broker(abc.ABC):
                 f"Actor {actor_name!r} is not declared on this broker; import the module that "
                 f"defines it (or run its cell) before sending or consuming it."
             ) from None
+
+    def actor_for(self, message: MessageProxy) -> Actor[Any, Any]:
+        """Return the actor that runs ``message``: the first answer of ``actor_resolvers``, else
+        the actor declared under the message's actor name.
+
+        Raises:
+          ActorNotFound: no resolver and no declaration supplies the actor.
+        """
+        for resolve in self.actor_resolvers:
+            actor = resolve(message)
+            if actor is not None:
+                return actor
+        return self.get_actor(message.actor_name)
 
     def get_declared_actors(self) -> set[str]:
         """Return the names of the declared actors."""

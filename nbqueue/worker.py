@@ -275,16 +275,21 @@ class Worker:
         self._track(1)
         self.work_queue.put(_WorkItem((-priority, next(self._sequence)), message, consumer))
 
-    def post_process_message(self, message: MessageProxy, consumer: ConsumerThread) -> None:
+    def post_process_message(
+        self, message: MessageProxy, consumer: ConsumerThread, *, quiet: bool = False
+    ) -> None:
         """Acknowledge the message, or reject it (dead-letter) when it failed.
 
         Broker connection errors are retried until they pass or the worker stops (the broker
-        then redelivers the message).
+        then redelivers the message). ``quiet`` acknowledges without emitting the ack hooks: the
+        message was handed on (re-enqueued), not processed.
         """
         attempt = 0
         while True:
             try:
-                if message.failed:
+                if quiet:
+                    consumer.settle(message, ack=True)
+                elif message.failed:
                     self.broker.emit_before("nack", message)
                     consumer.settle(message, ack=False)
                     self.broker.emit_after("nack", message)
@@ -484,18 +489,37 @@ class ConsumerThread(_PausableThread):
             worker.delay_scheduler.add(message, self)
             return
         try:
-            self.broker.get_actor(message.actor_name)
+            self.broker.actor_for(message)
         except ActorNotFound as e:
-            self.logger.error("Dead-lettered message %s: %s", message.message_id, e)
-            message.stuff_exception(e)
-            message.fail("unknown_actor")
-            worker._track(1)
-            try:
-                worker.post_process_message(message, self)
-            finally:
-                worker._track(-1)
+            self._unknown_actor(message, e)
             return
         worker._submit(message, self)
+
+    def _unknown_actor(self, message: MessageProxy, error: ActorNotFound) -> None:
+        # A handler (the notebook-actor middleware, say) may hand the message on to a capable
+        # worker; the original is then settled without ack hooks, since it did not run here.
+        worker = self.worker
+        handed_on = False
+        for handler in self.broker.unknown_actor_handlers:
+            try:
+                handed_on = handler(message, error)
+            except Exception:
+                self.logger.exception("Unknown-actor handler failed for %s.", message.message_id)
+                handed_on = False
+            if handed_on:
+                break
+        if not handed_on:
+            reason = getattr(error, "reason", None) or "unknown_actor"
+            self.logger.error(
+                "Dead-lettered message %s (%s): %s", message.message_id, reason, error
+            )
+            message.stuff_exception(error)
+            message.fail(reason)
+        worker._track(1)
+        try:
+            worker.post_process_message(message, self, quiet=handed_on)
+        finally:
+            worker._track(-1)
 
 
 class WorkerThread(_PausableThread):
@@ -544,7 +568,7 @@ class WorkerThread(_PausableThread):
         broker = self.broker
         actor = None
         try:
-            actor = broker.get_actor(message.actor_name)
+            actor = broker.actor_for(message)
             broker.emit_before("process_message", message)
             result = None
             if not message.failed:

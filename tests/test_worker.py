@@ -180,3 +180,67 @@ def test_stopping_an_idle_worker_does_not_wait_for_the_fetch_timeout(stub_broker
     worker.stop()
     # With a 30 s fetch timeout, only an interrupted consumer lets stop() return this soon.
     assert time.monotonic() - start < 10
+
+
+def test_an_actor_resolver_picks_the_actor_for_each_message(stub_broker, worker_factory):
+    ran = []
+
+    @nbqueue.actor
+    def named(x):
+        ran.append(("named", x))
+
+    @nbqueue.actor(actor_name="version_2")
+    def version_2(x):
+        ran.append(("v2", x))
+
+    def resolve(message):
+        return version_2 if message.options.get("version") == 2 else None
+
+    stub_broker.actor_resolvers.append(resolve)
+    named.send_with_options(args=(1,))
+    named.send_with_options(args=(2,), version=2)
+    worker = worker_factory(stub_broker)
+    stub_broker.join("default", timeout=10000)
+    worker.join()
+    assert sorted(ran) == [("named", 1), ("v2", 2)]
+
+
+def test_an_unknown_actor_handler_can_hand_a_message_on_instead_of_dead_lettering(
+    stub_broker, worker_factory
+):
+    @nbqueue.actor(queue_name="elsewhere")
+    def runs_elsewhere():
+        pass
+
+    seen = []
+
+    def hand_on(message, error):
+        seen.append((message.actor_name, type(error).__name__))
+        if message.options.get("hand_on"):
+            stub_broker.enqueue(
+                message.message.copy(queue_name="elsewhere", actor_name="runs_elsewhere")
+            )
+            return True
+        return False
+
+    stub_broker.unknown_actor_handlers.append(hand_on)
+    stub_broker.declare_queue("default")
+    stub_broker.enqueue(
+        nbqueue.Message(
+            queue_name="default",
+            actor_name="missing",
+            args=(),
+            kwargs={},
+            options={"hand_on": True},
+        )
+    )
+    stub_broker.enqueue(
+        nbqueue.Message(queue_name="default", actor_name="missing", args=(), kwargs={}, options={})
+    )
+    worker = worker_factory(stub_broker)
+    stub_broker.join("default", timeout=10000, fail_fast=False)
+    stub_broker.join("elsewhere", timeout=10000)
+    worker.join()
+    assert seen == [("missing", "ActorNotFound")] * 2
+    assert [d.reason for d in stub_broker.get_dead_letters("default")] == ["unknown_actor"]
+    assert stub_broker.get_dead_letters("elsewhere") == []
