@@ -11,6 +11,7 @@ from .age_limit import AgeLimit
 from .asyncio import AsyncIO
 from .base import Middleware, MiddlewareError, SkipMessage
 from .callbacks import Callbacks
+from .crash_limit import CrashLimit
 from .current_message import CurrentMessage
 from .group_callbacks import GroupCallbacks
 from .pipelines import Pipelines
@@ -22,6 +23,7 @@ __all__ = [
     "AgeLimit",
     "AsyncIO",
     "Callbacks",
+    "CrashLimit",
     "CurrentMessage",
     "GroupCallbacks",
     "Interrupt",

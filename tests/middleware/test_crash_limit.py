@@ -1,0 +1,210 @@
+"""CrashLimit against a real Redis. A process death is what leaves a start counter unfinished, so
+these tests write such counters as a dead process would; tests/reliability (A7) kills real ones."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import redis
+
+import nbqueue
+from nbqueue.brokers.redis import RedisBroker
+from nbqueue.brokers.stub import StubBroker
+from nbqueue.middleware import CrashLimit
+from tests.brokers._redis import delete_namespace
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def client(redis_url, namespace):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    delete_namespace(client, namespace)
+    client.close()
+
+
+@pytest.fixture
+def limited(redis_url, namespace, client, worker_factory):
+    """A stub broker whose CrashLimit keeps its counters in the test's namespace."""
+    broker = StubBroker()
+    broker.add_middleware(CrashLimit(max_crashes=2, redis=redis_url, key_prefix=f"{namespace}:"))
+    broker.emit_after("process_boot")
+    nbqueue.set_broker(broker)
+    yield broker
+    broker.close()
+
+
+def test_a_message_that_killed_its_process_max_crashes_times_is_dead_lettered_unrun(
+    limited, namespace, client, worker_factory
+):
+    runs = []
+
+    @nbqueue.actor(broker=limited)
+    def poison():
+        runs.append(1)
+
+    message = poison.send()
+    # two earlier processes started this attempt and never finished it
+    client.set(f"{namespace}:{message.message_id}.0", 2)
+    worker = worker_factory(limited)
+    limited.join(poison.queue_name, fail_fast=False)
+    worker.stop()  # flushes the deletes still queued
+
+    assert runs == []
+    [dead] = limited.get_dead_letters(poison.queue_name)
+    assert dead.reason == "crash_limit"
+    assert client.get(f"{namespace}:{message.message_id}.0") is None
+
+
+def test_fewer_unfinished_starts_than_the_limit_still_run_and_leave_no_counter(
+    limited, namespace, client, worker_factory
+):
+    runs = []
+
+    @nbqueue.actor(broker=limited)
+    def flaky(i):
+        runs.append(i)
+
+    message = flaky.send(0)
+    client.set(f"{namespace}:{message.message_id}.0", 1)
+    flaky.send_many(range(1, 50))
+    worker = worker_factory(limited)
+    limited.join(flaky.queue_name)
+    worker.stop()
+
+    assert sorted(runs) == list(range(50))
+    assert limited.get_dead_letters(flaky.queue_name) == []
+    assert list(client.scan_iter(match=f"{namespace}:*")) == []
+
+
+def test_each_retry_is_counted_on_its_own(limited, namespace, client, worker_factory):
+    attempts = []
+
+    @nbqueue.actor(broker=limited, max_retries=3, min_backoff=1, max_backoff=5)
+    def fails_twice():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+
+    message = fails_twice.send()
+    client.set(f"{namespace}:{message.message_id}.3", 5)  # a poisoned later attempt, not reached
+    worker = worker_factory(limited)
+    limited.join(fails_twice.queue_name)
+    worker.stop()
+
+    assert len(attempts) == 3
+    assert limited.get_dead_letters(fails_twice.queue_name) == []
+
+
+def test_the_limit_comes_from_the_message_then_the_actor(
+    limited, namespace, client, worker_factory
+):
+    runs = []
+
+    @nbqueue.actor(broker=limited, max_crashes=5)
+    def tolerant(i):
+        runs.append(i)
+
+    a = tolerant.send(1)
+    b = tolerant.send_with_options(args=(2,), max_crashes=1)
+    c = tolerant.send_with_options(args=(3,), max_crashes=0)  # 0: no limit for this one
+    for message in (a, b, c):
+        client.set(f"{namespace}:{message.message_id}.0", 2)
+    worker_factory(limited)
+    limited.join(tolerant.queue_name, fail_fast=False)
+
+    assert sorted(runs) == [1, 3]
+    [dead] = limited.get_dead_letters(tolerant.queue_name)
+    assert dead.message is not None and dead.message.message_id == b.message_id
+    assert dead.reason == "crash_limit"
+
+
+def test_on_a_redis_broker_it_uses_the_brokers_client_and_namespace(
+    redis_url, namespace, client, worker_factory
+):
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    broker.add_middleware(CrashLimit(max_crashes=1))
+    runs = []
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def job(i):
+        runs.append(i)
+
+    poisoned = job.send(0)
+    client.set(f"{namespace}:__nbq__:crashes:{poisoned.message_id}.0", 1)
+    job.send(1)
+    worker_factory(broker)
+    broker.join(namespace, timeout=10000, fail_fast=False)
+
+    assert runs == [1]
+    [dead] = broker.get_dead_letters(namespace)
+    assert dead.reason == "crash_limit"
+    broker.close()
+
+
+def test_an_unreachable_redis_lets_messages_run_with_one_warning(worker_factory, caplog):
+    broker = StubBroker()
+    broker.add_middleware(CrashLimit(redis="redis://127.0.0.1:1/0", timeout=0.5))
+    runs = []
+
+    @nbqueue.actor(broker=broker)
+    def job(i):
+        runs.append(i)
+
+    job.send_many(range(3))
+    worker_factory(broker, worker_threads=1)
+    broker.join(job.queue_name)
+
+    assert sorted(runs) == [0, 1, 2]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "CrashLimit" in r.msg]
+    assert len(warnings) == 1
+    broker.close()
+
+
+def test_a_broker_without_redis_and_no_url_is_named_in_the_warning(worker_factory, caplog):
+    broker = StubBroker()
+    broker.add_middleware(CrashLimit())
+
+    @nbqueue.actor(broker=broker)
+    def job():
+        pass
+
+    job.send()
+    worker_factory(broker)
+    broker.join(job.queue_name)
+    assert "pass CrashLimit(redis='redis://...')" in caplog.text
+
+
+def test_max_crashes_must_be_positive():
+    with pytest.raises(ValueError, match="max_crashes must be at least 1"):
+        CrashLimit(max_crashes=0)
+
+
+def test_overhead_is_one_round_trip_per_message(limited, namespace, client, worker_factory):
+    """Counts the commands the server saw: INCR+PEXPIRE (+ batched DELs) in one pipeline."""
+    before = {k: v for k, v in client.info("commandstats").items() if k.startswith("cmdstat_")}
+
+    @nbqueue.actor(broker=limited)
+    def job(i):
+        pass
+
+    job.send_many(range(200))
+    started = time.monotonic()
+    worker = worker_factory(limited, worker_threads=1)
+    limited.join(job.queue_name)
+    worker.stop()
+    elapsed = time.monotonic() - started
+    after = client.info("commandstats")
+
+    def calls(name):
+        return after.get(f"cmdstat_{name}", {}).get("calls", 0) - before.get(
+            f"cmdstat_{name}", {}
+        ).get("calls", 0)
+
+    print(f"CrashLimit: 200 messages in {elapsed:.3f} s with 1 thread")
+    # the shared server may serve other tests: at least, every message counted (redis-py sends INCRBY)
+    assert calls("incrby") >= 200
+    assert list(client.scan_iter(match=f"{namespace}:*")) == []
