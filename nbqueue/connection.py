@@ -1,6 +1,15 @@
 """Choosing a broker by URL: ``nbqueue.connect(url)`` and ``NBQUEUE_BROKER_URL``.
 
 This sits above the core: it is the only place that knows which module serves which scheme.
+
+A broker chosen by URL (``connect()``, ``NBQUEUE_BROKER_URL``, ``nbqueue worker --broker``) gets
+one middleware stack, so that a notebook and a worker on another machine agree on where results
+and live status live (``add_standard_middleware``): the default middleware, then ``AsyncIO``,
+then, when there is a Redis store, ``Results`` with a ``RedisBackend`` and ``Live`` last. The
+Redis store is the broker's own server for ``redis://`` URLs; for ``amqp://`` URLs it is the
+``redis://`` URL in ``NBQUEUE_RESULTS_URL`` (which, when set, also wins for ``redis://``
+brokers). An ``amqp://`` broker without ``NBQUEUE_RESULTS_URL`` stores no results and has no
+live channel across processes. ``memory://`` keeps both in the process.
 """
 
 from __future__ import annotations
@@ -16,7 +25,19 @@ from .broker import Broker, set_broker
 from .common import redact_url
 from .errors import BrokerUnavailable
 
-__all__ = ["broker_from_url", "connect", "default_broker"]
+__all__ = [
+    "RESULTS_URL_ENV",
+    "add_standard_middleware",
+    "broker_from_url",
+    "connect",
+    "default_broker",
+    "results_url_for",
+]
+
+#: The ``redis://`` URL where results and live status go when the broker is not Redis.
+RESULTS_URL_ENV = "NBQUEUE_RESULTS_URL"
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 logger = logging.getLogger("nbqueue.connection")
 
@@ -36,8 +57,10 @@ def default_broker() -> Broker:
     ``NBQUEUE_BROKER_URL`` chooses it when set; otherwise it is the in-memory broker, which never
     touches the network.
     """
-    url = os.environ.get("NBQUEUE_BROKER_URL", "").strip()
-    return broker_from_url(url or "memory://")
+    url = os.environ.get("NBQUEUE_BROKER_URL", "").strip() or "memory://"
+    broker = broker_from_url(url)
+    add_standard_middleware(broker, url)
+    return broker
 
 
 def _memory_broker() -> Broker:
@@ -93,6 +116,60 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     return broker
 
 
+def results_url_for(url: str) -> str | None:
+    """Return the ``redis://`` URL where a broker at ``url`` keeps results and live status, or
+    ``None`` when there is none (``memory://`` keeps them in the process)."""
+    override = os.environ.get(RESULTS_URL_ENV, "").strip()
+    if override:
+        if urlsplit(override).scheme.lower() not in _REDIS_SCHEMES:
+            raise BrokerUnavailable(
+                f"{RESULTS_URL_ENV} must be a redis:// URL, got {redact_url(override)!r}; "
+                f"point it at the Redis server that keeps results."
+            )
+        return override
+    if urlsplit(url).scheme.lower() in _REDIS_SCHEMES:
+        return url.split(";")[0]
+    return None
+
+
+def add_standard_middleware(broker: Broker, url: str) -> list[str]:
+    """Give a broker built from ``url`` the middleware every URL-built broker has.
+
+    Adds ``AsyncIO``, and with a Redis store (see the module docstring) ``Results`` with a
+    ``RedisBackend`` and ``Live``, unless the broker already has one of that type.
+
+    Returns:
+      The names of the middleware added.
+
+    Raises:
+      BrokerUnavailable: ``NBQUEUE_RESULTS_URL`` is not a Redis URL.
+    """
+    from .middleware import AsyncIO
+
+    if urlsplit(url).scheme.lower() == "memory":
+        return []  # the in-memory broker is built complete
+    present = {type(m).__name__ for m in broker.middleware}
+    added: list[str] = []
+    if "AsyncIO" not in present:
+        broker.add_middleware(AsyncIO())
+        added.append("AsyncIO")
+    store = results_url_for(url)
+    if store is None:
+        return added
+    if "Results" not in present:
+        from .results import Results
+        from .results.backends import RedisBackend
+
+        broker.add_middleware(Results(backend=RedisBackend(url=store)))
+        added.append("Results")
+    if "Live" not in present:
+        from .live import Live
+
+        broker.add_middleware(Live())
+        added.append("Live")
+    return added
+
+
 def connect(url: str | None = None, **options: Any) -> Broker:
     """Create the broker for ``url`` and make it the global broker.
 
@@ -100,11 +177,16 @@ def connect(url: str | None = None, **options: Any) -> Broker:
       url: a broker URL; defaults to ``NBQUEUE_BROKER_URL``, then ``memory://``.
       options: passed to the broker's constructor.
 
+    The broker gets the standard middleware of URL-built brokers (``add_standard_middleware``):
+    with Redis, results and live status go to Redis, where ``nbqueue worker`` processes write
+    them too.
+
     Returns:
       The new global broker.
     """
     url = url or os.environ.get("NBQUEUE_BROKER_URL", "").strip() or "memory://"
     broker = broker_from_url(url, **options)
+    add_standard_middleware(broker, url)
     set_broker(broker)
     logger.info("Connected to %s.", redact_url(url))
     return broker

@@ -24,22 +24,16 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from .cli import (
-    EXIT_CODES,
-    BootError,
-    ExitCode,
+from .cli.boot import BootError, add_paths, split_spec
+from .cli.logs import report_error, setup_logging
+from .cli.options import EXIT_CODES, ExitCode, Options, version
+from .cli.serve import serve
+from .cli.signals import (
     Killed,
-    Options,
     SignalCatcher,
-    add_paths,
     flush_and_exit,
-    report_error,
-    serve,
-    setup_logging,
     signal_name,
-    split_spec,
     termination_signals,
-    version,
 )
 
 __all__ = ["Supervisor", "run_processes"]

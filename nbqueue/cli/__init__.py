@@ -1,0 +1,126 @@
+"""The ``nbqueue`` command: run workers outside the notebook.
+
+``nbqueue worker MODULE[:BROKER]... [options]`` (or just ``nbqueue MODULE...``, or
+``python -m nbqueue ...``) imports the modules that declare your actors and runs a worker for
+them until it receives SIGTERM or SIGINT.
+
+How the broker is chosen, first match wins:
+
+1. ``--broker URL``, else the ``NBQUEUE_BROKER_URL`` environment variable: the broker is built
+   from the URL before any module is imported, so every actor binds to it. It gets the same
+   middleware as ``nbqueue.connect(url)`` gives a notebook (``nbqueue.connection``): results and
+   live status in Redis (the broker's server for ``redis://``, ``NBQUEUE_RESULTS_URL`` for
+   ``amqp://``; an ``amqp://`` worker without it stores no results), so a notebook can watch
+   and read the jobs this worker runs. ``--namespace`` sets the Redis key namespace;
+2. ``MODULE:ATTR``: the attribute (dotted names allowed) is a ``Broker``, made the global broker,
+   or a callable that sets the broker up, called with no arguments, after which the global broker
+   is used; it is used exactly as configured;
+3. otherwise the global broker after importing the first module (in-memory unless that module
+   configures one).
+
+The broker's ``after_process_boot`` hook runs after the broker is known and before the remaining
+modules are imported, as in Dramatiq. Then ``nbqueue.remote.configure_worker`` installs the rule
+for messages of actors this worker lacks and, with ``--notebook-actors``, the loader of actors
+published from notebooks (their code is signed with the secret from ``NBQUEUE_SECRET`` or
+``--secret-file``, never from the command line, which other users can read in ``ps``).
+
+Processes. ``--processes`` defaults to 1, not to the number of CPUs as in Dramatiq: with the
+in-memory broker each process would have a private queue, so extra processes only waste memory.
+With one process the worker runs in the ``nbqueue`` process itself. With a Redis or RabbitMQ
+broker pass ``--processes N``: N worker processes are started with the ``spawn`` method, signals
+are forwarded to them, and one that crashes is restarted with an exponential backoff, giving up
+after a few crashes in a row.
+
+Signals. The first SIGTERM or SIGINT stops gracefully: messages being processed get up to
+``--worker-shutdown-timeout`` milliseconds (Dramatiq's name) to finish; one still running then is
+handed back to the broker and runs again; prefetched ones go back to their queue at once. A
+second signal exits at once with code 1; durable brokers redeliver what was in flight.
+
+Logs use Dramatiq's line layout; every line hides the broker's and the results store's
+passwords and the notebook-actor secret. At boot each process logs its broker, its processes and
+threads, and one line per queue with the actors it serves.
+
+Exit codes:
+
+- 0: the worker stopped normally;
+- 1: it was killed by a second signal, or a worker process kept crashing;
+- 2: bad arguments, or a module or broker could not be imported;
+- 3: the broker's server could not be reached at boot.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+
+from .boot import BootError, add_paths, check_notebook_actors, split_spec
+from .logs import LOG_FORMAT, report_error, setup_logging
+from .options import EXIT_CODES, ExitCode, Options, make_argument_parser, parse_options, version
+from .serve import run_single, serve
+from .signals import Killed, SignalCatcher, flush_and_exit, signal_name, termination_signals
+
+__all__ = [
+    "EXIT_CODES",
+    "LOG_FORMAT",
+    "BootError",
+    "ExitCode",
+    "Killed",
+    "Options",
+    "SignalCatcher",
+    "add_paths",
+    "flush_and_exit",
+    "main",
+    "make_argument_parser",
+    "parse_options",
+    "report_error",
+    "serve",
+    "setup_logging",
+    "signal_name",
+    "split_spec",
+    "termination_signals",
+    "version",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nbqueue`` command.
+
+    Parameters:
+      argv: the arguments without the program name; ``None`` reads ``sys.argv`` and means this
+        call owns the process, so a second signal ends it with ``os._exit(1)`` rather than
+        returning while worker threads still run.
+
+    Returns:
+      The exit code (see ``ExitCode`` and the module docstring).
+    """
+    own_process = argv is None
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else ExitCode.USAGE
+    if threading.current_thread() is not threading.main_thread():
+        report_error(
+            "nbqueue.cli.main() must run in the main thread to receive SIGTERM and SIGINT; "
+            "call it from the main thread or start a Worker yourself.",
+            options,
+        )
+        return int(ExitCode.USAGE)
+    try:
+        check_notebook_actors(options)
+    except BootError as e:
+        report_error(e.message, options)
+        return int(e.code)
+
+    saved_path = list(sys.path)
+    setup = setup_logging(options)
+    try:
+        if options.processes == 1:
+            return run_single(options, own_process=own_process)
+        from ..supervisor import run_processes
+
+        return run_processes(options)
+    finally:
+        setup.undo()
+        if not own_process:
+            sys.path[:] = saved_path

@@ -1,0 +1,245 @@
+"""The command line of ``nbqueue worker``: the parser, ``Options`` and the exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from enum import IntEnum
+
+__all__ = ["EXIT_CODES", "ExitCode", "Options", "make_argument_parser", "parse_options"]
+
+
+class ExitCode(IntEnum):
+    """The exit codes of the ``nbqueue`` command (the same numbers as Dramatiq's)."""
+
+    OK = 0
+    KILLED = 1
+    USAGE = 2
+    CONNECTION_FAILED = 3
+
+
+EXIT_CODES = frozenset(int(code) for code in ExitCode)
+
+#: Where a results store for an ``amqp://`` broker is read from (a ``redis://`` URL).
+RESULTS_URL_ENV = "NBQUEUE_RESULTS_URL"
+
+HELP_EPILOG = """\
+examples:
+  nbqueue worker tasks                    actors in ./tasks.py, broker from NBQUEUE_BROKER_URL
+                                          (in-memory if unset)
+  nbqueue tasks                           the same; "worker" may be left out
+  nbqueue worker tasks:broker             the Broker instance tasks.broker
+  nbqueue worker app:setup_broker tasks   call app.setup_broker(), then import tasks
+  nbqueue worker tasks --broker redis://127.0.0.1:6379/0 --processes 4
+  nbqueue worker tasks -Q default emails  consume only these queues
+  NBQUEUE_SECRET=... nbqueue worker tasks --broker redis://... --notebook-actors
+
+processes:
+  --processes defaults to 1: with the in-memory broker every process has its own queue, so
+  only messages sent from inside the worker process reach it. Use a Redis or RabbitMQ broker
+  and pass --processes N to run N worker processes. A worker process that crashes is
+  restarted, with a growing delay; after 5 crashes in a row everything stops (exit code 1).
+
+broker from a URL:
+  a broker built from --broker or NBQUEUE_BROKER_URL stores results and the live status of
+  messages (what notebooks watch) in Redis: on the broker's server for redis:// URLs, and on
+  NBQUEUE_RESULTS_URL for amqp:// URLs (without it, an amqp:// worker stores no results).
+  A broker named by MODULE:BROKER is used exactly as the module configured it.
+
+notebook actors:
+  --notebook-actors also runs actors published from notebooks (%%actor --remote). Their code is
+  signed: give the shared secret in NBQUEUE_SECRET or in a file with --secret-file, never on
+  the command line (other users can read it there).
+
+signals:
+  the first SIGTERM or SIGINT stops gracefully: running messages get up to
+  --worker-shutdown-timeout ms to finish (then they are handed back to the broker and run
+  again elsewhere), prefetched ones are requeued at once. A second signal exits at once
+  (code 1); durable brokers redeliver the messages that were running.
+
+exit codes:
+  0  stopped normally
+  1  killed by a second signal, or a worker process kept crashing
+  2  bad arguments, or a module or broker could not be imported
+  3  the broker's server could not be reached at boot
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The parsed command line, picklable so that worker processes receive it.
+
+    Attributes:
+      modules: the ``MODULE[:ATTR]`` specs, in the order given.
+      processes: how many worker processes to run.
+      threads: worker threads per process.
+      queues: the queues to consume, or ``None`` for all.
+      paths: folders put in front of ``sys.path``.
+      broker_url: the broker URL from ``--broker`` or ``NBQUEUE_BROKER_URL``.
+      broker_url_source: where ``broker_url`` came from, for messages.
+      namespace: the Redis key namespace of a broker built from a URL.
+      shutdown_timeout: milliseconds running messages get to finish at shutdown.
+      notebook_actors: whether to run actors published from notebooks.
+      secret_file: the file holding the shared secret of notebook actors (never the secret
+        itself, which each process reads when it boots).
+      verbose: how many ``-v`` were given.
+    """
+
+    modules: tuple[str, ...]
+    processes: int = 1
+    threads: int = 8
+    queues: tuple[str, ...] | None = None
+    paths: tuple[str, ...] = (".",)
+    broker_url: str | None = None
+    broker_url_source: str = "--broker"
+    namespace: str | None = None
+    shutdown_timeout: int = 600_000
+    notebook_actors: bool = False
+    secret_file: str | None = None
+    verbose: int = 0
+
+
+def version() -> str:
+    """Return nbqueue's version."""
+    try:
+        from .. import __version__
+    except ImportError:  # pragma: no cover - only while the package is half built
+        from importlib.metadata import version as distribution_version
+
+        return distribution_version("nbqueue")
+    return str(__version__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def make_argument_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``nbqueue [worker] ...``."""
+    parser = argparse.ArgumentParser(
+        prog="nbqueue",
+        usage="nbqueue [worker] MODULE[:BROKER] [MODULE ...] [options]",
+        description="Run an nbqueue worker for the actors declared in MODULE(s).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HELP_EPILOG,
+    )
+    parser.add_argument(
+        "modules",
+        metavar="MODULE[:BROKER]",
+        nargs="+",
+        help="modules to import; MODULE:ATTR names a Broker or a function that sets one up",
+    )
+    parser.add_argument(
+        "--processes",
+        "-p",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="worker processes to run (default: 1; see 'processes' below)",
+    )
+    parser.add_argument(
+        "--threads",
+        "-t",
+        metavar="N",
+        type=_positive_int,
+        default=8,
+        help="worker threads per process (default: 8)",
+    )
+    parser.add_argument(
+        "--queues",
+        "-Q",
+        nargs="+",
+        metavar="QUEUE",
+        help="consume only these queues (default: all)",
+    )
+    parser.add_argument(
+        "--path",
+        "-P",
+        nargs="+",
+        metavar="DIR",
+        default=["."],
+        help="folders to import modules from, put in front of sys.path (default: .)",
+    )
+    parser.add_argument(
+        "--broker",
+        "-b",
+        metavar="URL",
+        help="broker URL (memory://, redis://, rediss://, amqp://, amqps://); "
+        "default: $NBQUEUE_BROKER_URL",
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="Redis key namespace of a broker built from a URL (default: dramatiq, as Dramatiq); "
+        "the same as %%nbqueue connect --namespace",
+    )
+    parser.add_argument(
+        "--worker-shutdown-timeout",
+        type=_non_negative_int,
+        default=600_000,
+        metavar="MS",
+        help="milliseconds running messages get to finish after the first signal (default: 600000)",
+    )
+    parser.add_argument(
+        "--notebook-actors",
+        action="store_true",
+        help="also run actors published from notebooks (%%%%actor --remote); their code must be "
+        "signed with the secret from $NBQUEUE_SECRET or --secret-file",
+    )
+    parser.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="file holding the shared secret of notebook actors (default: $NBQUEUE_SECRET)",
+    )
+    parser.add_argument("--verbose", "-v", action="count", default=0, help="log debug messages too")
+    parser.add_argument("--version", action="version", version=f"nbqueue {version()}")
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    """Parse a command line (without the program name) into ``Options``.
+
+    Raises:
+      SystemExit: on bad arguments (code 2), ``--help`` or ``--version`` (code 0), after
+        argparse printed the reason.
+    """
+    args = list(argv)
+    if args and args[0] == "worker":
+        args = args[1:]
+    ns = make_argument_parser().parse_args(args)
+    broker_url, source = ns.broker, "--broker"
+    if broker_url is None:
+        broker_url = os.environ.get("NBQUEUE_BROKER_URL", "").strip() or None
+        source = "NBQUEUE_BROKER_URL"
+    return Options(
+        modules=tuple(ns.modules),
+        processes=ns.processes,
+        threads=ns.threads,
+        queues=tuple(ns.queues) if ns.queues else None,
+        paths=tuple(os.path.abspath(p) for p in ns.path),
+        broker_url=broker_url,
+        broker_url_source=source,
+        namespace=ns.namespace,
+        shutdown_timeout=ns.worker_shutdown_timeout,
+        notebook_actors=ns.notebook_actors,
+        secret_file=os.path.abspath(ns.secret_file) if ns.secret_file else None,
+        verbose=ns.verbose,
+    )
