@@ -382,3 +382,146 @@ def test_python_m_nbqueue_runs_a_worker_until_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "Queue 'default': actors touch." in err
     assert "Worker stopped." in err
+
+
+def test_help_explains_notebook_actors_and_where_the_secret_comes_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "--notebook-actors" in out
+    assert "--secret-file PATH" in out
+    assert "(%%actor\n" in out or "(%%actor --remote)" in " ".join(out.split())
+    assert "NBQUEUE_SECRET or in a file with --secret-file, never on" in out
+    assert "--worker-shutdown-timeout ms to finish" in " ".join(out.split())
+
+
+def test_notebook_actors_without_a_secret_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["tasks", "--notebook-actors"]) == ExitCode.USAGE
+    assert capsys.readouterr().err == (
+        "nbqueue: error: --notebook-actors needs the shared secret that signs notebook actors; "
+        "set NBQUEUE_SECRET or pass --secret-file PATH.\n"
+    )
+
+
+def test_an_unreadable_or_empty_secret_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.key"
+    assert main(["tasks", "--notebook-actors", "--secret-file", str(missing)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"Could not read --secret-file {str(missing)!r}: No such file or directory" in err
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    assert main(["tasks", "--secret-file", str(empty)]) == ExitCode.USAGE
+    assert "is empty; write the shared secret into it." in capsys.readouterr().err
+
+
+def test_notebook_actors_with_a_secret_needs_nbqueue_remote(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hide nbqueue.remote (it may or may not be installed): the flag is refused, clearly.
+    monkeypatch.setitem(sys.modules, "nbqueue.remote", None)
+    monkeypatch.setenv("NBQUEUE_SECRET", "a-shared-secret")
+    assert main(["tasks", "--notebook-actors"]) == ExitCode.USAGE
+    assert "--notebook-actors is unavailable" in capsys.readouterr().err
+
+
+def test_without_nbqueue_remote_the_worker_runs_as_before(
+    write_module: WriteModule,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "nbqueue.remote", None)
+    out = tmp_path / "out.txt"
+    name = write_module(touch_and_stop_source(out))
+    assert main([name, "-P", str(tmp_path)]) == ExitCode.OK
+    assert out.read_text() == "done"
+
+
+def test_the_secret_from_a_file_never_reaches_the_output(
+    write_module: WriteModule,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "file-secret-9f8e7d"
+    key = tmp_path / "worker.key"
+    key.write_text(secret + "\n")
+    name = write_module(
+        f"""
+        import logging
+        import os
+        import signal
+
+        # A careless module that logs the secret: the CLI's log format hides it anyway.
+        logging.getLogger("tasks").warning("key %s", open({str(key)!r}).read().strip())
+        os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    assert main([name, "-P", str(tmp_path), "--secret-file", str(key)]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "key ***" in err
+    assert secret not in err
+
+
+def test_namespace_needs_a_broker_url(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["tasks", "-P", str(tmp_path), "--namespace", "ns"]) == ExitCode.USAGE
+    assert "--namespace applies to a broker built from --broker" in capsys.readouterr().err
+
+
+def test_boot_log_names_processes_threads_and_the_redis_stores(
+    write_module: WriteModule,
+    tmp_path: Path,
+    redis_url: str,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = write_module(
+        f"""
+        import os
+        import signal
+
+        import nbqueue
+
+        broker = nbqueue.get_broker()
+        names = sorted(type(m).__name__ for m in broker.middleware)
+        print("middleware", names, flush=True)
+
+        @nbqueue.actor(queue_name={namespace!r})
+        def first():
+            pass
+
+        @nbqueue.actor(queue_name={namespace!r})
+        def second():
+            pass
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    import redis
+
+    from tests.brokers._redis import delete_namespace
+
+    url = redis_url.replace("redis://", "redis://:pw-hidden-1234@", 1)
+    try:
+        code = main(
+            [name, "-P", str(tmp_path), "-t", "3", "--broker", url, "--namespace", namespace]
+        )
+    finally:
+        delete_namespace(redis.Redis.from_url(redis_url), namespace)
+    captured = capsys.readouterr()
+    # Redis answers "AUTH without a password configured" or connects lazily: either way the
+    # boot line came first, without the password.
+    assert "pw-hidden-1234" not in captured.out + captured.err
+    assert code in (ExitCode.OK, ExitCode.CONNECTION_FAILED), captured.err
+    assert "'AsyncIO'" in captured.out and "'Live'" in captured.out
+    assert "'Results'" in captured.out
+    assert (
+        f"broker RedisBroker at redis://:***@127.0.0.1:6379/15 (namespace {namespace!r}); "
+        "results in RedisBackend, live status; 1 process(es) x 3 thread(s)." in captured.err
+    )
+    assert f"Queue {namespace!r}: actors first, second." in captured.err
