@@ -35,6 +35,7 @@ from .generic import GenericActor
 from .live import MessageStatus, progress, stream
 from .message import Message, get_encoder, set_encoder
 from .middleware import Middleware
+from .remote import publish_actor
 from .worker import ConsumerThread, Worker, WorkerThread
 
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "middleware",
     "pipeline",
     "progress",
+    "publish_actor",
     "set_broker",
     "set_encoder",
     "stream",
