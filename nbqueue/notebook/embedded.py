@@ -139,8 +139,22 @@ class AutoStart(Middleware):
             on_sent(message, broker)
 
 
+class _AllBut(set[str]):
+    """A worker's queue whitelist that admits every queue except ``excluded`` (a live set)."""
+
+    def __init__(self, excluded: set[str]) -> None:
+        super().__init__()
+        self.excluded = excluded
+
+    def __contains__(self, name: object) -> bool:
+        return name not in self.excluded
+
+
 class EmbeddedWorker:
     """Owns the kernel's one embedded ``Worker`` (see the module docstring).
+
+    Queues in ``skip_queues`` (those of ``%%actor --remote`` actors, which run on remote
+    workers) are not consumed unless ``queues`` names them.
 
     Parameters:
       threads: how many actors may run at once.
@@ -150,6 +164,7 @@ class EmbeddedWorker:
     def __init__(self, threads: int = DEFAULT_THREADS, queues: Iterable[str] | None = None) -> None:
         self.threads = threads
         self.queues: list[str] | None = list(queues) if queues is not None else None
+        self.skip_queues: set[str] = set()
         self.worker: Worker | None = None
         self.meter = RateMeter()
         self.autostart = AutoStart(self)
@@ -175,6 +190,8 @@ class EmbeddedWorker:
         if worker is None or not worker.running:
             return "stopped"
         queues = ", ".join(sorted(self.queues)) if self.queues is not None else "all queues"
+        if self.queues is None and self.skip_queues:
+            queues += f" but {', '.join(sorted(self.skip_queues))}"
         return f"running, {self.threads} threads, {queues}, {worker.pending} pending"
 
     def ensure_started(self) -> Worker:
@@ -220,6 +237,8 @@ class EmbeddedWorker:
             broker = get_broker()
             self.attach(broker)
             worker = Worker(broker, queues=self.queues, worker_threads=self.threads)
+            if self.queues is None:
+                worker.consumer_whitelist = _AllBut(self.skip_queues)
             worker.start()
             self.worker = worker
             if not self._atexit:

@@ -23,6 +23,7 @@ from ..broker import Broker, get_broker
 from ..common import QUEUE_NAME_RE, redact_url
 from ..connection import connect
 from ..message import Message
+from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
 from .setup import prepare_broker
 from .widgets import History, JobView, QueueMonitor, ResultsTable
@@ -186,6 +187,12 @@ class NbqueueMagics(Magics):
         help="store results, so message.get_result() works (the default)",
     )
     @_arg("--no-store-results", dest="store_results", action="store_false")
+    @_arg(
+        "--remote",
+        action="store_true",
+        help="also publish the cell, signed with NBQUEUE_SECRET, for workers started with "
+        "--notebook-actors; the queue defaults to 'notebook', which the embedded worker skips",
+    )
     @_cell_magic("actor")
     def actor(self, line: str, cell: str) -> None:
         """Run the cell and register every function it defines as an actor.
@@ -194,8 +201,18 @@ class NbqueueMagics(Magics):
         of a cell; sync, ``async def`` and async generator functions all work. Results are
         stored by default. Re-running the cell replaces the actors. Send with ``%send NAME
         ARGS`` or ``NAME.send(...)``; calling ``NAME(...)`` still runs the function here.
+
+        ``--remote`` publishes the whole cell (its imports and helpers run on the worker too) so
+        that ``nbqueue worker --notebook-actors`` with the same ``NBQUEUE_SECRET`` runs it; each
+        message runs the version of the cell it was sent with.
         """
         args = _parse(self.actor, line)
+        secret = secret_from_env() if args.remote else None
+        if args.remote and secret is None:
+            raise UsageError(
+                f"%%actor --remote needs the workers' shared secret: set it first with "
+                f"os.environ[{SECRET_ENV!r}] = '...' (the value the workers have)."
+            )
         if args.queue is not None and not QUEUE_NAME_RE.fullmatch(args.queue):
             raise UsageError(
                 f"Queue name {args.queue!r} is invalid; use letters, digits, '.', '_' and '-'."
@@ -231,11 +248,14 @@ class NbqueueMagics(Magics):
             )
         if "store_results" in broker.actor_options:
             options["store_results"] = stored
+        default_queue = NOTEBOOK_QUEUE if args.remote else "default"
         declaration = {
-            "queue_name": args.queue or "default",
+            "queue_name": args.queue or default_queue,
             "priority": args.priority or 0,
             **options,
         }
+        if args.remote:
+            declaration["_remote_source"] = source
         registered = []
         for name in names:
             fn = self.ip.user_ns.get(name)
@@ -250,16 +270,32 @@ class NbqueueMagics(Magics):
         if broker is get_broker():
             self.embedded.on_send()  # start it now, so that the first %send is fast too
         results = "results stored" if stored else "results not stored"
+        remote = ", published for --notebook-actors workers" if args.remote else ""
         print(
             f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
-            f"({type(broker).__name__}, {results})."
+            f"({type(broker).__name__}, {results}{remote})."
         )
 
     def _declare(
         self, fn: Any, actor_name: str, declaration: dict[str, Any], broker: Broker
     ) -> Actor[Any, Any]:
+        options = dict(declaration)
+        source = options.pop("_remote_source", None)
         try:
-            actor = declare(actor_name=actor_name, broker=broker, **declaration)(fn)
+            if source is None:
+                actor = declare(actor_name=actor_name, broker=broker, **options)(fn)
+            else:
+                # Skipped before the queue is declared, so a running embedded worker never
+                # starts consuming it.
+                self.embedded.skip_queues.add(options["queue_name"])
+                actor = publish_actor(
+                    fn,
+                    source=source,
+                    secret=secret_from_env(),
+                    actor_name=actor_name,
+                    broker=broker,
+                    **options,
+                )
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.declared[actor_name] = (fn, declaration)
