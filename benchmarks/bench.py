@@ -1,18 +1,19 @@
-"""Run the same workloads on nbqueue and on Dramatiq 2.x and compare them.
+"""Run the same workloads on nbqueue and on Dramatiq 2.x, on memory, Redis and RabbitMQ.
 
-Each library runs in its own child processes (``--child``), so the two never share a process,
-a global broker or threads. The short throughput workloads run in alternating rounds (one child
-per library per round) so that drifting background load hits both alike; the parent merges the
-samples every child returns as JSON, prints a table and writes JSON. One small adapter per
-library x broker builds the broker, the result backend and the actors; the workloads only use
-the API both libraries share.
+Every measurement runs in a fresh child process (``--child``), one implementation per child, so
+the libraries never share a process, a global broker, threads or import state. Per broker, the
+send/bulk/in-process children and the CLI children run in alternating rounds (the order of the
+implementations rotates each round) so that drifting background load hits all alike; the round
+trip runs in one child per implementation and the idle measurement in one child per
+implementation, those three side by side. The parent merges the samples, prints a table with
+ratios and targets, and writes JSON.
 
 Usage::
 
-    python benchmarks/bench.py --broker memory            # full run
-    python benchmarks/bench.py --broker memory --quick    # smoke run, well under a minute
-    python benchmarks/bench.py --only nbqueue --json out.json
-    python benchmarks/bench.py --quick --workloads process --profile /tmp/prof   # py-spy
+    python benchmarks/bench.py                          # every broker, 3 rounds
+    python benchmarks/bench.py --quick                  # smoke run, under 2 minutes
+    python benchmarks/bench.py --broker redis --only process --rounds 5
+    python benchmarks/bench.py --broker memory --only process --profile /tmp/prof   # py-spy
 
 See benchmarks/README.md for what each figure means.
 """
@@ -20,539 +21,132 @@ See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
 import json
 import os
 import platform
 import re
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-LIBRARIES = ("nbqueue", "dramatiq")
-BROKERS = ("memory",)  # "redis" and "rabbitmq" come next: add an adapter per library for each
-WORKLOADS = ("send", "process", "roundtrip", "idle")
+sys.path.insert(0, str(HERE))
 
-#: Both libraries' default ``worker_timeout`` (ms), passed explicitly so that environment
-#: variables cannot change it.
-WORKER_TIMEOUT_MS = 1000
-WORKER_THREADS = 8
-QUEUE = "bench"
-RT_QUEUE = "bench_rt"
-
-
-@dataclass(frozen=True)
-class Config:
-    """Sizes of the workloads; ``quick`` shrinks them for a smoke run."""
-
-    messages: int
-    roundtrips: int
-    roundtrip_budget_s: float  # stop the round trips early after this long (0: never)
-    idle_s: float
-    repeats: int  # runs of the send and process workloads in each child
-    warmup: int
-
-    @classmethod
-    def make(cls, quick: bool, repeats: int | None = None) -> Config:
-        """Return the full or the quick configuration."""
-        if quick:
-            return cls(2000, 200, 8.0, 1.0, repeats or 1, 200)
-        return cls(20000, 1000, 0.0, 3.0, repeats or 1, 1000)
-
-
-# --------------------------------------------------------------------------------------------
-# Adapters: one per library x broker
-
-
-class Adapter:
-    """Builds a broker with a ``Results`` middleware, its backend and two actors.
-
-    Subclasses name the library and build the broker and the result backend; everything else
-    goes through the API nbqueue and Dramatiq share.
-    """
-
-    library = ""
-    broker_name = ""
-
-    def __init__(self) -> None:
-        self.lib: Any = importlib.import_module(self.library)
-        results = importlib.import_module(f"{self.library}.results")
-        self.broker = self.make_broker()
-        self.backend = self.make_backend()
-        self.broker.add_middleware(results.Results(backend=self.backend))
-        self.lib.set_broker(self.broker)
-
-        def noop(*args: Any) -> None:
-            """Do nothing."""
-
-        def echo(value: Any) -> Any:
-            """Return the argument, so that it is stored as the result."""
-            return value
-
-        self.noop = self.lib.actor(
-            noop, actor_name="bench_noop", queue_name=QUEUE, broker=self.broker
-        )
-        self.echo = self.lib.actor(
-            echo,
-            actor_name="bench_echo",
-            queue_name=RT_QUEUE,
-            broker=self.broker,
-            store_results=True,
-        )
-
-    def make_broker(self) -> Any:
-        """Return a new broker (with the library's default middleware)."""
-        raise NotImplementedError
-
-    def make_backend(self) -> Any:
-        """Return a new result backend for the ``Results`` middleware."""
-        raise NotImplementedError
-
-    def worker(self) -> Any:
-        """Return a new, unstarted worker with 8 threads and the default timeout."""
-        return self.lib.Worker(
-            self.broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
-        )
-
-    def flush(self) -> None:
-        """Drop every waiting message."""
-        self.broker.flush_all()
-
-    def join(self, queue_name: str) -> None:
-        """Block until a queue is drained."""
-        self.broker.join(queue_name)
-
-    def version(self) -> str:
-        """Return the library's version."""
-        return str(getattr(self.lib, "__version__", "?"))
-
-    def close(self) -> None:
-        """Release the broker's resources."""
-        self.broker.close()
-
-
-class NbqueueMemory(Adapter):
-    """nbqueue with its in-memory ``StubBroker`` and ``StubBackend``."""
-
-    library = "nbqueue"
-    broker_name = "memory"
-
-    def make_broker(self) -> Any:
-        from nbqueue.brokers.stub import StubBroker
-
-        return StubBroker()
-
-    def make_backend(self) -> Any:
-        from nbqueue.results.backends import StubBackend
-
-        return StubBackend()
-
-
-class DramatiqMemory(Adapter):
-    """Dramatiq with its in-memory ``StubBroker`` and ``StubBackend``."""
-
-    library = "dramatiq"
-    broker_name = "memory"
-
-    def make_broker(self) -> Any:
-        from dramatiq.brokers.stub import StubBroker
-
-        return StubBroker()
-
-    def make_backend(self) -> Any:
-        from dramatiq.results.backends import StubBackend
-
-        return StubBackend()
-
-
-ADAPTERS: dict[tuple[str, str], type[Adapter]] = {
-    ("nbqueue", "memory"): NbqueueMemory,
-    ("dramatiq", "memory"): DramatiqMemory,
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Workloads (run in the child). Each returns lists of samples; the parent merges the lists of
-# every child of a library and computes the figures.
-
-Samples = dict[str, list[float]]
-
-
-def cpu_seconds() -> float:
-    """Return user + system CPU time of this process, all threads included."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """Return the peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
-
-
-def _enqueue_untimed(actor: Any, count: int) -> None:
-    """Send ``count`` messages outside any timed window (profile summaries leave it out)."""
-    send = actor.send
-    for i in range(count):
-        send(i)
-
-
-def send_rate(make: Callable[[], Adapter], config: Config) -> Samples:
-    """Workload 1: messages sent per second from one thread, no worker running."""
-    adapter = make()
-    _enqueue_untimed(adapter.noop, config.warmup)
-    adapter.flush()
-    send = adapter.noop.send
-    rates = []
-    for _ in range(config.repeats):
-        gc.collect()
-        start = time.perf_counter()
-        for i in range(config.messages):
-            send(i)
-        elapsed = time.perf_counter() - start
-        adapter.flush()
-        rates.append(config.messages / elapsed)
-    adapter.close()
-    return {"send_rate": rates}
-
-
-def processing(make: Callable[[], Adapter], config: Config) -> Samples:
-    """Workloads 2 and 4: drain N queued no-op messages with a fresh worker; CPU per message.
-
-    The timed window starts just before ``worker.start()`` and ends when ``broker.join()``
-    returns; stopping the worker is not timed. Each run gets a fresh broker, because a stopped
-    Dramatiq worker leaves its middleware on the broker.
-    """
-
-    def drain(count: int) -> tuple[float, resource.struct_rusage, resource.struct_rusage]:
-        adapter = make()
-        _enqueue_untimed(adapter.noop, count)
-        gc.collect()
-        worker = adapter.worker()
-        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        worker.start()
-        adapter.join(QUEUE)
-        elapsed, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-        worker.stop()
-        adapter.close()
-        return elapsed, before, after
-
-    drain(config.warmup)
-    n = config.messages
-    samples: Samples = {key: [] for key in PROCESS_KEYS}
-    for _ in range(config.repeats):
-        elapsed, before, after = drain(n)
-        user = (after.ru_utime - before.ru_utime) / n * 1e6
-        system = (after.ru_stime - before.ru_stime) / n * 1e6
-        samples["process_rate"].append(n / elapsed)
-        samples["cpu_us_per_message"].append(user + system)
-        samples["user_us_per_message"].append(user)
-        samples["sys_us_per_message"].append(system)
-        samples["voluntary_switches_per_message"].append((after.ru_nvcsw - before.ru_nvcsw) / n)
-        samples["involuntary_switches_per_message"].append((after.ru_nivcsw - before.ru_nivcsw) / n)
-    return samples
-
-
-PROCESS_KEYS = (
-    "process_rate",
-    "cpu_us_per_message",
-    "user_us_per_message",
-    "sys_us_per_message",
-    "voluntary_switches_per_message",
-    "involuntary_switches_per_message",
+from bench_adapters import (  # noqa: E402
+    BROKERS,
+    IMPLEMENTATIONS,
+    Adapter,
+    Target,
+    check_server,
+    cleanup,
+    redact,
+    server_version,
+)
+from bench_report import build_table, figures, format_spread, format_table  # noqa: E402
+from bench_workloads import (  # noqa: E402
+    WORKLOAD_FUNCS,
+    WORKLOADS,
+    Config,
+    Context,
+    applicable,
+    peak_rss_mib,
 )
 
-
-def roundtrip(make: Callable[[], Adapter], config: Config) -> Samples:
-    """Workload 3: send one message and block on its result, sequentially, worker running."""
-    adapter = make()
-    worker = adapter.worker()
-    worker.start()
-    try:
-        send, backend = adapter.echo.send, adapter.backend
-
-        def once(i: int) -> float:
-            start = time.perf_counter()
-            result = send(i).get_result(backend=backend, block=True, timeout=10000)
-            elapsed = time.perf_counter() - start
-            if result != i:
-                raise AssertionError(f"round trip returned {result!r}, expected {i!r}")
-            return elapsed * 1000
-
-        for i in range(max(5, config.roundtrips // 50)):
-            once(i)
-        latencies: list[float] = []
-        deadline = time.perf_counter() + config.roundtrip_budget_s
-        for i in range(config.roundtrips):
-            latencies.append(once(i))
-            if config.roundtrip_budget_s and time.perf_counter() > deadline:
-                break
-    finally:
-        worker.stop()
-        adapter.close()
-    return {"rt_ms": latencies}
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+ROUNDS = ("send", "bulk", "process")  # one child per implementation per round
+CLI = ("cli",)  # one child per implementation per round, on its own
+SERIAL = ("roundtrip",)  # one child per implementation
+PARALLEL = ("idle",)  # one child per implementation, all three at once
 
 
-def idle(make: Callable[[], Adapter], config: Config) -> Samples:
-    """Workload 6: CPU used by a started worker with nothing to do, in % of one core."""
-    adapter = make()
-    worker = adapter.worker()
-    worker.start()
-    try:
-        time.sleep(0.3)  # let the threads boot
-        cpu0, start = cpu_seconds(), time.perf_counter()
-        time.sleep(config.idle_s)
-        cpu, elapsed = cpu_seconds() - cpu0, time.perf_counter() - start
-        threads = threading.active_count()
-    finally:
-        worker.stop()
-        adapter.close()
-    return {"idle_cpu_pct": [cpu / elapsed * 100], "idle_threads": [threads]}
-
-
-WORKLOAD_FUNCS: dict[str, Callable[[Callable[[], Adapter], Config], Samples]] = {
-    "send": send_rate,
-    "process": processing,
-    "roundtrip": roundtrip,
-    "idle": idle,
-}
-
-
-def run_child(library: str, broker: str, config: Config, workloads: list[str]) -> dict[str, Any]:
-    """Run the chosen workloads on one library and return their samples."""
+def run_child(impl: str, target: Target, config: Config, workloads: list[str]) -> dict[str, Any]:
+    """Run the chosen workloads on one implementation and return their samples."""
     started = time.perf_counter()
-    make = ADAPTERS[(library, broker)]
-    probe = make()
-    version = probe.version()
-    probe.close()
-    rss_after_setup = peak_rss_mib()
-    samples: Samples = {}
-    for name in workloads:
-        samples.update(WORKLOAD_FUNCS[name](make, config))
+    ctx = Context(impl, target, config)
+    samples: dict[str, list[float]] = {}
+    try:
+        probe = Adapter(impl, target)
+        version, middleware = probe.version(), probe.middleware_names()
+        probe.close()
+        for name in workloads:
+            samples.update(WORKLOAD_FUNCS[name](ctx))
+    finally:
+        cleanup(target)
     return {
-        "library": library,
+        "impl": impl,
         "version": version,
-        "broker": broker,
+        "middleware": middleware,
+        "broker": target.broker,
         "workloads": workloads,
         "samples": samples,
-        "rss_after_setup_mib": rss_after_setup,
         "peak_rss_mib": peak_rss_mib(),
         "seconds": time.perf_counter() - started,
     }
 
 
 # --------------------------------------------------------------------------------------------
-# Parent: plan and spawn the children, merge their samples, print the table, write JSON
-
-THROUGHPUT = ("send", "process")  # short, noise-sensitive: run in alternating rounds
-LATENCY = ("roundtrip", "idle")  # long (Dramatiq's round trips): one child per library
+# Parent
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Return the q-th percentile (0-100) of samples, interpolating linearly."""
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+def plan(
+    impls: list[str], workloads: list[str], rounds: int
+) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """Return the batches of children to run, in order: (kind, [(impl, workloads)]).
 
-
-def plan(libraries: list[str], workloads: list[str], rounds: int) -> list[tuple[str, list[str]]]:
-    """Return the children to run, in order: (library, workloads).
-
-    The throughput workloads run in ``rounds`` rounds, one child per library each, alternating
-    which library goes first, so that background load drifting over time hits both alike.
+    A ``serial`` batch runs its children one after the other, a ``parallel`` one all at once.
     """
-    jobs: list[tuple[str, list[str]]] = []
-    fast = [w for w in workloads if w in THROUGHPUT]
-    slow = [w for w in workloads if w in LATENCY]
-    if fast:
-        for r in range(rounds):
-            for library in libraries if r % 2 == 0 else libraries[::-1]:
-                jobs.append((library, fast))
-    if slow:
-        jobs += [(library, slow) for library in libraries]
-    return jobs
-
-
-def figures(children: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge the samples of one library's children and compute its figures."""
-    samples: Samples = {}
-    for child in children:
-        for key, values in child["samples"].items():
-            samples.setdefault(key, []).extend(values)
-    out: dict[str, Any] = {
-        "version": children[0]["version"],
-        "children": len(children),
-        "peak_rss_mib": max(c["peak_rss_mib"] for c in children),
-        "rss_after_setup_mib": min(c["rss_after_setup_mib"] for c in children),
-    }
-    for key, values in samples.items():
-        if key == "rt_ms":
-            out.update(
-                rt_samples=len(values),
-                rt_p50_ms=percentile(values, 50),
-                rt_p95_ms=percentile(values, 95),
-                rt_p99_ms=percentile(values, 99),
-                rt_mean_ms=statistics.fmean(values),
-            )
-        elif values:
-            out[key] = statistics.median(values)
-    out["samples"] = samples
-    return out
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the table: a figure from the children and which way is better."""
-
-    label: str
-    key: str
-    unit: str
-    higher_is_better: bool
-    fmt: str
-
-
-ROWS = (
-    Row("send rate, 1 thread", "send_rate", "msg/s", True, "{:,.0f}"),
-    Row("processing rate, 8 threads", "process_rate", "msg/s", True, "{:,.0f}"),
-    Row("round trip p50", "rt_p50_ms", "ms", False, "{:.3f}"),
-    Row("round trip p95", "rt_p95_ms", "ms", False, "{:.3f}"),
-    Row("round trip p99", "rt_p99_ms", "ms", False, "{:.3f}"),
-    Row("CPU per processed message", "cpu_us_per_message", "us", False, "{:.1f}"),
-    Row("peak RSS", "peak_rss_mib", "MiB", False, "{:.1f}"),
-    Row("idle worker CPU", "idle_cpu_pct", "% core", False, "{:.3f}"),
-)
-
-
-def ratio(row: Row, ours: float | None, theirs: float | None) -> float | str | None:
-    """Return nbqueue vs Dramatiq, oriented so that > 1 means nbqueue is better."""
-    if ours is None or theirs is None:
-        return None
-    numerator, denominator = (ours, theirs) if row.higher_is_better else (theirs, ours)
-    if denominator <= 0:
-        return "inf" if numerator > 0 else None  # a string: JSON has no infinity
-    return numerator / denominator
-
-
-def build_table(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return one record per row with both values and the ratio."""
-    table = []
-    for row in ROWS:
-        values = {lib: results.get(lib, {}).get(row.key) for lib in LIBRARIES}
-        if all(v is None for v in values.values()):
-            continue
-        table.append(
-            {
-                "workload": row.label,
-                "key": row.key,
-                "unit": row.unit,
-                "better": "higher" if row.higher_is_better else "lower",
-                **values,
-                "ratio": ratio(row, values["nbqueue"], values["dramatiq"]),
-            }
-        )
-    return table
-
-
-def format_table(table: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
-    """Render the table as aligned text."""
-    formats = {row.key: row.fmt for row in ROWS}
-    header = ["workload", "nbqueue", "dramatiq", "ratio"]
-    lines = []
-    for record in table:
-        label = f"{record['workload']} ({record['unit']}, {record['better']} is better)"
-        if record["key"].startswith("rt_"):
-            counts = [str(results.get(lib, {}).get("rt_samples", "-")) for lib in LIBRARIES]
-            label += f" n={'/'.join(counts)}"
-        cells = [label]
-        for lib in LIBRARIES:
-            value = record[lib]
-            cells.append("-" if value is None else formats[record["key"]].format(value))
-        r = record["ratio"]
-        cells.append("-" if r is None else (r if isinstance(r, str) else f"{r:.2f}x"))
-        lines.append(cells)
-    widths = [max(len(c[i]) for c in [header, *lines]) for i in range(4)]
-
-    def render(cells: list[str]) -> str:
-        return " | ".join(
-            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
-        )
-
-    separator = "-|-".join("-" * w for w in widths)
-    return "\n".join([render(header), separator, *(render(c) for c in lines)])
-
-
-def format_spread(results: dict[str, dict[str, Any]]) -> str:
-    """Render min..max of the repeated figures, to judge the noise behind the medians."""
-    lines = []
-    for label, key, fmt in (
-        ("send rate", "send_rate", "{:,.0f}"),
-        ("processing rate", "process_rate", "{:,.0f}"),
-        ("CPU per message", "cpu_us_per_message", "{:.1f}"),
-    ):
-        parts = []
-        for lib in LIBRARIES:
-            values = results.get(lib, {}).get("samples", {}).get(key)
-            if values:
-                low, high = fmt.format(min(values)), fmt.format(max(values))
-                parts.append(f"{lib} {low}..{high} (n={len(values)})")
-        if parts:
-            lines.append(f"  {label}: " + ", ".join(parts))
-    if not lines:
-        return ""
-    return "min..max of the samples behind the medians:\n" + "\n".join(lines)
-
-
-def git_commit() -> str:
-    """Return the repository's commit, marked '-dirty' when nbqueue/ has changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "nbqueue"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except OSError:
-        return "?"
+    batches: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for group in (ROUNDS, CLI):
+        chosen = [w for w in workloads if w in group]
+        if chosen:
+            for r in range(rounds):
+                order = impls[r % len(impls) :] + impls[: r % len(impls)]
+                batches.append(("serial", [(impl, chosen) for impl in order]))
+    for group, kind in ((SERIAL, "serial"), (PARALLEL, "parallel")):
+        chosen = [w for w in workloads if w in group]
+        if chosen:
+            batches.append((kind, [(impl, chosen) for impl in impls]))
+    return batches
 
 
 def spawn(
-    library: str, workloads: list[str], args: argparse.Namespace, profile_raw: Path | None
+    impl: str,
+    target: Target,
+    workloads: list[str],
+    args: argparse.Namespace,
+    profile_raw: Path | None,
 ) -> dict[str, Any]:
     """Run one child process and return its JSON (or an ``error`` entry)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "child.json"
         command = [
-            sys.executable, str(Path(__file__).resolve()), "--child", library,
-            "--broker", args.broker, "--child-out", str(out), "--workloads", ",".join(workloads),
+            sys.executable, str(Path(__file__).resolve()), "--child", impl,
+            "--child-target", target.to_json(), "--child-out", str(out),
+            "--workloads", ",".join(workloads),
         ]  # fmt: skip
         if args.quick:
             command.append("--quick")
-        if args.repeats:
-            command += ["--repeats", str(args.repeats)]
+        if args.messages:
+            command += ["--messages", str(args.messages)]
         if profile_raw is not None:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            extra = ["--subprocesses"] if "cli" in workloads else []
             command = [py_spy, "record", "--gil", "--format", "raw", "-r", str(PROFILE_HZ),
-                       "-o", str(profile_raw), "--", *command]  # fmt: skip
-        env = dict(os.environ)
+                       *extra, "-o", str(profile_raw), "--", *command]  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NBQUEUE_", "DRAMATIQ_", "dramatiq_"))
+        }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         try:
             proc = subprocess.run(
@@ -581,6 +175,8 @@ def summarize_profile(raws: list[Path], top: int = 30) -> str:
     inclusive: Counter[str] = Counter()
     total = 0
     for raw in raws:
+        if not raw.exists():
+            continue
         for line in raw.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
             if not stack or not count_text.isdigit() or "_enqueue_untimed" in stack:
@@ -608,38 +204,151 @@ def summarize_profile(raws: list[Path], top: int = 30) -> str:
     return "\n".join(parts) + "\n"
 
 
+def git_commit() -> str:
+    """Return the repository's commit, marked '-dirty' when nbqueue/ has changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "nbqueue"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except OSError:
+        return "?"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--broker", choices=BROKERS, default="memory")
-    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes")
-    parser.add_argument("--json", type=Path, help="write the results here as JSON")
-    parser.add_argument("--only", choices=LIBRARIES, help="run one library")
-    parser.add_argument(
-        "--rounds", type=int, help="alternating rounds of the send/process children (full: 5)"
-    )
-    parser.add_argument("--repeats", type=int, help="runs of send/process in each child (1)")
+    parser.add_argument("--broker", choices=[*BROKERS, "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 round")
+    parser.add_argument("--only", choices=WORKLOADS, help="run one workload")
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}"
     )
+    parser.add_argument(
+        "--impl",
+        default=",".join(IMPLEMENTATIONS),
+        help=f"comma-separated subset of {IMPLEMENTATIONS}",
+    )
+    parser.add_argument("--rounds", type=int, help="alternating rounds (full: 3, quick: 1)")
+    parser.add_argument("--messages", type=int, help="messages per workload (20000; quick 2000)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=HERE / "results" / "latest.json",
+        help="where to write the results as JSON (default: benchmarks/results/latest.json)",
+    )
     parser.add_argument("--profile", type=Path, help="profile the children with py-spy into DIR")
     parser.add_argument("--child-timeout", type=float, default=900.0, help=argparse.SUPPRESS)
-    parser.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-target", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.only:
+        args.workloads = args.only
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
-        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    impls = set(args.impl.split(","))
+    if impls - set(IMPLEMENTATIONS):
+        parser.error(
+            f"unknown implementations {sorted(impls - set(IMPLEMENTATIONS))}; "
+            f"choose from {', '.join(IMPLEMENTATIONS)}"
+        )
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
+def run_broker(
+    broker: str,
+    url: str,
+    impls: list[str],
+    workloads: list[str],
+    rounds: int,
+    run_id: str,
+    args: argparse.Namespace,
+    profile_dir: Path | None,
+) -> tuple[dict[str, Any], dict[str, Any], list[Target], list[dict[str, Any]]]:
+    """Run every batch on one broker.
+
+    Returns:
+      Figures per implementation, errors per job, the targets used and the children's timeline.
+    """
+    chosen = [w for w in workloads if applicable(w, broker)]
+    batches = plan(impls, chosen, rounds)
+    children: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    errors: dict[str, Any] = {}
+    raws: dict[str, list[Path]] = {impl: [] for impl in impls}
+    targets: list[Target] = []
+    timeline: list[dict[str, Any]] = []
+    total = sum(len(jobs) for _, jobs in batches)
+    index = 0
+
+    def one(job_index: int, impl: str, job_workloads: list[str]) -> None:
+        target = Target(broker, url, f"nbqbench-{run_id}-{broker[:2]}{job_index}")
+        targets.append(target)
+        raw = None
+        if profile_dir is not None:
+            raw = profile_dir / f"{impl}-{broker}-{job_index}.txt"
+            raws[impl].append(raw)
+        wall = time.perf_counter()
+        child = spawn(impl, target, job_workloads, args, raw)
+        timeline.append(
+            {"job": job_index, "impl": impl, "workloads": job_workloads,
+             "seconds": round(time.perf_counter() - wall, 2)}
+        )  # fmt: skip
+        if "error" in child:
+            errors[f"{impl}: {','.join(job_workloads)}"] = child
+        else:
+            children[impl].append(child)
+
+    for kind, jobs in batches:
+        for impl, job_workloads in jobs:
+            index += 1
+            print(
+                f"[{broker} {index}/{total}] {impl}: {', '.join(job_workloads)}"
+                + (" (side by side)" if kind == "parallel" else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+        if kind == "parallel":
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                start = index - len(jobs) + 1
+                for future in [
+                    pool.submit(one, start + i, impl, w) for i, (impl, w) in enumerate(jobs)
+                ]:
+                    future.result()
+        else:
+            start = index - len(jobs) + 1
+            for i, (impl, job_workloads) in enumerate(jobs):
+                one(start + i, impl, job_workloads)
+    results = {impl: figures(runs) for impl, runs in children.items() if runs}
+    if profile_dir is not None:
+        for impl, paths in raws.items():
+            if paths:
+                summary = profile_dir / f"{impl}-{broker}.summary.txt"
+                summary.write_text(summarize_profile(paths))
+                if impl in results:
+                    results[impl]["profile"] = str(summary)
+    return results, errors, targets, timeline
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark: as the parent by default, as one library's child with ``--child``."""
+    """Run the benchmark: as the parent by default, as one child with ``--child``."""
     args = parse_args(argv)
-    config = Config.make(args.quick, args.repeats)
+    config = Config.make(args.quick, args.messages)
     workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
     if args.child:
-        result = run_child(args.child, args.broker, config, workloads)
+        target = Target.from_json(args.child_target)
+        result = run_child(args.child, target, config, workloads)
         args.child_out.write_text(json.dumps(result))
         return 0
 
@@ -647,45 +356,53 @@ def main(argv: list[str] | None = None) -> int:
     profile_dir = args.profile.resolve() if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-    libraries = [args.only] if args.only else list(LIBRARIES)
-    rounds = args.rounds or (1 if args.quick else 5)
-    jobs = plan(libraries, workloads, rounds)
-    children: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libraries}
-    errors: dict[str, dict[str, Any]] = {}
-    raws: dict[str, list[Path]] = {lib: [] for lib in libraries}
-    for index, (library, job_workloads) in enumerate(jobs, 1):
-        if library in errors:
+    impls = [i for i in IMPLEMENTATIONS if i in args.impl.split(",")]
+    rounds = args.rounds or (1 if args.quick else 3)
+    brokers = list(BROKERS) if args.broker == "all" else [args.broker]
+    urls = {"memory": "", "redis": args.redis_url, "rabbitmq": args.rabbitmq_url}
+    run_id = uuid.uuid4().hex[:8]
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    servers: dict[str, str | None] = {}
+    leftovers = 0
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    for broker in brokers:
+        problem = check_server(broker, urls[broker])
+        if problem is not None:
+            print(problem, file=sys.stderr, flush=True)
+            skipped[broker] = problem
             continue
-        print(
-            f"[{index}/{len(jobs)}] {library} on {args.broker}: {', '.join(job_workloads)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        raw = None if profile_dir is None else profile_dir / f"{library}-{args.broker}-{index}.txt"
-        child = spawn(library, job_workloads, args, raw)
-        if "error" in child:
-            errors[library] = child
-            continue
-        children[library].append(child)
-        if raw is not None:
-            raws[library].append(raw)
-    results = {lib: figures(runs) for lib, runs in children.items() if runs and lib not in errors}
-    if profile_dir is not None:
-        for library, paths in raws.items():
-            if paths:
-                summary = profile_dir / f"{library}-{args.broker}.summary.txt"
-                summary.write_text(summarize_profile(paths))
-                if library in results:
-                    results[library]["profile"] = str(summary)
+        servers[broker] = server_version(broker, urls[broker])
+        targets: list[Target] = []
+        try:
+            by_impl, broker_errors, targets, timelines[broker] = run_broker(
+                broker, urls[broker], impls, workloads, rounds, run_id, args, profile_dir
+            )
+        finally:
+            # children delete their own keys and queues; this only catches a crashed child's
+            if broker == "redis":
+                leftovers += cleanup(Target("redis", urls["redis"], f"nbqbench-{run_id}"))
+            elif broker == "rabbitmq":
+                leftovers += sum(cleanup(t) for t in targets)
+        results[broker] = by_impl
+        if broker_errors:
+            errors[broker] = broker_errors
     table = build_table(results)
     elapsed = time.perf_counter() - started
+    versions = {
+        "python": platform.python_version(),
+        **{lib: _version(lib) for lib in ("nbqueue", "dramatiq", "redis", "pika")},
+        **{f"{b}_server": v for b, v in servers.items() if b != "memory"},
+    }
     document: dict[str, Any] = {
         "meta": {
-            "broker": args.broker,
+            "brokers": brokers,
             "quick": args.quick,
             "config": {**config.__dict__, "rounds": rounds},
             "workloads": workloads,
-            "python": platform.python_version(),
+            "implementations": impls,
+            "versions": versions,
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_average_before": load_before,
@@ -693,27 +410,46 @@ def main(argv: list[str] | None = None) -> int:
             "nbqueue_commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": elapsed,
+            "urls": {b: redact(u) for b, u in urls.items() if u and b in brokers},
+            "leftovers_deleted_by_parent": leftovers,
         },
         "results": results,
         "errors": errors,
+        "skipped": skipped,
         "table": table,
+        "timeline": timelines,
     }
     print(format_table(table, results))
     spread = format_spread(results)
     if spread:
         print(f"\n{spread}")
-    print(f"\ntotal {elapsed:.1f} s", flush=True)
-    for library, error in errors.items():
-        print(f"\n{library} failed: {error['error']}", file=sys.stderr)
-        for line in error.get("stderr", []):
-            print(f"  {line}", file=sys.stderr)
+    print(
+        f"\n{', '.join(f'{k} {v}' for k, v in versions.items())}; {os.cpu_count()} CPUs; "
+        f"total {elapsed:.1f} s",
+        flush=True,
+    )
+    for broker, broker_errors in errors.items():
+        for job, error in broker_errors.items():
+            print(f"\n{broker} {job} failed: {error['error']}", file=sys.stderr)
+            for line in error.get("stderr", []):
+                print(f"  {line}", file=sys.stderr)
     if profile_dir is not None:
         print(f"profiles: {profile_dir}/*.summary.txt", file=sys.stderr)
-    default = HERE / "results" / f"latest-{args.broker}{'-quick' if args.quick else ''}.json"
-    for path in filter(None, [args.json, default]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if skipped and os.environ.get("CI"):
+        print(f"CI is set and {', '.join(skipped)} could not be benchmarked.", file=sys.stderr)
+        return 1
     return 1 if errors else 0
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":
