@@ -2,8 +2,11 @@
 
 ``CodeLoader.resolve`` is a broker actor resolver: for a message whose options name a version
 (``nbqueue_code``) it returns the actor compiled from exactly that version, fetching it from the
-store the first time. Versions are cached by hash, so a newer publish never changes how a
-message sent with an older hash runs, and each worker fetches each version once.
+store the first time. Versions are cached by hash, so a newer publish never changes which code a
+message sent with an older hash runs, and each worker fetches each version once. The newest
+loaded version is also entered in ``broker.actors`` under the actor's name (unless a module
+declared that name), because middleware read actor options by name: a message of an older
+version runs its own code with the newest version's options (``max_retries``, ``time_limit``...).
 
 Order of checks, before anything is compiled: the envelope's HMAC-SHA256 signature with the
 shared secret, then the content hash against the one the message names. A refusal is logged
@@ -67,15 +70,19 @@ class CodeLoadFailed(ActorNotFound):
 
 
 class _Detached:
-    """Stands in for the broker while a loaded actor is built: a loaded version is never
-    declared, so it neither replaces an actor of the same name nor shows in ``broker.actors``."""
+    """Stands in for the broker while a loaded actor is built: declaring would run the broker's
+    declaration hooks and warn that each version replaces the last (see ``CodeLoader._load``)."""
 
     def declare_actor(self, actor: Actor[Any, Any]) -> None:
         pass
 
 
 class LoadedActor(Actor[Any, Any]):
-    """An actor compiled from a published, verified version; not declared on its broker."""
+    """An actor compiled from a published, verified version.
+
+    Messages it builds (a callback or a pipeline step sent to it from this worker) name its
+    version, as the notebook's ``RemoteActor`` does.
+    """
 
     def __init__(self, fn: Any, *, broker: Broker, record: CodeRecord, code_hash: str) -> None:
         super().__init__(
@@ -89,6 +96,12 @@ class LoadedActor(Actor[Any, Any]):
         self.broker = broker
         self.code_hash = code_hash
         self.record = record
+
+    def message_with_options(
+        self, *, args: Any = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        options.setdefault(CODE_OPTION, self.code_hash)
+        return super().message_with_options(args=args, kwargs=kwargs, **options)
 
 
 class CodeLoader:
@@ -176,6 +189,15 @@ class CodeLoader:
             raise
         self._actors[code_hash] = actor
         self._refused.pop(code_hash, None)
+        with self._lock:
+            # Middleware (retries, results, time limits, callbacks) look actors up by name: they
+            # see the newest version loaded here. An actor a module declared keeps its name.
+            current = self.broker.actors.get(record.actor_name)
+            if current is None or (
+                isinstance(current, LoadedActor)
+                and current.record.published_at <= record.published_at
+            ):
+                self.broker.actors[record.actor_name] = actor
         logger.info(
             "Loaded notebook actor %r version %s (queue %r).",
             record.actor_name,

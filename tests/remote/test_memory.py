@@ -116,7 +116,7 @@ def test_a_cell_that_fails_to_load_is_dead_lettered_with_its_reason(worker_facto
     assert [d.reason for d in broker.get_dead_letters("notebook")] == ["load_failed"]
 
 
-def test_the_loaded_version_does_not_replace_a_declared_actor(tmp_path, worker_factory):
+def test_the_loaded_version_does_not_replace_an_actor_declared_by_name(tmp_path, worker_factory):
     broker = StubBroker()
     configure_worker(broker, notebook_actors=True, secret=SECRET, queues=None)
     actor = publish_actor(work, source=make_source(tmp_path, 1), broker=broker, secret=SECRET)
