@@ -130,3 +130,34 @@ def test_the_loaded_version_does_not_replace_an_actor_declared_by_name(tmp_path,
 
 def test_nbqueue_exports_publish_actor():
     assert nbqueue.publish_actor is publish_actor
+
+
+def test_published_options_apply_on_the_worker(tmp_path, worker_factory):
+    broker = StubBroker()
+    configure_worker(broker, notebook_actors=True, secret=SECRET, queues=None)
+    out = tmp_path / "runs.txt"
+    source = (
+        "def flaky():\n"
+        f"    with open({str(out)!r}, 'a') as f:\n"
+        "        f.write('run\\n')\n"
+        "    raise RuntimeError('always')\n"
+    )
+
+    def flaky():
+        pass
+
+    actor = publish_actor(
+        flaky,
+        source=source,
+        broker=broker,
+        secret=SECRET,
+        max_retries=2,
+        min_backoff=1,
+        max_backoff=1,
+    )
+    del broker.actors["flaky"]  # the worker knows it only from the store
+    actor.send()
+    worker_factory(broker, worker_threads=1)
+    broker.join("notebook", timeout=10000, fail_fast=False)
+    assert out.read_text().split() == ["run"] * 3
+    assert len(broker.get_dead_letters("notebook")) == 1
