@@ -271,6 +271,8 @@ class NbqueueMagics(Magics):
             self.embedded.on_send()  # start it now, so that the first %send is fast too
         results = "results stored" if stored else "results not stored"
         remote = ", published for --notebook-actors workers" if args.remote else ""
+        if args.remote and type(broker).__name__ == "StubBroker":
+            remote += " in this kernel only: %nbqueue connect redis://... or amqp://... first"
         print(
             f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
             f"({type(broker).__name__}, {results}{remote})."
