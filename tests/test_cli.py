@@ -525,3 +525,26 @@ def test_boot_log_names_processes_threads_and_the_redis_stores(
         "results in RedisBackend, live status; 1 process(es) x 3 thread(s)." in captured.err
     )
     assert f"Queue {namespace!r}: actors first, second." in captured.err
+
+
+def test_a_module_that_sets_its_own_broker_is_served_instead_of_the_url_one(
+    write_module: WriteModule, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.txt"
+    name = write_module(
+        """
+        import nbqueue
+        from nbqueue.brokers.stub import StubBroker
+
+        nbqueue.set_broker(StubBroker())
+        """
+        + touch_and_stop_source(out)
+    )
+    assert main([name, "-P", str(tmp_path), "--broker", "memory://"]) == ExitCode.OK
+    assert out.read_text() == "done"
+    err = capsys.readouterr().err
+    assert (
+        f"{name} set its own broker (StubBroker); serving it instead of the one from --broker."
+        in err
+    )
+    assert "Queue 'default': actors touch." in err

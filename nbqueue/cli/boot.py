@@ -278,6 +278,19 @@ def boot(options: Options) -> Broker:
     broker.emit_after("process_boot")
     for module_name in remaining:
         _import(module_name)
+    current = get_broker()
+    if current is not broker and not named:
+        # A module configured its own broker (config.py calling set_broker(), often from
+        # NBQUEUE_BROKER_URL itself): its actors are declared on that one, so serve it.
+        logging.getLogger("nbqueue.MainProcess").info(
+            "%s set its own broker (%s); serving it instead of the one from %s.",
+            ", ".join(m for m, _ in specs),
+            type(current).__name__,
+            options.broker_url_source if options.broker_url is not None else "the default",
+        )
+        broker.close()
+        broker = current
+        broker.emit_after("process_boot")
     return broker
 
 
