@@ -8,11 +8,23 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
 from typing import Any
 
 from .errors import DecodeError, EncodeError
 
+_orjson: Any
+try:  # an optional accelerator (``pip install 'nbqueue[fast]'``); the stdlib does the same job
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised when orjson is not installed
+    _orjson = None
+
 __all__ = ["Encoder", "JSONEncoder", "MessageData", "describe_unencodable"]
+
+#: A run of 19 digits: a number orjson may read as a float where the stdlib reads an int.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+#: orjson writes these exactly as the stdlib does.
+_ORJSON_INT_MIN, _ORJSON_INT_MAX = -(2**63), 2**64 - 1
 
 #: The type of data an encoder works with: a JSON-compatible dict.
 MessageData = dict[str, Any]
@@ -41,12 +53,27 @@ class JSONEncoder(Encoder):
         self._decoder = json.JSONDecoder()
 
     def encode(self, data: MessageData) -> bytes:
+        if _orjson is not None and _plain(data, 0):
+            try:
+                fast: bytes = _orjson.dumps(data)
+            except _orjson.JSONEncodeError:
+                pass  # a lone surrogate, say: the stdlib writes it escaped
+            else:
+                if fast.isascii():  # otherwise the stdlib escapes it, as Dramatiq does
+                    return fast
         try:
             return self._encoder.encode(data).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as e:
             raise describe_unencodable(data, e) from e
 
     def decode(self, data: bytes) -> MessageData:
+        if _orjson is not None and type(data) is bytes and _LONG_NUMBER.search(data) is None:
+            try:
+                fast: MessageData = _orjson.loads(data)
+            except _orjson.JSONDecodeError:
+                pass  # the stdlib decides: it reads NaN and lone surrogates, and words the error
+            else:
+                return fast
         try:
             text = (
                 data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -60,6 +87,34 @@ class JSONEncoder(Encoder):
                 e,
                 reason="undecodable",
             ) from e
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether orjson writes ``value`` byte for byte as the stdlib does (before the ASCII check).
+
+    Exact JSON types only (subclasses, enums, UUIDs, dates are left to the stdlib, which keeps
+    its errors), 64-bit integers, and floats that the stdlib writes without an exponent.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(_ORJSON_INT_MIN <= value <= _ORJSON_INT_MAX)
+    if kind is float:
+        return bool(value == 0.0 or 1e-4 <= abs(value) < 1e16)
+    if depth > 64:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] | None:
