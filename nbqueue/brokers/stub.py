@@ -31,7 +31,7 @@ _Entry = tuple[int, int, bytes]
 
 
 class _Queue:
-    __slots__ = ("name", "entries", "in_flight", "unfinished", "not_empty")
+    __slots__ = ("name", "entries", "in_flight", "unfinished", "not_empty", "waiting")
 
     def __init__(self, name: str, lock: threading.Lock) -> None:
         self.name = name
@@ -40,6 +40,7 @@ class _Queue:
         # enqueued and not yet acknowledged or rejected; join() waits for zero
         self.unfinished = 0
         self.not_empty = threading.Condition(lock)
+        self.waiting = 0  # consumers blocked on not_empty
 
 
 class StubBroker(Broker):
@@ -111,7 +112,8 @@ class StubBroker(Broker):
         with self._lock:
             heapq.heappush(queue.entries, (-priority, next(self._sequence), data))
             queue.unfinished += 1
-            queue.not_empty.notify_all()
+            if queue.waiting:
+                queue.not_empty.notify_all()
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -213,7 +215,7 @@ class StubBroker(Broker):
     def _settle(self, queue: _Queue) -> None:
         queue.in_flight -= 1
         queue.unfinished -= 1
-        if queue.entries:
+        if queue.waiting and queue.entries:
             queue.not_empty.notify_all()  # a consumer at its prefetch limit may take one now
         if not queue.unfinished:
             self._drained.notify_all()
@@ -251,7 +253,11 @@ class _StubConsumer(Consumer):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._interrupted:
                         return None
-                    queue.not_empty.wait(remaining)
+                    queue.waiting += 1
+                    try:
+                        queue.not_empty.wait(remaining)
+                    finally:
+                        queue.waiting -= 1
                 entry = heapq.heappop(queue.entries)
                 tag = next(self._tags)
                 self._outstanding[tag] = entry
@@ -284,9 +290,10 @@ class _StubConsumer(Consumer):
             return self._outstanding.pop(tag, None) if tag is not None else None
 
     def ack(self, message: MessageProxy) -> None:
-        if self._take(message) is None:
-            return  # already settled, or handed back when the consumer closed
+        tag = getattr(message, "_delivery_tag", None)
         with self._lock:
+            if tag is None or self._outstanding.pop(tag, None) is None:
+                return  # already settled, or handed back when the consumer closed
             self.broker._settle(self.queue)
 
     def nack(self, message: MessageProxy) -> None:

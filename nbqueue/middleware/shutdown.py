@@ -64,12 +64,18 @@ class ShutdownNotifications(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        with self._lock:
-            self._thread_ids.discard(threading.get_ident())
+        self._forget_thread()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        with self._lock:
-            self._thread_ids.discard(threading.get_ident())
+        self._forget_thread()
+
+    def _forget_thread(self) -> None:
+        # Only this thread adds its own id, so when the id is absent there is nothing to remove
+        # and no lock to take (the common case: actors that did not opt in).
+        thread_id = threading.get_ident()
+        if thread_id in self._thread_ids:
+            with self._lock:
+                self._thread_ids.discard(thread_id)
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         # Hold the lock while interrupting so that a thread which has just finished (and removed

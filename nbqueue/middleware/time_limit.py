@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,19 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 __all__ = ["TimeLimit", "TimeLimitExceeded"]
+
+# Threads do not survive a fork: a watcher made before it is dead in the child. Counting forks
+# lets the per-message check skip Thread.is_alive(), which costs more than the rest of the hook.
+_forks = 0
+
+
+def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TimeLimitExceeded(Interrupt):
@@ -34,7 +48,10 @@ class _DeadlineWatcher(threading.Thread):
         super().__init__(name="nbqueue-time-limit", daemon=True)
         self.interval = interval
         self.logger = logger
-        self._condition = threading.Condition()
+        # add() and remove() run for every message: they take the lock itself (a C call) rather
+        # than the Condition, whose Python-level __enter__/__exit__ cost as much again.
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._deadlines: dict[int, tuple[float, MessageProxy, float]] = {}
         self._stopping = False
         # when the watcher wakes up next on its own; add() only wakes it for an earlier deadline
@@ -43,15 +60,20 @@ class _DeadlineWatcher(threading.Thread):
     def add(self, thread_id: int, limit_ms: float, message: MessageProxy) -> None:
         """Start the clock for ``thread_id``: interrupt it ``limit_ms`` milliseconds from now."""
         deadline = time.monotonic() + limit_ms / 1000
-        with self._condition:
+        with self._lock:
             self._deadlines[thread_id] = (deadline, message, limit_ms)
             if deadline < self._next_check:
                 self._condition.notify()
 
     def remove(self, thread_id: int) -> None:
         """Stop the clock for ``thread_id``; it is not interrupted after this returns."""
-        with self._condition:
+        with self._lock:
             self._deadlines.pop(thread_id, None)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called (the thread may still be finishing)."""
+        return self._stopping
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to exit and wait up to ``timeout`` seconds for it."""
@@ -62,6 +84,7 @@ class _DeadlineWatcher(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
+        lingered = True
         with self._condition:
             while not self._stopping:
                 now = time.monotonic()
@@ -89,6 +112,14 @@ class _DeadlineWatcher(threading.Thread):
                     earliest = min(deadline for deadline, _, _ in self._deadlines.values())
                     timeout = max(0.0, min(earliest - now, self.interval))
                     self._next_check = now + timeout
+                    lingered = False
+                elif not lingered:
+                    # Stay on the clock for one more interval after the last actor finished:
+                    # messages that run one after another (a request/response loop) then add
+                    # their deadlines without waking this thread each time. Idle, it sleeps.
+                    timeout = self.interval
+                    self._next_check = now + timeout
+                    lingered = True
                 self._condition.wait(timeout)
 
 
@@ -117,6 +148,7 @@ class TimeLimit(Middleware):
         self.interval = interval
         self._lock = threading.Lock()
         self._watcher: _DeadlineWatcher | None = None
+        self._watcher_forks = _forks
         self._workers = 0
 
     @property
@@ -125,14 +157,15 @@ class TimeLimit(Middleware):
 
     def _ensure_watcher(self) -> _DeadlineWatcher:
         watcher = self._watcher
-        if watcher is not None and watcher.is_alive():
+        if watcher is not None and self._watcher_forks == _forks and not watcher.stopping:
             return watcher
         with self._lock:
             watcher = self._watcher
-            if watcher is None or not watcher.is_alive():
+            if watcher is None or not watcher.is_alive() or watcher.stopping:
                 watcher = _DeadlineWatcher(self.interval / 1000, self.logger)
                 watcher.start()
                 self._watcher = watcher
+                self._watcher_forks = _forks
             return watcher
 
     def _stop_watcher(self) -> None:
