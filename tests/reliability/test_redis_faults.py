@@ -11,10 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,60 +23,9 @@ from nbqueue.brokers.redis import RedisBroker
 from nbqueue.results import ResultFailure, Results
 from nbqueue.results.backends import RedisBackend
 from tests.brokers._redis import cleanup, inject_raw, make_broker, private_redis, wait_until
+from tests.reliability import harness
 
 pytestmark = pytest.mark.redis
-
-WORKER = """
-import signal, sys, time
-import nbqueue
-from nbqueue.brokers.redis import RedisBroker
-
-url, namespace, heartbeat_timeout, threads, work_ms = sys.argv[1:6]
-broker = RedisBroker(url=url, namespace=namespace, heartbeat_timeout=int(heartbeat_timeout))
-
-@nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
-def job(i):
-    broker.client.rpush(namespace + ":started", i)
-    time.sleep(int(work_ms) / 1000)
-    broker.client.rpush(namespace + ":oracle", i)
-
-worker = nbqueue.Worker(broker, worker_threads=int(threads), worker_timeout=100)
-
-def stop(signum, frame):
-    worker.stop(timeout=30000)
-    broker.close()
-    sys.exit(0)
-
-signal.signal(signal.SIGTERM, stop)
-worker.start()
-broker.client.rpush(namespace + ":booted", 1)
-while True:
-    time.sleep(1)
-"""
-
-
-def start_worker(url, namespace, *, heartbeat_timeout=1000, threads=4, work_ms=2, prefetch=0):
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    if prefetch:
-        env["NBQUEUE_QUEUE_PREFETCH"] = str(prefetch)
-    args = [url, namespace, str(heartbeat_timeout), str(threads), str(work_ms)]
-    return subprocess.Popen([sys.executable, "-c", WORKER, *args], env=env)
-
-
-def executions(broker, namespace):
-    return [int(i) for i in broker.client.lrange(f"{namespace}:oracle", 0, -1)]
-
-
-def held_by_others(broker, namespace):
-    """The redis message ids in the ack sets of every other worker, by worker id."""
-    held = {}
-    for worker in broker.client.zrange(broker.keys.heartbeats, 0, -1):
-        worker = worker.decode()
-        if worker != broker.broker_id:
-            ids = broker.client.smembers(broker.keys.ack_set(worker, namespace))
-            held[worker] = {i.decode() for i in ids}
-    return held
-
 
 @pytest.fixture
 def oracle_broker(redis_url, namespace):
@@ -90,69 +36,24 @@ def oracle_broker(redis_url, namespace):
     cleanup(broker, namespace)
 
 
-@pytest.mark.slow
-def test_a1_killing_workers_mid_run_loses_nothing(oracle_broker, namespace, redis_url):
-    broker = oracle_broker
-
-    @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
-    def job(i):
-        time.sleep(0.002)
-        broker.client.rpush(f"{namespace}:oracle", i)
-
-    total = 8000
-    sent = job.send_many(range(total))
-    by_rid = {m.options["redis_message_id"]: m.args[0] for m in sent}
-    survivor = nbqueue.Worker(broker, worker_threads=1, worker_timeout=100)
-    survivor.start()
-    latencies, orphans_per_kill = [], []
-    booted = f"{namespace}:booted"
-    try:
-        for cycle in range(3):
-            victim = start_worker(redis_url, namespace, threads=4, prefetch=8)
-            wait_until(lambda n=cycle: broker.client.llen(booted) > n, what="the victim to boot")
-            time.sleep(random.uniform(0.3, 0.8))  # let it work for a while before the kill
-            victim.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            victim.wait(10)
-            orphans = {by_rid[r] for ids in held_by_others(broker, namespace).values() for r in ids}
-            orphans_per_kill.append(len(orphans))
-            seen_before = len(executions(broker, namespace))
-            wait_until(
-                lambda o=orphans, n=seen_before: o <= set(executions(broker, namespace)[n:]),
-                what="the orphans to run again",
-            )
-            latencies.append(time.monotonic() - killed_at)
-        broker.join(namespace, timeout=60000)
-        survivor.join()
-    finally:
-        survivor.stop(timeout=5000)
-    done = executions(broker, namespace)
-    lost = set(range(total)) - set(done)
-    duplicated = len(done) - len(set(done))
-    print(
-        f"A1: {total} messages, 3 kills, orphans {orphans_per_kill}, lost {len(lost)}, "
-        f"duplicated {duplicated}, redelivery latency max {max(latencies):.2f} s (heartbeat 1 s)"
-    )
-    assert not lost
-    assert duplicated <= sum(orphans_per_kill)
-    assert max(latencies) <= 1.0 + 1.0 + 0.5  # heartbeat + tick + the orphans' own work
-
-
 def test_a3_a_killed_worker_with_an_idle_tail_is_recovered_without_traffic(
-    oracle_broker, namespace, redis_url
+    oracle_broker, namespace, redis_url, oracle, record
 ):
     broker = oracle_broker
+    record.plan_id, record.broker, record.n = "A3", "redis", 30
+    record.settings = {"heartbeat_ms": 1000, "reaper_ms": 1000, "threads": 2, "prefetch": 20}
     done, all_done = [], threading.Event()
 
     @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
-    def job(i):
+    def job(i, work_ms=None):
         done.append(i)
         if len(done) == 30:
             all_done.set()
 
     job.send_many(range(20))
     job.send_many(range(20, 30), delay=1500)
-    victim = start_worker(redis_url, namespace, threads=2, work_ms=60000, prefetch=20)
+    victim = harness.cli_worker(broker_url=redis_url, queue=namespace, oracle_url=oracle.url,
+                                threads=2, work_ms=60000, prefetch=20, heartbeat_ms=1000)
     survivor = nbqueue.Worker(broker, worker_threads=2, worker_timeout=100)
     try:
         wait_until(
@@ -163,58 +64,34 @@ def test_a3_a_killed_worker_with_an_idle_tail_is_recovered_without_traffic(
             what="the victim to hold every message",
         )
         survivor.start()
-        victim.send_signal(signal.SIGKILL)
+        harness.kill_group(victim)
         killed_at = time.monotonic()
         victim.wait(10)
         assert all_done.wait(10)
         latency = time.monotonic() - killed_at
-        print(f"A3: 20 ready + 10 delayed held by the victim, all back in {latency:.2f} s")
-        assert sorted(done) == list(range(30))
-        assert latency <= 2.5  # heartbeat 1 s + tick; the delayed ones were due at 1.5 s
     finally:
-        victim.kill()
+        harness.kill_group(victim)
         survivor.stop(timeout=5000)
-
-
-@pytest.mark.slow
-def test_a4_sigterm_requeues_prefetched_messages_at_once(oracle_broker, namespace, redis_url):
-    broker = oracle_broker
-
-    @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker)
-    def job(i):
-        broker.client.rpush(f"{namespace}:oracle", i)
-
-    job.send_many(range(20))
-    victim = start_worker(redis_url, namespace, threads=2, work_ms=1500, prefetch=8)
-    try:
-        wait_until(
-            lambda: (
-                broker.queue_stats()[namespace].in_flight == 8
-                and broker.client.llen(f"{namespace}:started") == 2
-            ),
-            what="the victim to run two messages and prefetch six more",
-        )
-        victim.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        wait_until(lambda: broker.queue_stats()[namespace].ready >= 18, what="the requeue")
-        back_after = time.monotonic() - signalled
-        assert victim.wait(20) == 0
-        worker = nbqueue.Worker(broker, worker_threads=4, worker_timeout=100)
-        worker.start()
-        broker.join(namespace, timeout=20000)
-        worker.stop()
-    finally:
-        victim.kill()
-    done = executions(broker, namespace)
-    print(f"A4: prefetched messages back {back_after:.3f} s after SIGTERM; {len(done)} runs")
-    assert back_after <= 1.0
-    assert sorted(done) == list(range(20)), done  # lost 0, duplicated 0
+    log = harness.ProducerLog()
+    log.ok(range(30))
+    now = time.time()
+    record.accounting = harness.check(
+        log, [harness.Execution(i, 0, now, now, "ok") for i in done], faults=[(now - latency, set())]
+    )
+    record.accounting.latency = {"p50": latency, "p99": latency, "max": latency, "n": 1}
+    record.figures = {"note": "20 ready + 10 delayed held by the victim; no other traffic"}
+    record.bar("all 30 ran exactly once", sorted(done) == list(range(30)))
+    # heartbeat 1 s + tick 1 s; the delayed ones were due at 1.5 s anyway
+    record.bar("all back <= heartbeat + reaper + 0.5 s (2.5 s)", latency <= 2.5)
+    record.check_bars()
 
 
 def test_a8_an_actor_that_always_raises_is_dead_lettered_after_its_retries(
-    oracle_broker, namespace, worker_factory
+    oracle_broker, namespace, worker_factory, record
 ):
     broker = oracle_broker
+    record.plan_id, record.broker, record.n = "A8", "redis", 1
+    record.settings = {"max_retries": 3, "backoff_ms": "10-100"}
     attempts = []
 
     @nbqueue.actor(
@@ -229,12 +106,16 @@ def test_a8_an_actor_that_always_raises_is_dead_lettered_after_its_retries(
     worker_factory(broker)
     broker.join(namespace, timeout=10000)
     [dead] = broker.get_dead_letters(namespace)
-    print(f"A8: {len(attempts)} attempts, dead-lettered after {time.monotonic() - sent_at:.2f} s")
+    record.figures = {"attempts": len(attempts), "to_dlq_s": round(time.monotonic() - sent_at, 3)}
+    record.accounting = harness.check(harness.ProducerLog(), [], dead=[(None, dead.reason)])
     assert len(attempts) == 4
     assert dead.reason == "retries_exhausted" and "RuntimeError: always" in (dead.error or "")
 
 
-def test_a9_acks_survive_dropped_connections_without_duplicates(namespace, worker_factory, caplog):
+def test_a9_acks_survive_dropped_connections_without_duplicates(
+    namespace, worker_factory, caplog, record
+):
+    record.plan_id, record.broker, record.n = "A9", "redis", 4
     with private_redis() as server:
         broker = RedisBroker(url=server.url, namespace=namespace)
         started, release = threading.Semaphore(0), threading.Event()
@@ -255,58 +136,102 @@ def test_a9_acks_survive_dropped_connections_without_duplicates(namespace, worke
         broker.join(namespace, timeout=10000)
         worker.join()
         worker.stop()
-        print(f"A9: {killed} connections killed mid-run; runs {sorted(runs)}")
+        log = harness.ProducerLog()
+        log.ok(range(4))
+        record.accounting = harness.check(log, [harness.Execution(i, 0, 0, 0, "ok") for i in runs])
+        record.figures = {"connections_killed": killed}
         assert sorted(runs) == [0, 1, 2, 3]
         assert "gone back to the queue" not in caplog.text
         assert broker.queue_stats()[namespace].in_flight == 0
         broker.close()
 
 
-@pytest.mark.slow
+def stored_ids(broker, queue):
+    """Logical ids (args[0]) of every message stored in ``queue``, with repeats."""
+    out = []
+    for raw in broker.client.hvals(broker.keys.messages(queue)):
+        out.append(Message.decode(raw).args[0])
+    return out
+
+
+def send_through_outage(broker, server, queue, *, kill_after, down_for, total):
+    """Send ``total`` messages one by one while the server is killed and restarted once."""
+    log = harness.ProducerLog()
+    restarted = threading.Event()
+
+    def restart():
+        time.sleep(kill_after)
+        server.kill()
+        time.sleep(down_for)
+        server.start()
+        restarted.set()
+
+    killer = threading.Thread(target=restart)
+    killer.start()
+    first_failure = recovered_after = None
+    i = 0
+    while i < total or not restarted.is_set():
+        message = Message(queue_name=queue, actor_name="a", args=(i,), kwargs={}, options={})
+        try:
+            broker.enqueue(message)
+            log.ok([i])
+            if first_failure is not None and recovered_after is None:
+                recovered_after = time.monotonic() - first_failure
+        except ConnectionClosed as e:  # the write may have happened
+            log.unknown(i, e)
+            first_failure = first_failure or time.monotonic()
+            time.sleep(0.01)
+        except BrokerError as e:
+            log.fail(i, e)
+            first_failure = first_failure or time.monotonic()
+            time.sleep(0.01)
+        i += 1
+    killer.join()
+    return log, recovered_after
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
-def test_b1_killing_redis_mid_enqueue_loses_no_acknowledged_send(namespace, fsync):
-    with private_redis("--appendonly", "yes", "--appendfsync", fsync) as server:
-        broker = RedisBroker(url=server.url, namespace=namespace)
-        broker.declare_queue(namespace)
-        acknowledged, failures = [], {}
-        message = Message(queue_name=namespace, actor_name="a", args=(), kwargs={}, options={})
-
-        restarted = threading.Event()
-
-        def restart():
-            time.sleep(0.3)
-            server.kill()
-            time.sleep(0.3)
-            server.start()
-            restarted.set()
-
-        killer = threading.Thread(target=restart)
-        killer.start()
-        first_failure = recovered_after = None
-        after_restart = 0
-        while after_restart < 500:  # keep sending through the outage and a while after
-            after_restart += restarted.is_set()
-            try:
-                acknowledged.append(broker.enqueue(message).options["redis_message_id"])
-                if first_failure is not None and recovered_after is None:
-                    recovered_after = time.monotonic() - first_failure
-            except BrokerError as e:
-                failures[type(e).__name__] = failures.get(type(e).__name__, 0) + 1
-                first_failure = first_failure or time.monotonic()
-                time.sleep(0.01)
-        killer.join()
-        stored = set(broker.client.hkeys(broker.keys.messages(namespace)))
-        lost = [rid for rid in acknowledged if rid.encode() not in stored]
-        print(
-            f"B1 (appendfsync {fsync}): {len(acknowledged)} acknowledged, lost {len(lost)}, "
-            f"failures {failures}, first success {recovered_after} s after the first failure"
-        )
-        assert not lost, (len(lost), failures)
-        assert failures and set(failures) <= {"ConnectionClosed", "ConnectionFailed"}, failures
-        broker.close()
+def test_b1_killing_redis_mid_enqueue_loses_no_acknowledged_send(namespace, fsync, record):
+    kill_points = harness.size([0.5], [0.5, 1.0, 2.0])
+    total = harness.size(5000, 20000)
+    record.plan_id, record.broker = "B1", "redis"
+    record.settings = {"appendfsync": fsync, "kill_after_s": kill_points, "down_s": 0.5}
+    lost = duplicated = unknown = acknowledged = recovered = 0
+    raised, first_success = {}, []
+    for kill_after in kill_points:
+        with private_redis("--appendonly", "yes", "--appendfsync", fsync) as server:
+            broker = RedisBroker(url=server.url, namespace=namespace)
+            broker.declare_queue(namespace)
+            log, recovered_after = send_through_outage(
+                broker, server, namespace, kill_after=kill_after, down_for=0.5, total=total
+            )
+            stored = stored_ids(broker, namespace)
+            broker.close()
+        executions = [harness.Execution(i, 0, 0.0, 0.0, "ok") for i in stored]
+        acct = harness.check(log, executions)
+        lost += acct.lost
+        duplicated += acct.duplicated
+        recovered += acct.recovered
+        acknowledged += acct.acknowledged
+        unknown += sum(1 for o in log.outcomes.values() if o == "unknown")
+        for name, count in log.raised.items():
+            raised[name] = raised.get(name, 0) + count
+        first_success.append(recovered_after)
+        record.n += acct.attempted
+    acct.lost, acct.duplicated, acct.recovered, acct.acknowledged = lost, duplicated, recovered, acknowledged
+    record.accounting = acct
+    record.figures = {"raised": raised, "unknown": unknown, "first_success_after_failure_s": first_success,
+                      "note": "executed = stored in the restarted server"}
+    record.bar("lost == 0", lost == 0)
+    record.bar("every failure raised a typed error", bool(raised) and set(raised) <= {"ConnectionClosed", "ConnectionFailed"})
+    record.bar("duplicated <= unknown outcomes", duplicated <= unknown)
+    record.check_bars()
 
 
-def test_b3_redis_without_persistence_is_warned_about_and_loses_messages(namespace, caplog):
+def test_b3_redis_without_persistence_is_warned_about_and_loses_messages(namespace, caplog, record):
+    record.plan_id, record.broker, record.n = "B3", "redis", 100
+    record.settings = {"appendonly": "no", "save": ""}
     with private_redis() as server:
         broker = RedisBroker(url=server.url, namespace=namespace)
         broker.declare_queue(namespace)
@@ -318,15 +243,16 @@ def test_b3_redis_without_persistence_is_warned_about_and_loses_messages(namespa
         server.kill()
         server.start()
         left = broker.queue_stats()[namespace].ready
-        print(f"B3: warned at connect; {100 - left} of 100 messages lost in a restart")
+        record.figures = {"warned": "has no persistence" in caplog.text, "lost_expected": 100 - left}
         assert left == 0
         broker.close()
 
 
-@pytest.mark.slow
 def test_b6_a_hung_redis_fails_every_call_in_time_and_workers_resume(
-    namespace, worker_factory, monkeypatch
+    namespace, worker_factory, monkeypatch, record
 ):
+    record.plan_id, record.broker, record.n = "B6", "redis", 3
+    record.settings = {"socket_timeout_s": 3, "pause": "SIGSTOP until every call returned"}
     monkeypatch.setattr(nbqueue.worker, "RESTART_DELAY", 500)
     with private_redis() as server:
         broker = RedisBroker(url=server.url, namespace=namespace, heartbeat_timeout=60000)
@@ -374,7 +300,14 @@ def test_b6_a_hung_redis_fails_every_call_in_time_and_workers_resume(
         resume_after = time.monotonic() - resumed
         broker.join(namespace, timeout=10000)
         worker.join()
-        print(f"B6: {timings}; a fresh message ran {resume_after:.2f} s after SIGCONT")
+        record.figures = {
+            "time_to_error_s": {k: [round(t, 2), kind] for k, (t, kind) in timings.items()},
+            "resume_after_sigcont_s": round(resume_after, 2),
+        }
+        log = harness.ProducerLog()
+        log.ok([0, 2])
+        log.outcomes[1] = "unknown"  # its send timed out while Redis hung
+        record.accounting = harness.check(log, [harness.Execution(i, 0, 0, 0, "ok") for i in runs])
         assert set(timings) == set(calls), timings
         assert all(s < 5 and kind == "ConnectionClosed" for s, kind in timings.values()), timings
         # lost 0, duplicated 0; job 1 timed out, so it may or may not have been enqueued
@@ -384,9 +317,12 @@ def test_b6_a_hung_redis_fails_every_call_in_time_and_workers_resume(
         backend.close()
 
 
-@pytest.mark.slow
-def test_c1_malformed_messages_among_valid_ones(oracle_broker, namespace, worker_factory, caplog):
+def test_c1_malformed_messages_among_valid_ones(
+    oracle_broker, namespace, worker_factory, caplog, record
+):
     broker = oracle_broker
+    record.plan_id, record.broker, record.n = "C1", "redis", 5510
+    record.settings = {"valid": 5000, "malformed": 500, "ids_without_body": 10, "threads": 4}
     done = []
 
     @nbqueue.actor(queue_name=namespace, actor_name="ok", broker=broker)
@@ -430,7 +366,16 @@ def test_c1_malformed_messages_among_valid_ones(oracle_broker, namespace, worker
     counts = {}
     for letter in broker.get_dead_letters(namespace):
         counts[letter.reason] = counts.get(letter.reason, 0) + 1
-    print(f"C1: 5000 valid + 500 malformed + 10 empty ids in {elapsed:.2f} s; DLQ {counts}")
+    log = harness.ProducerLog()
+    log.ok(range(5000))
+    record.accounting = harness.check(
+        log,
+        [harness.Execution(i, 0, 0, 0, "ok") for i in done],
+        dead=[(None, reason) for reason, n in counts.items() for _ in range(n)],
+    )
+    record.figures = {"elapsed_s": round(elapsed, 2), "expected_dlq": expected,
+                      "log_lines": len(caplog.records),
+                      "longest_log_line": max(len(r.getMessage()) for r in caplog.records)}
     assert sorted(done) == list(range(5000))
     assert counts == expected
     assert worker.consumers[namespace] is consumer and consumer.is_alive()
@@ -438,8 +383,11 @@ def test_c1_malformed_messages_among_valid_ones(oracle_broker, namespace, worker
     assert max(len(r.getMessage()) for r in caplog.records) <= 2500
 
 
-def test_c4_unencodable_arguments_and_results(oracle_broker, namespace, redis_url, worker_factory):
+def test_c4_unencodable_arguments_and_results(
+    oracle_broker, namespace, redis_url, worker_factory, record
+):
     broker = oracle_broker
+    record.plan_id, record.broker = "C4", "redis"
     backend = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
     broker.add_middleware(Results(backend=backend))
 
@@ -459,12 +407,14 @@ def test_c4_unencodable_arguments_and_results(oracle_broker, namespace, redis_ur
     started = time.monotonic()
     with pytest.raises(ResultFailure, match="cannot be stored"):
         echo.send("object").get_result(backend=backend, block=True, timeout=5000)
+    record.figures = {"get_result_failure_s": round(time.monotonic() - started, 3)}
     assert time.monotonic() - started < 1.0
     backend.close()
 
 
-def test_d1_a_pickle_body_never_executes(oracle_broker, namespace, worker_factory, tmp_path):
+def test_d1_a_pickle_body_never_executes(oracle_broker, namespace, worker_factory, tmp_path, record):
     broker = oracle_broker
+    record.plan_id, record.broker, record.n = "D1", "redis", 2
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -480,6 +430,8 @@ def test_d1_a_pickle_body_never_executes(oracle_broker, namespace, worker_factor
     worker_factory(broker)
     broker.join(namespace, timeout=10000)
     [dead] = broker.get_dead_letters(namespace)
+    record.accounting = harness.check(harness.ProducerLog(), [], dead=[(None, dead.reason)])
+    record.figures = {"marker_created": marker.exists()}
     assert dead.reason == "undecodable" and not marker.exists()
 
 

@@ -1,0 +1,147 @@
+"""Plan A6: a Jupyter kernel running embedded workers is restarted or interrupted.
+
+A real ipykernel (jupyter_client's KernelManager) connects to Redis with a 2 s heartbeat,
+declares a long actor and starts 4 embedded worker threads; the test sends the work from outside.
+Faults: ``restart_kernel(now=False)`` (graceful: the kernel must stop its workers and requeue
+within jupyter_client's 5 s), ``restart_kernel(now=True)`` (kill: what was running comes back
+after the heartbeat) and ``interrupt_kernel()`` during a running cell (workers keep going).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import nbqueue
+from nbqueue.brokers.redis import RedisBroker
+from tests.brokers._redis import cleanup
+from tests.reliability import harness
+from tests.reliability.harness import size
+
+pytest.importorskip("ipykernel")
+pytest.importorskip("jupyter_client")
+
+HEARTBEAT = 2000
+WORK_S = 3.0
+THREADS = 4
+
+
+def setup_cells(url: str, namespace: str, oracle_url: str) -> list[str]:
+    return [
+        "%load_ext nbqueue",
+        "import os, time, redis, nbqueue\n"
+        "from nbqueue.brokers.redis import RedisBroker\n"
+        f"broker = RedisBroker(url={url!r}, namespace={namespace!r}, heartbeat_timeout={HEARTBEAT})\n"
+        "nbqueue.set_broker(broker)\n"
+        f"oracle = redis.Redis.from_url({oracle_url!r})",
+        f"@nbqueue.actor(queue_name={namespace!r}, actor_name='job', broker=broker, max_retries=0)\n"
+        "def job(i, work_ms=None):\n"
+        "    t0 = time.time()\n"
+        f"    oracle.rpush({namespace!r} + ':exec', f'{{i}} {{os.getpid()}} {{t0}} {{t0}} start')\n"
+        "    deadline = time.monotonic() + (work_ms or 0) / 1000\n"
+        "    while time.monotonic() < deadline:\n"
+        "        time.sleep(0.02)\n"
+        f"    oracle.rpush({namespace!r} + ':exec', f'{{i}} {{os.getpid()}} {{t0}} {{time.time()}} ok')",
+        f"%nbqueue worker start --threads {THREADS} --queues {namespace}",
+    ]
+
+
+def run(kc, source: str, timeout: float = 60) -> dict:
+    reply = kc.execute_interactive(source, timeout=timeout, output_hook=lambda msg: None)
+    assert reply["content"]["status"] == "ok", (source, reply["content"])
+    return reply
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(900)
+def test_a6_kernel_restart_and_interrupt_with_embedded_workers_lose_nothing(
+    redis_url, namespace, oracle, record
+):
+    from jupyter_client.manager import KernelManager
+
+    cycles = size(2, 10)
+    record.plan_id, record.broker = "A6", "redis"
+    record.settings = {"heartbeat_ms": HEARTBEAT, "threads": THREADS, "work_s": WORK_S,
+                       "cycles_each": cycles, "shutdown_wait_time_s": 5}
+    broker = RedisBroker(url=redis_url, namespace=namespace, heartbeat_timeout=HEARTBEAT)
+    broker.declare_queue(namespace)
+    log = harness.ProducerLog()
+
+    @nbqueue.actor(queue_name=namespace, actor_name="job", broker=broker, max_retries=0)
+    def job(i, work_ms=None):
+        pass
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(harness.ROOT))
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    graceful_s, kill_faults, interrupt_ok = [], [], []
+    next_id = 0
+
+    def start_workers():
+        for cell in setup_cells(redis_url, namespace, oracle.url):
+            run(kc, cell)
+
+    def send_and_wait_running(n=THREADS * 2):
+        nonlocal next_id
+        ids = set(range(next_id, next_id + n))
+        next_id += n
+        job.send_many((i, WORK_S * 1000) for i in ids)
+        log.ok(ids)
+        harness.wait_for(
+            lambda: len(ids & {e.id for e in oracle.executions(namespace, kind="start")}) >= THREADS,
+            30, "4 jobs to run in the kernel")
+        return ids
+
+    try:
+        start_workers()
+        for _ in range(cycles):
+            send_and_wait_running()
+            started = time.monotonic()
+            km.restart_kernel(now=False)
+            graceful_s.append(time.monotonic() - started)
+            kc.wait_for_ready(timeout=60)
+            start_workers()
+
+            ids = send_and_wait_running()
+            at = time.time()
+            km.restart_kernel(now=True)
+            kill_faults.append((at, ids))
+            kc.wait_for_ready(timeout=60)
+            start_workers()
+
+            ids = send_and_wait_running()
+            msg_id = kc.execute("import time; time.sleep(30)")
+            time.sleep(0.5)
+            km.interrupt_kernel()
+            reply = kc.get_shell_msg(timeout=20)
+            while reply["parent_header"].get("msg_id") != msg_id:
+                reply = kc.get_shell_msg(timeout=20)
+            interrupted = reply["content"].get("ename") == "KeyboardInterrupt"
+            # the workers were not stopped: what they ran finishes without a restart
+            harness.wait_for(lambda i=ids: i <= {e.id for e in oracle.executions(namespace)},
+                             30, "the interrupted kernel's workers to finish their jobs")
+            interrupt_ok.append(interrupted)
+        harness.wait_for(
+            lambda: log.acknowledged <= {e.id for e in oracle.executions(namespace)}, 120,
+            "every message to run", interval=0.2)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        broker.close()
+        cleanup(broker, namespace)
+    acct = harness.check(log, oracle.executions(namespace), faults=kill_faults)
+    record.n = acct.attempted
+    record.accounting = acct
+    record.figures = {"graceful_restart_s": [round(s, 2) for s in graceful_s],
+                      "interrupt_raised_keyboardinterrupt": interrupt_ok}
+    record.bar("lost == 0", acct.lost == 0)
+    record.bar("graceful restart < 5 s (no kill needed)", max(graceful_s) < 5)
+    record.bar("interrupt stops the cell, not the workers", all(interrupt_ok))
+    record.bar(f"duplicated <= in-flight of the killed kernels ({len(kill_faults) * THREADS * 2})",
+               acct.duplicated <= len(kill_faults) * THREADS * 2)
+    record.bar(f"redelivery after kill <= heartbeat + reaper + 1 s + kernel boot (10 s)",
+               (acct.latency["max"] or 0) <= 10)
+    record.check_bars()
