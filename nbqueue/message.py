@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import uuid
+import os
+import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -47,12 +48,39 @@ def set_encoder(encoder: Encoder) -> None:
     global_encoder = encoder
 
 
+#: Random bytes are drawn from the OS for this many ids at once, per thread.
+_IDS_PER_DRAW = 64
+_random = threading.local()
+
+
+def _forget_random_after_fork() -> None:
+    # A child must never reuse the random bytes its parent drew: their ids would collide.
+    global _random
+    _random = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_random_after_fork)
+
+
 def generate_unique_id() -> str:
-    """Return a new message id (a uuid4 string)."""
-    return str(uuid.uuid4())
+    """Return a new message id: a random uuid4 string, like ``str(uuid.uuid4())`` (from
+    ``os.urandom`` too) but about three times faster, since every message sent needs one."""
+    local = _random
+    try:
+        h = local.pool.pop()
+    except (AttributeError, IndexError):
+        raw = os.urandom(16 * _IDS_PER_DRAW).hex()
+        local.pool = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        h = local.pool.pop()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
-@dataclasses.dataclass(frozen=True)
+_MISSING: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class Message(Generic[R]):
     """A message: which actor to run, with which arguments, on which queue.
 
@@ -77,11 +105,29 @@ class Message(Generic[R]):
     message_id: str = dataclasses.field(default_factory=generate_unique_id)
     message_timestamp: int = dataclasses.field(default_factory=current_millis)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        queue_name: str,
+        actor_name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        message_id: str = _MISSING,
+        message_timestamp: int = _MISSING,
+    ) -> None:
+        # Written by hand, not generated: a frozen dataclass's __init__ sets each field through
+        # object.__setattr__, which made it a fifth of the cost of a send.
+        fields = self.__dict__
+        fields["queue_name"] = queue_name
+        fields["actor_name"] = actor_name
         # JSON decodes args as a list; callers may pass any iterable despite the annotation
-        args: Any = self.args
-        if not isinstance(args, tuple):
-            object.__setattr__(self, "args", tuple(args))
+        fields["args"] = args if type(args) is tuple else tuple(args)
+        fields["kwargs"] = kwargs
+        fields["options"] = options
+        fields["message_id"] = generate_unique_id() if message_id is _MISSING else message_id
+        fields["message_timestamp"] = (
+            current_millis() if message_timestamp is _MISSING else message_timestamp
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Message[Any]:

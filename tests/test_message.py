@@ -3,12 +3,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
+import uuid
 from typing import Any
 
 import pytest
 
 from nbqueue import DecodeError, EncodeError, Message
-from nbqueue.message import get_encoder
+from nbqueue.message import generate_unique_id, get_encoder
 
 
 def make(**overrides: Any) -> Message[Any]:
@@ -125,3 +127,26 @@ def test_namedtuple_style_helpers_still_work():
 
 def test_the_default_encoder_is_json():
     assert type(get_encoder()).__name__ == "JSONEncoder"
+
+
+def test_message_ids_are_distinct_uuid4_strings():
+    ids = [generate_unique_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids[::97]:
+        parsed = uuid.UUID(value)
+        assert (str(parsed), parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_repeats_its_parents_next_message_id():
+    generate_unique_id()  # the parent now holds unused random bytes
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, generate_unique_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert child_id != generate_unique_id()
