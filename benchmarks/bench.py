@@ -162,6 +162,8 @@ def spawn(
 
 
 PROFILE_HZ = 400
+#: Stacks left out of profile summaries: untimed pre-loading and imports.
+_UNTIMED = ("_enqueue_untimed", "_find_and_load")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -169,7 +171,7 @@ def summarize_profile(raws: list[Path], top: int = 30) -> str:
     """Turn py-spy's raw (collapsed stacks) files into self and inclusive time per function.
 
     Only the thread holding the GIL is sampled, so the shares add up to the CPU time Python
-    code got; stacks under ``_enqueue_untimed`` (untimed set-up) are left out.
+    code got; stacks under ``_enqueue_untimed`` (untimed pre-loading) and imports are left out.
     """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -179,7 +181,7 @@ def summarize_profile(raws: list[Path], top: int = 30) -> str:
             continue
         for line in raw.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack or not count_text.isdigit() or "_enqueue_untimed" in stack:
+            if not stack or not count_text.isdigit() or any(m in stack for m in _UNTIMED):
                 continue
             count = int(count_text)
             total += count
@@ -193,8 +195,8 @@ def summarize_profile(raws: list[Path], top: int = 30) -> str:
     if not total:
         return "no samples\n"
     parts = [
-        f"{total} samples of the thread holding the GIL at {PROFILE_HZ} Hz, untimed set-up "
-        f"excluded, from {len(raws)} children",
+        f"{total} samples of the thread holding the GIL at {PROFILE_HZ} Hz, pre-loading and "
+        f"imports excluded, from {len(raws)} children",
         "",
         "self time:",
     ]
