@@ -62,13 +62,15 @@ class _WorkItem:
 
 
 class _WorkQueue:
-    """The worker threads' priority queue; it wakes a waiting thread only when one is needed.
+    """The worker threads' priority queue, which wakes as few threads as it can.
 
-    ``queue.PriorityQueue`` wakes a waiting thread on every put, even when threads woken by
-    earlier puts have not yet taken their items. Each wake is a system call and a fight for the
-    GIL, and was the largest cost of a no-op message. Here a put wakes a thread only when the
-    queue holds more items than threads already woken to take them, so every item still has a
-    thread on its way (a long-running actor never delays a queued message) but no item gets two.
+    ``queue.PriorityQueue`` wakes a waiting thread on every put. Each wake is a system call, a
+    context switch and a fight for the GIL, and cost more than running a no-op actor. Here at
+    most one waiting thread is on its way at a time: a put wakes one only if none is, and a
+    thread that takes an item while more are queued wakes the next one before it runs its own
+    (passing the baton). Every queued item still gets a thread within a few wake-ups, however
+    long the running actors take, but a burst of short messages is run by the threads already
+    awake instead of waking all of them.
     """
 
     def __init__(self) -> None:
@@ -76,34 +78,37 @@ class _WorkQueue:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # threads blocked in get()
-        self._woken = 0  # of those, how many were notified and have not returned yet
+        self._woken = 0  # of those, notified and not yet returned (0 or 1, but see get())
 
     def put(self, item: _WorkItem) -> None:
         with self._lock:
             heapq.heappush(self._heap, item)
-            if self._waiting > self._woken and len(self._heap) > self._woken:
+            if self._waiting and not self._woken:
                 self._woken += 1
                 self._cond.notify()
 
     def get(self, timeout: float) -> _WorkItem:
         """Return the most urgent item, waiting up to ``timeout`` seconds; raises queue.Empty."""
-        cond = self._cond
         with self._lock:
             heap = self._heap
             if not heap:
                 self._waiting += 1
                 try:
-                    cond.wait(timeout)
+                    self._cond.wait(timeout)
                 finally:
                     # A thread that timed out just as it was notified cannot tell which it was,
-                    # so every return spends one credit: this can only cause an extra wake later,
-                    # never leave an item without a thread on its way.
+                    # so every return spends the credit. Whoever returns takes an item (or finds
+                    # none) and passes the baton below, so no item is left without a thread.
                     self._waiting -= 1
                     if self._woken:
                         self._woken -= 1
                 if not heap:
                     raise queue.Empty
-            return heapq.heappop(heap)
+            item = heapq.heappop(heap)
+            if heap and self._waiting and not self._woken:
+                self._woken += 1
+                self._cond.notify()
+            return item
 
     def get_nowait(self) -> _WorkItem:
         """Return the most urgent item at once; raises queue.Empty when there is none."""

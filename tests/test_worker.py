@@ -23,6 +23,30 @@ def test_worker_threads_run_messages_concurrently(stub_broker, worker_factory):
     assert barrier.broken is False
 
 
+@pytest.mark.parametrize("burst", [True, False])
+def test_every_idle_thread_is_woken_for_long_messages(stub_broker, worker_factory, burst):
+    # The work queue wakes one thread at a time and each passes the baton on: eight messages
+    # that only finish together must still all be running at once, whether they arrive in one
+    # burst or one by one to a worker whose threads are all asleep.
+    barrier = threading.Barrier(8, timeout=5)
+    started = threading.Semaphore(0)
+
+    @nbqueue.actor
+    def meet():
+        started.release()
+        barrier.wait()
+
+    # Threads that were never woken would sleep for the whole worker_timeout, past the barrier's.
+    worker = worker_factory(stub_broker, worker_threads=8, worker_timeout=20000)
+    for _ in range(8):
+        meet.send()
+        if not burst:
+            assert started.acquire(timeout=10)
+    stub_broker.join("default", timeout=15000)
+    worker.join()
+    assert barrier.broken is False
+
+
 def test_a_failing_actor_does_not_stop_the_worker(stub_broker, worker_factory):
     done = []
 
