@@ -41,12 +41,31 @@ def summary(exception: BaseException | None) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+# worker_id() runs for every message, and os.getpid() is a system call: the answer is kept per
+# thread and worker, and forgotten in a forked child.
+_worker_ids = threading.local()
+
+
+def _forget_worker_ids() -> None:
+    global _worker_ids
+    _worker_ids = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker_ids)
+
+
 def worker_id() -> str:
     """Return ``"<host>:<pid>:<worker>"`` for the calling worker thread."""
     worker: Any = getattr(threading.current_thread(), "worker", None)
     wid = getattr(worker, "worker_id", None)
+    cached: tuple[Any, str] | None = getattr(_worker_ids, "value", None)
+    if cached is not None and cached[0] is wid:
+        return cached[1]
     suffix = f":{wid[:8]}" if isinstance(wid, str) else ""
-    return f"{_HOST}:{os.getpid()}{suffix}"
+    value = f"{_HOST}:{os.getpid()}{suffix}"
+    _worker_ids.value = (wid, value)
+    return value
 
 
 class Running:
