@@ -52,12 +52,20 @@ def oracle() -> Iterator[harness.Oracle]:
 
 
 @pytest.fixture(scope="session")
-def rabbit_node() -> Iterator[_rabbitmq.PrivateRabbit]:
-    """A private RabbitMQ node (own node name, ports and dirs), started once per session."""
+def _rabbit_session() -> Iterator[_rabbitmq.PrivateRabbit]:
     node = _rabbitmq.PrivateRabbit()
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def rabbit_node(_rabbit_session: _rabbitmq.PrivateRabbit) -> _rabbitmq.PrivateRabbit:
+    """A private RabbitMQ node (own node name, ports and dirs), started once per session and
+    started again if a test killed it and could not restart it."""
+    if _rabbit_session.process is None or _rabbit_session.process.poll() is not None:
+        _rabbit_session.start()
+    return _rabbit_session
 
 
 @pytest.fixture

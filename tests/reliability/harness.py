@@ -79,7 +79,9 @@ class Oracle:
         self.client = redis.Redis.from_url(url, socket_timeout=10)
 
     @staticmethod
-    def record(client: redis.Redis, namespace: str, i: int, t_start: float, kind: str = "ok") -> None:
+    def record(
+        client: redis.Redis, namespace: str, i: int, t_start: float, kind: str = "ok"
+    ) -> None:
         entry = f"{i} {os.getpid()} {t_start:.6f} {time.time():.6f} {kind}"
         client.rpush(f"{namespace}:exec", entry)
 
@@ -330,7 +332,9 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows
+    )
 
 
 # -- worker processes -----------------------------------------------------------------------
@@ -441,3 +445,26 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def malformed_bodies(valid: Any) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Bad message bodies with the dead-letter reason each must get (plan C1), built from a
+    valid ``Message``; and one 10 MB body for an unknown actor (reason ``unknown_actor``)."""
+    from nbqueue import Message
+
+    fields = valid.asdict()
+    encoded = Message.encode(Message(**fields))
+    undecodable = [b"\xc3\x28", b"{", b"null nope", b"[" * 100000, b"\x80\x04K\x01."]
+    invalid = [
+        b"[1, 2]",
+        b"42",
+        b'"text"',
+        Message.encode(Message(**{**fields, "args": [1]})).replace(b"[1]", b"5"),
+        encoded.replace(b'"kwargs":{}', b'"kwargs":[]'),
+        encoded.replace(b'"options":{}', b'"options":"x"'),
+        encoded[:-1] + b',"extra":1}',
+    ]
+    unknown = Message.encode(Message(**{**fields, "actor_name": "nobody"}))
+    big = Message.encode(Message(**{**fields, "actor_name": "nobody", "args": ["x" * 10_000_000]}))
+    bad = [("undecodable", b) for b in undecodable] + [("invalid", b) for b in invalid]
+    return bad + [("unknown_actor", unknown)], big

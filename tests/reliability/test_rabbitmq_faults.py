@@ -8,11 +8,7 @@ duplicated, and sends whose outcome was unknown.
 from __future__ import annotations
 
 import collections
-import os
-import random
-import signal
-import subprocess
-import sys
+import logging
 import threading
 import time
 
@@ -27,88 +23,9 @@ from nbqueue.errors import (
     PublishOutcomeUnknown,
 )
 from tests.brokers import _rabbitmq
+from tests.reliability import harness
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.timeout(300)]
-
-WORKER = """
-import os, sys, time
-import nbqueue
-from nbqueue.brokers.rabbitmq import RabbitmqBroker
-url, queue, log = sys.argv[1:4]
-broker = RabbitmqBroker(url=url)
-broker.emit_after("process_boot")
-fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-
-@nbqueue.actor(queue_name=queue, broker=broker, max_retries=0)
-def work(i):
-    time.sleep(0.001)
-    os.write(fd, f"{i}\\n".encode())
-
-worker = nbqueue.Worker(broker, worker_threads=4, worker_timeout=100)
-worker.start()
-print("ready", flush=True)
-while True:
-    time.sleep(1)
-"""
-
-
-def _start_worker(url: str, queue: str, log: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", WORKER, url, queue, log],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
-
-
-def _executed(log: str) -> list[int]:
-    if not os.path.exists(log):
-        return []
-    with open(log) as f:
-        return [int(line) for line in f if line.strip().isdigit()]
-
-
-def test_killing_workers_mid_run_loses_nothing(rabbitmq_url, namespace, tmp_path):
-    total = 2000
-    log = str(tmp_path / "executed.log")
-    broker = RabbitmqBroker(url=rabbitmq_url)
-
-    @nbqueue.actor(queue_name=namespace, broker=broker, max_retries=0)
-    def work(i):
-        pass
-
-    try:
-        work.send_many(range(total))
-        kills = 0
-        rng = random.Random(7)
-        for _ in range(4):
-            process = _start_worker(rabbitmq_url, namespace, log)
-            time.sleep(rng.uniform(0.3, 1.0))  # let it run a while: the fault is the point
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-            kills += 1
-        final = _start_worker(rabbitmq_url, namespace, log)
-        deadline = time.monotonic() + 120
-        while len(set(_executed(log))) < total and time.monotonic() < deadline:
-            time.sleep(0.1)  # bounded polling of another process's effect
-        os.killpg(final.pid, signal.SIGTERM)
-        final.wait(20)
-        executed = _executed(log)
-        counts = collections.Counter(executed)
-        lost = set(range(total)) - set(counts)
-        duplicated = sum(n - 1 for n in counts.values())
-        print(
-            f"A2 kill -9 worker x{kills}: sent {total}, lost {len(lost)}, duplicated {duplicated}"
-        )
-        assert not lost
-        assert broker.queue_stats()[namespace].dead == 0
-    finally:
-        broker.close()
-        _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
 
 
 @pytest.fixture
@@ -126,86 +43,179 @@ def private_rabbit():
         node.stop()
 
 
-def test_restarting_the_server_during_confirmed_sends_loses_no_confirmed_message(
-    private_rabbit, namespace, worker_factory
-):
-    # A producer sends one confirmed message at a time while a worker consumes; the server is
-    # killed (-9) and restarted. Every confirmed message must run; both sides reconnect.
-    node = private_rabbit()
+def confirmed_sends_through_a_kill(node, queue, worker_factory, kill_after, log, executed):
+    """One producer sends confirmed messages one by one while a worker consumes; the node is
+    killed (-9) after ``kill_after`` s and restarted. Returns (seconds down, slowest failure)."""
     broker = RabbitmqBroker(url=node.url)
     broker.emit_after("process_boot")
-    executed: collections.Counter[int] = collections.Counter()
     lock = threading.Lock()
 
-    @nbqueue.actor(queue_name=namespace, broker=broker)
+    @nbqueue.actor(queue_name=queue, broker=broker)
     def work(i):
         with lock:
-            executed[i] += 1
+            executed.append(harness.Execution(i, 0, time.time(), time.time(), "ok"))
 
-    confirmed: list[int] = []
-    unknown: list[int] = []
-    raised: collections.Counter[str] = collections.Counter()
     slowest_failure = 0.0
-    attempted = 0
     stop = threading.Event()
 
     def produce() -> None:
-        nonlocal slowest_failure, attempted
+        nonlocal slowest_failure
+        i = 0
         while not stop.is_set():
-            i = attempted
-            attempted += 1
             started = time.monotonic()
             try:
                 work.send(i)
-                confirmed.append(i)
-            except PublishOutcomeUnknown:
-                unknown.append(i)
-                raised["PublishOutcomeUnknown"] += 1
+                log.ok([i])
+            except PublishOutcomeUnknown as e:
+                log.unknown(i, e)
             except BrokerConnectionError as e:
-                raised[type(e).__name__] += 1
+                log.fail(i, e)
                 slowest_failure = max(slowest_failure, time.monotonic() - started)
                 stop.wait(0.05)
+            i += 1
 
     producer = threading.Thread(target=produce)
     try:
         worker = worker_factory(broker, worker_threads=4)
         producer.start()
-        time.sleep(1.0)  # let traffic flow: the fault lands mid-stream
+        time.sleep(kill_after)  # let traffic flow: the fault lands mid-stream
         node.kill()
         down_since = time.monotonic()
         node.start()
         back_after = time.monotonic() - down_since
         deadline = time.monotonic() + 30
-        before = len(confirmed)
-        while len(confirmed) < before + 200 and time.monotonic() < deadline:
+        before = len(log.acknowledged)
+        while len(log.acknowledged) < before + 200 and time.monotonic() < deadline:
             time.sleep(0.05)  # bounded: wait for the producer to get going again
         stop.set()
         producer.join(30)
-        broker.join(namespace, timeout=60000)
+        broker.join(queue, timeout=60000)
         worker.join(30000)
-        lost = set(confirmed) - set(executed)
-        duplicated = sum(n - 1 for n in executed.values())
-        recovered = len(set(unknown) & set(executed))
-        unexpected = set(executed) - set(range(attempted))
-        print(
-            f"B2 kill -9 + restart of RabbitMQ ({back_after:.1f} s down): attempted {attempted}, "
-            f"confirmed {len(confirmed)}, raised {dict(raised)}, lost {len(lost)}, duplicated "
-            f"{duplicated}, unknown {len(unknown)} (ran anyway: {recovered}), unexpected "
-            f"{len(unexpected)}, slowest failed send {slowest_failure:.2f} s"
-        )
-        assert not lost
-        assert not unexpected
-        assert len(confirmed) > 200
-        assert slowest_failure < 5.5
         worker.stop()
     finally:
         stop.set()
         broker.close()
+    return back_after, slowest_failure
+
+
+def test_b2_killing_rabbitmq_during_confirmed_sends_loses_no_confirmed_message(
+    rabbit_node, namespace, worker_factory, record
+):
+    kill_points = harness.size([0.3, 1.0], [0.3, 1.0, 2.0])
+    record.plan_id, record.broker = "B2", "rabbitmq"
+    record.settings = {"confirm_delivery": True, "kill_after_s": kill_points, "worker_threads": 4}
+    totals = collections.Counter()
+    raised: collections.Counter[str] = collections.Counter()
+    downs, slowest = [], 0.0
+    for n, kill_after in enumerate(kill_points):
+        log, executed = harness.ProducerLog(), []
+        down, slow = confirmed_sends_through_a_kill(
+            rabbit_node, f"{namespace}-{n}", worker_factory, kill_after, log, executed
+        )
+        downs.append(round(down, 1))
+        slowest = max(slowest, slow)
+        raised.update(log.raised)
+        acct = harness.check(log, executed)
+        for field in (
+            "attempted",
+            "acknowledged",
+            "executed",
+            "lost",
+            "duplicated",
+            "recovered",
+            "unexpected",
+        ):
+            totals[field] += getattr(acct, field)
+        totals["unknown"] += sum(1 for o in log.outcomes.values() if o == "unknown")
+    for field in (
+        "attempted",
+        "acknowledged",
+        "executed",
+        "lost",
+        "duplicated",
+        "recovered",
+        "unexpected",
+    ):
+        setattr(acct, field, totals[field])
+    record.n = totals["attempted"]
+    record.accounting = acct
+    record.figures = {
+        "raised": dict(raised),
+        "unknown": totals["unknown"],
+        "down_s": downs,
+        "slowest_failed_send_s": round(slowest, 2),
+    }
+    record.bar("lost == 0", totals["lost"] == 0)
+    record.bar("unexpected == 0", totals["unexpected"] == 0)
+    record.bar(
+        "duplicated <= unknown outcomes + redelivered at the kill",
+        totals["duplicated"] <= totals["unknown"] + 4 * len(kill_points) * 2,
+    )
+    record.bar("every failed send raised within 5.5 s", slowest < 5.5)
+    record.bar("the producer got going again after each restart", totals["acknowledged"] > 200)
+    record.check_bars()
+
+
+def test_c1_malformed_messages_among_valid_ones_on_rabbitmq(
+    rabbitmq_url, namespace, worker_factory, caplog, record
+):
+    record.plan_id, record.broker, record.n = "C1", "rabbitmq", 5500
+    record.settings = {"valid": 5000, "malformed": 500, "threads": 4, "server": "shared, own queue"}
+    broker = RabbitmqBroker(url=rabbitmq_url)
+    broker.emit_after("process_boot")
+    done = []
+
+    @nbqueue.actor(queue_name=namespace, actor_name="ok", broker=broker)
+    def ok(i):
+        done.append(i)
+
+    try:
+        bad, big = harness.malformed_bodies(ok.message(0))
+        ok.send_many(range(2500))
+        expected: collections.Counter[str] = collections.Counter()
+        for n in range(499):
+            reason, body = bad[n % len(bad)]
+            expected[reason] += 1
+            _rabbitmq.inject_raw(broker, namespace, body)
+        _rabbitmq.inject_raw(broker, namespace, big)
+        expected["unknown_actor"] += 1
+        ok.send_many(range(2500, 5000))
+        started = time.monotonic()
+        worker = worker_factory(broker, worker_threads=4)
+        broker.join(namespace, timeout=60000)
+        worker.join()
+        elapsed = time.monotonic() - started
+        dead = harness.dead_letters(broker, namespace)
+        counts = collections.Counter(reason for _, reason in dead)
+        log = harness.ProducerLog()
+        log.ok(range(5000))
+        record.accounting = harness.check(
+            log,
+            [harness.Execution(i, 0, 0, 0, "ok") for i in done],
+            dead=[(None, r) for _, r in dead],
+        )
+        record.figures = {
+            "elapsed_s": round(elapsed, 2),
+            "expected_dlq": dict(expected),
+            "log_lines": len(caplog.records),
+            "longest_log_line": max((len(r.getMessage()) for r in caplog.records), default=0),
+            "critical": sum(r.levelno >= logging.CRITICAL for r in caplog.records),
+        }
+        record.bar("valid 5000/5000 ran once", sorted(done) == list(range(5000)))
+        record.bar("500/500 dead-lettered with the right reason", counts == expected)
+        record.bar("no CRITICAL log (no consumer crash)", record.figures["critical"] == 0)
+        record.bar("log lines <= 2.5 KB", record.figures["longest_log_line"] <= 2500)
+        record.check_bars()
+    finally:
+        broker.close()
+        _rabbitmq.delete_queues(pika.URLParameters(rabbitmq_url), [namespace])
 
 
 def test_a_resource_alarm_blocks_sends_with_a_clear_error_within_5_seconds(
-    private_rabbit, namespace
+    private_rabbit, namespace, record
 ):
+    record.plan_id, record.broker = "B8", "rabbitmq"
+    record.settings = {"alarm": "set_vm_memory_high_watermark 0.0000001"}
     node = private_rabbit()
     broker = RabbitmqBroker(url=node.url, max_priority=None)
 
@@ -222,6 +232,7 @@ def test_a_resource_alarm_blocks_sends_with_a_clear_error_within_5_seconds(
                 work.send()
         took = time.monotonic() - started
         print(f"B8 memory alarm: {type(info.value).__name__} after {took:.2f} s: {info.value}")
+        record.figures = {"first_error": type(info.value).__name__, "first_error_s": round(took, 2)}
         assert took < 5.5
         assert "block" in str(info.value) or "confirm" in str(info.value)
         started = time.monotonic()
@@ -241,8 +252,10 @@ def test_a_resource_alarm_blocks_sends_with_a_clear_error_within_5_seconds(
 
 
 def test_long_jobs_and_delayed_messages_outlive_the_servers_consumer_timeout(
-    private_rabbit, namespace, worker_factory, caplog
+    private_rabbit, namespace, worker_factory, caplog, record
 ):
+    record.plan_id, record.broker, record.n = "A10", "rabbitmq", 3
+    record.settings = {"consumer_timeout_ms": 2000, "channel_tick_interval_ms": 500}
     # consumer_timeout 2 s, checked every 0.5 s: a delivery held 2 s closes its channel (and
     # without leases and re-published delays, both messages below would run twice).
     node = private_rabbit("consumer_timeout = 2000\n", "{channel_tick_interval, 500}")
@@ -267,6 +280,7 @@ def test_long_jobs_and_delayed_messages_outlive_the_servers_consumer_timeout(
         long_job.send()
         broker.join(namespace, timeout=30000)
         worker.join()
+        record.figures = {"runs": sorted(str(i) for i, _ in runs)}
         assert sorted(str(i) for i, _ in runs) == ["1", "2", "long"]
         ran_at = dict(runs)
         assert ran_at[1] - sent_at >= 6.9

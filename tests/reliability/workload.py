@@ -35,7 +35,9 @@ def setup() -> None:
 
         broker = RabbitmqBroker(url=url)
     if crash_limit:
-        broker.add_middleware(CrashLimit(max_crashes=crash_limit, redis=os.environ.get("NBQREL_CRASH_REDIS")))
+        broker.add_middleware(
+            CrashLimit(max_crashes=crash_limit, redis=os.environ.get("NBQREL_CRASH_REDIS"))
+        )
     nbqueue.set_broker(broker)
 
     @nbqueue.actor(queue_name=queue, actor_name="job", broker=broker, max_retries=0)
@@ -53,7 +55,11 @@ def setup() -> None:
         os._exit(1)
 
     @nbqueue.actor(
-        queue_name=queue, actor_name="soak", broker=broker, max_retries=1, min_backoff=1,
+        queue_name=queue,
+        actor_name="soak",
+        broker=broker,
+        max_retries=1,
+        min_backoff=1,
         max_backoff=10,
     )
     def soak(i: int, kind: str) -> int:
