@@ -21,6 +21,41 @@ DEFAULT_TTL = 86_400_000
 DEFAULT_TIMEOUT = 2.0
 
 
+#: KEYS: the counters to increment (ARGV[2] of them), then the counters to delete; ARGV[1]: TTL.
+_COUNT_STARTS = """
+local n = tonumber(ARGV[2])
+local counts = {}
+for i = 1, n do
+  counts[i] = redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+for i = n + 1, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+return counts
+"""
+
+
+class _Request:
+    """One worker thread's wish to count a start, answered by whichever thread sends it."""
+
+    __slots__ = ("count", "done", "error", "key", "promoted")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.done = threading.Event()
+        self.count: int | None = None
+        self.error: BaseException | None = None
+        self.promoted = False
+
+    def result(self) -> int:
+        if self.error is not None:
+            raise self.error
+        if self.count is None:
+            raise TimeoutError("the start was not counted")
+        return self.count
+
+
 class CrashLimit(Middleware):
     """Dead-letter a message whose actor killed its worker process ``max_crashes`` times.
 
@@ -28,9 +63,9 @@ class CrashLimit(Middleware):
     the process dies before any hook runs, the broker redelivers the message to the next
     process, and that one dies too. This middleware counts starts that never finished. Before
     an actor runs it increments a counter in Redis keyed by the message id and its retry number
-    (one pipelined round trip, which also carries the deletes of counters whose attempts
-    finished since the last one); after the attempt, raising or not, the counter is queued for
-    deletion. A message that arrives with ``max_crashes`` unfinished starts already recorded
+    (one script call, which also carries the deletes of counters whose attempts finished since
+    the last call, and counts the starts of every worker thread asking at the same moment);
+    after the attempt, raising or not, the counter is queued for deletion. A message that arrives with ``max_crashes`` unfinished starts already recorded
     is not run: it is dead-lettered with the reason ``"crash_limit"``. So the process dies
     exactly ``max_crashes`` times on a poison message.
 
@@ -83,6 +118,9 @@ class CrashLimit(Middleware):
         self._owns_client = False
         self._lock = threading.Lock()
         self._finished: list[str] = []
+        self._waiting: list[_Request] = []
+        self._leading = False
+        self._script: Any = None
         self._local = threading.local()
         self._warned = False
 
@@ -144,20 +182,11 @@ class CrashLimit(Middleware):
         limit = self._limit(broker, message)
         if not limit:
             return
-        with self._lock:
-            finished, self._finished = self._finished, []
         try:
             client = self._connect(broker)
             key = f"{self.key_prefix}{message.message_id}.{message.options.get('retries', 0)}"
-            pipe = client.pipeline(transaction=False)
-            if finished:
-                pipe.delete(*finished)
-            pipe.incr(key)
-            pipe.pexpire(key, self.ttl)
-            starts = int(pipe.execute()[-2])
+            starts = self._count_start(client, key)
         except Exception as e:
-            with self._lock:  # try those deletes again with the next message
-                self._finished[:0] = finished
             if not self._warned:
                 self._warned = True
                 self.logger.warning(
@@ -183,6 +212,48 @@ class CrashLimit(Middleware):
                 f"fix the actor {message.actor_name!r}, then send it again."
             )
         self._local.key = key
+
+    def _count_start(self, client: Any, key: str) -> int:
+        """Count one start of ``key`` and return the count, in one round trip shared with the
+        worker threads asking at the same moment (a group commit: the first thread in sends
+        every waiting request and the queued deletes in one script call; a thread that
+        arrives meanwhile waits for the next call, which the first one waiting makes)."""
+        request = _Request(key)
+        with self._lock:
+            self._waiting.append(request)
+            leader = not self._leading
+            self._leading = True
+        if not leader:
+            if not request.done.wait(self.timeout * 2 + 1):
+                raise TimeoutError("no answer from the thread counting starts")
+            if not request.promoted:
+                return request.result()
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+            finished, self._finished = self._finished, []
+        try:
+            if self._script is None:
+                self._script = client.register_script(_COUNT_STARTS)
+            counts = self._script(
+                keys=[r.key for r in batch] + finished, args=[self.ttl, len(batch)], client=client
+            )
+            for r, count in zip(batch, counts, strict=True):
+                r.count = int(count)
+        except Exception as e:
+            with self._lock:  # try those deletes again with the next call
+                self._finished[:0] = finished
+            for r in batch:
+                r.error = e
+        finally:
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].promoted = True
+                    self._waiting[0].done.set()
+                else:
+                    self._leading = False
+            for r in batch:
+                r.done.set()
+        return request.result()
 
     def _finish(self, key: str | None) -> None:
         if key is not None:
