@@ -4,7 +4,6 @@ these tests write such counters as a dead process would; tests/reliability (A7) 
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 import redis
