@@ -160,7 +160,7 @@ class Message(Generic[R]):
             and type(fields.get("message_timestamp")) is int
             and fields["queue_name"]
             and fields["actor_name"]
-            and all(type(key) is str for key in fields["kwargs"])
+            and (not fields["kwargs"] or all(type(key) is str for key in fields["kwargs"]))
         ):
             # The fast path: a well-formed body as every producer writes it (seven known keys,
             # since the length is seven and all seven were found). The fields are checked, so
