@@ -74,6 +74,11 @@ class CrashLimit(Middleware):
     ``redis=`` (a URL or a ``redis.Redis``). If Redis cannot be reached the message runs
     anyway and a warning is logged: the limit is a safety net, not a gate that stops all work.
 
+    The other messages a worker process was running when a poison message killed it die with
+    it, and come back with it. So that they are not blamed, a message with an unfinished start
+    recorded (a suspect) runs only while no other suspect runs in the same process; one that
+    has to wait for its turn does not count as started while it waits.
+
     A counter whose deletion was still queued when the process died (at most one per worker
     thread that had just finished) counts one start too many if that message is delivered again
     (its acknowledgement was lost too); ``max_crashes`` of 2 or more absorbs that.
@@ -122,6 +127,7 @@ class CrashLimit(Middleware):
         self._leading = False
         self._script: Any = None
         self._local = threading.local()
+        self._suspects = threading.Lock()
         self._warned = False
 
     @property
@@ -179,6 +185,7 @@ class CrashLimit(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         self._local.key = None
+        self._local.suspect = False
         limit = self._limit(broker, message)
         if not limit:
             return
@@ -198,20 +205,55 @@ class CrashLimit(Middleware):
             return
         self._warned = False
         if starts > limit:
-            self.logger.error(
-                "Message %s (%s) killed its worker process %d times; it was dead-lettered "
-                "with reason 'crash_limit' instead of running again.",
-                message.message_id,
-                message.actor_name,
-                starts - 1,
-            )
-            self._finish(key)
-            message.fail(reason="crash_limit")
-            raise SkipMessage(
-                f"Message {message.message_id!r} killed its worker process {starts - 1} times; "
-                f"fix the actor {message.actor_name!r}, then send it again."
-            )
+            self._dead_letter(message, key, starts)
+        if starts > 1 and not self._suspects.acquire(blocking=False):
+            # A suspect (it was running when a process died) runs only while no other suspect
+            # runs in this process, so that the neighbours of a poison message, which die with
+            # it and come back with it, are not blamed for its crashes. Waiting does not count
+            # as a start: undo it, wait, and count again.
+            acquired = False
+            try:
+                self._uncount(client, key)
+                acquired = self._suspects.acquire()
+                starts = self._count_start(client, key)
+            except Exception as e:
+                if acquired:
+                    self._suspects.release()
+                self.logger.warning(
+                    "CrashLimit could not count the starts of message %s again (%s); running "
+                    "it without the limit.",
+                    message.message_id,
+                    type(e).__name__,
+                )
+                return
+            if starts > limit:
+                self._suspects.release()
+                self._dead_letter(message, key, starts)
+        self._local.suspect = starts > 1
         self._local.key = key
+
+    def _dead_letter(self, message: MessageProxy, key: str, starts: int) -> None:
+        self.logger.error(
+            "Message %s (%s) killed its worker process %d times; it was dead-lettered "
+            "with reason 'crash_limit' instead of running again.",
+            message.message_id,
+            message.actor_name,
+            starts - 1,
+        )
+        self._finish(key)
+        message.fail(reason="crash_limit")
+        raise SkipMessage(
+            f"Message {message.message_id!r} killed its worker process {starts - 1} times; "
+            f"fix the actor {message.actor_name!r}, then send it again."
+        )
+
+    def _uncount(self, client: Any, key: str) -> None:
+        client.decr(key)  # a rare extra round trip: only for a suspect that has to wait
+
+    def _release_suspect(self) -> None:
+        if getattr(self._local, "suspect", False):
+            self._local.suspect = False
+            self._suspects.release()
 
     def _count_start(self, client: Any, key: str) -> int:
         """Count one start of ``key`` and return the count, in one round trip shared with the
@@ -270,10 +312,12 @@ class CrashLimit(Middleware):
     ) -> None:
         self._finish(getattr(self._local, "key", None))
         self._local.key = None
+        self._release_suspect()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._finish(getattr(self._local, "key", None))
         self._local.key = None
+        self._release_suspect()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         """Delete the counters of finished attempts still queued, then close an own client."""

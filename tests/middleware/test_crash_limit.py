@@ -4,6 +4,7 @@ these tests write such counters as a dead process would; tests/reliability (A7) 
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import redis
@@ -212,3 +213,30 @@ def test_it_costs_at_most_one_round_trip_per_message(redis_url, namespace, clien
     assert 0 < CountingRedis.calls <= 500 + 2  # + SCRIPT LOAD after NOSCRIPT, + final DEL
     assert list(client.scan_iter(match=f"{namespace}:*")) == []
     counting.close()
+
+
+def test_suspects_run_one_at_a_time_so_a_poison_pills_neighbours_are_not_blamed(
+    limited, namespace, client, worker_factory
+):
+    running, overlap, lock = [0], [0], __import__("threading").Lock()
+
+    @nbqueue.actor(broker=limited)
+    def job(i):
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    # four messages that were running when a process died once (one unfinished start each)
+    messages = job.send_many(range(4))
+    for message in messages:
+        client.set(f"{namespace}:{message.message_id}.0", 1)
+    worker = worker_factory(limited, worker_threads=4)
+    limited.join(job.queue_name)
+    worker.stop()
+
+    assert overlap[0] == 1
+    assert limited.get_dead_letters(job.queue_name) == []
+    assert list(client.scan_iter(match=f"{namespace}:*")) == []

@@ -87,6 +87,7 @@ class Oracle:
 
     def executions(self, namespace: str, kind: str | None = "ok") -> list[Execution]:
         out = []
+        raw: Any
         for raw in self.client.lrange(f"{namespace}:exec", 0, -1):
             i, pid, t0, t1, k = raw.decode().split()
             if kind is None or k == kind:

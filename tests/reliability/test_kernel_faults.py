@@ -10,6 +10,7 @@ after the heartbeat) and ``interrupt_kernel()`` during a running cell (workers k
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def setup_cells(url: str, namespace: str, oracle_url: str) -> list[str]:
     ]
 
 
-def run(kc, source: str, timeout: float = 60) -> dict:
+def run(kc, source: str, timeout: float = 60) -> dict[str, Any]:
     reply = kc.execute_interactive(source, timeout=timeout, output_hook=lambda msg: None)
     assert reply["content"]["status"] == "ok", (source, reply["content"])
     return reply

@@ -11,6 +11,7 @@ import collections
 import random
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,12 @@ from tests.reliability.harness import size
 def held_by(broker: RedisBroker, queue: str) -> dict[str, set[str]]:
     """Redis message ids in the ack sets of every worker but the producer, by worker id."""
     held = {}
-    for worker in broker.client.zrange(broker.keys.heartbeats, 0, -1):
-        worker = worker.decode()
+    raw: Any
+    for raw in broker.client.zrange(broker.keys.heartbeats, 0, -1):
+        worker = bytes(raw).decode()
         if worker != broker.broker_id:
-            held[worker] = {
-                i.decode() for i in broker.client.smembers(broker.keys.ack_set(worker, queue))
-            }
+            ids: Any = broker.client.smembers(broker.keys.ack_set(worker, queue))
+            held[worker] = {bytes(i).decode() for i in ids}
     return held
 
 
@@ -250,12 +251,23 @@ def test_a7_a_poison_pill_kills_exactly_max_crashes_processes_then_is_dead_lette
             0.2,
         )
         to_dlq = time.monotonic() - started
-        drain(oracle, namespace, set(range(total)), timeout=120)
+        drain(
+            oracle,
+            namespace,
+            set(range(total)),
+            timeout=120,
+            dead=lambda: {i for i, _ in harness.dead_letters(broker, namespace)},
+        )
         alive = worker.poll() is None
     finally:
         code = stop(worker)
         output = harness.worker_log(worker)
         dead = harness.dead_letters(broker, namespace)
+        letters = [
+            (d.message.options.get("redis_message_id"), d.message.message_id)
+            for d in broker.get_dead_letters(namespace)
+            if d.message is not None
+        ]
         broker.close()
         server.stop()
     deaths = [e for e in oracle.executions(namespace, kind="death")]
@@ -266,6 +278,7 @@ def test_a7_a_poison_pill_kills_exactly_max_crashes_processes_then_is_dead_lette
         "deaths": len(deaths),
         "time_to_dlq_s": round(to_dlq, 2),
         "supervisor_log_restarts": restarts,
+        "dead_letters": letters,
         "exit_code": code,
     }
     record.bar(f"deaths == max_crashes ({limit})", len(deaths) == limit)
@@ -350,7 +363,7 @@ def test_e1_compressed_soak_keeps_rss_threads_and_fds_flat(oracle, namespace, re
         server.stop()
     acct = harness.check(log, oracle.executions(namespace), dead=dead)
     record.accounting = acct
-    per_pid = {}
+    per_pid: dict[int, dict[str, Any]] = {}
     for pid, rows in samples.items():
         warm = [r for r in rows if r[0] >= rows[0][0] + (rows[-1][0] - rows[0][0]) * 0.2]
         base, last = warm[0], warm[-1]
@@ -430,7 +443,7 @@ def test_a4_sigterm_with_in_flight_work_finishes_or_requeues_everything(
             starts = len(oracle.executions(namespace, kind="start"))
             harness.wait_for(
                 lambda s=starts: (
-                    broker.queue_stats()[namespace].in_flight >= per
+                    (broker.queue_stats()[namespace].in_flight or 0) >= per
                     and len(oracle.executions(namespace, kind="start")) >= s + threads
                 ),
                 30,
@@ -445,7 +458,7 @@ def test_a4_sigterm_with_in_flight_work_finishes_or_requeues_everything(
             else:
                 back.append(
                     harness.wait_for(
-                        lambda: broker.queue_stats()[namespace].in_flight <= threads,
+                        lambda: (broker.queue_stats()[namespace].in_flight or 0) <= threads,
                         10,
                         "the prefetched messages to go back",
                     )
