@@ -76,8 +76,9 @@ class CrashLimit(Middleware):
 
     The other messages a worker process was running when a poison message killed it die with
     it, and come back with it. So that they are not blamed, a message with an unfinished start
-    recorded (a suspect) runs only while no other suspect runs in the same process; one that
-    has to wait for its turn does not count as started while it waits.
+    recorded (a suspect) runs only while no other suspect runs in the same process, and its
+    counter is deleted as soon as it finishes (one more round trip, for suspects only); one
+    that has to wait for its turn does not count as started while it waits.
 
     A counter whose deletion was still queued when the process died (at most one per worker
     thread that had just finished) counts one start too many if that message is delivered again
@@ -250,6 +251,19 @@ class CrashLimit(Middleware):
     def _uncount(self, client: Any, key: str) -> None:
         client.decr(key)  # a rare extra round trip: only for a suspect that has to wait
 
+    def _finished_attempt(self) -> None:
+        key, self._local.key = getattr(self._local, "key", None), None
+        if key is not None and getattr(self._local, "suspect", False):
+            # A suspect's counter goes at once, before the next suspect may start: queued, it
+            # would survive a poison message that kills the process next, and blame this one.
+            try:
+                self._client.delete(key)
+                key = None
+            except Exception:
+                pass  # queued below, like any other
+        self._finish(key)
+        self._release_suspect()
+
     def _release_suspect(self) -> None:
         if getattr(self._local, "suspect", False):
             self._local.suspect = False
@@ -310,14 +324,10 @@ class CrashLimit(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        self._finish(getattr(self._local, "key", None))
-        self._local.key = None
-        self._release_suspect()
+        self._finished_attempt()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self._finish(getattr(self._local, "key", None))
-        self._local.key = None
-        self._release_suspect()
+        self._finished_attempt()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         """Delete the counters of finished attempts still queued, then close an own client."""

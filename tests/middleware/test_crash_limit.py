@@ -240,3 +240,19 @@ def test_suspects_run_one_at_a_time_so_a_poison_pills_neighbours_are_not_blamed(
     assert overlap[0] == 1
     assert limited.get_dead_letters(job.queue_name) == []
     assert list(client.scan_iter(match=f"{namespace}:*")) == []
+
+
+def test_a_suspects_counter_is_gone_as_soon_as_it_finishes(
+    limited, namespace, client, worker_factory
+):
+    # queued, it would outlive a process killed by the next suspect and blame this message
+    @nbqueue.actor(broker=limited)
+    def job():
+        pass
+
+    message = job.send()
+    client.set(f"{namespace}:{message.message_id}.0", 1)
+    worker_factory(limited)
+    limited.join(job.queue_name)
+
+    assert client.get(f"{namespace}:{message.message_id}.0") is None  # the worker still runs
