@@ -206,7 +206,9 @@ class Broker(abc.ABC):
         #: example the exact version of a notebook actor the message was sent with). Each takes
         #: the message and returns an actor or ``None``; one may raise ``ActorNotFound`` (or a
         #: subclass carrying a dead-letter ``reason``) to refuse the message.
-        self.actor_resolvers: list[Callable[[MessageProxy], Actor[Any, Any] | None]] = []
+        self.actor_resolvers: list[
+            Callable[[Message[Any] | MessageProxy], Actor[Any, Any] | None]
+        ] = []
         #: Callables asked, in order, what to do with a message whose actor no resolver or
         #: declaration supplies. One that returns ``True`` has handed the message on (for example
         #: re-enqueued it for a capable worker); the worker then settles the original without
@@ -357,7 +359,7 @@ class Broker(abc.ABC):
                 f"defines it (or run its cell) before sending or consuming it."
             ) from None
 
-    def actor_for(self, message: MessageProxy) -> Actor[Any, Any]:
+    def actor_for(self, message: Message[Any] | MessageProxy) -> Actor[Any, Any]:
         """Return the actor that runs ``message``: the first answer of ``actor_resolvers``, else
         the actor declared under the message's actor name.
 

@@ -37,7 +37,7 @@ class AgeLimit(Middleware):
         return {"max_age"}
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actor_for(message)
         max_age = message.options.get("max_age") or actor.options.get("max_age", self.max_age)
         if not max_age:
             return

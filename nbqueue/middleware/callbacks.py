@@ -44,7 +44,7 @@ class Callbacks(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actor_for(message)
         option = "on_success" if exception is None else "on_failure"
         name = _callback_name(message.options.get(option) or actor.options.get(option))
         if not name:

@@ -42,7 +42,7 @@ class Pipelines(Middleware):
         if target is None:
             return
 
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actor_for(message)
         next_message = Message.from_dict(target)
         if not (next_message.options.get("pipe_ignore") or actor.options.get("pipe_ignore")):
             next_message = next_message.copy(args=(*next_message.args, result))

@@ -101,7 +101,7 @@ class Retries(Middleware):
             # dead-lettered, never retried as well.
             return
 
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actor_for(message)
         throws = message.options.get("throws") or actor.options.get("throws")
         if throws and _throws_matches(exception, throws):
             self.logger.info(

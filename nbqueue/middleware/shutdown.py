@@ -45,7 +45,7 @@ class ShutdownNotifications(Middleware):
         """Return whether the actor running ``message`` wants to hear about a shutdown."""
         notify: Any = message.options.get("notify_shutdown")
         if notify is None:
-            actor = broker.get_actor(message.actor_name)
+            actor = broker.actor_for(message)
             notify = actor.options.get("notify_shutdown")
         if notify is None:
             notify = self.notify_shutdown

@@ -195,7 +195,7 @@ class TimeLimit(Middleware):
             self._stop_watcher()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.actor_for(message)
         limit = message.options.get("time_limit") or actor.options.get(
             "time_limit", self.time_limit
         )

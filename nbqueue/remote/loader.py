@@ -3,10 +3,11 @@
 ``CodeLoader.resolve`` is a broker actor resolver: for a message whose options name a version
 (``nbqueue_code``) it returns the actor compiled from exactly that version, fetching it from the
 store the first time. Versions are cached by hash, so a newer publish never changes which code a
-message sent with an older hash runs, and each worker fetches each version once. The newest
-loaded version is also entered in ``broker.actors`` under the actor's name (unless a module
-declared that name), because middleware read actor options by name: a message of an older
-version runs its own code with the newest version's options (``max_retries``, ``time_limit``...).
+message sent with an older hash runs, and each worker fetches each version once. Middleware
+find a message's actor through ``broker.actor_for(message)``, so a message of an older version
+runs with that version's options (``max_retries``, ``time_limit``...) as well as its code. The
+newest loaded version is also entered in ``broker.actors`` under the actor's name (unless a
+module declared that name), for whatever looks actors up by name alone.
 
 Order of checks, before anything is compiled: the envelope's HMAC-SHA256 signature with the
 shared secret, then the content hash against the one the message names. A refusal is logged
@@ -42,6 +43,7 @@ from .signing import BadSignature, CodeRecord, python_version, verify
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
+    from ..message import Message
     from .store import CodeStore
 
 __all__ = ["CODE_OPTION", "CodeLoadFailed", "CodeLoader", "CodeNotFound", "LoadedActor"]
@@ -125,7 +127,7 @@ class CodeLoader:
     def __repr__(self) -> str:
         return f"CodeLoader({len(self._actors)} versions loaded)"
 
-    def resolve(self, message: MessageProxy) -> Actor[Any, Any] | None:
+    def resolve(self, message: Message[Any] | MessageProxy) -> Actor[Any, Any] | None:
         """The actor resolver: the loaded version a message names, or ``None`` for messages
         that name none (module actors, found by name as usual).
 
@@ -190,8 +192,8 @@ class CodeLoader:
         self._actors[code_hash] = actor
         self._refused.pop(code_hash, None)
         with self._lock:
-            # Middleware (retries, results, time limits, callbacks) look actors up by name: they
-            # see the newest version loaded here. An actor a module declared keeps its name.
+            # Lookups by name alone (not through broker.actor_for) see the newest version loaded
+            # here. An actor a module declared keeps its name.
             current = self.broker.actors.get(record.actor_name)
             if current is None or (
                 isinstance(current, LoadedActor)

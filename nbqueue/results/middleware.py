@@ -80,7 +80,7 @@ class Results(Middleware):
     def _lookup_options(self, broker: Broker, message: MessageProxy) -> tuple[bool, int]:
         options = message.options
         try:
-            actor_options = broker.get_actor(message.actor_name).options
+            actor_options = broker.actor_for(message).options
         except ActorNotFound:
             # Nothing is known about the actor here: the message's own options, then this
             # middleware's defaults, decide (so a caller waiting on the result learns why).

@@ -161,3 +161,31 @@ def test_published_options_apply_on_the_worker(tmp_path, worker_factory):
     broker.join("notebook", timeout=10000, fail_fast=False)
     assert out.read_text().split() == ["run"] * 3
     assert len(broker.get_dead_letters("notebook")) == 1
+
+
+def test_each_version_runs_with_its_own_options(tmp_path, worker_factory):
+    broker = StubBroker()
+    configure_worker(broker, notebook_actors=True, secret=SECRET, queues=None)
+    out = tmp_path / "runs.txt"
+
+    def flaky():
+        pass
+
+    def source(tag):
+        return (
+            "def flaky():\n"
+            f"    with open({str(out)!r}, 'a') as f:\n"
+            f"        f.write('{tag}\\n')\n"
+            "    raise RuntimeError('always')\n"
+        )
+
+    options = {"broker": broker, "secret": SECRET, "min_backoff": 1, "max_backoff": 1}
+    v1 = publish_actor(flaky, source=source("v1"), max_retries=0, **options)
+    v1.send()
+    v2 = publish_actor(flaky, source=source("v2"), max_retries=2, **options)
+    v2.send()
+    del broker.actors["flaky"]  # the worker knows both only from the store
+    worker_factory(broker, worker_threads=1)
+    broker.join("notebook", timeout=10000, fail_fast=False)
+    assert sorted(out.read_text().split()) == ["v1"] + ["v2"] * 3
+    assert len(broker.get_dead_letters("notebook")) == 2
