@@ -5,7 +5,8 @@ The tree (names shared with Dramatiq mean the same condition)::
     NbqueueError
     ├── DecodeError                     a message body could not be decoded or validated
     ├── EncodeError (also TypeError, ValueError)
-    │                                   a message (argument, option, result) cannot be encoded
+    │   │                               a message (argument, option, result) cannot be encoded
+    │   └── MessageTooLarge             an encoded message is above the broker's max_message_size
     ├── BrokerError
     │   ├── ActorNotFound               no actor with that name is declared on the broker
     │   ├── QueueNotFound               the queue was never declared
@@ -57,6 +58,7 @@ __all__ = [
     "DramatiqError",
     "EncodeError",
     "LiveUnavailable",
+    "MessageTooLarge",
     "NbqueueError",
     "PublishNacked",
     "PublishOutcomeUnknown",
@@ -125,6 +127,27 @@ class EncodeError(NbqueueError, TypeError, ValueError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class MessageTooLarge(EncodeError):
+    """An encoded message is larger than the broker's ``max_message_size``; nothing was sent.
+
+    Raised by ``send()``/``send_many()`` before the broker is contacted. Pass large data by
+    reference (a file path, a URL, a database key) instead of as an argument, or raise the
+    broker's ``max_message_size`` (``NBQUEUE_MAX_MESSAGE_SIZE``). A message already on a queue
+    that is above the consuming broker's limit is dead-lettered with the reason ``too_large``.
+
+    Attributes:
+      actor_name: the actor the message was for.
+      size: the encoded size, in bytes.
+      limit: the broker's ``max_message_size``, in bytes.
+    """
+
+    def __init__(self, message: str, *, actor_name: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.actor_name = actor_name
+        self.size = size
+        self.limit = limit
 
 
 class BrokerError(NbqueueError):

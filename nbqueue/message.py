@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .common import current_millis
 from .encoder import Encoder, JSONEncoder, MessageData
-from .errors import DecodeError
+from .errors import DecodeError, MessageTooLarge
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -19,7 +20,17 @@ if TYPE_CHECKING:
     from .live import EventStream, StatusRecord
     from .results import ResultBackend
 
-__all__ = ["Message", "generate_unique_id", "get_encoder", "set_encoder"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "FROM_ENVIRONMENT",
+    "Message",
+    "check_message_size",
+    "generate_unique_id",
+    "get_encoder",
+    "resolve_max_message_size",
+    "set_encoder",
+    "too_large_text",
+]
 
 R = TypeVar("R")
 
@@ -35,6 +46,98 @@ _FIELDS = (
     "message_id",
     "message_timestamp",
 )
+
+
+#: The default ``max_message_size`` of every broker: 16 MiB of encoded body. Far above any
+#: message that carries ids or paths (Dramatiq's advice: send ids, not objects), far below the
+#: hard ceilings (RabbitMQ's own ``max_message_size`` defaults to 128 MiB, a Redis string to
+#: 512 MB) and high enough that a message a Dramatiq producer could reasonably send still runs;
+#: every worker holds each prefetched body in memory, and a queue of huge bodies slows every
+#: consumer of the server, which is why Celery and Sidekiq (GitLab caps jobs, compressing above
+#: 100 KB) advise passing large data by reference.
+DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
+
+#: The environment variable that sets the default ``max_message_size`` of brokers built in
+#: this process (bytes, or with a ``K``/``M``/``G`` suffix, binary; ``0`` or ``none`` disables).
+MAX_MESSAGE_SIZE_ENV = "NBQUEUE_MAX_MESSAGE_SIZE"
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+
+
+class _FromEnvironment:
+    def __repr__(self) -> str:
+        return f"<{MAX_MESSAGE_SIZE_ENV} or {DEFAULT_MAX_MESSAGE_SIZE}>"
+
+
+#: A broker's ``max_message_size`` default: ``$NBQUEUE_MAX_MESSAGE_SIZE`` when set, else 16 MiB.
+FROM_ENVIRONMENT: Any = _FromEnvironment()
+
+
+def resolve_max_message_size(value: int | None | _FromEnvironment = FROM_ENVIRONMENT) -> int | None:
+    """Resolve a broker's ``max_message_size`` argument to bytes, or ``None`` for no limit.
+
+    ``FROM_ENVIRONMENT`` (the brokers' default) reads ``NBQUEUE_MAX_MESSAGE_SIZE`` now, falling
+    back to ``DEFAULT_MAX_MESSAGE_SIZE``; ``None`` and 0 disable the limit.
+
+    Raises:
+      ValueError: the value (or the environment variable) is not a size.
+    """
+    if isinstance(value, _FromEnvironment):
+        raw = os.environ.get(MAX_MESSAGE_SIZE_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_MESSAGE_SIZE
+        if raw.lower() in ("0", "none", "off"):
+            return None
+        match = _SIZE_RE.fullmatch(raw)
+        if match is None:
+            raise ValueError(
+                f"{MAX_MESSAGE_SIZE_ENV}={raw!r} is not a size; set it to a number of bytes "
+                f"(e.g. 16777216 or 16M), or to 0 for no limit."
+            )
+        shift = {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
+        return int(match.group(1)) << shift or None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"max_message_size must be a number of bytes (or None for no limit), got {value!r}."
+        )
+    return value or None
+
+
+def _mib(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit} ({size} bytes)"
+    return f"{size} bytes"
+
+
+def check_message_size(message: Message[Any], data: bytes, limit: int | None) -> None:
+    """Raise ``MessageTooLarge`` when ``data`` (``message`` encoded) is above ``limit`` bytes.
+
+    Raises:
+      MessageTooLarge: naming the actor, the size, the limit and what to do instead.
+    """
+    size = len(data)
+    if limit is not None and size > limit:
+        raise MessageTooLarge(
+            f"A message for actor {message.actor_name!r} is {_mib(size)} encoded, above this "
+            f"broker's max_message_size of {_mib(limit)}; pass large data by reference (a file "
+            f"path, a URL or a database key) instead of as an argument, or raise the limit "
+            f"with max_message_size= or {MAX_MESSAGE_SIZE_ENV}.",
+            actor_name=message.actor_name,
+            size=size,
+            limit=limit,
+        )
+
+
+def too_large_text(queue_name: str, size: int, limit: int) -> str:
+    """The error stored with a message dead-lettered ``too_large`` (its body was not read)."""
+    return (
+        f"A message of {_mib(size)} on {queue_name!r} is above this broker's max_message_size "
+        f"of {_mib(limit)}, so it was dead-lettered unread; its producer should pass large data "
+        f"by reference (a path or URL), or raise max_message_size on both sides."
+    )
 
 
 def get_encoder() -> Encoder:

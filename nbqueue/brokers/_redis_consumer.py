@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..broker import Consumer, MessageProxy
 from ..errors import BrokerConnectionError, BrokerError, DecodeError
-from ..message import Message
+from ..message import Message, too_large_text
 from ._redis_service import Entry, dead_letter_details, message_redis_id
 
 if TYPE_CHECKING:
@@ -147,18 +147,29 @@ class RedisConsumer(Consumer):
             self._idle_since = None
         return True
 
-    def _deliver(self, rid: str, data: bytes) -> MessageProxy | None:
-        try:
-            message = Message.decode(data)
-        except DecodeError as e:
+    def _deliver(self, rid: str, data: bytes | int) -> MessageProxy | None:
+        # ``data`` is the size alone when fetch.lua found the body above the limit; the length
+        # is checked before decoding either way, so a huge body is never parsed.
+        size = data if isinstance(data, int) else len(data)
+        limit = self.broker.max_message_size
+        if isinstance(data, int) or (limit is not None and size > limit):
+            reason, error = "too_large", too_large_text(self.queue_name, size, limit or 0)
+        else:
+            try:
+                message = Message.decode(data)
+            except DecodeError as e:
+                reason, error = e.reason, str(e)
+            else:
+                reason = error = ""
+        if reason:
             self.broker.logger.error(
-                "Dead-lettered a message on %r that could not be decoded (%s): %.500s",
+                "Dead-lettered a message on %r that could not be run (%s): %.500s",
                 self.queue_name,
-                e.reason,
-                e,
+                reason,
+                error,
             )
             try:
-                self.service.nack(self.queue_name, rid, e.reason, str(e))
+                self.service.nack(self.queue_name, rid, reason, error)
             except BrokerError:
                 self._cache.appendleft((rid, data))
                 raise

@@ -40,8 +40,9 @@ MAX_ERROR_TEXT = 2000
 #: How many messages of closed consumers are remembered, to be settled by id.
 MAX_STRAYS = 10000
 
-#: A fetched message: its redis message id and its encoded body.
-Entry = tuple[str, bytes]
+#: A fetched message: its redis message id and its encoded body, or the body's size in bytes
+#: when it is above the broker's ``max_message_size`` (fetch.lua left it unread in Redis).
+Entry = tuple[str, "bytes | int"]
 
 
 def _text(value: Any) -> str:
@@ -66,7 +67,7 @@ def dead_letter_details(message: MessageProxy) -> tuple[str, str | None]:
 def unframe(blob: bytes | str) -> list[Entry]:
     """Split fetch.lua's frames: id length, id, body length, body (lengths as 10 digits)."""
     data = blob if isinstance(blob, bytes) else blob.encode()
-    entries = []
+    entries: list[Entry] = []
     pos, end = 0, len(data)
     while pos < end:
         size = int(data[pos : pos + 10])
@@ -191,7 +192,7 @@ class BrokerService:
         broker = self.broker
         registration = broker.keys.idle_registration(broker.broker_id, queue)
         args: list[Any] = [count, broker.broker_id, queue, REGISTRY_TTL, int(idle_for > 0)]
-        args += [idle_for, registration]
+        args += [idle_for, registration, broker.max_message_size or 0]
         with broker.connection.errors():
             reply = broker.scripts["fetch"](keys=keys, args=args)
         if reply[0]:
@@ -201,7 +202,14 @@ class BrokerService:
                 int(reply[0]),
                 queue,
             )
-        return unframe(reply[1])
+        entries = unframe(reply[1])
+        oversized = reply[2]
+        if oversized:
+            entries += [
+                (_text(rid), int(size))
+                for rid, size in zip(oversized[0::2], oversized[1::2], strict=True)
+            ]
+        return entries
 
     def leave(self, queue: str) -> list[Entry]:
         """Leave the idle set of ``queue``; return what was handed to this worker meanwhile."""

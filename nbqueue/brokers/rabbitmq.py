@@ -34,6 +34,9 @@ How it differs from Dramatiq's broker:
   RabbitMQ dead-letters it by the queue arguments (reason ``rejected`` from ``x-death``).
   ``get_dead_letters()`` reads ``q.XQ`` without consuming it: it fetches up to ``limit``
   messages and rejects them back with requeue, which returns them to their place.
+* **A size limit** (``max_message_size``, 16 MiB by default; Dramatiq has none): a larger send
+  raises ``MessageTooLarge`` before anything is sent or declared, and a larger delivery is
+  dead-lettered ``too_large`` by its length, never decoded. The wire format is unchanged.
 * **Heartbeats while actors run.** Each consumer has its own connection and I/O thread that
   keeps reading the socket whatever the worker does; worker threads only hand delivery tags to
   it. Acknowledgements in delivery order are sent as one ``multiple`` ack.
@@ -92,7 +95,7 @@ from ..errors import (
     PublishUnroutable,
     QueueJoinTimeout,
 )
-from ..message import Message
+from ..message import FROM_ENVIRONMENT, Message, check_message_size, resolve_max_message_size
 from ..middleware.base import Middleware
 from .rabbitmq_consumer import RabbitmqConsumer
 from .rabbitmq_publisher import Batch, Publisher
@@ -138,11 +141,18 @@ class RabbitmqBroker(Broker):
         queue operation to make progress before raising.
       consumer_timeout: the server's ``consumer_timeout`` in milliseconds (RabbitMQ's default 30
         minutes); delayed messages are re-published before it. ``None`` turns that off.
+      max_message_size: the largest encoded message, in bytes, this broker sends or runs:
+        ``enqueue`` raises ``MessageTooLarge`` above it before talking to RabbitMQ, and a
+        consumer dead-letters a larger delivery (``too_large``) by its length, without decoding
+        it. The default is ``$NBQUEUE_MAX_MESSAGE_SIZE``, else 16 MiB; ``None`` or 0 disables it
+        (Dramatiq has no limit; RabbitMQ's own ``max_message_size``, 128 MiB by default, still
+        applies).
       pika_kwargs: more ``pika.ConnectionParameters`` (``virtual_host``, ``credentials``,
         ``heartbeat``, ``ssl_options``...).
 
     Raises:
-      ValueError: ``url`` together with other connection settings, or a bad ``max_priority``.
+      ValueError: ``url`` together with other connection settings, a bad ``max_priority``, or
+        a ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) that is not a size.
     """
 
     def __init__(
@@ -158,10 +168,13 @@ class RabbitmqBroker(Broker):
         parameters: list[dict[str, Any]] | None = None,
         confirm_timeout: int = 5000,
         consumer_timeout: int | None = 1_800_000,
+        max_message_size: int | None = FROM_ENVIRONMENT,
         **pika_kwargs: Any,
     ) -> None:
         if max_priority is not None and not 0 < max_priority <= 255:
             raise ValueError(f"max_priority must be between 1 and 255, got {max_priority!r}.")
+        #: the size limit in bytes (``None``: no limit); see the class docstring
+        self.max_message_size = resolve_max_message_size(max_message_size)
         self._params, self._where = connection_parameters(
             url, host, port, parameters, connection_attempts, pika_kwargs
         )
@@ -324,9 +337,9 @@ class RabbitmqBroker(Broker):
             target = dq_name(canonical)
             message = message.copy(queue_name=target, options={"eta": current_millis() + delay})
         self.declare_queue(canonical)
-        self._ensure(canonical)
         self.emit_before("enqueue", message, delay)
         body = message.encode()
+        check_message_size(message, body, self.max_message_size)
         return message, (target, body, self._props(self._amqp_priority(message)))
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
@@ -337,12 +350,14 @@ class RabbitmqBroker(Broker):
 
         Raises:
           EncodeError: the message cannot be encoded; nothing was sent.
+          MessageTooLarge: the encoded message is above ``max_message_size``; nothing was sent.
           ConnectionFailed: nothing was sent (the server is down or unreachable).
           ConnectionBlocked: nothing was sent (the server raised a resource alarm).
           PublishOutcomeUnknown: the connection dropped before the confirm.
           PublishRejected: RabbitMQ refused the message (``PublishNacked``, ``PublishUnroutable``).
         """
         message, item = self._prepare(message, delay)
+        self._ensure(q_name(item[0]))  # the first I/O: after the size and encoding checks
         self._publish([item], [message])
         self.emit_after("enqueue", message, delay)
         return message
@@ -354,6 +369,7 @@ class RabbitmqBroker(Broker):
 
         Raises:
           EncodeError: a message cannot be encoded; nothing was sent.
+          MessageTooLarge: a message is above ``max_message_size``; nothing was sent.
           BrokerError: as ``enqueue``; the error's ``messages`` attribute lists every message
             that was not confirmed (the others were enqueued).
         """
@@ -363,6 +379,8 @@ class RabbitmqBroker(Broker):
             message, item = self._prepare(message, delay)
             sent.append(message)
             items.append(item)
+        for canonical in dict.fromkeys(q_name(target) for target, _, _ in items):
+            self._ensure(canonical)
         self._publish(items, sent)
         for message in sent:
             self.emit_after("enqueue", message, delay)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..broker import Consumer, MessageProxy
 from ..common import current_millis, dq_name, q_name, xq_name
 from ..errors import BrokerConnectionError, BrokerError, ConnectionClosed, DecodeError
-from ..message import Message
+from ..message import Message, too_large_text
 from .rabbitmq_io import Link, describe_error
 
 if TYPE_CHECKING:
@@ -339,6 +339,13 @@ class RabbitmqConsumer(Consumer):
     def _decode(
         self, tag: int, redelivered: bool, properties: Any, body: bytes
     ) -> RabbitmqMessage | None:
+        limit = self.broker.max_message_size
+        if limit is not None and len(body) > limit:
+            # checked before decoding: a huge body is never parsed
+            error = too_large_text(self.queue_name, len(body), limit)
+            logger.error("Dead-lettered a message on %r: %s", self.queue_name, error)
+            self._finish(tag, _NACK, body, properties, "too_large", error)
+            return None
         try:
             message = Message.decode(body)
         except DecodeError as e:

@@ -31,6 +31,10 @@ script (``redis_lua/``). Needs Redis 6.2 or newer.
   finishing a message may run it again, as after any crash of an at-least-once worker.
 * A message that cannot be decoded or validated is dead-lettered alone, with its reason, which
   ``get_dead_letters`` returns (Dramatiq's consumer crashes and strands it with its neighbours).
+* A size limit (``max_message_size``, 16 MiB by default; Dramatiq has none): a larger send
+  raises ``MessageTooLarge`` before Redis is contacted, and a larger stored body is
+  dead-lettered ``too_large`` without leaving Redis (fetch.lua checks ``HSTRLEN`` first), so a
+  50 MB body costs the consumer no memory. The wire format is unchanged.
 * Every call has a deadline: a hung server fails a call within about 3 s (``socket_timeout``).
 """
 
@@ -51,7 +55,13 @@ except ImportError as e:  # pragma: no cover - exercised with redis hidden
 from ..broker import Broker, Consumer, DeadLetter, QueueStats
 from ..common import current_millis, dq_name, q_name
 from ..errors import BrokerError, DecodeError, NbqueueError, QueueJoinTimeout
-from ..message import Message, generate_unique_id
+from ..message import (
+    FROM_ENVIRONMENT,
+    Message,
+    check_message_size,
+    generate_unique_id,
+    resolve_max_message_size,
+)
 from ..middleware.base import Middleware
 from ._redis_client import RedisConnection, load_scripts
 from ._redis_consumer import RedisConsumer
@@ -103,10 +113,16 @@ class RedisBroker(Broker):
       client: a ready ``redis.Redis``; used as is, with its own timeouts, and never closed.
       maintenance_chance: accepted for compatibility with Dramatiq and ignored: maintenance
         runs on a timer.
+      max_message_size: the largest encoded message, in bytes, this broker sends or runs:
+        ``enqueue`` raises ``MessageTooLarge`` above it before talking to Redis, and a consumer
+        dead-letters a larger body (``too_large``) without fetching it (fetch.lua checks its
+        length with ``HSTRLEN``). The default is ``$NBQUEUE_MAX_MESSAGE_SIZE``, else 16 MiB;
+        ``None`` or 0 disables it (Dramatiq has no limit).
       redis_kwargs: other ``redis.Redis`` options, e.g. ``socket_timeout=`` (3 s by default).
 
     Raises:
-      ValueError: a timeout or interval is out of range.
+      ValueError: a timeout or interval is out of range, or ``max_message_size`` (or
+        ``NBQUEUE_MAX_MESSAGE_SIZE``) is not a size.
     """
 
     def __init__(
@@ -126,6 +142,7 @@ class RedisBroker(Broker):
         middleware: list[Middleware] | None = None,
         client: redis.Redis | None = None,
         maintenance_chance: int | None = None,
+        max_message_size: int | None = FROM_ENVIRONMENT,
         **redis_kwargs: Any,
     ) -> None:
         if heartbeat_timeout < 1000:
@@ -135,6 +152,8 @@ class RedisBroker(Broker):
             )
         if poll_interval < 10:
             raise ValueError(f"poll_interval must be at least 10 ms, got {poll_interval!r}.")
+        #: the size limit in bytes (``None``: no limit); see the class docstring
+        self.max_message_size = resolve_max_message_size(max_message_size)
         super().__init__(middleware=middleware)
         self.connection = RedisConnection(
             url,
@@ -215,6 +234,7 @@ class RedisBroker(Broker):
         if hooks:
             self.emit_before("enqueue", message, delay)
         data = message.encode()
+        check_message_size(message, data, self.max_message_size)
         priority = 0
         if delay is None and self.priorities:
             priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, self.message_priority(message)))
@@ -228,10 +248,11 @@ class RedisBroker(Broker):
 
         Raises:
           EncodeError: the message cannot be encoded (the error names the argument).
+          MessageTooLarge: the encoded message is above ``max_message_size``; nothing was sent.
           ConnectionFailed, ConnectionClosed: Redis cannot be reached or did not answer.
         """
-        self.check_server()
         message, target, data, priority = self._prepare(message, delay)
+        self.check_server()
         frame = _frame(message.options["redis_message_id"], priority, data)
         with self.connection.errors():
             self.scripts["enqueue"](
@@ -250,14 +271,15 @@ class RedisBroker(Broker):
 
         Raises:
           EncodeError: a message cannot be encoded; nothing was sent.
+          MessageTooLarge: a message is above ``max_message_size``; nothing was sent.
           ConnectionFailed, ConnectionClosed: Redis failed; the error says how many were sent.
         """
-        self.check_server()
         # Asked once per batch: with no enqueue hooks (the default middleware has none), a batch
         # of thousands skips two calls per message.
         hooks = bool(self._hooks_for("before_enqueue"))
         prepare = self._prepare
         prepared = [prepare(message, delay, hooks=hooks) for message in messages]
+        self.check_server()
         by_queue: dict[str, list[tuple[Message[Any], bytes, int]]] = {}
         for message, target, data, priority in prepared:
             by_queue.setdefault(target, []).append((message, data, priority))

@@ -3,8 +3,8 @@
 Thread-safe, with delays (``<queue>.DQ`` and ``eta``, as on the real brokers), priorities (a
 larger number is fetched first; FIFO among equals), dead letters with reasons, and ``join()``
 that wakes the moment a queue drains. Messages are stored encoded, so anything that would not
-survive a real broker fails here too. Nothing survives the process: use Redis or RabbitMQ for
-durability.
+survive a real broker fails here too, the ``max_message_size`` limit included. Nothing
+survives the process: use Redis or RabbitMQ for durability.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from typing import Any
 from ..broker import Broker, Consumer, DeadLetter, MessageProxy, QueueStats
 from ..common import current_millis, dq_name, q_name
 from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
-from ..message import Message
+from ..message import (
+    FROM_ENVIRONMENT,
+    Message,
+    check_message_size,
+    resolve_max_message_size,
+    too_large_text,
+)
 from ..middleware.base import Middleware
 
 __all__ = ["StubBroker"]
@@ -50,11 +56,25 @@ class StubBroker(Broker):
       middleware: see ``Broker``.
       fail_fast_default: whether ``join()`` re-raises the error of a dead-lettered message by
         default (Dramatiq's default since 2.0).
+      max_message_size: the largest encoded message, in bytes, this broker sends or runs:
+        ``enqueue`` raises ``MessageTooLarge`` above it, and a larger body found on a queue is
+        dead-lettered ``too_large`` without being decoded. The default is
+        ``$NBQUEUE_MAX_MESSAGE_SIZE``, else 16 MiB; ``None`` or 0 disables it (Dramatiq has no
+        limit).
+
+    Raises:
+      ValueError: ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) is not a size.
     """
 
     def __init__(
-        self, middleware: list[Middleware] | None = None, *, fail_fast_default: bool = True
+        self,
+        middleware: list[Middleware] | None = None,
+        *,
+        fail_fast_default: bool = True,
+        max_message_size: int | None = FROM_ENVIRONMENT,
     ) -> None:
+        #: the size limit in bytes (``None``: no limit); see the class docstring
+        self.max_message_size = resolve_max_message_size(max_message_size)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._store: dict[str, _Queue] = {}
@@ -93,13 +113,9 @@ class StubBroker(Broker):
         self.delay_queues.add(delay_name)
         self.emit_after("declare_delay_queue", delay_name)
 
-    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Enqueue a message, to ``<queue>.DQ`` with an ``eta`` when ``delay`` (ms) is given.
-
-        Raises:
-          QueueNotFound: the queue was never declared.
-          EncodeError: the message cannot be encoded (the error names the argument).
-        """
+    def _prepare(
+        self, message: Message[Any], delay: int | None
+    ) -> tuple[Message[Any], _Queue, int, bytes]:
         canonical = q_name(message.queue_name)
         target = canonical
         if delay is not None:
@@ -108,14 +124,44 @@ class StubBroker(Broker):
         queue = self._queue(target)
         self.emit_before("enqueue", message, delay)
         data = message.encode()
+        check_message_size(message, data, self.max_message_size)
         priority = 0 if delay is not None else self.message_priority(message)
+        return message, queue, priority, data
+
+    def _push(self, entries: list[tuple[Message[Any], _Queue, int, bytes]]) -> None:
         with self._lock:
-            heapq.heappush(queue.entries, (-priority, next(self._sequence), data))
-            queue.unfinished += 1
-            if queue.waiting:
-                queue.not_empty.notify_all()
-        self.emit_after("enqueue", message, delay)
-        return message
+            for _, queue, priority, data in entries:
+                heapq.heappush(queue.entries, (-priority, next(self._sequence), data))
+                queue.unfinished += 1
+                if queue.waiting:
+                    queue.not_empty.notify_all()
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue a message, to ``<queue>.DQ`` with an ``eta`` when ``delay`` (ms) is given.
+
+        Raises:
+          QueueNotFound: the queue was never declared.
+          EncodeError: the message cannot be encoded (the error names the argument).
+          MessageTooLarge: the encoded message is above ``max_message_size``; nothing was queued.
+        """
+        entry = self._prepare(message, delay)
+        self._push([entry])
+        self.emit_after("enqueue", entry[0], delay)
+        return entry[0]
+
+    def enqueue_many(
+        self, messages: Iterable[Message[Any]], *, delay: int | None = None
+    ) -> list[Message[Any]]:
+        """Enqueue several messages, all or none: each is encoded and checked first.
+
+        Raises:
+          QueueNotFound, EncodeError, MessageTooLarge: as ``enqueue``; nothing was queued.
+        """
+        entries = [self._prepare(message, delay) for message in messages]
+        self._push(entries)
+        for message, _, _, _ in entries:
+            self.emit_after("enqueue", message, delay)
+        return [message for message, _, _, _ in entries]
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         """Return a consumer of a declared queue; ``timeout`` is in milliseconds.
@@ -262,26 +308,33 @@ class _StubConsumer(Consumer):
                 tag = next(self._tags)
                 self._outstanding[tag] = entry
                 queue.in_flight += 1
+            limit = self.broker.max_message_size
+            if limit is not None and len(entry[2]) > limit:
+                # checked before decoding: a huge body is never parsed
+                text = too_large_text(self.queue.name, len(entry[2]), limit)
+                self._reject(tag, entry, "too_large", text)
+                continue
             try:
                 message = Message.decode(entry[2])
             except DecodeError as e:
-                self._reject_undecodable(tag, entry, e)
+                self._reject(tag, entry, e.reason, str(e))
                 continue
             proxy = MessageProxy(message)
             proxy._delivery_tag = tag  # type: ignore[attr-defined]
             return proxy
 
-    def _reject_undecodable(self, tag: int, entry: _Entry, error: DecodeError) -> None:
+    def _reject(self, tag: int, entry: _Entry, reason: str, error: str) -> None:
+        """Dead-letter a body that is not run (undecodable, invalid, too large)."""
         with self._lock:
             if self._outstanding.pop(tag, None) is None:
                 return
         self.broker.logger.error(
-            "Dead-lettered a message on %r that could not be decoded (%s): %s",
+            "Dead-lettered a message on %r that could not be run (%s): %.500s",
             self.queue.name,
-            error.reason,
+            reason,
             error,
         )
-        dead = DeadLetter(q_name(self.queue.name), entry[2], error.reason, None, str(error))
+        dead = DeadLetter(q_name(self.queue.name), entry[2], reason, None, error)
         self.broker._kill(self.queue, dead, None)
 
     def _take(self, message: MessageProxy) -> _Entry | None:

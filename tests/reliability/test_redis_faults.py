@@ -500,15 +500,11 @@ def test_d3_a_canary_password_reaches_no_sink(namespace, worker_factory, caplog,
     assert not leaks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nbqueue has no message size limit yet (no too_large check anywhere in nbqueue/): "
-    "send() of a 2 MiB argument is enqueued instead of raising before any I/O",
-)
 def test_c3_a_send_above_the_size_limit_raises_before_any_io(oracle_broker, namespace, record):
     broker = oracle_broker
+    broker.max_message_size = 1 << 20  # the plan's 1 MiB (nbqueue's default is 16 MiB)
     record.plan_id, record.broker, record.n = "C3", "redis (send)", 4
-    record.settings = {"limit": "1 MiB (plan default; not implemented)"}
+    record.settings = {"limit": "1 MiB (max_message_size)"}
 
     @nbqueue.actor(queue_name=namespace, broker=broker)
     def echo(blob):
@@ -521,11 +517,6 @@ def test_c3_a_send_above_the_size_limit_raises_before_any_io(oracle_broker, name
     assert broker.queue_stats()[namespace].ready == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nbqueue has no consumer-side size check: an injected oversized body is parsed and "
-    "run instead of being dead-lettered with reason too_large",
-)
 def test_c3_an_injected_oversized_body_is_dead_lettered_too_large(
     oracle_broker, namespace, worker_factory, record
 ):

@@ -4,7 +4,8 @@
 --       5 heartbeats zset, 6 this worker's queue registry, 7 the queue's idle consumers zset,
 --       8 this worker's inbox for the queue
 -- ARGV: 1 n, 2 worker id, 3 queue name, 4 registry ttl (ms), 5 "1" to register as idle when
---       nothing is found, 6 how long an idle registration lasts (ms), 7 the registration
+--       nothing is found, 6 how long an idle registration lasts (ms), 7 the registration,
+--       8 the broker's max_message_size in bytes (0: no limit)
 --
 -- Messages handed off to this worker's inbox by enqueue.lua come first (they already are in
 -- the ack set). Then: positive priorities (negative scores), the Dramatiq list, negative
@@ -15,10 +16,13 @@
 -- When nothing is found the consumer registers as idle: the next enqueue hands a message
 -- straight to its inbox, which it blocks on, saving the fetch round trip.
 --
--- Returns {dropped, messages}: `dropped` counts ids that had no body (a foreign producer's
--- mistake, or a message flushed meanwhile), which are forgotten; `messages` is one string of
--- frames, each the id's length ("%010d"), the id, the body's length ("%010d") and the body,
--- because one string costs the client far less to parse than two per message.
+-- Returns {dropped, messages, oversized}: `dropped` counts ids that had no body (a foreign
+-- producer's mistake, or a message flushed meanwhile), which are forgotten; `messages` is one
+-- string of frames, each the id's length ("%010d"), the id, the body's length ("%010d") and the
+-- body, because one string costs the client far less to parse than two per message;
+-- `oversized` lists id, size, id, size... of bodies above the limit (HSTRLEN, before HMGET):
+-- they stay in the ack set, unread, for the consumer to dead-letter as too_large, so a huge
+-- body never crosses the network nor sits in the consumer's memory.
 local now = now_ms()
 redis.call("zadd", KEYS[5], now, ARGV[2])
 redis.call("sadd", KEYS[6], ARGV[3])
@@ -70,6 +74,23 @@ if #ids < want then
     end
 end
 
+local oversized = {}
+local limit = tonumber(ARGV[8]) or 0
+if #ids > 0 and limit > 0 then
+    local fitting = {}
+    for _, id in ipairs(ids) do
+        local size = redis.call("hstrlen", KEYS[2], id)
+        if size > limit then
+            redis.call("sadd", KEYS[4], id)
+            oversized[#oversized + 1] = id
+            oversized[#oversized + 1] = size
+        else
+            fitting[#fitting + 1] = id
+        end
+    end
+    ids = fitting
+end
+
 if #ids > 0 then
     redis.call("sadd", KEYS[4], unpack(ids))
     local bodies = redis.call("hmget", KEYS[2], unpack(ids))
@@ -84,7 +105,7 @@ if #ids > 0 then
     end
 end
 
-if #out == 0 and ARGV[5] == "1" then
+if #out == 0 and #oversized == 0 and ARGV[5] == "1" then
     redis.call("zadd", KEYS[7], now + tonumber(ARGV[6]), ARGV[7])
 end
-return {dropped, table.concat(out)}
+return {dropped, table.concat(out), oversized}
