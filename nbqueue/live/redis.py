@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
+from ..results.backends._group import group_commit
 from .status import LiveEvent, StatusRecord
 from .transport import AbortListener, Transport, Write
 
@@ -186,9 +187,19 @@ class RedisTransport(Transport):
 
     def write(self, writes: list[Write]) -> list[int]:
         if len(writes) == 1:
+            # A worker's start write waits for its answer (was an abort requested?): worker
+            # threads starting at the same moment share one round trip (a group commit).
             w = writes[0]
+            keys, args, sha = self.keys(w.message_id), self._args(w), self._write.sha
             with self.connection.errors():
-                return [int(self._write(keys=self.keys(w.message_id), args=self._args(w)))]
+                (reply,) = group_commit(self.connection).execute(
+                    lambda pipe: pipe.evalsha(sha, 2, *keys, *args)
+                )
+                if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
+                    reply = self._write(keys=keys, args=args)
+                elif isinstance(reply, Exception):
+                    raise reply
+                return [int(reply)]
         # EVALSHA in a plain pipeline: redis-py's script-aware pipelines ask SCRIPT EXISTS
         # first, which would double the round trips of every batch.
         pipe = self.client.pipeline(transaction=False)

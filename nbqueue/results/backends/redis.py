@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from redis.exceptions import NoScriptError
+
 from ...brokers._redis_client import RedisConnection, redis
 from ...encoder import Encoder
 from ..backend import DEFAULT_TIMEOUT, Missing, ResultBackend
+from ._group import group_commit
 
 if TYPE_CHECKING:
     from ...message import Message
@@ -14,6 +17,13 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 __all__ = ["RedisBackend"]
+
+# Replaces the result in one atomic step: a one-element list that expires, as Dramatiq stores it.
+_STORE = """
+redis.call('DEL', KEYS[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
 
 
 class RedisBackend(ResultBackend):
@@ -54,6 +64,7 @@ class RedisBackend(ResultBackend):
         )
         self.connection = RedisConnection(url, client=client, **parameters)
         self.client = self.connection.client
+        self._store_script = self.client.register_script(_STORE)
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.connection.where!r}, namespace={self.namespace!r})"
@@ -92,12 +103,17 @@ class RedisBackend(ResultBackend):
             }
             result = {**result, "exn": exn}
         data = self.encoder.encode(result)
+        script = self._store_script
+        # Worker threads storing at the same moment share one round trip (a group commit); the
+        # call still returns only once this result is stored, so it is stored before the ack.
         with self.connection.errors():
-            pipe = self.client.pipeline()
-            pipe.delete(message_key)
-            pipe.lpush(message_key, data)
-            pipe.pexpire(message_key, ttl)
-            pipe.execute()
+            (reply,) = group_commit(self.connection).execute(
+                lambda pipe: pipe.evalsha(script.sha, 1, message_key, data, ttl)
+            )
+            if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
+                script(keys=[message_key], args=[data, ttl])
+            elif isinstance(reply, Exception):
+                raise reply
 
     def _wait(self, message_key: str, timeout: float) -> Any:
         # BLMOVE from the list to itself leaves the one element in place for other readers.
