@@ -41,6 +41,12 @@ CLOSE_TIMEOUT = 10.0
 #: How long the publisher's thread waits with nothing to do before it exits, in seconds.
 IDLE_EXIT = 30.0
 
+#: How long the publisher of a network store gathers writes before it sends them, in seconds:
+#: one round trip then carries the statuses of every message that finished meanwhile, and the
+#: thread wakes once per tick rather than once per message (each wake-up of a thread costs the
+#: worker threads the GIL). ``flush()`` cuts the tick short.
+TICK = 0.005
+
 
 def current_channel() -> Channel | None:
     """Return the channel of the message the calling actor runs for, or ``None``."""
@@ -275,6 +281,8 @@ class Publisher:
         self._submitted = 0
         self._written = 0
         self._failures = 0
+        self._gathering = False  # the thread waits out a tick: no need to wake it
+        self._urgent = False  # someone waits in flush(): end the tick now
 
     def is_alive(self) -> bool:
         """Whether the publisher's thread runs."""
@@ -300,7 +308,8 @@ class Publisher:
             if counted:
                 self._submitted += 1
             self._ensure_started()
-            self._cond.notify()
+            if not self._gathering:
+                self._cond.notify()
 
     def submit(self, write: Write) -> None:
         """Queue a write that belongs to no channel (a producer's status change)."""
@@ -308,13 +317,17 @@ class Publisher:
             self._loose.append(write)
             self._submitted += 1
             self._ensure_started()
-            self._cond.notify()
+            if not self._gathering:
+                self._cond.notify()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every write submitted so far was made (read-your-writes for callers)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._submitted
+            if self._written < target and self._gathering:
+                self._urgent = True
+                self._cond.notify_all()
             while self._written < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -350,6 +363,11 @@ class Publisher:
                         if not self._channels and not self._loose:
                             self._thread = None
                             return
+                if self.transport.buffered and not self._urgent:
+                    self._gathering = True
+                    self._cond.wait(TICK)  # notified only by flush()
+                    self._gathering = False
+                self._urgent = False
                 now = time.monotonic()
                 channels = [(channel, False) for channel in self._channels]
                 self._channels.clear()
