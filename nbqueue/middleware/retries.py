@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..common import compute_backoff, current_millis
-from ..errors import Retry
+from ..errors import MessageTooLarge, Retry
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -158,4 +158,10 @@ class Retries(Middleware):
             delay = int(backoff)
 
         self.logger.info("Retrying message %s in %d ms.", message.message_id, delay)
-        broker.enqueue(message.message, delay=delay)
+        try:
+            broker.enqueue(message.message, delay=delay)
+        except MessageTooLarge as e:
+            # The retry's options (the traceback) pushed it over the limit: dead-letter it
+            # rather than acknowledge a message that was never re-enqueued.
+            self.logger.error("Message %s cannot be retried: %s", message.message_id, e)
+            message.fail(reason="too_large")

@@ -193,3 +193,23 @@ def test_a_redis_fetch_leaves_an_oversized_body_in_redis_and_returns_its_size(re
     finally:
         broker.close()
         delete_namespace(broker.client, namespace)
+
+
+def test_a_retry_pushed_over_the_limit_by_its_traceback_is_dead_lettered_not_lost(
+    broker, worker_factory, namespace
+):
+    runs = []
+
+    @nbqueue.actor(queue_name=namespace, actor_name="flaky", broker=broker, min_backoff=10)
+    def flaky(blob):
+        runs.append(1)
+        raise RuntimeError("fails once, but its retry would not fit")
+
+    size = encoded_size(broker, lambda: flaky.send("x" * 1000))
+    broker.max_message_size = size + 20  # the retry adds a traceback of far more
+    flaky.send("x" * 1000)
+    worker_factory(broker)
+    broker.join(namespace, timeout=10000, fail_fast=False)
+    assert runs == [1]
+    [dead] = broker.get_dead_letters(namespace)
+    assert dead.reason == "too_large"
