@@ -66,6 +66,17 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable
     return run
 
 
+def _name_callbacks(options: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``on_success``/``on_failure`` actors in ``options`` by their names, in place."""
+    for name in ("on_success", "on_failure"):
+        callback = options.get(name)
+        if isinstance(callback, Actor):
+            options[name] = callback.actor_name
+        elif callback is not None and not isinstance(callback, str):
+            raise TypeError(f"{name} must be an actor or an actor name, got {callback!r}.")
+    return options
+
+
 class Actor(Generic[P, R]):
     """A function that can be run in the background by a worker.
 
@@ -128,12 +139,7 @@ class Actor(Generic[P, R]):
 
         ``on_success`` and ``on_failure`` may be actors; they are stored by name.
         """
-        for name in ("on_success", "on_failure"):
-            callback = options.get(name)
-            if isinstance(callback, Actor):
-                options[name] = callback.actor_name
-            elif callback is not None and not isinstance(callback, str):
-                raise TypeError(f"{name} must be an actor or an actor name, got {callback!r}.")
+        _name_callbacks(options)
         return Message(
             queue_name=self.queue_name,
             actor_name=self.actor_name,
@@ -196,6 +202,15 @@ class Actor(Generic[P, R]):
           EncodeError: an argument cannot be sent as JSON; no message of the batch is sent.
         """
         messages = []
+        # A broker whose enqueue_many encodes and checks the whole batch before any I/O says so
+        # with ``validates_batches = True``: encoding here too would double the cost of a batch.
+        validate = not getattr(self.broker, "validates_batches", False)
+        options = _name_callbacks(dict(options))
+        queue_name, actor_name = self.queue_name, self.actor_name
+        # Subclasses that build messages their own way (remote actors) keep doing so.
+        build = None
+        if type(self).message_with_options is not Actor.message_with_options:
+            build = self.message_with_options
         for item in arguments:
             if isinstance(item, tuple):
                 args, kwargs = item, None
@@ -203,8 +218,18 @@ class Actor(Generic[P, R]):
                 args, kwargs = (), item
             else:
                 args, kwargs = (item,), None
-            message = self.message_with_options(args=args, kwargs=kwargs, **dict(options))
-            message.encode()  # fail before anything of the batch is sent
+            if build is None:
+                message: Message[R] = Message(
+                    queue_name=queue_name,
+                    actor_name=actor_name,
+                    args=args,
+                    kwargs=kwargs or {},
+                    options=dict(options),
+                )
+            else:
+                message = build(args=args, kwargs=kwargs, **options)
+            if validate:
+                message.encode()  # fail before anything of the batch is sent
             messages.append(message)
         return self.broker.enqueue_many(messages, delay=_delay_ms(delay))
 

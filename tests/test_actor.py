@@ -201,6 +201,40 @@ def test_send_many_sends_nothing_when_one_item_cannot_be_encoded(stub_broker):
     assert stub_broker.queue_stats()["default"].ready == 0
 
 
+@pytest.mark.parametrize("validates", [False, True])
+def test_send_many_encodes_each_message_once_when_the_broker_validates_batches(
+    monkeypatch, validates
+):
+    class Broker(StubBroker):
+        validates_batches = validates
+
+    broker = Broker()
+    encoded: list[str] = []
+    encode = Message.encode
+
+    def counting(self):
+        encoded.append(self.message_id)
+        return encode(self)
+
+    monkeypatch.setattr(Message, "encode", counting)
+
+    @nbqueue.actor(broker=broker)
+    def record(x):
+        pass
+
+    messages = record.send_many(range(5))
+    assert broker.queue_stats()["default"].ready == 5
+    per_message = [encoded.count(m.message_id) for m in messages]
+    # the StubBroker encodes each message before any is queued; the actor adds a check of its
+    # own only for brokers that do not say they validate a batch first
+    assert per_message == [1 if validates else 2] * 5
+
+    encoded.clear()
+    with pytest.raises(nbqueue.EncodeError, match=r"args\[0\]"):
+        record.send_many([1, 2, object()])
+    assert broker.queue_stats()["default"].ready == 5  # nothing of the bad batch was queued
+
+
 def test_async_generator_actors_return_their_chunks_joined_or_listed():
     broker = StubBroker()
 
