@@ -545,14 +545,6 @@ def test_c3_an_injected_oversized_body_is_dead_lettered_too_large(
     assert rss_delta < 3 * body_mb * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (seen in A6 as lost messages after a graceful kernel restart): an actor "
-    "still running when Worker.stop() times out has its message handed back (requeued), but "
-    "when that actor later raises, the late nack dead-letters the requeued message (nack.lua "
-    "ignores whether the worker still held the id: SREM's result is not checked), leaving a "
-    "dangling id in the queue; fix: ack.lua/nack.lua act only when SREM removed the id",
-)
 def test_a6_a_late_failure_after_hand_back_does_not_dead_letter_the_requeued_message(
     oracle_broker, namespace, record
 ):

@@ -7,18 +7,21 @@
 --
 -- The .XQ zset and hash are exactly what a Dramatiq worker writes; the reason goes to a hash
 -- of nbqueue's own, so Dramatiq tools see an ordinary dead letter.
--- Returns 1 when the message was dead-lettered, 0 when it was already gone.
+-- Returns 1 when the message was dead-lettered, 0 when this worker no longer held it: it was
+-- handed back (a stop that outlived its actor) or recovered from a worker presumed dead, so a
+-- copy waits in the queue to run again and must not be dead-lettered by this late verdict.
 local id = ARGV[1]
-redis.call("srem", KEYS[1], id)
-redis.call("hdel", KEYS[3], id)
-local body = redis.call("hget", KEYS[2], id)
 local moved = 0
-if body then
-    redis.call("zadd", KEYS[4], now_ms(), id)
-    redis.call("hset", KEYS[5], id, body)
-    redis.call("hset", KEYS[6], id, ARGV[2])
-    redis.call("hdel", KEYS[2], id)
-    moved = 1
+if redis.call("srem", KEYS[1], id) == 1 then
+    redis.call("hdel", KEYS[3], id)
+    local body = redis.call("hget", KEYS[2], id)
+    if body then
+        redis.call("zadd", KEYS[4], now_ms(), id)
+        redis.call("hset", KEYS[5], id, body)
+        redis.call("hset", KEYS[6], id, ARGV[2])
+        redis.call("hdel", KEYS[2], id)
+        moved = 1
+    end
 end
 signal_if_drained(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[3]), ARGV[4])
 return moved
