@@ -243,6 +243,17 @@ class RabbitmqBroker(Broker):
             arguments["x-max-priority"] = self.max_priority
         return arguments
 
+    def check_server(self) -> None:
+        """Connect once and declare every queue declared so far, so that a wrong address,
+        password or queue argument fails now rather than in a consumer thread.
+
+        Raises:
+          ConnectionFailed: RabbitMQ could not be reached or refused the credentials.
+          BrokerError: a queue exists on RabbitMQ with other arguments.
+        """
+        for canonical in [name for name in self.queues if name == q_name(name)]:
+            self._ensure(canonical)
+
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Declare a queue and its delay queue; RabbitMQ sees them on first use (as Dramatiq).
 

@@ -58,6 +58,11 @@ def serve(
             warn_memory=warn_memory,
         )
         queues = None if options.queues is None else {*options.queues, *extra_queues}
+        # A wrong address or password is a boot failure (exit 3), not a consumer that retries
+        # forever: the Redis and RabbitMQ brokers check their server here.
+        check_server = getattr(broker, "check_server", None)
+        if callable(check_server):
+            check_server()
         worker = Worker(broker, queues=queues, worker_threads=options.threads)
         worker.start()
     except BootError as e:
@@ -67,11 +72,13 @@ def serve(
         return e.code
     except BrokerConnectionError as e:
         where = f" at {redact_url(options.broker_url)}" if options.broker_url else ""
-        report_error(
-            f"Could not connect to the broker{where}: {e}; check that its server is running and "
-            f"reachable.",
-            options,
-        )
+        text = str(e).rstrip(" .")
+        if "check" not in text:  # the brokers' own errors already say what to check
+            text = (
+                f"Could not connect to the broker{where}: {text}; check that its server is "
+                f"running and reachable"
+            )
+        report_error(f"{text}.", options)
         return ExitCode.CONNECTION_FAILED
 
     if on_booted is not None:

@@ -119,13 +119,6 @@ def run_cli(command: list[str], env: dict[str, str], timeout: float = 8) -> str:
     return f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: with a Redis URL whose password is refused, 'nbqueue worker' boots and "
-    "its consumer restarts every 3 s forever (CRITICAL 'lost its broker connection') instead of "
-    "exiting with code 3 at boot; fix: check the broker (check_server) in the CLI boot and map "
-    "ConnectionFailed to ExitCode.CONNECTION_FAILED",
-)
 @pytest.mark.timeout(60)
 def test_d3_the_cli_exits_3_when_redis_refuses_the_password(record):
     secret = canary()
