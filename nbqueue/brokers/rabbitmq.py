@@ -155,6 +155,10 @@ class RabbitmqBroker(Broker):
         a ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) that is not a size.
     """
 
+    #: ``enqueue_many`` encodes and size-checks the whole batch before any I/O, so
+    #: ``Actor.send_many`` need not encode each message a second time to validate it.
+    validates_batches = True
+
     def __init__(
         self,
         url: str | list[str] | None = None,

@@ -146,6 +146,16 @@ def test_an_unencodable_argument_fails_at_send_and_enqueues_nothing(broker, name
     assert broker.queue_stats()[namespace].ready == 0
 
 
+def test_send_many_with_one_unencodable_item_enqueues_none_of_the_batch(broker, namespace):
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def takes(x):
+        pass
+
+    with pytest.raises(EncodeError, match=r"kwargs\['x'\]"):
+        takes.send_many([{"x": 1}, {"x": 2}, {"x": {1, 2}}, {"x": 4}])
+    assert broker.queue_stats()[namespace].ready == 0
+
+
 def test_join_times_out_when_nothing_consumes(broker, namespace):
     @nbqueue.actor(queue_name=namespace, broker=broker)
     def idle():
