@@ -137,7 +137,8 @@ class Middleware:
         """Called after a message was dead-lettered, with the reason (nbqueue addition).
 
         ``reason`` is one of ``undecodable``, ``invalid``, ``unknown_actor``, ``too_large``,
-        ``bad_signature``, ``retries_exhausted``, ``max_age``, ``throws``, ``aborted`` or
-        ``failed``. Not called for bodies that could not be decoded at all, since there is no
+        ``bad_signature``, ``load_failed`` (a notebook actor's cell raised on the worker),
+        ``crash_limit`` (``CrashLimit``), ``retries_exhausted``, ``max_age``, ``throws``,
+        ``aborted`` or ``failed``. Not called for bodies that could not be decoded at all, since there is no
         message to pass.
         """
