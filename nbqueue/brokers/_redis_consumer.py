@@ -28,6 +28,9 @@ __all__ = ["RedisConsumer"]
 
 #: How many messages one fetch takes at most (Lua's unpack() has a limit).
 FETCH_LIMIT = 500
+#: How long a consumer with part of its window free waits for acks to refill in a batch before
+#: it fetches into the free part anyway (seconds).
+REFILL_WAIT = 0.05
 
 
 class RedisConsumer(Consumer):
@@ -78,6 +81,7 @@ class RedisConsumer(Consumer):
         deadline = time.monotonic() + self.timeout / 1000
         service, queue = self.service, self.queue_name
         poll = self.broker.poll_interval / 1000
+        refill_due = False
         while True:
             if self._interrupted:
                 return None
@@ -88,16 +92,21 @@ class RedisConsumer(Consumer):
                 continue
             with self._lock:
                 room = self.prefetch - len(self._handed)
-                # Refill in batches: with more than half the window still out, wait for acks
-                # rather than fetching one message per round trip.
-                if room <= 0 or (room < self.prefetch // 2 and self._idle_since is None):
+                # Refill in batches: with more than half the window still out, wait a moment for
+                # acks rather than fetching one message per round trip. Only a moment: when the
+                # held messages are long jobs, the free part of the window (idle threads, when
+                # the prefetch is near the thread count) must not wait for them to finish.
+                batching = room < self.prefetch // 2 and self._idle_since is None
+                if room <= 0 or (batching and not refill_due):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
                     self._waiting_for_room = True
-                    self._room.wait(remaining)
+                    acked = self._room.wait(remaining if room <= 0 else min(remaining, REFILL_WAIT))
                     self._waiting_for_room = False
+                    refill_due = not acked and room > 0
                     continue
+                refill_due = False
             since = self._idle_since
             if since is None or self._woken or time.monotonic() - since >= poll:
                 self._woken = False

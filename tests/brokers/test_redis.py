@@ -479,3 +479,30 @@ def test_the_mission_s_redis_examples_run_unchanged(redis_url, namespace, worker
         broker.close()
         backend.close()
         cleanup(broker, namespace)
+
+
+def test_a_window_held_by_long_jobs_still_fills_idle_threads(
+    redis_broker, namespace, worker_factory, monkeypatch
+):
+    # With the prefetch at the thread count, five long jobs hold more than half the window;
+    # three more messages must still reach the three idle threads without waiting for them.
+    monkeypatch.setenv("NBQUEUE_QUEUE_PREFETCH", "8")
+    meeting = threading.Barrier(8, timeout=15)
+    started = threading.Semaphore(0)
+
+    @nbqueue.actor(queue_name=namespace, broker=redis_broker, max_retries=0)
+    def meet():
+        started.release()
+        meeting.wait()
+
+    worker = worker_factory(redis_broker, worker_threads=8)
+    assert worker.queue_prefetch == 8
+    for _ in range(5):
+        meet.send()
+    for _ in range(5):
+        assert started.acquire(timeout=10)
+    for _ in range(3):
+        meet.send()
+    redis_broker.join(namespace, timeout=20000)
+    worker.join()
+    assert not meeting.broken
