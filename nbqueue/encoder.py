@@ -60,7 +60,9 @@ class JSONEncoder(Encoder):
                 pass  # a lone surrogate, say: the stdlib writes it escaped
             else:
                 if fast.isascii():  # otherwise the stdlib escapes it, as Dramatiq does
-                    return fast
+                    # orjson's bytes keep their 4 KiB write buffer; a queued or stored body
+                    # would hold ~4 KiB for a 200-byte message. A copy is exact (~0.2 µs).
+                    return bytes(memoryview(fast))
         try:
             return self._encoder.encode(data).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as e:

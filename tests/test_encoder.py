@@ -98,3 +98,19 @@ def test_the_stdlib_alone_gives_the_same_bytes(monkeypatch):
     monkeypatch.setattr(encoder_module, "_orjson", None)
     assert JSONEncoder().encode(values) == fast == _dramatiq_bytes(values)
     assert JSONEncoder().decode(fast) == json.loads(fast)
+
+
+def test_encoded_bodies_hold_no_more_memory_than_their_length():
+    # orjson returns its write buffer (4 KiB) as the bytes object; queued bodies must not keep it.
+    import tracemalloc
+
+    encoder = JSONEncoder()
+    data = {"queue_name": "default", "actor_name": "noop", "args": [1], "kwargs": {}}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bodies = [encoder.encode(data) for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1000 * (len(bodies[0]) + 200), held
