@@ -88,6 +88,7 @@ def test_a_notebook_actor_runs_on_a_cli_worker_with_the_secret_and_not_with_anot
             refused_id = _stdout(nb.cells[6]).strip()
             wait_until(lambda: broker.get_dead_letters("notebook"), 60, "a dead letter")
         (dead,) = broker.get_dead_letters("notebook")
+        assert dead.message is not None
         assert dead.reason == "bad_signature" and dead.message.message_id == refused_id
         log = (tmp_path / "bad.log").read_text()
         assert "Refused notebook actor 'whoami'" in log and "another-secret" not in log

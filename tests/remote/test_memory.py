@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -179,7 +180,12 @@ def test_each_version_runs_with_its_own_options(tmp_path, worker_factory):
             "    raise RuntimeError('always')\n"
         )
 
-    options = {"broker": broker, "secret": SECRET, "min_backoff": 1, "max_backoff": 1}
+    options: dict[str, Any] = {
+        "broker": broker,
+        "secret": SECRET,
+        "min_backoff": 1,
+        "max_backoff": 1,
+    }
     v1 = publish_actor(flaky, source=source("v1"), max_retries=0, **options)
     v1.send()
     v2 = publish_actor(flaky, source=source("v2"), max_retries=2, **options)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ SECRET = b"s3cret-for-tests"
 
 
 def record(source: str = "def work(x):\n    return x * 2\n", **changes: object) -> CodeRecord:
-    fields: dict = {
+    fields: dict[str, Any] = {
         "actor_name": "work",
         "queue_name": "notebook",
         "priority": 0,

@@ -21,6 +21,10 @@ from nbqueue.connection import broker_from_url
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
     """Poll another process's effect until ``condition()`` is true, failing after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -91,16 +95,16 @@ class Record:
     def runs(self) -> dict[str, int]:
         """message number -> how many times it finished."""
         raw = self.client.hgetall(f"{self.prefix}:runs")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def starts(self) -> dict[str, int]:
         """message number -> how many times it started."""
         raw = self.client.hgetall(f"{self.prefix}:starts")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def by_pid(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}:pids")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def finished(self) -> int:
         return int(self.client.hlen(f"{self.prefix}:runs"))
