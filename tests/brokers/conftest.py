@@ -76,3 +76,15 @@ def inject_raw() -> Callable[[nbqueue.Broker, str, bytes], None]:
             support(kind).inject_raw(broker, queue_name, data)
 
     return inject
+
+
+@pytest.fixture
+def redis_broker(redis_url: str, namespace: str) -> Iterator[object]:
+    """A RedisBroker under the test's own namespace, booted as a worker process would be."""
+    redis_support = support("redis")
+    broker = redis_support.make_broker(redis_url, namespace)
+    broker.emit_after("process_boot")
+    nbqueue.set_broker(broker)
+    yield broker
+    broker.close()
+    redis_support.cleanup(broker, namespace)

@@ -24,16 +24,6 @@ from tests.brokers._redis import (
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def redis_broker(redis_url, namespace):
-    broker = make_broker(redis_url, namespace)
-    broker.emit_after("process_boot")
-    nbqueue.set_broker(broker)
-    yield broker
-    broker.close()
-    cleanup(broker, namespace)
-
-
 def _drain(consumer, limit=1000):
     """Take messages from a consumer until it has none (its timeout is short)."""
     taken = []

@@ -15,16 +15,6 @@ from tests.brokers._redis import cleanup, make_broker, start_victim, wait_until
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def redis_broker(redis_url, namespace):
-    broker = make_broker(redis_url, namespace)
-    broker.emit_after("process_boot")
-    nbqueue.set_broker(broker)
-    yield broker
-    broker.close()
-    cleanup(broker, namespace)
-
-
 def test_nothing_is_handed_to_an_idle_consumer_whose_worker_is_gone(redis_broker, namespace):
     redis_broker.declare_queue(namespace)
     client, keys = redis_broker.client, redis_broker.keys
