@@ -1,0 +1,466 @@
+"""The rings of ARCHITECTURE.md, held: every in-package import points down, or is allowlisted.
+
+Every import statement of every file under ``nbqueue/`` counts: at module level, inside
+functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
+import its own ring and the rings below it, servers never import each other, and the files of
+rings 0 and 1 import no optional extra (``redis``, ``pika``, ``IPython``, ``ipywidgets``) at all.
+The few upward imports kept on purpose are named in ``ALLOWED``, each with its reason; an entry
+that no longer matches an import fails too, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "nbqueue"
+
+#: Ring of each module, by the longest matching prefix of its dotted name. Lower rings are
+#: imported by higher ones, never the reverse.
+RINGS: dict[str, float] = {
+    # 0 leaves: stdlib only
+    "nbqueue.errors": 0,
+    "nbqueue.common": 0,
+    "nbqueue.encoder": 0,
+    "nbqueue.threading": 0,
+    "nbqueue.asyncio": 0,
+    # 1 the core: everything that runs with no extra installed
+    "nbqueue.message": 1,
+    "nbqueue.context": 1,
+    "nbqueue.services": 1,
+    "nbqueue.worker": 1,
+    "nbqueue.broker": 1,
+    "nbqueue.actor": 1,
+    "nbqueue.generic": 1,
+    "nbqueue.composition": 1,
+    "nbqueue.middleware": 1,
+    "nbqueue.results": 1,
+    "nbqueue.rate_limits": 1,
+    "nbqueue.live": 1,
+    "nbqueue.brokers": 1,
+    # 2 servers: one package per server, never importing each other
+    "nbqueue._redis": 2,
+    "nbqueue._rabbitmq": 2,
+    # 2' features built on the core
+    "nbqueue.remote": 2.5,
+    # 3 the face: the composition root and the package itself
+    "nbqueue.connection": 3,
+    "nbqueue": 3,
+    # 4 apps
+    "nbqueue.notebook": 4,
+    "nbqueue.cli": 4,
+    "nbqueue.__main__": 4,
+}
+
+#: Dramatiq's import paths, kept as re-exports of the server packages: a shim may import what it
+#: re-exports and nothing else.
+SHIMS: dict[str, str] = {
+    "nbqueue.brokers.redis": "nbqueue._redis",
+    "nbqueue.brokers.rabbitmq": "nbqueue._rabbitmq",
+    "nbqueue.results.backends.redis": "nbqueue._redis",
+    "nbqueue.rate_limits.backends.redis": "nbqueue._redis",
+}
+
+#: Optional extras that rings 0 and 1 never import, at any level.
+EXTRAS = ("redis", "pika", "IPython", "ipywidgets")
+
+#: Core files that still import an extra, until they move to their server package.
+EXTRAS_ALLOWED = {
+    "nbqueue.brokers._redis_client",
+    "nbqueue.brokers._redis_consumer",
+    "nbqueue.brokers.rabbitmq_io",
+    "nbqueue.brokers.rabbitmq_publisher",
+    "nbqueue.brokers.rabbitmq_wire",
+    "nbqueue.live.redis",
+    "nbqueue.middleware.crash_limit",
+}
+
+#: (importer, imported) pairs allowed against the direction, each with why.
+ALLOWED: dict[tuple[str, str], str] = {
+    ("nbqueue", "nbqueue.notebook.extension"): "not yet moved (the layering issue)",
+    ("nbqueue.broker", "nbqueue.connection"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers._redis_consumer",
+        "nbqueue.brokers.redis",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers._redis_service",
+        "nbqueue.brokers.redis",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.rabbitmq", "nbqueue.broker"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.rabbitmq",
+        "nbqueue.brokers.rabbitmq_consumer",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.rabbitmq",
+        "nbqueue.brokers.rabbitmq_publisher",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.rabbitmq",
+        "nbqueue.brokers.rabbitmq_wire",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.rabbitmq", "nbqueue.common"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.rabbitmq", "nbqueue.errors"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.rabbitmq", "nbqueue.message"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.rabbitmq", "nbqueue.middleware.base"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.rabbitmq_consumer",
+        "nbqueue.brokers.rabbitmq",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.broker"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.redis",
+        "nbqueue.brokers._redis_client",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.redis",
+        "nbqueue.brokers._redis_consumer",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.brokers._redis_keys"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.brokers.redis",
+        "nbqueue.brokers._redis_service",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.common"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.errors"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.message"): "not yet moved (the layering issue)",
+    ("nbqueue.brokers.redis", "nbqueue.middleware.base"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.rate_limits.backends.redis",
+        "nbqueue.brokers._redis_client",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.rate_limits.backends.redis",
+        "nbqueue.rate_limits.backend",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.remote.rabbitmq_store",
+        "nbqueue.brokers.rabbitmq",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.remote.redis_store", "nbqueue.brokers.redis"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.results.backends.redis",
+        "nbqueue.brokers._redis_client",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.results.backends.redis", "nbqueue.encoder"): "not yet moved (the layering issue)",
+    ("nbqueue.results.backends.redis", "nbqueue.message"): "not yet moved (the layering issue)",
+    (
+        "nbqueue.results.backends.redis",
+        "nbqueue.results.backend",
+    ): "not yet moved (the layering issue)",
+    (
+        "nbqueue.results.backends.redis",
+        "nbqueue.results.backends._group",
+    ): "not yet moved (the layering issue)",
+    ("nbqueue.supervisor", "nbqueue.cli.boot"): "not yet moved (the layering issue)",
+    ("nbqueue.supervisor", "nbqueue.cli.logs"): "not yet moved (the layering issue)",
+    ("nbqueue.supervisor", "nbqueue.cli.options"): "not yet moved (the layering issue)",
+    ("nbqueue.supervisor", "nbqueue.cli.serve"): "not yet moved (the layering issue)",
+    ("nbqueue.supervisor", "nbqueue.cli.signals"): "not yet moved (the layering issue)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Import:
+    importer: str
+    imported: str
+    line: int
+    kind: str  # "module", "function" or "type-checking"
+    commented: bool  # a comment on the line or the line above says why
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def ring_of(module: str) -> float:
+    while module not in RINGS:
+        if "." not in module:
+            raise AssertionError(f"{module} has no ring in tests/test_layers.py RINGS")
+        module = module.rsplit(".", 1)[0]
+    return RINGS[module]
+
+
+def server_of(module: str) -> str | None:
+    for server in ("nbqueue._redis", "nbqueue._rabbitmq"):
+        if module == server or module.startswith(server + "."):
+            return server
+    return None
+
+
+def _targets(module: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> Iterator[str]:
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+        return
+    if node.level:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[: len(base) - node.level + 1]
+        prefix = ".".join([*base, *([node.module] if node.module else [])])
+    else:
+        prefix = node.module or ""
+    for alias in node.names:
+        candidate = f"{prefix}.{alias.name}"
+        yield candidate if candidate in MODULES else prefix
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(module: str) -> Iterator[Import]:
+    path = MODULES[module]
+    source = path.read_text()
+    lines = source.splitlines()
+    is_package = path.name == "__init__.py"
+
+    def commented(line: int) -> bool:
+        here = lines[line - 1]
+        above = lines[line - 2].strip() if line >= 2 else ""
+        return "#" in here or above.startswith("#")
+
+    def visit(node: ast.AST, kind: str) -> Iterator[Import]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                for target in _targets(module, child, is_package):
+                    yield Import(module, target, child.lineno, kind, commented(child.lineno))
+            elif isinstance(child, ast.If) and _is_type_checking(child):
+                for part in child.body:
+                    yield from visit(ast.Module(body=[part], type_ignores=[]), "type-checking")
+                for part in child.orelse:
+                    yield from visit(ast.Module(body=[part], type_ignores=[]), kind)
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                yield from visit(child, "function" if kind == "module" else kind)
+            else:
+                yield from visit(child, kind)
+
+    yield from visit(ast.parse(source), "module")
+
+
+def in_package(imported: str) -> str | None:
+    """The module an import names inside nbqueue, or ``None`` for an outside import."""
+    if imported != "nbqueue" and not imported.startswith("nbqueue."):
+        return None
+    while imported not in MODULES and "." in imported:
+        imported = imported.rsplit(".", 1)[0]
+    return imported
+
+
+ALL_IMPORTS = [imp for module in sorted(MODULES) for imp in imports_of(module)]
+INTERNAL = [
+    dataclasses.replace(imp, imported=target)
+    for imp in ALL_IMPORTS
+    if (target := in_package(imp.imported)) is not None and target != imp.importer
+]
+
+
+def violation(imp: Import) -> str | None:
+    """Why ``imp`` goes against the direction of the rings, or ``None`` when it does not."""
+    importer, imported = imp.importer, imp.imported
+    if importer in SHIMS:
+        target = SHIMS[importer]
+        if imported == target or imported.startswith(target + "."):
+            return None
+        return f"the shim {importer} imports {imported}, not only {target}"
+    if imported in SHIMS:
+        return f"{importer} imports the shim {imported}; import {SHIMS[imported]} instead"
+    here, there = ring_of(importer), ring_of(imported)
+    if there > here:
+        return f"ring {here:g} imports ring {there:g}"
+    if there == 2.5 and here == 2:
+        return "a server imports remote/"
+    if here == 2 and there == 2 and server_of(importer) != server_of(imported):
+        return "a server imports another server"
+    return None
+
+
+def test_every_module_has_a_ring() -> None:
+    for module in MODULES:
+        ring_of(module)
+
+
+def test_imports_point_down_the_rings() -> None:
+    found = {
+        (imp.importer, imp.imported): f"{imp.importer}:{imp.line} -> {imp.imported} ({why})"
+        for imp in INTERNAL
+        if (why := violation(imp)) is not None
+    }
+    unexpected = sorted(text for pair, text in found.items() if pair not in ALLOWED)
+    assert not unexpected, "imports against the rings:\n" + "\n".join(unexpected)
+
+
+def test_the_allowlist_names_only_imports_that_exist() -> None:
+    found = {(imp.importer, imp.imported) for imp in INTERNAL if violation(imp) is not None}
+    stale = sorted(f"{a} -> {b}" for a, b in ALLOWED if (a, b) not in found)
+    assert not stale, "ALLOWED names imports that are gone; remove them:\n" + "\n".join(stale)
+
+
+@pytest.mark.parametrize("extra", EXTRAS)
+def test_the_leaves_and_the_core_import_no_extra(extra: str) -> None:
+    offenders = sorted(
+        f"{imp.importer}:{imp.line} imports {imp.imported}"
+        for imp in ALL_IMPORTS
+        if ring_of(imp.importer) <= 1
+        and imp.importer not in SHIMS
+        and imp.importer not in EXTRAS_ALLOWED
+        and (imp.imported == extra or imp.imported.startswith(extra + "."))
+    )
+    assert not offenders, "\n".join(offenders)
+
+
+def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+        graph.setdefault(b, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                connect(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return components
+
+
+#: Modules still in import cycles among imports that run; this list only shrinks.
+CYCLES_ALLOWED: list[list[str]] = [
+    [
+        "nbqueue.broker",
+        "nbqueue.brokers.stub",
+        "nbqueue.composition",
+        "nbqueue.connection",
+        "nbqueue.live",
+        "nbqueue.live.backends",
+        "nbqueue.live.middleware",
+        "nbqueue.message",
+        "nbqueue.middleware",
+        "nbqueue.middleware.group_callbacks",
+        "nbqueue.middleware.pipelines",
+        "nbqueue.results",
+        "nbqueue.results.backend",
+        "nbqueue.results.backends",
+        "nbqueue.results.backends.stub",
+        "nbqueue.results.middleware",
+    ],
+    ["nbqueue.remote.rabbitmq_store", "nbqueue.remote.redis_store", "nbqueue.remote.store"],
+]
+
+
+def test_no_cycle_among_imports_that_run() -> None:
+    edges = {(imp.importer, imp.imported) for imp in INTERNAL if imp.kind != "type-checking"}
+    assert _cycles(edges) == CYCLES_ALLOWED
+
+
+#: Function-level imports that do not yet say why; this list only shrinks.
+SILENT_ALLOWED = {
+    ("nbqueue", "nbqueue.errors"),
+    ("nbqueue", "nbqueue.notebook.extension"),
+    ("nbqueue.actor", "nbqueue.live"),
+    ("nbqueue.broker", "nbqueue.connection"),
+    ("nbqueue.broker", "nbqueue.middleware"),
+    ("nbqueue.broker", "nbqueue.results"),
+    ("nbqueue.cli", "nbqueue.supervisor"),
+    ("nbqueue.cli.boot", "nbqueue.brokers.stub"),
+    ("nbqueue.cli.boot", "nbqueue.connection"),
+    ("nbqueue.cli.options", "nbqueue"),
+    ("nbqueue.cli.serve", "nbqueue.worker"),
+    ("nbqueue.composition", "nbqueue.middleware.group_callbacks"),
+    ("nbqueue.connection", "nbqueue.brokers.stub"),
+    ("nbqueue.connection", "nbqueue.live"),
+    ("nbqueue.connection", "nbqueue.middleware"),
+    ("nbqueue.connection", "nbqueue.results"),
+    ("nbqueue.connection", "nbqueue.results.backends"),
+    ("nbqueue.live", "nbqueue.broker"),
+    ("nbqueue.live", "nbqueue.common"),
+    ("nbqueue.live.backends", "nbqueue.live.redis"),
+    ("nbqueue.live.backends", "nbqueue.results"),
+    ("nbqueue.live.backends", "nbqueue.results.backends.stub"),
+    ("nbqueue.live.middleware", "nbqueue.middleware.retries"),
+    ("nbqueue.message", "nbqueue.broker"),
+    ("nbqueue.message", "nbqueue.composition"),
+    ("nbqueue.message", "nbqueue.live"),
+    ("nbqueue.message", "nbqueue.live.events"),
+    ("nbqueue.message", "nbqueue.live.status"),
+    ("nbqueue.message", "nbqueue.results.errors"),
+    ("nbqueue.middleware.group_callbacks", "nbqueue.message"),
+    ("nbqueue.middleware.group_callbacks", "nbqueue.rate_limits"),
+    ("nbqueue.notebook.setup", "nbqueue.results.backends"),
+    ("nbqueue.remote.store", "nbqueue.remote.rabbitmq_store"),
+    ("nbqueue.remote.store", "nbqueue.remote.redis_store"),
+    ("nbqueue.results.backend", "nbqueue.message"),
+}
+
+
+def test_function_level_imports_say_why() -> None:
+    silent = sorted(
+        f"{imp.importer}:{imp.line} -> {imp.imported}"
+        for imp in INTERNAL
+        if imp.kind == "function"
+        and not imp.commented
+        and (imp.importer, imp.imported) not in SILENT_ALLOWED
+    )
+    assert not silent, "function-level imports without a comment saying why:\n" + "\n".join(silent)
+
+
+def test_the_checker_sees_each_kind_of_import() -> None:
+    """The walk finds imports at module level, in functions and under TYPE_CHECKING (a checker
+    that saw none would pass everything)."""
+    kinds = {imp.kind for imp in INTERNAL}
+    assert kinds == {"module", "function", "type-checking"}
+    seen = {(imp.importer, imp.imported) for imp in INTERNAL}
+    assert ("nbqueue.actor", "nbqueue.broker") in seen
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "wrong"),
+    [
+        ("nbqueue.broker", "nbqueue.connection", True),  # the core reaches up to the face
+        ("nbqueue._redis.broker", "nbqueue._rabbitmq.io", True),  # a server imports another
+        ("nbqueue._redis.broker", "nbqueue.remote.store", True),
+        ("nbqueue.live.channel", "nbqueue.brokers.redis", True),  # the core imports a shim
+        ("nbqueue.brokers.redis", "nbqueue.worker", True),  # a shim imports beyond its target
+        ("nbqueue.errors", "nbqueue.message", True),
+        ("nbqueue.cli.boot", "nbqueue.connection", False),
+        ("nbqueue._redis.broker", "nbqueue.broker", False),
+        ("nbqueue.brokers.redis", "nbqueue._redis", False),
+        ("nbqueue.remote.loader", "nbqueue.actor", False),
+    ],
+)
+def test_the_rule(importer: str, imported: str, wrong: bool) -> None:
+    imp = Import(importer, imported, 1, "module", False)
+    assert (violation(imp) is not None) is wrong
