@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import broker as _broker
 from . import middleware
 from .actor import Actor, actor
 from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
 from .composition import group, pipeline
 from .connection import connect
+from .connection import default_broker as _default_broker
 from .encoder import Encoder, JSONEncoder
 from .errors import (
     Abort,
@@ -39,6 +41,9 @@ from .remote import publish_actor
 from .worker import ConsumerThread, Worker, WorkerThread
 
 __version__ = "0.1.0"
+
+# The core makes the default broker through the face, which knows the servers.
+_broker.default_broker_factory = _default_broker
 
 __all__ = [
     "Abort",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ActorNotFound
 from .message import Message
 from .middleware.base import Middleware, MiddlewareError
+from .services import Services
 
 if TYPE_CHECKING:
     from .actor import Actor
@@ -32,6 +33,10 @@ __all__ = [
 global_broker: Broker | None = None
 _global_broker_lock = threading.Lock()
 
+#: Makes the broker ``get_broker()`` returns when none was set. ``nbqueue/__init__.py`` installs
+#: ``nbqueue.connection.default_broker`` here: the face knows the servers, the core does not.
+default_broker_factory: Callable[[], Broker] | None = None
+
 
 def get_broker() -> Broker:
     """Return the global broker, creating it on first use.
@@ -44,9 +49,12 @@ def get_broker() -> Broker:
     if global_broker is None:
         with _global_broker_lock:
             if global_broker is None:
-                from .connection import default_broker
-
-                global_broker = default_broker()
+                if default_broker_factory is None:
+                    raise RuntimeError(
+                        "No broker is set and none can be made before nbqueue is imported; "
+                        "import nbqueue first, or call set_broker(broker)."
+                    )
+                global_broker = default_broker_factory()
     return global_broker
 
 
@@ -188,8 +196,11 @@ class Consumer(abc.ABC):
         """Release the consumer's resources; unacknowledged messages go back to the queue."""
 
 
-class Broker(abc.ABC):
+class Broker(Services, abc.ABC):
     """Base class for brokers.
+
+    What the broker's server offers besides queues (a live transport, a code store) is asked
+    through the ``Services`` methods, which answer ``None`` unless the broker overrides them.
 
     Parameters:
       middleware: the middleware to use; ``None`` means one of each class in

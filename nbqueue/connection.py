@@ -9,21 +9,30 @@ then, when there is a Redis store, ``Results`` with a ``RedisBackend`` and ``Liv
 Redis store is the broker's own server for ``redis://`` URLs; for ``amqp://`` URLs it is the
 ``redis://`` URL in ``NBQUEUE_RESULTS_URL`` (which, when set, also wins for ``redis://``
 brokers). An ``amqp://`` broker without ``NBQUEUE_RESULTS_URL`` stores no results and has no
-live channel across processes. ``memory://`` keeps both in the process.
+live channel across processes. ``memory://`` keeps both in the process, and stores every
+result by default (``store_results=True``).
+
+This is the composition root: the one module that names the servers (``_SCHEMES``) and builds
+the standard middleware stack, for ``connect()``, the default broker, ``nbqueue worker --broker``
+and ``%nbqueue connect``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from .broker import Broker, set_broker
+from .brokers.stub import StubBroker
 from .common import redact_url
 from .errors import BrokerUnavailable
+from .live import Live
+from .middleware import AsyncIO, Middleware
+from .results import Results
+from .results.backends.stub import StubBackend
 
 __all__ = [
     "RESULTS_URL_ENV",
@@ -37,18 +46,25 @@ __all__ = [
 #: The ``redis://`` URL where results and live status go when the broker is not Redis.
 RESULTS_URL_ENV = "NBQUEUE_RESULTS_URL"
 
+#: The URL that chooses the global broker.
+BROKER_URL_ENV = "NBQUEUE_BROKER_URL"
+
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 logger = logging.getLogger("nbqueue.connection")
 
-#: scheme -> (module, class, extra)
+#: scheme -> (module, class, extra): the one place that names the servers.
 _SCHEMES: dict[str, tuple[str, str, str]] = {
-    "redis": ("nbqueue.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("nbqueue.brokers.redis", "RedisBroker", "redis"),
-    "unix": ("nbqueue.brokers.redis", "RedisBroker", "redis"),
-    "amqp": ("nbqueue.brokers.rabbitmq", "RabbitmqBroker", "rabbitmq"),
-    "amqps": ("nbqueue.brokers.rabbitmq", "RabbitmqBroker", "rabbitmq"),
+    "redis": ("nbqueue._redis.broker", "RedisBroker", "redis"),
+    "rediss": ("nbqueue._redis.broker", "RedisBroker", "redis"),
+    "unix": ("nbqueue._redis.broker", "RedisBroker", "redis"),
+    "amqp": ("nbqueue._rabbitmq.broker", "RabbitmqBroker", "rabbitmq"),
+    "amqps": ("nbqueue._rabbitmq.broker", "RabbitmqBroker", "rabbitmq"),
 }
+
+
+def _url_from_environment() -> str:
+    return os.environ.get(BROKER_URL_ENV, "").strip() or "memory://"
 
 
 def default_broker() -> Broker:
@@ -57,29 +73,11 @@ def default_broker() -> Broker:
     ``NBQUEUE_BROKER_URL`` chooses it when set; otherwise it is the in-memory broker, which never
     touches the network.
     """
-    url = os.environ.get("NBQUEUE_BROKER_URL", "").strip() or "memory://"
-    broker = broker_from_url(url)
-    add_standard_middleware(broker, url)
-    return broker
-
-
-def _memory_broker() -> Broker:
-    from .brokers.stub import StubBroker
-    from .live import Live
-    from .middleware import AsyncIO, default_middleware
-    from .results import Results
-    from .results.backends import StubBackend
-
-    # The embedded broker stores results by default: in a notebook, a result that was thrown away
-    # is the surprise, and they live only in this process and expire after result_ttl. Live comes
-    # last, so that it runs right around the actor (status, output, abort).
-    middleware = [m() for m in default_middleware]
-    middleware += [AsyncIO(), Results(backend=StubBackend(), store_results=True), Live()]
-    return StubBroker(middleware=middleware)
+    return broker_from_url(_url_from_environment())
 
 
 def broker_from_url(url: str, **options: Any) -> Broker:
-    """Create a broker for ``url`` without making it global.
+    """Create a broker for ``url``, with the standard middleware, without making it global.
 
     Parameters:
       url: ``memory://``, ``redis://``, ``rediss://``, ``amqp://`` or ``amqps://``.
@@ -89,30 +87,29 @@ def broker_from_url(url: str, **options: Any) -> Broker:
       BrokerUnavailable: an unknown scheme, or the extra that serves it is not installed.
     """
     scheme = urlsplit(url).scheme.lower()
+    broker: Broker
     if scheme == "memory":
         if options:
             raise BrokerUnavailable(
                 f"The in-memory broker takes no options, got {sorted(options)}; "
                 "create StubBroker(...) yourself for a custom one."
             )
-        return _memory_broker()
-    if scheme not in _SCHEMES:
+        broker = StubBroker()
+    elif scheme in _SCHEMES:
+        module_name, class_name, extra = _SCHEMES[scheme]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise BrokerUnavailable(
+                f"{class_name} needs the {extra} extra: pip install 'nbqueue[{extra}]' ({e})."
+            ) from None
+        broker = getattr(module, class_name)(url=url, **options)
+    else:
         raise BrokerUnavailable(
             f"Unknown broker URL scheme {scheme!r} in {redact_url(url)!r}; "
             "use memory://, redis://, rediss://, amqp:// or amqps://."
         )
-    module_name, class_name, extra = _SCHEMES[scheme]
-    if importlib.util.find_spec(module_name) is None:
-        raise BrokerUnavailable(
-            f"This version of nbqueue has no {class_name} yet; use memory:// for now."
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BrokerUnavailable(
-            f"{class_name} needs the {extra} extra: pip install 'nbqueue[{extra}]' ({e})."
-        ) from None
-    broker: Broker = getattr(module, class_name)(url=url, **options)
+    add_standard_middleware(broker, url)
     return broker
 
 
@@ -132,11 +129,27 @@ def results_url_for(url: str) -> str | None:
     return None
 
 
+def _results(url: str) -> Results | None:
+    """A new Results middleware for a broker at ``url``, or ``None`` when it has no store."""
+    if urlsplit(url).scheme.lower() == "memory":
+        # The embedded broker stores results by default: in a notebook, a result that was
+        # thrown away is the surprise, and they live only in this process and expire after
+        # result_ttl.
+        return Results(backend=StubBackend(), store_results=True)
+    store = results_url_for(url)
+    if store is None:
+        return None
+    from ._redis.results import RedisBackend  # the redis extra, needed only with a Redis store
+
+    return Results(backend=RedisBackend(url=store))
+
+
 def add_standard_middleware(broker: Broker, url: str) -> list[str]:
     """Give a broker built from ``url`` the middleware every URL-built broker has.
 
-    Adds ``AsyncIO``, and with a Redis store (see the module docstring) ``Results`` with a
-    ``RedisBackend`` and ``Live``, unless the broker already has one of that type.
+    Adds ``AsyncIO``, and with a results store (see the module docstring) ``Results`` and
+    ``Live``, each unless the broker already has one of that type. ``Live`` comes last, so that
+    it runs right around the actor (status, output, abort).
 
     Returns:
       The names of the middleware added.
@@ -144,30 +157,20 @@ def add_standard_middleware(broker: Broker, url: str) -> list[str]:
     Raises:
       BrokerUnavailable: ``NBQUEUE_RESULTS_URL`` is not a Redis URL.
     """
-    from .middleware import AsyncIO
-
-    if urlsplit(url).scheme.lower() == "memory":
-        return []  # the in-memory broker is built complete
-    present = {type(m).__name__ for m in broker.middleware}
-    added: list[str] = []
-    if "AsyncIO" not in present:
-        broker.add_middleware(AsyncIO())
-        added.append("AsyncIO")
-    store = results_url_for(url)
-    if store is None:
-        return added
-    if "Results" not in present:
-        from .results import Results
-        from .results.backends import RedisBackend
-
-        broker.add_middleware(Results(backend=RedisBackend(url=store)))
-        added.append("Results")
-    if "Live" not in present:
-        from .live import Live
-
-        broker.add_middleware(Live())
-        added.append("Live")
-    return added
+    present = {type(m) for m in broker.middleware}
+    has_store = urlsplit(url).scheme.lower() == "memory" or results_url_for(url) is not None
+    added: list[Middleware] = []
+    if AsyncIO not in present:
+        added.append(AsyncIO())
+    if has_store and Results not in present:
+        results = _results(url)
+        assert results is not None
+        added.append(results)
+    if has_store and Live not in present:
+        added.append(Live())
+    for middleware in added:
+        broker.add_middleware(middleware)
+    return [type(m).__name__ for m in added]
 
 
 def connect(url: str | None = None, **options: Any) -> Broker:
@@ -184,9 +187,8 @@ def connect(url: str | None = None, **options: Any) -> Broker:
     Returns:
       The new global broker.
     """
-    url = url or os.environ.get("NBQUEUE_BROKER_URL", "").strip() or "memory://"
+    url = url or _url_from_environment()
     broker = broker_from_url(url, **options)
-    add_standard_middleware(broker, url)
     set_broker(broker)
     logger.info("Connected to %s.", redact_url(url))
     return broker

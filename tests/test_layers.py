@@ -70,98 +70,14 @@ EXTRAS = ("redis", "pika", "IPython", "ipywidgets")
 
 #: Core files that still import an extra, until they move to their server package.
 EXTRAS_ALLOWED = {
-    "nbqueue.brokers._redis_client",
-    "nbqueue.brokers._redis_consumer",
-    "nbqueue.brokers.rabbitmq_io",
-    "nbqueue.brokers.rabbitmq_publisher",
-    "nbqueue.brokers.rabbitmq_wire",
-    "nbqueue.live.redis",
     "nbqueue.middleware.crash_limit",
 }
 
 #: (importer, imported) pairs allowed against the direction, each with why.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("nbqueue", "nbqueue.notebook.extension"): "not yet moved (the layering issue)",
-    ("nbqueue.broker", "nbqueue.connection"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers._redis_consumer",
-        "nbqueue.brokers.redis",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers._redis_service",
-        "nbqueue.brokers.redis",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.rabbitmq", "nbqueue.broker"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.rabbitmq",
-        "nbqueue.brokers.rabbitmq_consumer",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.rabbitmq",
-        "nbqueue.brokers.rabbitmq_publisher",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.rabbitmq",
-        "nbqueue.brokers.rabbitmq_wire",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.rabbitmq", "nbqueue.common"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.rabbitmq", "nbqueue.errors"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.rabbitmq", "nbqueue.message"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.rabbitmq", "nbqueue.middleware.base"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.rabbitmq_consumer",
-        "nbqueue.brokers.rabbitmq",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.broker"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.redis",
-        "nbqueue.brokers._redis_client",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.redis",
-        "nbqueue.brokers._redis_consumer",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.brokers._redis_keys"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.brokers.redis",
-        "nbqueue.brokers._redis_service",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.common"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.errors"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.message"): "not yet moved (the layering issue)",
-    ("nbqueue.brokers.redis", "nbqueue.middleware.base"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.rate_limits.backends.redis",
-        "nbqueue.brokers._redis_client",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.rate_limits.backends.redis",
-        "nbqueue.rate_limits.backend",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.remote.rabbitmq_store",
-        "nbqueue.brokers.rabbitmq",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.remote.redis_store", "nbqueue.brokers.redis"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.results.backends.redis",
-        "nbqueue.brokers._redis_client",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.results.backends.redis", "nbqueue.encoder"): "not yet moved (the layering issue)",
-    ("nbqueue.results.backends.redis", "nbqueue.message"): "not yet moved (the layering issue)",
-    (
-        "nbqueue.results.backends.redis",
-        "nbqueue.results.backend",
-    ): "not yet moved (the layering issue)",
-    (
-        "nbqueue.results.backends.redis",
-        "nbqueue.results.backends._group",
-    ): "not yet moved (the layering issue)",
-    ("nbqueue.supervisor", "nbqueue.cli.boot"): "not yet moved (the layering issue)",
-    ("nbqueue.supervisor", "nbqueue.cli.logs"): "not yet moved (the layering issue)",
-    ("nbqueue.supervisor", "nbqueue.cli.options"): "not yet moved (the layering issue)",
-    ("nbqueue.supervisor", "nbqueue.cli.serve"): "not yet moved (the layering issue)",
-    ("nbqueue.supervisor", "nbqueue.cli.signals"): "not yet moved (the layering issue)",
+    ("nbqueue", "nbqueue.notebook.extension"): (
+        "%load_ext nbqueue looks for load_ipython_extension on the package itself"
+    ),
 }
 
 
@@ -361,9 +277,7 @@ def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
 CYCLES_ALLOWED: list[list[str]] = [
     [
         "nbqueue.broker",
-        "nbqueue.brokers.stub",
         "nbqueue.composition",
-        "nbqueue.connection",
         "nbqueue.live",
         "nbqueue.live.backends",
         "nbqueue.live.middleware",
@@ -373,11 +287,8 @@ CYCLES_ALLOWED: list[list[str]] = [
         "nbqueue.middleware.pipelines",
         "nbqueue.results",
         "nbqueue.results.backend",
-        "nbqueue.results.backends",
-        "nbqueue.results.backends.stub",
         "nbqueue.results.middleware",
-    ],
-    ["nbqueue.remote.rabbitmq_store", "nbqueue.remote.redis_store", "nbqueue.remote.store"],
+    ]
 ]
 
 
@@ -391,25 +302,11 @@ SILENT_ALLOWED = {
     ("nbqueue", "nbqueue.errors"),
     ("nbqueue", "nbqueue.notebook.extension"),
     ("nbqueue.actor", "nbqueue.live"),
-    ("nbqueue.broker", "nbqueue.connection"),
     ("nbqueue.broker", "nbqueue.middleware"),
     ("nbqueue.broker", "nbqueue.results"),
-    ("nbqueue.cli", "nbqueue.supervisor"),
-    ("nbqueue.cli.boot", "nbqueue.brokers.stub"),
-    ("nbqueue.cli.boot", "nbqueue.connection"),
-    ("nbqueue.cli.options", "nbqueue"),
-    ("nbqueue.cli.serve", "nbqueue.worker"),
     ("nbqueue.composition", "nbqueue.middleware.group_callbacks"),
-    ("nbqueue.connection", "nbqueue.brokers.stub"),
-    ("nbqueue.connection", "nbqueue.live"),
-    ("nbqueue.connection", "nbqueue.middleware"),
-    ("nbqueue.connection", "nbqueue.results"),
-    ("nbqueue.connection", "nbqueue.results.backends"),
     ("nbqueue.live", "nbqueue.broker"),
     ("nbqueue.live", "nbqueue.common"),
-    ("nbqueue.live.backends", "nbqueue.live.redis"),
-    ("nbqueue.live.backends", "nbqueue.results"),
-    ("nbqueue.live.backends", "nbqueue.results.backends.stub"),
     ("nbqueue.live.middleware", "nbqueue.middleware.retries"),
     ("nbqueue.message", "nbqueue.broker"),
     ("nbqueue.message", "nbqueue.composition"),
@@ -419,9 +316,6 @@ SILENT_ALLOWED = {
     ("nbqueue.message", "nbqueue.results.errors"),
     ("nbqueue.middleware.group_callbacks", "nbqueue.message"),
     ("nbqueue.middleware.group_callbacks", "nbqueue.rate_limits"),
-    ("nbqueue.notebook.setup", "nbqueue.results.backends"),
-    ("nbqueue.remote.store", "nbqueue.remote.rabbitmq_store"),
-    ("nbqueue.remote.store", "nbqueue.remote.redis_store"),
     ("nbqueue.results.backend", "nbqueue.message"),
 }
 

@@ -28,6 +28,7 @@ from ..message import (
     too_large_text,
 )
 from ..middleware.base import Middleware
+from ..services import CodeStore, MemoryCodeStore, once
 
 __all__ = ["StubBroker"]
 
@@ -166,6 +167,10 @@ class StubBroker(Broker):
         for message, _, _, _ in entries:
             self.emit_after("enqueue", message, delay)
         return [message for message, _, _, _ in entries]
+
+    def code_store(self) -> CodeStore:
+        """Notebook actors published to this broker stay in this process."""
+        return once(self, "_code_store", MemoryCodeStore)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         """Return a consumer of a declared queue; ``timeout`` is in milliseconds.

@@ -59,6 +59,7 @@ from .logs import LOG_FORMAT, report_error, setup_logging
 from .options import EXIT_CODES, ExitCode, Options, make_argument_parser, parse_options, version
 from .serve import run_single, serve
 from .signals import Killed, SignalCatcher, flush_and_exit, signal_name, termination_signals
+from .supervisor import run_processes
 
 __all__ = [
     "EXIT_CODES",
@@ -117,8 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.processes == 1:
             return run_single(options, own_process=own_process)
-        from ..supervisor import run_processes
-
         return run_processes(options)
     finally:
         setup.undo()

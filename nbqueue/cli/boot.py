@@ -14,7 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..broker import Broker, get_broker, set_broker
+from ..brokers.stub import StubBroker
 from ..common import redact_url
+from ..connection import broker_from_url
 from ..errors import BrokerConnectionError, BrokerUnavailable
 from .logs import SECRET_ENV, read_secret
 from .options import ExitCode, Options, version
@@ -121,8 +123,6 @@ def _resolve_broker(module: Any, module_name: str, attr: str) -> Broker:
 
 
 def _broker_from_url(options: Options) -> Broker:
-    from ..connection import add_standard_middleware, broker_from_url
-
     url = options.broker_url
     assert url is not None
     kwargs: dict[str, Any] = {}
@@ -136,7 +136,6 @@ def _broker_from_url(options: Options) -> Broker:
         kwargs["namespace"] = options.namespace
     try:
         broker = broker_from_url(url, **kwargs)
-        add_standard_middleware(broker, url)
     except BrokerUnavailable as e:
         raise BootError(ExitCode.USAGE, str(e)) from e
     except ValueError as e:
@@ -331,8 +330,6 @@ def log_boot(
 ) -> None:
     """Log what this process serves: the broker (password hidden), processes and threads, and
     one line per queue with its actors."""
-    from ..brokers.stub import StubBroker
-
     logger.info(
         "nbqueue %s is booting %s: broker %s%s; %d process(es) x %d thread(s).",
         version(),

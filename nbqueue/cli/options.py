@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from enum import IntEnum
 
+from .. import __version__
+
 __all__ = ["EXIT_CODES", "ExitCode", "Options", "make_argument_parser", "parse_options"]
 
 
@@ -103,13 +105,7 @@ class Options:
 
 def version() -> str:
     """Return nbqueue's version."""
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover - only while the package is half built
-        from importlib.metadata import version as distribution_version
-
-        return distribution_version("nbqueue")
-    return str(__version__)
+    return __version__
 
 
 def _positive_int(text: str) -> int:

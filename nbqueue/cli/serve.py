@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from ..common import redact_url
 from ..errors import BrokerConnectionError
+from ..worker import Worker
 from .boot import BootError, boot, configure_notebook_actors, log_boot
 from .logs import redact, report_error, secrets_of
 from .options import ExitCode, Options
@@ -43,8 +44,6 @@ def serve(
     Raises:
       Killed: a second signal arrived.
     """
-    from ..worker import Worker
-
     logger = logging.getLogger(f"nbqueue.{process_name}")
     try:
         broker = boot(options)

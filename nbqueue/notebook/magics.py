@@ -21,11 +21,11 @@ from ..actor import Actor
 from ..actor import actor as declare
 from ..broker import Broker, get_broker
 from ..common import QUEUE_NAME_RE, redact_url
-from ..connection import connect
+from ..connection import RESULTS_URL_ENV, connect
+from ..live.backends import find_results
 from ..message import Message
 from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
-from .setup import prepare_broker
 from .widgets import History, JobView, QueueMonitor, ResultsTable
 
 __all__ = ["NbqueueMagics", "split_options"]
@@ -474,7 +474,11 @@ class NbqueueMagics(Magics):
         was_running = self.embedded.running
         self.embedded.stop()
         broker = connect(url, **({"namespace": namespace} if namespace else {}))
-        notes = prepare_broker(broker, url)
+        notes = (
+            ""
+            if find_results(broker)
+            else f", results not stored: set {RESULTS_URL_ENV} to keep them"
+        )
         self.embedded.attach(broker)
         for actor_name, (fn, declaration) in self.declared.items():
             options = dict(declaration)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..common import compute_backoff, q_name
 from ..encoder import Encoder, JSONEncoder, _find_unencodable
 from ..errors import EncodeError
+from ..services import Services
 from .errors import ResultFailure, ResultMissing, ResultTimeout
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def unwrap_result(value: Any) -> Any:
     return value
 
 
-class ResultBackend:
+class ResultBackend(Services):
     """Base class for result backends.
 
     Subclasses implement ``_get`` and ``_store``, and should implement ``_wait`` so that a

@@ -419,7 +419,9 @@ def test_a_missing_redis_package_names_the_extra(monkeypatch, redis_url):
     from nbqueue.connection import broker_from_url
     from nbqueue.errors import BrokerUnavailable
 
-    for name in [m for m in sys.modules if m.startswith("nbqueue.brokers.") and "redis" in m]:
+    for name in [
+        m for m in sys.modules if m.startswith(("nbqueue._redis", "nbqueue.brokers.redis"))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"pip install 'nbqueue\[redis\]'"):

@@ -17,7 +17,7 @@ import pytest
 import nbqueue
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.live import Live, MessageStatus, transport_for
-from nbqueue.live.redis import RedisTransport, live_prefix
+from nbqueue._redis.live import RedisTransport, live_prefix
 from nbqueue.results import Results
 from tests.live.conftest import follow, record, statuses, text, wait_for
 

@@ -32,7 +32,7 @@ def make_broker(
         if kind == "redis":
             broker = _redis.make_broker(require_server("Redis", REDIS_URL), namespace)
         else:
-            from nbqueue.remote.rabbitmq_store import RabbitmqCodeStore
+            from nbqueue._rabbitmq.code_store import RabbitmqCodeStore
 
             broker = _rabbitmq.make_broker(require_server("RabbitMQ", RABBITMQ_URL), namespace)
             set_store(broker, RabbitmqCodeStore(broker, prefix=namespace))

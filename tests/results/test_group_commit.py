@@ -10,7 +10,7 @@ import redis as redis_py
 
 from nbqueue.message import Message
 from nbqueue.results.backends import RedisBackend
-from nbqueue.results.backends._group import GroupCommit
+from nbqueue._redis.group import GroupCommit
 from tests.brokers._redis import delete_namespace
 
 pytestmark = pytest.mark.redis

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ...encoder import Encoder
+from ...live.memory import MemoryTransport, memory_transport_for
 from ..backend import Missing, ResultBackend
 
 __all__ = ["StubBackend"]
@@ -45,6 +46,13 @@ class StubBackend(ResultBackend):
         # One condition per key someone waits on, with its number of waiters, so that storing
         # a result wakes only the callers waiting for it.
         self._waiters: dict[str, tuple[threading.Condition, int]] = {}
+
+    def live_transport(
+        self, *, namespace: str | None = None, max_events: int = 1000
+    ) -> MemoryTransport:
+        """The live channel of this backend's messages, in this process (``namespace`` does not
+        apply)."""
+        return memory_transport_for(self, max_events=max_events)
 
     def _lookup(self, message_key: str) -> bytes | None:
         """Return the encoded value under a key, dropping it if expired. Hold the lock."""

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from ..results.backends._group import group_commit
-from .status import LiveEvent, StatusRecord
-from .transport import AbortListener, Transport, Write
+from ..live.status import LiveEvent, StatusRecord
+from ..live.transport import AbortListener, Transport, Write
+from .group import group_commit
 
 if TYPE_CHECKING:
-    from ..brokers._redis_client import RedisConnection
+    from .client import RedisConnection
 
-__all__ = ["RedisTransport", "live_prefix"]
+__all__ = ["RedisTransport", "live_prefix", "shared_transport"]
 
 logger = logging.getLogger("nbqueue.live")
 
@@ -349,3 +349,21 @@ class _AbortWatcher(threading.Thread):
                     self._stopping.wait(1.0)
         finally:
             client.close()
+
+
+_shared_lock = threading.Lock()
+
+
+def shared_transport(
+    connection: RedisConnection, namespace: str, *, max_events: int = 1000
+) -> RedisTransport:
+    """Return the transport of a connection and namespace, shared by every user of the
+    connection in this process (kept on the connection, so it goes away with it)."""
+    with _shared_lock:
+        by_namespace: dict[str, RedisTransport] = connection.__dict__.setdefault("_nbq_live", {})
+        transport = by_namespace.get(namespace)
+        if transport is None:
+            transport = by_namespace[namespace] = RedisTransport(
+                connection, namespace, max_events=max_events
+            )
+        return transport

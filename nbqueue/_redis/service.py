@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..common import q_name
 from ..errors import BrokerError
-from ._redis_acks import Acker
-from ._redis_keys import WAKE_CAP, WAKE_TTL
+from .acks import Acker
+from .keys import WAKE_CAP, WAKE_TTL
 
 if TYPE_CHECKING:
     from ..broker import MessageProxy
-    from .redis import RedisBroker
+    from .broker import RedisBroker
 
 __all__ = ["BrokerService", "Entry"]
 

@@ -15,10 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerError
-from ._redis_keys import WAKE_CAP, WAKE_TTL
+from .keys import WAKE_CAP, WAKE_TTL
 
 if TYPE_CHECKING:
-    from ._redis_service import BrokerService
+    from .service import BrokerService
 
 __all__ = ["Acker"]
 

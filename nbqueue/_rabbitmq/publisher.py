@@ -28,7 +28,7 @@ from ..errors import (
     PublishOutcomeUnknown,
     PublishUnroutable,
 )
-from .rabbitmq_io import Link, describe_error
+from .io import Link, describe_error
 
 __all__ = ["Batch", "Publisher"]
 

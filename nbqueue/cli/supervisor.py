@@ -24,11 +24,11 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from .cli.boot import BootError, add_paths, split_spec
-from .cli.logs import report_error, setup_logging
-from .cli.options import EXIT_CODES, ExitCode, Options, version
-from .cli.serve import serve
-from .cli.signals import (
+from .boot import BootError, add_paths, split_spec
+from .logs import report_error, setup_logging
+from .options import EXIT_CODES, ExitCode, Options, version
+from .serve import serve
+from .signals import (
     Killed,
     SignalCatcher,
     flush_and_exit,

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from ..broker import Consumer, MessageProxy
 from ..errors import BrokerConnectionError, BrokerError, DecodeError
 from ..message import Message, too_large_text
-from ._redis_service import Entry, dead_letter_details, message_redis_id
+from .service import Entry, dead_letter_details, message_redis_id
 
 if TYPE_CHECKING:
     import redis
 
-    from .redis import RedisBroker
+    from .broker import RedisBroker
 
 __all__ = ["RedisConsumer"]
 

@@ -22,10 +22,10 @@ from ..broker import Consumer, MessageProxy
 from ..common import current_millis, dq_name, q_name, xq_name
 from ..errors import BrokerConnectionError, BrokerError, ConnectionClosed, DecodeError
 from ..message import Message, too_large_text
-from .rabbitmq_io import Link, describe_error
+from .io import Link, describe_error
 
 if TYPE_CHECKING:
-    from .rabbitmq import RabbitmqBroker
+    from .broker import RabbitmqBroker
 
 __all__ = ["RabbitmqConsumer", "RabbitmqMessage"]
 

@@ -15,10 +15,10 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .store import CodeStore, Published
+from ..services import CodeStore, Published
 
 if TYPE_CHECKING:
-    from ..brokers.redis import RedisBroker
+    from .broker import RedisBroker
 
 __all__ = ["RedisCodeStore"]
 

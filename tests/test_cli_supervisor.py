@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbqueue.cli import ExitCode, Options, SignalCatcher, main, termination_signals
-from nbqueue.supervisor import Supervisor
+from nbqueue.cli.supervisor import Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
 
-from ..brokers.rabbitmq_io import describe_error
 from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
-from .store import CodeStore, Published
+from ..services import CodeStore, Published
+from .io import describe_error
 
 if TYPE_CHECKING:
-    from ..brokers.rabbitmq import RabbitmqBroker
+    from .broker import RabbitmqBroker
 
 __all__ = ["RabbitmqCodeStore"]
 

@@ -39,7 +39,7 @@ CONNECT_TIMEOUT = 3.0
 #: chunked to this, so they always stay below the socket timeout.
 MAX_BLOCK = 1.0
 
-#: The Lua scripts shipped in ``redis_lua/``; ``_lib.lua`` is prepended to each.
+#: The Lua scripts shipped in ``lua/``; ``_lib.lua`` is prepended to each.
 SCRIPT_NAMES = (
     "ack",
     "bury",
@@ -66,7 +66,7 @@ def _text(value: Any) -> str:
 
 def _script_source(name: str) -> str:
     if not _sources:
-        folder = importlib.resources.files("nbqueue.brokers") / "redis_lua"
+        folder = importlib.resources.files("nbqueue._redis") / "lua"
         lib = (folder / "_lib.lua").read_text(encoding="utf-8")
         for script in SCRIPT_NAMES:
             body = (folder / f"{script}.lua").read_text(encoding="utf-8")

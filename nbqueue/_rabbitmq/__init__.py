@@ -1,0 +1,20 @@
+"""Everything of nbqueue that talks to RabbitMQ, in one package (needs ``nbqueue[rabbitmq]``).
+
+* ``broker``: the ``RabbitmqBroker``; ``wire``: connection parameters, headers, dead letters;
+* ``io``: the I/O thread that owns a pika connection; ``publisher``: confirmed publishing on it;
+* ``consumer``: the consumer, with its leases on held deliveries;
+* ``code_store``: published notebook actors, kept in queues.
+
+``RabbitmqBroker`` is imported from Dramatiq's path, ``nbqueue.brokers.rabbitmq``, which
+re-exports it from here. Nothing here imports ``nbqueue._redis``, ``nbqueue.remote``, the face
+or the apps.
+"""
+
+from __future__ import annotations
+
+try:
+    import pika  # type: ignore[import-untyped] # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised with pika hidden
+    raise ImportError(
+        "nbqueue's RabbitMQ support needs the pika package: pip install 'nbqueue[rabbitmq]'."
+    ) from e

@@ -1,0 +1,167 @@
+"""What a broker's server offers besides queues, asked for instead of testing types.
+
+Features that need more than queues ask the broker or result backend that talks to the server:
+
+* ``live_transport()``: where the live channel (status, progress, output, abort) is kept;
+* ``code_store()``: where notebook actors are published (``nbqueue.remote``);
+* ``live_namespace()``: the key namespace a broker wants its live records under.
+
+``Broker`` and ``ResultBackend`` inherit the no-op answers of ``Services`` (``None``: this
+server offers no such thing) and each server's classes override what their server has, in the
+spirit of kombu's ``Transport.implements``. Nothing else names servers or compares class names.
+
+``CodeStore`` is the contract of a notebook-actor store; ``MemoryCodeStore`` is the in-memory
+broker's, and the server packages (``_redis``, ``_rabbitmq``) implement their own.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from .live.transport import Transport
+
+__all__ = ["ANY_ACTOR", "CodeStore", "MemoryCodeStore", "Published", "Services", "once"]
+
+T = TypeVar("T")
+
+_once_lock = threading.Lock()
+
+
+def once(owner: object, attribute: str, make: Callable[[], T]) -> T:
+    """Return ``owner.<attribute>``, set to ``make()`` on first use (thread-safe): the one
+    service object of its kind per broker or backend."""
+    value: T | None = owner.__dict__.get(attribute)
+    if value is None:
+        with _once_lock:
+            value = owner.__dict__.get(attribute)
+            if value is None:
+                value = make()
+                owner.__dict__[attribute] = value
+    return value
+
+
+class Services:
+    """The services a server offers besides queues; every answer defaults to ``None``."""
+
+    def live_transport(
+        self, *, namespace: str | None = None, max_events: int = 1000
+    ) -> Transport | None:
+        """Return the transport of the live channel on this server, or ``None``.
+
+        Parameters:
+          namespace: the key namespace to use instead of this object's own.
+          max_events: how many events a message's stream keeps.
+        """
+        return None
+
+    def live_namespace(self) -> str | None:
+        """Return the namespace under which this broker's live records are kept, or ``None``
+        when it has none of its own (the result backend's is used then)."""
+        return None
+
+    def code_store(self) -> CodeStore | None:
+        """Return the store of published notebook actors on this server, or ``None``."""
+        return None
+
+
+#: The capability of a worker that runs any published notebook actor of a queue.
+ANY_ACTOR = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """An index entry: the latest version of an actor, by content hash (ms timestamps)."""
+
+    queue_name: str
+    actor_name: str
+    code_hash: str
+    published_at: int
+
+
+class CodeStore(abc.ABC):
+    """What the loader, the publisher and the capability registry need from a broker's server.
+
+    Every method that talks to a server has a deadline and raises ``BrokerConnectionError``
+    (or ``BrokerError``) when the server does not answer in time.
+    """
+
+    @abc.abstractmethod
+    def put(self, envelope: bytes, entry: Published) -> None:
+        """Store a signed envelope under ``entry.code_hash`` and make it the actor's latest."""
+
+    @abc.abstractmethod
+    def get(self, code_hash: str) -> bytes | None:
+        """Return the envelope stored under ``code_hash``, or ``None`` when there is none."""
+
+    @abc.abstractmethod
+    def published(self) -> list[Published]:
+        """Return the latest entry of every published actor."""
+
+    @abc.abstractmethod
+    def register(self, worker_id: str, capabilities: set[tuple[str, str]], ttl: int) -> None:
+        """Record that ``worker_id`` can run these (queue, actor) pairs for ``ttl`` ms more.
+
+        Called again before the ttl passes (the heartbeat); a worker that stops calling it stops
+        counting once the ttl has passed.
+        """
+
+    @abc.abstractmethod
+    def unregister(self, worker_id: str) -> None:
+        """Forget every capability of ``worker_id`` now (a clean shutdown)."""
+
+    @abc.abstractmethod
+    def capable(self, queue_name: str, actor_names: Iterable[str], *, exclude: str) -> int:
+        """Return how many live workers other than ``exclude`` registered one of these actors
+        on ``queue_name``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the store's connections."""
+
+
+class MemoryCodeStore(CodeStore):
+    """The store of the in-memory broker: shared by everything in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._code: dict[str, bytes] = {}
+        self._latest: dict[tuple[str, str], Published] = {}
+        self._capabilities: dict[tuple[str, str], dict[str, float]] = {}
+
+    def put(self, envelope: bytes, entry: Published) -> None:
+        with self._lock:
+            self._code[entry.code_hash] = envelope
+            self._latest[(entry.queue_name, entry.actor_name)] = entry
+
+    def get(self, code_hash: str) -> bytes | None:
+        with self._lock:
+            return self._code.get(code_hash)
+
+    def published(self) -> list[Published]:
+        with self._lock:
+            return list(self._latest.values())
+
+    def register(self, worker_id: str, capabilities: set[tuple[str, str]], ttl: int) -> None:
+        expiry = time.monotonic() + ttl / 1000
+        with self._lock:
+            for capability in capabilities:
+                self._capabilities.setdefault(capability, {})[worker_id] = expiry
+
+    def unregister(self, worker_id: str) -> None:
+        with self._lock:
+            for workers in self._capabilities.values():
+                workers.pop(worker_id, None)
+
+    def capable(self, queue_name: str, actor_names: Iterable[str], *, exclude: str) -> int:
+        now = time.monotonic()
+        live: set[str] = set()
+        with self._lock:
+            for actor_name in actor_names:
+                workers = self._capabilities.get((queue_name, actor_name), {})
+                live |= {w for w, expiry in workers.items() if expiry > now and w != exclude}
+        return len(live)
