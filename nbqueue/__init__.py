@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import broker as _broker
-from . import middleware
+from . import errors, middleware
 from .actor import Actor, actor
 from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
 from .composition import group, pipeline
@@ -91,6 +91,7 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbqueue``: register the ``%%actor``, ``%send`` and ``%nbqueue`` magics."""
+    # The notebook app needs IPython; it is imported only when IPython loads the extension.
     from .notebook.extension import load_ipython_extension as load
 
     load(ipython)
@@ -98,6 +99,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbqueue``: stop the embedded worker and remove the magics."""
+    # The notebook app needs IPython; it is imported only when IPython loads the extension.
     from .notebook.extension import unload_ipython_extension as unload
 
     unload(ipython)
@@ -105,7 +107,6 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "ConnectionError":
-        from . import errors
-
+        # Dramatiq's name shadows the builtin, so it is served on demand, not star-imported.
         return errors.ConnectionError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .asyncio import async_to_sync
 from .broker import Broker, get_broker
 from .common import QUEUE_NAME_RE
+from .live import stream
 from .message import Message
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ def _streaming(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable
 
     @functools.wraps(fn)
     async def run(*args: Any, **kwargs: Any) -> Any:
-        from .live import stream
-
         chunks = []
         generator: Any = fn(*args, **kwargs)
         try:

@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ActorNotFound
-from .message import Message
+from .middleware import default_middleware
 from .middleware.base import Middleware, MiddlewareError
+from .results import Results
 from .services import Services
 
 if TYPE_CHECKING:
     from .actor import Actor
+    from .message import Message
     from .results import ResultBackend
 
 __all__ = [
@@ -230,8 +232,6 @@ class Broker(Services, abc.ABC):
         self._hooks_list: list[Middleware] | None = None
         self._hooks_len = 0
         if middleware is None:
-            from .middleware import default_middleware
-
             middleware = [m() for m in default_middleware]
         for m in middleware:
             self.add_middleware(m)
@@ -401,8 +401,6 @@ class Broker(Services, abc.ABC):
         Raises:
           RuntimeError: the broker has no Results middleware.
         """
-        from .results import Results
-
         for middleware in self.middleware:
             if isinstance(middleware, Results):
                 return middleware.backend

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from .broker import get_broker
 from .message import Message
+from .middleware.group_callbacks import GroupCallbacks
 from .rate_limits import Barrier
 from .results import ResultMissing
 
@@ -288,8 +289,6 @@ class group:  # noqa: N801 - Dramatiq's name
         return self
 
     def _with_barrier(self) -> list[GroupChild]:
-        from .middleware.group_callbacks import GroupCallbacks
-
         for middleware in self.broker.middleware:
             if isinstance(middleware, GroupCallbacks):
                 break

@@ -19,7 +19,14 @@ try:  # an optional accelerator (``pip install 'nbqueue[fast]'``); the stdlib do
 except ImportError:  # pragma: no cover - exercised when orjson is not installed
     _orjson = None
 
-__all__ = ["Encoder", "JSONEncoder", "MessageData", "describe_unencodable"]
+__all__ = [
+    "Encoder",
+    "JSONEncoder",
+    "MessageData",
+    "describe_unencodable",
+    "get_encoder",
+    "set_encoder",
+]
 
 #: A run of 19 digits: a number orjson may read as a float where the stdlib reads an int.
 _LONG_NUMBER = re.compile(rb"\d{19}")
@@ -89,6 +96,21 @@ class JSONEncoder(Encoder):
                 e,
                 reason="undecodable",
             ) from e
+
+
+#: The process-global encoder used by messages (and by result backends created without one).
+global_encoder: Encoder = JSONEncoder()
+
+
+def get_encoder() -> Encoder:
+    """Return the process-global message encoder."""
+    return global_encoder
+
+
+def set_encoder(encoder: Encoder) -> None:
+    """Replace the process-global message encoder (every producer and worker must agree on it)."""
+    global global_encoder
+    global_encoder = encoder
 
 
 def _plain(value: Any, depth: int) -> bool:

@@ -1,4 +1,8 @@
-"""Messages: what a broker carries from a producer to a worker, and the global encoder."""
+"""Messages: what a broker carries from a producer to a worker.
+
+The process-global encoder lives in ``nbqueue.encoder``; ``get_encoder`` and ``set_encoder`` are
+re-exported here, at Dramatiq's path.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from . import encoder as _encoder
 from .common import current_millis
-from .encoder import Encoder, JSONEncoder, MessageData
+from .encoder import MessageData, get_encoder, set_encoder
 from .errors import DecodeError, MessageTooLarge
 
 if TYPE_CHECKING:
@@ -33,9 +38,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-
-#: The process-global encoder used by messages (and by result backends created without one).
-global_encoder: Encoder = JSONEncoder()
 
 _FIELDS = (
     "queue_name",
@@ -140,17 +142,6 @@ def too_large_text(queue_name: str, size: int, limit: int) -> str:
     )
 
 
-def get_encoder() -> Encoder:
-    """Return the process-global message encoder."""
-    return global_encoder
-
-
-def set_encoder(encoder: Encoder) -> None:
-    """Replace the process-global message encoder (every producer and worker must agree on it)."""
-    global global_encoder
-    global_encoder = encoder
-
-
 #: Random bytes are drawn from the OS for this many ids at once, per thread.
 _IDS_PER_DRAW = 64
 _random = threading.local()
@@ -240,7 +231,7 @@ class Message(Generic[R]):
           DecodeError: with ``reason="undecodable"`` when the bytes cannot be decoded, and
             ``reason="invalid"`` when they decode to something that is not a message.
         """
-        fields = global_encoder.decode(data)
+        fields = _encoder.global_encoder.decode(data)
         return cls.from_dict(fields, data=data)
 
     @classmethod
@@ -316,7 +307,7 @@ class Message(Generic[R]):
         Raises:
           EncodeError: naming the argument or option that cannot be encoded.
         """
-        return global_encoder.encode(self.asdict())
+        return _encoder.global_encoder.encode(self.asdict())
 
     def asdict(self) -> MessageData:
         """Return the message as a dict (``options`` is the same dict, not a copy)."""
@@ -367,6 +358,7 @@ class Message(Generic[R]):
           ResultFailure: the actor failed; the failure is described, never re-raised by type.
         """
         if backend is None:
+            # Dramatiq's convenience: the broker builds on messages, so it is imported late.
             from .broker import get_broker
 
             backend = get_broker().get_results_backend()
@@ -386,6 +378,7 @@ class Message(Generic[R]):
         Raises:
           LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
         """
+        # A convenience over the live channel, which builds on messages (imported late).
         from .live import status
 
         return status(self, broker=broker)
@@ -413,6 +406,7 @@ class Message(Generic[R]):
         Raises:
           LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
         """
+        # A convenience over the live channel, which builds on messages (imported late).
         from .live import events
 
         return events(self, broker=broker, follow=follow, timeout=timeout, offset=offset)
@@ -430,6 +424,7 @@ class Message(Generic[R]):
         Raises:
           LiveUnavailable: the broker has no ``Live`` middleware or live-capable backend.
         """
+        # A convenience over the live channel, which builds on messages (imported late).
         from .live import abort
 
         return abort(self, broker=broker)
@@ -454,6 +449,7 @@ class Message(Generic[R]):
         )
 
     def __or__(self, other: Any) -> pipeline:
+        # Dramatiq's ``a | b``: pipelines are built of messages, so composition is imported late.
         from .composition import pipeline
 
         return pipeline([self, other])
@@ -476,6 +472,7 @@ async def _await_result(message: Message[R]) -> R:
     import asyncio
     import functools
 
+    # The results package imports middleware, whose package imports this module.
     from .results.errors import ResultTimeout
 
     loop = asyncio.get_running_loop()

@@ -28,6 +28,8 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from ..broker import get_broker
+from ..common import current_millis
 from ..errors import Abort, EncodeError, LiveUnavailable
 from .backends import resolve_transport
 from .channel import current_channel
@@ -140,8 +142,6 @@ def transport_for(broker: Broker) -> Transport:
 def _resolve(message: Message[Any] | str, broker: Broker | None) -> tuple[Transport, str]:
     message_id = message if isinstance(message, str) else message.message_id
     if broker is None:
-        from ..broker import get_broker
-
         broker = get_broker()
     try:
         transport = transport_for(broker)
@@ -214,7 +214,5 @@ def abort(message: Message[Any] | str, *, broker: Broker | None = None) -> bool:
     Raises:
       LiveUnavailable: the broker has no live channel.
     """
-    from ..common import current_millis
-
     transport, message_id = _resolve(message, broker)
     return transport.abort(message_id, ttl=DEFAULT_TTL, now=current_millis()) != TOO_LATE

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..common import current_millis, q_name
 from ..errors import Abort
 from ..middleware.base import Middleware, SkipMessage
+from ..middleware.retries import Retries
 from . import capture
 from .backends import ResultsCache, resolve_transport
 from .channel import Channel, _current, get_publisher
@@ -183,8 +184,6 @@ class Live(Middleware):
     # -- worker ------------------------------------------------------------------------------
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        from ..middleware.retries import Retries
-
         with self._lock:
             self._workers += 1
         position = next((i for i, m in enumerate(broker.middleware) if m is self), -1)

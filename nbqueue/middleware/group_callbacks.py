@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..message import Message
+from ..rate_limits import Barrier
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -51,9 +53,6 @@ class GroupCallbacks(Middleware):
         return f"GroupCallbacks({self.rate_limiter_backend!r}, barrier_ttl={self.barrier_ttl!r})"
 
     def _arrive(self, broker: Broker, message: MessageProxy) -> None:
-        from ..message import Message
-        from ..rate_limits import Barrier
-
         completion_uuid = message.options.get("group_completion_uuid")
         callbacks = message.options.get("group_completion_callbacks")
         if not completion_uuid or not callbacks:

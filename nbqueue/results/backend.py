@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..common import compute_backoff, q_name
-from ..encoder import Encoder, JSONEncoder, _find_unencodable
+from ..encoder import Encoder, JSONEncoder, _find_unencodable, get_encoder
 from ..errors import EncodeError
 from ..services import Services
 from .errors import ResultFailure, ResultMissing, ResultTimeout
@@ -134,8 +134,6 @@ class ResultBackend(Services):
         encoder: Encoder | None = None,
         use_namespace_prefix_keys: bool = False,
     ) -> None:
-        from ..message import get_encoder
-
         self.namespace = namespace
         self.encoder = encoder or get_encoder()
         self.use_namespace_prefix_keys = use_namespace_prefix_keys
