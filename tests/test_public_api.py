@@ -156,3 +156,78 @@ def test_redis_backends_without_redis_name_the_extra_to_install():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("pip install 'nbqueue[redis]'") == 2
+
+
+#: Dramatiq's import paths of moved classes, the module that defines each now, and the
+#: ``__module__`` its reprs show (the public path, unchanged by the move).
+MOVED = [
+    ("nbqueue.brokers.redis", "RedisBroker", "nbqueue._redis.broker", "nbqueue.brokers.redis"),
+    ("nbqueue.brokers.redis", "RedisKeys", "nbqueue._redis.keys", "nbqueue._redis.keys"),
+    (
+        "nbqueue.brokers.rabbitmq",
+        "RabbitmqBroker",
+        "nbqueue._rabbitmq.broker",
+        "nbqueue.brokers.rabbitmq",
+    ),
+    (
+        "nbqueue.results.backends.redis",
+        "RedisBackend",
+        "nbqueue._redis.results",
+        "nbqueue.results.backends.redis",
+    ),
+    ("nbqueue.results.backends", "RedisBackend", "nbqueue._redis.results", None),
+    (
+        "nbqueue.rate_limits.backends.redis",
+        "RedisBackend",
+        "nbqueue._redis.rate_limits",
+        "nbqueue.rate_limits.backends.redis",
+    ),
+    ("nbqueue.rate_limits.backends", "RedisBackend", "nbqueue._redis.rate_limits", None),
+    ("nbqueue.message", "get_encoder", "nbqueue.encoder", None),
+    ("nbqueue.message", "set_encoder", "nbqueue.encoder", None),
+    ("nbqueue", "get_encoder", "nbqueue.encoder", None),
+    ("nbqueue.remote.store", "CodeStore", "nbqueue.services", None),
+    ("nbqueue.remote.store", "MemoryCodeStore", "nbqueue.services", None),
+]
+
+
+def test_dramatiq_paths_of_moved_names_give_the_same_objects():
+    import importlib
+
+    import pytest
+
+    for path, name, home, public_module in MOVED:
+        value = getattr(importlib.import_module(path), name)
+        assert value is getattr(importlib.import_module(home), name), (path, name)
+        if public_module is not None:
+            assert value.__module__ == public_module, (path, name)
+            assert repr(value) == f"<class '{public_module}.{name}'>"
+    # the shims re-export, nothing more
+    for path in {p for p, *_ in MOVED if p.endswith((".redis", ".rabbitmq"))}:
+        module = importlib.import_module(path)
+        assert set(module.__all__) == {n for p, n, *_ in MOVED if p == path}
+        with pytest.raises(AttributeError):
+            module.does_not_exist  # noqa: B018
+
+
+def test_the_set_encoder_of_message_changes_what_messages_use():
+    from nbqueue import encoder, message
+
+    encoded = []
+
+    class Marked(nbqueue.JSONEncoder):
+        def encode(self, data):
+            encoded.append(data["message_id"])
+            return super().encode(data)
+
+    previous = message.get_encoder()
+    message.set_encoder(Marked())
+    try:
+        assert isinstance(nbqueue.get_encoder(), Marked)
+        assert isinstance(encoder.get_encoder(), Marked)
+        sent = nbqueue.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+        assert nbqueue.Message.decode(sent.encode()) == sent
+        assert encoded == [sent.message_id]
+    finally:
+        message.set_encoder(previous)
+    assert nbqueue.get_encoder() is previous
