@@ -18,6 +18,8 @@ from ..brokers.stub import StubBroker
 from ..common import redact_url
 from ..connection import broker_from_url
 from ..errors import BrokerConnectionError, BrokerUnavailable
+from ..live import Live
+from ..results import Results
 from .logs import SECRET_ENV, read_secret
 from .options import ExitCode, Options, version
 
@@ -306,15 +308,14 @@ def _describe_broker(broker: Broker, options: Options) -> str:
 
 
 def _stores(broker: Broker) -> str:
-    names = [type(m).__name__ for m in broker.middleware]
     parts = []
-    if "Results" in names:
+    if any(isinstance(m, Results) for m in broker.middleware):
         try:
             backend = broker.get_results_backend()
         except Exception:  # pragma: no cover - a Results middleware without a backend
             backend = None
         parts.append(f"results in {type(backend).__name__}" if backend else "results")
-    if "Live" in names:
+    if any(isinstance(m, Live) for m in broker.middleware):
         parts.append("live status")
     return "; " + ", ".join(parts) if parts else "; no results store"
 

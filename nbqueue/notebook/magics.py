@@ -20,6 +20,7 @@ from IPython.core.magic import Magics, magics_class
 from ..actor import Actor
 from ..actor import actor as declare
 from ..broker import Broker, get_broker
+from ..brokers.stub import StubBroker
 from ..common import QUEUE_NAME_RE, redact_url
 from ..connection import RESULTS_URL_ENV, connect
 from ..live.backends import find_results
@@ -271,7 +272,7 @@ class NbqueueMagics(Magics):
             self.embedded.on_send()  # start it now, so that the first %send is fast too
         results = "results stored" if stored else "results not stored"
         remote = ", published for --notebook-actors workers" if args.remote else ""
-        if args.remote and type(broker).__name__ == "StubBroker":
+        if args.remote and isinstance(broker, StubBroker):
             remote += " in this kernel only: %nbqueue connect redis://... or amqp://... first"
         print(
             f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
