@@ -24,6 +24,7 @@ __all__ = [
     "JSONEncoder",
     "MessageData",
     "describe_unencodable",
+    "find_unencodable",
     "get_encoder",
     "set_encoder",
 ]
@@ -141,7 +142,7 @@ def _plain(value: Any, depth: int) -> bool:
     return False
 
 
-def _find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] | None:
+def find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] | None:
     """Return the path and value of the first thing JSON cannot carry inside ``value``."""
     if depth > 100:
         return path, value
@@ -151,7 +152,7 @@ def _find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] 
         return None if math.isfinite(value) else (path, value)
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = _find_unencodable(item, f"{path}[{i}]", depth + 1)
+            found = find_unencodable(item, f"{path}[{i}]", depth + 1)
             if found:
                 return found
         return None
@@ -159,7 +160,7 @@ def _find_unencodable(value: Any, path: str, depth: int = 0) -> tuple[str, Any] 
         for key, item in value.items():
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 return f"{path} key {key!r}", key
-            found = _find_unencodable(item, f"{path}[{key!r}]", depth + 1)
+            found = find_unencodable(item, f"{path}[{key!r}]", depth + 1)
             if found:
                 return found
         return None
@@ -171,11 +172,11 @@ def describe_unencodable(data: Any, error: BaseException) -> EncodeError:
     found = None
     if isinstance(data, dict) and {"args", "kwargs", "options"} <= data.keys():
         for field in ("args", "kwargs", "options"):
-            found = _find_unencodable(data[field], field)
+            found = find_unencodable(data[field], field)
             if found:
                 break
     else:
-        found = _find_unencodable(data, "value")
+        found = find_unencodable(data, "value")
     if found is None:
         return EncodeError(f"Could not encode the message as JSON: {error}.")
     path, value = found

@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..common import compute_backoff, q_name
-from ..encoder import Encoder, JSONEncoder, _find_unencodable, get_encoder
+from ..encoder import Encoder, JSONEncoder, find_unencodable, get_encoder
 from ..errors import EncodeError
 from ..services import Services
 from .errors import ResultFailure, ResultMissing, ResultTimeout
@@ -225,7 +225,7 @@ class ResultBackend(Services):
     def _describe_unencodable(self, result: Any, error: BaseException) -> tuple[str | None, str]:
         """Return where in ``result`` the unencodable value sits, and what it is."""
         if isinstance(self.encoder, JSONEncoder):
-            found = _find_unencodable(result, "result")
+            found = find_unencodable(result, "result")
             if found is not None:
                 path, value = found
                 if isinstance(value, float):
