@@ -30,8 +30,8 @@ def test_the_results_lookup_follows_changes_to_the_middleware():
 
 @pytest.mark.redis
 def test_redis_channels_use_the_broker_namespace_else_the_backends(redis_url, namespace):
-    from nbqueue.brokers.redis import RedisBroker
     from nbqueue._redis.live import RedisTransport
+    from nbqueue.brokers.redis import RedisBroker
     from nbqueue.results.backends import RedisBackend
 
     backend = RedisBackend(url=redis_url, namespace=f"{namespace}-results")

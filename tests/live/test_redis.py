@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import nbqueue
+from nbqueue._redis.live import RedisTransport, live_prefix
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.live import Live, MessageStatus, transport_for
-from nbqueue._redis.live import RedisTransport, live_prefix
 from nbqueue.results import Results
 from tests.live.conftest import follow, record, statuses, text, wait_for
 

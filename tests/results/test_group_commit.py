@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from nbqueue._redis.group import GroupCommit
 from nbqueue.message import Message
 from nbqueue.results.backends import RedisBackend
-from nbqueue._redis.group import GroupCommit
 from tests.brokers._redis import delete_namespace
 
 pytestmark = pytest.mark.redis
