@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .common import current_millis
 from .encoder import Encoder, JSONEncoder, MessageData
-from .errors import DecodeError, MessageTooLarge
+from .errors import DecodeError, MessageTooLarge, ResultTimeout
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -475,8 +475,6 @@ class Message(Generic[R]):
 async def _await_result(message: Message[R]) -> R:
     import asyncio
     import functools
-
-    from .results.errors import ResultTimeout
 
     loop = asyncio.get_running_loop()
     wait = functools.partial(message.get_result, block=True, timeout=1000)

@@ -313,7 +313,6 @@ SILENT_ALLOWED = {
     ("nbqueue.message", "nbqueue.live"),
     ("nbqueue.message", "nbqueue.live.events"),
     ("nbqueue.message", "nbqueue.live.status"),
-    ("nbqueue.message", "nbqueue.results.errors"),
     ("nbqueue.middleware.group_callbacks", "nbqueue.message"),
     ("nbqueue.middleware.group_callbacks", "nbqueue.rate_limits"),
     ("nbqueue.results.backend", "nbqueue.message"),
