@@ -1,6 +1,7 @@
-"""Every exception nbqueue raises, in one place.
+"""Every exception nbqueue defines, in one place.
 
-The tree (names shared with Dramatiq mean the same condition)::
+The tree (names shared with Dramatiq mean the same condition; a path in brackets is where the
+class is documented and importable besides here, and the ``__module__`` it reports)::
 
     NbqueueError
     ├── DecodeError                     a message body could not be decoded or validated
@@ -9,6 +10,12 @@ The tree (names shared with Dramatiq mean the same condition)::
     │   └── MessageTooLarge             an encoded message is above the broker's max_message_size
     ├── BrokerError
     │   ├── ActorNotFound               no actor with that name is declared on the broker
+    │   │   ├── BadSignature            published code was refused: unsigned or tampered with
+    │   │   │                           [nbqueue.remote.signing]
+    │   │   ├── CodeNotFound            the published version a message names is not stored
+    │   │   │                           [nbqueue.remote.loader]
+    │   │   └── CodeLoadFailed          a published version raised while its source ran
+    │   │                               [nbqueue.remote.loader]
     │   ├── QueueNotFound               the queue was never declared
     │   ├── BrokerConnectionError
     │   │   ├── ConnectionFailed        could not connect to the broker
@@ -21,18 +28,30 @@ The tree (names shared with Dramatiq mean the same condition)::
     │   │   └── PublishUnroutable       no queue took the message (it was deleted?)
     │   └── BrokerUnavailable           no broker implementation for a URL or missing extra
     ├── LiveUnavailable                 a message cannot be watched: no live channel
+    ├── MiddlewareError                 raised by middleware on purpose [nbqueue.middleware.base]
+    │   └── SkipMessage                 control flow: skip a message without running its actor
+    │                                   [nbqueue.middleware.base]
     ├── QueueJoinTimeout                broker.join() or worker.join() ran out of time
     ├── RateLimitExceeded               a rate limiter refused to acquire
+    ├── ResultError                     reading a result failed [nbqueue.results.errors, all four]
+    │   ├── ResultMissing               the result is not stored (yet); the caller did not block
+    │   ├── ResultTimeout               a blocking read of a result ran out of time
+    │   └── ResultFailure               the actor failed; its exception is described, not raised
     └── Retry                           control flow: raise inside an actor to retry it
 
 Interrupts are raised inside a running actor from another thread. They derive from
-``BaseException`` (through ``nbqueue.threading.Interrupt``), so an actor's ``except Exception:``
-does not swallow them::
+``BaseException``, so an actor's ``except Exception:`` does not swallow them::
 
-    Interrupt
+    Interrupt                           raised from another thread [nbqueue.threading]
     ├── Abort                           message.abort() stopped the actor
-    ├── Shutdown                        the worker is stopping (nbqueue.middleware)
-    └── TimeLimitExceeded               the actor ran past its time limit (nbqueue.middleware)
+    ├── Shutdown                        the worker is stopping [nbqueue.middleware.shutdown]
+    └── TimeLimitExceeded               the actor ran past its time limit
+                                        [nbqueue.middleware.time_limit]
+
+The classes in brackets are also re-exported by ``nbqueue.middleware``, ``nbqueue.results`` and
+``nbqueue.remote``; every import path is the same class object. Only the worker CLI's own
+control flow (``nbqueue.cli.boot.BootError``, which carries a CLI exit code, and
+``nbqueue.cli.signals.Killed``), raised and caught inside ``nbqueue.cli``, is defined there.
 
 ``NbqueueError`` is also importable as ``DramatiqError`` so ported code that catches it keeps
 working. ``ConnectionError`` is a deprecated alias of ``BrokerConnectionError`` (as in Dramatiq).
@@ -43,22 +62,25 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .threading import Interrupt
-
 __all__ = [
     "Abort",
     "ActorNotFound",
+    "BadSignature",
     "BrokerConnectionError",
     "BrokerError",
     "BrokerUnavailable",
+    "CodeLoadFailed",
+    "CodeNotFound",
     "ConnectionBlocked",
     "ConnectionClosed",
     "ConnectionFailed",
     "DecodeError",
     "DramatiqError",
     "EncodeError",
+    "Interrupt",
     "LiveUnavailable",
     "MessageTooLarge",
+    "MiddlewareError",
     "NbqueueError",
     "PublishNacked",
     "PublishOutcomeUnknown",
@@ -67,7 +89,14 @@ __all__ = [
     "QueueJoinTimeout",
     "QueueNotFound",
     "RateLimitExceeded",
+    "ResultError",
+    "ResultFailure",
+    "ResultMissing",
+    "ResultTimeout",
     "Retry",
+    "Shutdown",
+    "SkipMessage",
+    "TimeLimitExceeded",
 ]
 
 
@@ -158,6 +187,32 @@ class ActorNotFound(BrokerError):
     """No actor with the given name is declared on the broker."""
 
 
+class BadSignature(ActorNotFound):
+    """Published code was refused: unsigned, signed with another secret, or tampered with.
+
+    The worker dead-letters the message with ``reason`` (``bad_signature``); the code never ran.
+    """
+
+    reason = "bad_signature"
+
+    def __init__(self, message: str, *, code_hash: str = "", actor_name: str = "") -> None:
+        super().__init__(message)
+        self.code_hash = code_hash
+        self.actor_name = actor_name
+
+
+class CodeNotFound(ActorNotFound):
+    """The version a message names is not in the store (never published there, or deleted)."""
+
+    reason = "unknown_actor"
+
+
+class CodeLoadFailed(ActorNotFound):
+    """A verified version raised while its source ran, or does not define its function."""
+
+    reason = "load_failed"
+
+
 class QueueNotFound(BrokerError):
     """The queue was never declared on the broker."""
 
@@ -223,12 +278,95 @@ class LiveUnavailable(NbqueueError):
     """
 
 
+class MiddlewareError(NbqueueError):
+    """Base class for errors middleware raise on purpose; these propagate from ``before_*`` hooks."""
+
+
+class SkipMessage(MiddlewareError):
+    """Raise from ``before_process_message`` to skip a message without running its actor."""
+
+
 class QueueJoinTimeout(NbqueueError):
     """Waiting for a queue or a worker to drain took longer than the timeout."""
 
 
 class RateLimitExceeded(NbqueueError):
     """A rate limiter could not be acquired and ``raise_on_failure`` was set."""
+
+
+class ResultError(NbqueueError):
+    """Base class for result errors."""
+
+
+class ResultMissing(ResultError):
+    """The result of a message is not stored, and ``block`` was False.
+
+    Attributes:
+      message_id: the id of the message whose result was asked for.
+      actor_name: the name of its actor.
+    """
+
+    def __init__(
+        self, message: str = "", *, message_id: str | None = None, actor_name: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.actor_name = actor_name
+
+
+class ResultTimeout(ResultError):
+    """Waiting for the result of a message took longer than the timeout.
+
+    A sibling of ``ResultMissing``, not a subclass, as in Dramatiq: ``except ResultMissing``
+    written for Dramatiq must not start swallowing timeouts.
+
+    Attributes:
+      message_id: the id of the message whose result was waited for.
+      actor_name: the name of its actor.
+      timeout: how long the caller waited, in milliseconds.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        message_id: str | None = None,
+        actor_name: str | None = None,
+        timeout: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.actor_name = actor_name
+        self.timeout = timeout
+
+
+class ResultFailure(ResultError):
+    """The actor failed, so its message has an exception rather than a result.
+
+    The original exception is stored as data (its class name, its text and the traceback text)
+    and is never re-imported by name: the process reading the result may not have the module
+    that defines it, and importing names taken from a broker would run code chosen by whoever
+    wrote to it.
+
+    Parameters:
+      message: the text of this error, ``"actor raised <type>: <msg>"`` as in Dramatiq.
+      orig_exc_type: the class name of the exception the actor raised, e.g. ``"KeyError"``.
+      orig_exc_msg: ``str()`` of that exception.
+      traceback: the formatted traceback, when the backend stored one.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        orig_exc_type: str = "",
+        orig_exc_msg: str = "",
+        *,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.orig_exc_type = orig_exc_type
+        self.orig_exc_msg = orig_exc_msg
+        self.traceback = traceback
 
 
 class Retry(NbqueueError):  # noqa: N818 - Dramatiq's name
@@ -245,6 +383,14 @@ class Retry(NbqueueError):  # noqa: N818 - Dramatiq's name
         self.delay = delay
 
 
+class Interrupt(BaseException):
+    """Base class for exceptions raised asynchronously in a worker thread.
+
+    It derives from ``BaseException`` so that an actor's ``except Exception:`` does not swallow a
+    time limit or a shutdown request by accident.
+    """
+
+
 class Abort(Interrupt):  # noqa: N818 - a control-flow signal, like Retry
     """Raised inside an actor whose message was aborted with ``message.abort()``.
 
@@ -259,6 +405,32 @@ class Abort(Interrupt):  # noqa: N818 - a control-flow signal, like Retry
 
     def __init__(self, message: str = "The message was aborted.") -> None:
         super().__init__(message)
+
+
+class Shutdown(Interrupt):
+    """Raised inside an actor whose worker is shutting down, when the actor opted in."""
+
+
+class TimeLimitExceeded(Interrupt):
+    """Raised inside an actor that ran for longer than its time limit."""
+
+
+# Classes that moved here keep the module they are documented under (Dramatiq's path where
+# Dramatiq has the class), so reprs, tracebacks and pickles read as they did; that module
+# re-exports the class.
+_HOMES: dict[str, tuple[type[BaseException], ...]] = {
+    "nbqueue.middleware.base": (MiddlewareError, SkipMessage),
+    "nbqueue.middleware.shutdown": (Shutdown,),
+    "nbqueue.middleware.time_limit": (TimeLimitExceeded,),
+    "nbqueue.remote.loader": (CodeLoadFailed, CodeNotFound),
+    "nbqueue.remote.signing": (BadSignature,),
+    "nbqueue.results.errors": (ResultError, ResultFailure, ResultMissing, ResultTimeout),
+    "nbqueue.threading": (Interrupt,),
+}
+for _module, _classes in _HOMES.items():
+    for _cls in _classes:
+        _cls.__module__ = _module
+del _module, _classes, _cls
 
 
 def __getattr__(name: str) -> Any:

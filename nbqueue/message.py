@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from . import encoder as _encoder
 from .common import current_millis
 from .encoder import MessageData, get_encoder, set_encoder
-from .errors import DecodeError, MessageTooLarge
+from .errors import DecodeError, MessageTooLarge, ResultTimeout
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -471,9 +471,6 @@ class Message(Generic[R]):
 async def _await_result(message: Message[R]) -> R:
     import asyncio
     import functools
-
-    # The results package imports middleware, whose package imports this module.
-    from .results.errors import ResultTimeout
 
     loop = asyncio.get_running_loop()
     wait = functools.partial(message.get_result, block=True, timeout=1000)

@@ -1,4 +1,8 @@
-"""Raising exceptions in other threads, which is how time limits, shutdown and abort interrupt actors."""
+"""Raising exceptions in other threads, which is how time limits, shutdown and abort interrupt actors.
+
+``Interrupt``, the base class of what is raised, is defined in ``nbqueue.errors`` and
+re-exported here, under the name it reports.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 import platform
 import sys
 import threading
+
+from .errors import Interrupt
 
 __all__ = [
     "Interrupt",
@@ -20,14 +26,6 @@ logger = logging.getLogger("nbqueue.threading")
 
 current_platform = platform.python_implementation()
 supported_platforms = {"CPython"}
-
-
-class Interrupt(BaseException):
-    """Base class for exceptions raised asynchronously in a worker thread.
-
-    It derives from ``BaseException`` so that an actor's ``except Exception:`` does not swallow a
-    time limit or a shutdown request by accident.
-    """
 
 
 def is_gevent_active() -> bool:

@@ -86,6 +86,7 @@ def test_dramatiq_names_are_all_available():
     )
     from nbqueue.results import (  # noqa: F401
         ResultBackend,
+        ResultError,
         ResultFailure,
         ResultMissing,
         Results,

@@ -14,7 +14,8 @@ A worker's consumer sees a delayed message: ``before_delay_message``. A worker t
 
 ``before_*`` hooks run in the broker's middleware order, ``after_*`` hooks in reverse order. An
 exception raised by a hook is logged and swallowed, except ``MiddlewareError`` subclasses (such as
-``SkipMessage``) raised by ``before_*`` hooks, which propagate.
+``SkipMessage``) raised by ``before_*`` hooks, which propagate. Both are defined in
+``nbqueue.errors`` and re-exported here, under the name they report.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NbqueueError
+from ..errors import MiddlewareError, SkipMessage
 
 if TYPE_CHECKING:
     from ..actor import Actor
@@ -31,14 +32,6 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 __all__ = ["Middleware", "MiddlewareError", "SkipMessage"]
-
-
-class MiddlewareError(NbqueueError):
-    """Base class for errors middleware raise on purpose; these propagate from ``before_*`` hooks."""
-
-
-class SkipMessage(MiddlewareError):
-    """Raise from ``before_process_message`` to skip a message without running its actor."""
 
 
 class Middleware:

@@ -6,7 +6,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..threading import Interrupt, raise_thread_exception
+from ..errors import Shutdown
+from ..threading import raise_thread_exception
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -14,10 +15,6 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 __all__ = ["Shutdown", "ShutdownNotifications"]
-
-
-class Shutdown(Interrupt):
-    """Raised inside an actor whose worker is shutting down, when the actor opted in."""
 
 
 class ShutdownNotifications(Middleware):

@@ -9,7 +9,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..threading import Interrupt, current_platform, raise_thread_exception, supported_platforms
+from ..errors import TimeLimitExceeded
+from ..threading import current_platform, raise_thread_exception, supported_platforms
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -30,10 +31,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class TimeLimitExceeded(Interrupt):
-    """Raised inside an actor that ran for longer than its time limit."""
 
 
 class _DeadlineWatcher(threading.Thread):

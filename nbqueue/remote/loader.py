@@ -38,8 +38,8 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from ..actor import Actor
-from ..errors import ActorNotFound
-from .signing import BadSignature, CodeRecord, python_version, verify
+from ..errors import ActorNotFound, BadSignature, CodeLoadFailed, CodeNotFound
+from .signing import CodeRecord, python_version, verify
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
@@ -57,18 +57,6 @@ REFUSAL_TTL = 10.0
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 logger = logging.getLogger("nbqueue.remote")
-
-
-class CodeNotFound(ActorNotFound):
-    """The version a message names is not in the store (never published there, or deleted)."""
-
-    reason = "unknown_actor"
-
-
-class CodeLoadFailed(ActorNotFound):
-    """A verified version raised while its source ran, or does not define its function."""
-
-    reason = "load_failed"
 
 
 class _Detached:

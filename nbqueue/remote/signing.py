@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import ActorNotFound
+from ..errors import BadSignature
 
 __all__ = [
     "BadSignature",
@@ -36,20 +36,6 @@ __all__ = [
 
 #: Fields of a record's content, in the order the dataclass lists them.
 _CONTENT = ("actor_name", "queue_name", "priority", "options", "function", "source", "python")
-
-
-class BadSignature(ActorNotFound):
-    """Published code was refused: unsigned, signed with another secret, or tampered with.
-
-    The worker dead-letters the message with ``reason`` (``bad_signature``); the code never ran.
-    """
-
-    reason = "bad_signature"
-
-    def __init__(self, message: str, *, code_hash: str = "", actor_name: str = "") -> None:
-        super().__init__(message)
-        self.code_hash = code_hash
-        self.actor_name = actor_name
 
 
 def python_version() -> str:
