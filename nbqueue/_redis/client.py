@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - exercised with redis hidden
 
 from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
 
-__all__ = ["RedisConnection", "load_scripts", "redis"]
+__all__ = ["RedisConnection", "as_text", "load_scripts", "redis"]
 
 #: How long a command may take before it fails, in seconds (redis-py's default is 5 s with up to
 #: ten retries, which lets a paused server hold a call for about a minute).
@@ -60,8 +60,10 @@ _warned_servers: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def as_text(value: Any, errors: str = "strict") -> str:
+    """Return a reply from redis-py as ``str``: bytes decoded as UTF-8 (``errors`` as for
+    ``bytes.decode``), anything else through ``str()`` (a client may decode replies itself)."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 def _script_source(name: str) -> str:
@@ -211,7 +213,7 @@ class RedisConnection:
                 pipe.config_get(name)
             settings: dict[str, str] = {}
             for reply in pipe.execute():
-                settings.update({_text(k): _text(v) for k, v in reply.items()})
+                settings.update({as_text(k): as_text(v) for k, v in reply.items()})
             return settings
         except redis.ResponseError:
             # CONFIG is often disabled on managed servers; INFO tells almost as much.

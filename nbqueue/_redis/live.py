@@ -18,16 +18,14 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from ..live.status import LiveEvent, StatusRecord
 from ..live.transport import AbortListener, Transport, Write
+from .client import RedisConnection, as_text
 from .group import group_commit
-
-if TYPE_CHECKING:
-    from .client import RedisConnection
 
 __all__ = ["RedisTransport", "live_prefix", "shared_transport"]
 
@@ -128,10 +126,6 @@ def _field(value: Any) -> str:
     return _dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 class RedisTransport(Transport):
     """Keep status records and events in Redis (see the module docstring).
 
@@ -230,14 +224,14 @@ class RedisTransport(Transport):
         events = []
         for _, entries in reply or []:
             for entry_id, raw in entries:
-                seq = int(_text(entry_id).split("-", 1)[0])
-                fields = {_text(k): v for k, v in raw.items()}
+                seq = int(as_text(entry_id, "replace").split("-", 1)[0])
+                fields = {as_text(k, "replace"): v for k, v in raw.items()}
                 try:
                     data = json.loads(fields.get("d") or "{}")
                 except ValueError:
                     data = {}
                 stamp = int(fields.get("t") or 0)
-                events.append(LiveEvent(seq, _text(fields.get("k", "")), data, stamp))
+                events.append(LiveEvent(seq, as_text(fields.get("k", ""), "replace"), data, stamp))
         return events
 
     def status(self, message_id: str) -> StatusRecord | None:
@@ -321,15 +315,19 @@ class _AbortWatcher(threading.Thread):
                 try:
                     if last is None:
                         newest: Any = client.xrevrange(transport.aborts_key, count=1)
-                        last = _text(newest[0][0]) if newest else "0-0"
+                        last = as_text(newest[0][0], "replace") if newest else "0-0"
                     reply: Any = client.xread(
                         {transport.aborts_key: last}, count=100, block=block_ms
                     )
                     ids = []
                     for _, entries in reply or []:
                         for entry_id, fields in entries:
-                            last = _text(entry_id)
-                            ids += [_text(v) for k, v in fields.items() if _text(k) == "id"]
+                            last = as_text(entry_id, "replace")
+                            ids += [
+                                as_text(v, "replace")
+                                for k, v in fields.items()
+                                if as_text(k, "replace") == "id"
+                            ]
                     now = time.monotonic()
                     if now >= next_poll:
                         next_poll = now + POLL_INTERVAL
