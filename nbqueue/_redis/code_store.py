@@ -47,10 +47,7 @@ class RedisCodeStore(CodeStore):
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
         self.client = broker.client
-        own = f"{broker.namespace}:__nbq__:"
-        self._code = own + "code:"
-        self._index = own + "code.index"
-        self._cap = own + "cap:"
+        self.keys = broker.keys
         self._register = self.client.register_script(_REGISTER)
         self._live = self.client.register_script(_LIVE)
         self._registered: dict[str, set[tuple[str, str]]] = {}
@@ -67,18 +64,18 @@ class RedisCodeStore(CodeStore):
         )
         with self.broker.connection.errors():
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(self._code + entry.code_hash, envelope)
-            pipe.hset(self._index, field, value)
+            pipe.set(self.keys.code(entry.code_hash), envelope)
+            pipe.hset(self.keys.code_index, field, value)
             pipe.execute()
 
     def get(self, code_hash: str) -> bytes | None:
         with self.broker.connection.errors():
-            value = self.client.get(self._code + code_hash)
+            value = self.client.get(self.keys.code(code_hash))
         return value if value is None else bytes(value)  # type: ignore[arg-type]
 
     def published(self) -> list[Published]:
         with self.broker.connection.errors():
-            raw = self.client.hgetall(self._index)
+            raw = self.client.hgetall(self.keys.code_index)
         entries = []
         for value in raw.values():
             try:
@@ -100,7 +97,7 @@ class RedisCodeStore(CodeStore):
         if not capabilities:
             return
         ordered = sorted(capabilities)
-        keys = [self._cap + queue for queue, _ in ordered]
+        keys = [self.keys.capabilities(queue) for queue, _ in ordered]
         members = [f"{worker_id}|{actor}" for _, actor in ordered]
         with self.broker.connection.errors():
             self._register(keys=keys, args=[ttl, *members])
@@ -112,13 +109,13 @@ class RedisCodeStore(CodeStore):
         with self.broker.connection.errors():
             pipe = self.client.pipeline(transaction=False)
             for queue, actor in capabilities:
-                pipe.zrem(self._cap + queue, f"{worker_id}|{actor}")
+                pipe.zrem(self.keys.capabilities(queue), f"{worker_id}|{actor}")
             pipe.execute()
 
     def capable(self, queue_name: str, actor_names: Iterable[str], *, exclude: str) -> int:
         wanted = set(actor_names)
         with self.broker.connection.errors():
-            members: list[bytes] = self._live(keys=[self._cap + queue_name], args=[])
+            members: list[bytes] = self._live(keys=[self.keys.capabilities(queue_name)], args=[])
         live = set()
         for member in members:
             worker, _, actor = member.decode("utf-8", "replace").partition("|")

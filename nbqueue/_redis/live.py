@@ -26,6 +26,7 @@ from ..live.status import LiveEvent, StatusRecord
 from ..live.transport import AbortListener, Transport, Write
 from .client import RedisConnection, as_text
 from .group import group_commit
+from .keys import live_prefix
 
 __all__ = ["RedisTransport", "live_prefix", "shared_transport"]
 
@@ -111,11 +112,6 @@ end
 redis.call('PEXPIRE', stream, pttl)
 return 1
 """
-
-
-def live_prefix(namespace: str) -> str:
-    """Return the prefix of every live-channel key under ``namespace``."""
-    return f"{namespace}:__nbq__:live:"
 
 
 def _dumps(data: Any) -> str:
