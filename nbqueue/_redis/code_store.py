@@ -16,29 +16,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..services import CodeStore, Published
+from .client import load_script
 
 if TYPE_CHECKING:
     from .broker import RedisBroker
 
 __all__ = ["RedisCodeStore"]
-
-# Liveness is judged by the server's clock, so workers with skewed clocks still agree.
-_REGISTER = """
-local t = redis.call('TIME')
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, expiry, ARGV[i + 1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[1]) * 2)
-end
-return expiry
-"""
-
-_LIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
 
 
 class RedisCodeStore(CodeStore):
@@ -48,8 +31,8 @@ class RedisCodeStore(CodeStore):
         self.broker = broker
         self.client = broker.client
         self.keys = broker.keys
-        self._register = self.client.register_script(_REGISTER)
-        self._live = self.client.register_script(_LIVE)
+        self._register = load_script(self.client, "code_register")
+        self._live = load_script(self.client, "code_live")
         self._registered: dict[str, set[tuple[str, str]]] = {}
 
     def put(self, envelope: bytes, entry: Published) -> None:
