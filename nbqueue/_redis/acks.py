@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import BrokerError
+from .client import as_text
 from .keys import WAKE_CAP, WAKE_TTL
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ __all__ = ["Acker"]
 
 #: How long the thread lingers without work before it exits, in seconds.
 IDLE_EXIT = 5.0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Acker:
@@ -139,7 +136,7 @@ class Acker:
                 "Message %s on %r was acknowledged after it had gone back to the queue (its "
                 "worker was presumed dead, or stopped while the actor ran); the requeued copy "
                 "is dropped unless another worker has taken it already.",
-                _text(rid),
+                as_text(rid),
                 queue,
             )
 

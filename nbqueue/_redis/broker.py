@@ -64,7 +64,7 @@ from ..message import (
 )
 from ..middleware.base import Middleware
 from ..services import CodeStore, once
-from .client import RedisConnection, load_scripts
+from .client import RedisConnection, as_text, load_scripts
 from .code_store import RedisCodeStore
 from .consumer import RedisConsumer
 from .keys import WAKE_CAP, WAKE_TTL, RedisKeys
@@ -443,7 +443,7 @@ class RedisBroker(Broker):
             pipe = self.client.pipeline(transaction=False)
             for worker in workers:
                 for name in names:
-                    pipe.scard(keys.ack_set(_text(worker), name))
+                    pipe.scard(keys.ack_set(as_text(worker), name))
             in_flight = [int(n) for n in pipe.execute()] if workers and names else []
         stats = {}
         for i, name in enumerate(names):
@@ -488,10 +488,6 @@ class RedisBroker(Broker):
                 message = None
             letters.append(DeadLetter(q_name(queue_name), body, reason, message, error))
         return letters
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _frame(rid: str, priority: int, data: bytes) -> bytes:

@@ -11,8 +11,8 @@ import contextlib
 import importlib.resources
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 try:
     import redis
@@ -26,7 +26,10 @@ except ImportError as e:  # pragma: no cover - exercised with redis hidden
 
 from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
 
-__all__ = ["RedisConnection", "load_scripts", "redis"]
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
+__all__ = ["RedisConnection", "as_text", "load_script", "load_scripts", "redis", "script_names"]
 
 #: How long a command may take before it fails, in seconds (redis-py's default is 5 s with up to
 #: ten retries, which lets a paused server hold a call for about a minute).
@@ -39,8 +42,8 @@ CONNECT_TIMEOUT = 3.0
 #: chunked to this, so they always stay below the socket timeout.
 MAX_BLOCK = 1.0
 
-#: The Lua scripts shipped in ``lua/``; ``_lib.lua`` is prepended to each.
-SCRIPT_NAMES = (
+#: The broker's Lua scripts, what ``load_scripts`` registers unless given other names.
+BROKER_SCRIPTS = (
     "ack",
     "bury",
     "dead_letters",
@@ -53,31 +56,68 @@ SCRIPT_NAMES = (
     "tick",
 )
 
+_LIBRARY = "_lib"
 _sources: dict[str, str] = {}
+_sources_lock = threading.Lock()
 
 #: Servers already warned about in this process (by masked address).
 _warned_servers: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def as_text(value: Any, errors: str = "strict") -> str:
+    """Return a reply from redis-py as ``str``: bytes decoded as UTF-8 (``errors`` as for
+    ``bytes.decode``), anything else through ``str()`` (a client may decode replies itself)."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
-def _script_source(name: str) -> str:
-    if not _sources:
-        folder = importlib.resources.files("nbqueue._redis") / "lua"
-        lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-        for script in SCRIPT_NAMES:
-            body = (folder / f"{script}.lua").read_text(encoding="utf-8")
-            _sources[script] = f"{lib}\n{body}"
-    return _sources[name]
+def _folder() -> Traversable:
+    return importlib.resources.files("nbqueue._redis") / "lua"
 
 
-def load_scripts(client: redis.Redis) -> dict[str, Script]:
-    """Register nbqueue's Lua scripts on ``client`` (they are sent with EVALSHA, loaded on
-    first use and reloaded after a server restart)."""
-    return {name: client.register_script(_script_source(name)) for name in SCRIPT_NAMES}
+def script_names() -> list[str]:
+    """Return the name of every Lua script shipped in ``lua/`` (each file but the library)."""
+    return sorted(
+        entry.name.removesuffix(".lua")
+        for entry in _folder().iterdir()
+        if entry.name.endswith(".lua") and entry.name != f"{_LIBRARY}.lua"
+    )
+
+
+def script_source(name: str) -> str:
+    """Return the source of the script ``lua/<name>.lua``, with ``_lib.lua`` prepended.
+
+    Raises:
+      ValueError: there is no such script.
+    """
+    with _sources_lock:
+        if name not in _sources:
+            folder = _folder()
+            if name == _LIBRARY or not (folder / f"{name}.lua").is_file():
+                raise ValueError(
+                    f"There is no Lua script {name!r} in nbqueue/_redis/lua/; pass one of "
+                    f"{script_names()}."
+                )
+            lib = (folder / f"{_LIBRARY}.lua").read_text(encoding="utf-8")
+            body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+            _sources[name] = f"{lib}\n{body}"
+        return _sources[name]
+
+
+def load_script(client: redis.Redis, name: str) -> Script:
+    """Register the Lua script ``lua/<name>.lua`` on ``client`` (sent with EVALSHA, loaded on
+    first use and reloaded after a server restart).
+
+    Raises:
+      ValueError: there is no such script.
+    """
+    return client.register_script(script_source(name))
+
+
+def load_scripts(client: redis.Redis, names: Iterable[str] = BROKER_SCRIPTS) -> dict[str, Script]:
+    """Register Lua scripts on ``client`` (by default the broker's), by name; see
+    ``load_script``."""
+    return {name: load_script(client, name) for name in names}
 
 
 def connection_defaults() -> dict[str, Any]:
@@ -211,7 +251,7 @@ class RedisConnection:
                 pipe.config_get(name)
             settings: dict[str, str] = {}
             for reply in pipe.execute():
-                settings.update({_text(k): _text(v) for k, v in reply.items()})
+                settings.update({as_text(k): as_text(v) for k, v in reply.items()})
             return settings
         except redis.ResponseError:
             # CONFIG is often disabled on managed servers; INFO tells almost as much.

@@ -16,29 +16,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..services import CodeStore, Published
+from .client import load_script
 
 if TYPE_CHECKING:
     from .broker import RedisBroker
 
 __all__ = ["RedisCodeStore"]
-
-# Liveness is judged by the server's clock, so workers with skewed clocks still agree.
-_REGISTER = """
-local t = redis.call('TIME')
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, expiry, ARGV[i + 1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[1]) * 2)
-end
-return expiry
-"""
-
-_LIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
 
 
 class RedisCodeStore(CodeStore):
@@ -47,12 +30,9 @@ class RedisCodeStore(CodeStore):
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
         self.client = broker.client
-        own = f"{broker.namespace}:__nbq__:"
-        self._code = own + "code:"
-        self._index = own + "code.index"
-        self._cap = own + "cap:"
-        self._register = self.client.register_script(_REGISTER)
-        self._live = self.client.register_script(_LIVE)
+        self.keys = broker.keys
+        self._register = load_script(self.client, "code_register")
+        self._live = load_script(self.client, "code_live")
         self._registered: dict[str, set[tuple[str, str]]] = {}
 
     def put(self, envelope: bytes, entry: Published) -> None:
@@ -67,18 +47,18 @@ class RedisCodeStore(CodeStore):
         )
         with self.broker.connection.errors():
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(self._code + entry.code_hash, envelope)
-            pipe.hset(self._index, field, value)
+            pipe.set(self.keys.code(entry.code_hash), envelope)
+            pipe.hset(self.keys.code_index, field, value)
             pipe.execute()
 
     def get(self, code_hash: str) -> bytes | None:
         with self.broker.connection.errors():
-            value = self.client.get(self._code + code_hash)
+            value = self.client.get(self.keys.code(code_hash))
         return value if value is None else bytes(value)  # type: ignore[arg-type]
 
     def published(self) -> list[Published]:
         with self.broker.connection.errors():
-            raw = self.client.hgetall(self._index)
+            raw = self.client.hgetall(self.keys.code_index)
         entries = []
         for value in raw.values():
             try:
@@ -100,7 +80,7 @@ class RedisCodeStore(CodeStore):
         if not capabilities:
             return
         ordered = sorted(capabilities)
-        keys = [self._cap + queue for queue, _ in ordered]
+        keys = [self.keys.capabilities(queue) for queue, _ in ordered]
         members = [f"{worker_id}|{actor}" for _, actor in ordered]
         with self.broker.connection.errors():
             self._register(keys=keys, args=[ttl, *members])
@@ -112,13 +92,13 @@ class RedisCodeStore(CodeStore):
         with self.broker.connection.errors():
             pipe = self.client.pipeline(transaction=False)
             for queue, actor in capabilities:
-                pipe.zrem(self._cap + queue, f"{worker_id}|{actor}")
+                pipe.zrem(self.keys.capabilities(queue), f"{worker_id}|{actor}")
             pipe.execute()
 
     def capable(self, queue_name: str, actor_names: Iterable[str], *, exclude: str) -> int:
         wanted = set(actor_names)
         with self.broker.connection.errors():
-            members: list[bytes] = self._live(keys=[self._cap + queue_name], args=[])
+            members: list[bytes] = self._live(keys=[self.keys.capabilities(queue_name)], args=[])
         live = set()
         for member in members:
             worker, _, actor = member.decode("utf-8", "replace").partition("|")

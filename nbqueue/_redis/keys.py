@@ -1,20 +1,48 @@
-"""Every Redis key the broker uses, built in one place.
+"""Every Redis key nbqueue uses, built in one place.
 
 Dramatiq's keys keep Dramatiq's names (``ns:q``, ``ns:q.msgs``, ``ns:q.XQ``,
 ``ns:__acks__.<worker>.<queue>``, ``ns:__heartbeats__``); keys only nbqueue writes sit under
-``ns:__nbq__:``, so ``redis-cli --scan`` tells them apart. Queue names cannot contain ``:``,
-so no queue's keys can collide with nbqueue's own.
+``ns:__nbq__:`` (``own_prefix``), so ``redis-cli --scan`` tells them apart: the broker's, the
+notebook-actor store's, the live channel's (``live_prefix``) and the crash counters'
+(``crashes_prefix``). Queue names cannot contain ``:``, so no queue's keys can collide with
+nbqueue's own.
 """
 
 from __future__ import annotations
 
 from ..common import dq_name, q_name
 
-__all__ = ["WAKE_CAP", "WAKE_TTL", "RedisKeys"]
+__all__ = [
+    "NBQ_PREFIX",
+    "WAKE_CAP",
+    "WAKE_TTL",
+    "RedisKeys",
+    "crashes_prefix",
+    "live_prefix",
+    "own_prefix",
+]
+
+#: The sub-prefix, under a namespace, of every key only nbqueue writes.
+NBQ_PREFIX = "__nbq__"
 
 #: Wake-up and drained lists hold at most this many tokens, and expire this long (ms) after
 #: the last push: they are hints for blocked readers, not data.
 WAKE_CAP, WAKE_TTL = 64, 10000
+
+
+def own_prefix(namespace: str) -> str:
+    """Return the start of every key only nbqueue writes under ``namespace``."""
+    return f"{namespace}:{NBQ_PREFIX}:"
+
+
+def live_prefix(namespace: str) -> str:
+    """Return the start of every live-channel key under ``namespace`` (see ``live.py``)."""
+    return f"{own_prefix(namespace)}live:"
+
+
+def crashes_prefix(namespace: str) -> str:
+    """Return the start of every crash counter's key under ``namespace`` (see ``CrashLimit``)."""
+    return f"{own_prefix(namespace)}crashes:"
 
 
 def _escape_glob(text: str) -> str:
@@ -31,10 +59,12 @@ class RedisKeys:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self._ns = f"{namespace}:"
-        self._own = f"{namespace}:__nbq__:"
+        self._own = own_prefix(namespace)
         self._acks = f"{namespace}:__acks__."
         #: sorted set: worker id -> last heartbeat (ms)
         self.heartbeats = f"{namespace}:__heartbeats__"
+        #: hash: ``queue/actor`` -> JSON index entry of its latest published version
+        self.code_index = f"{self._own}code.index"
 
     # Dramatiq's keys
     def queue(self, queue: str) -> str:
@@ -105,6 +135,16 @@ class RedisKeys:
     def registry(self, worker: str) -> str:
         """The set of queue names ``worker`` has ack sets for."""
         return f"{self._own}queues.{worker}"
+
+    # the notebook-actor store's keys (see code_store.py)
+    def code(self, code_hash: str) -> str:
+        """The signed envelope of one published version of a notebook actor."""
+        return f"{self._own}code:{code_hash}"
+
+    def capabilities(self, queue: str) -> str:
+        """The sorted set of ``<worker id>|<actor>`` that can run ``queue``'s notebook actors,
+        scored by when each registration expires (ms, server clock)."""
+        return f"{self._own}cap:{queue}"
 
     # groups of keys
     def stored(self, queue: str) -> list[str]:

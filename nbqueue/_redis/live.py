@@ -18,16 +18,15 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from ..live.status import LiveEvent, StatusRecord
 from ..live.transport import AbortListener, Transport, Write
+from .client import RedisConnection, as_text, load_script
 from .group import group_commit
-
-if TYPE_CHECKING:
-    from .client import RedisConnection
+from .keys import live_prefix
 
 __all__ = ["RedisTransport", "live_prefix", "shared_transport"]
 
@@ -42,83 +41,6 @@ ABORTS_MAXLEN = 1000
 #: How often a worker checks the abort flags of its running messages, in seconds.
 POLL_INTERVAL = 1.0
 
-# ARGV[1] is a JSON header (one argument keeps redis-py's packing cheap), then event pairs.
-_WRITE = """
-local record, stream = KEYS[1], KEYS[2]
-local h = cjson.decode(ARGV[1])
-local now = h.now
-
-local function add(kind, data)
-  local seq = redis.call('HINCRBY', record, 'seq', 1)
-  redis.call('XADD', stream, 'MAXLEN', '~', h.max, seq .. '-0', 'k', kind, 'd', data, 't', now)
-end
-
-for i = 2, #ARGV, 2 do
-  add(ARGV[i], ARGV[i + 1])
-end
-if h.progress ~= '' then
-  redis.call('HSET', record, 'progress', h.progress)
-end
-local result = 1
-if h.mode ~= '' then
-  local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
-  local status = cur[1]
-  if h.mode == 'start' and cur[3] then
-    result = -1
-  elseif status == 'aborted' then
-    result = 0
-  elseif h.mode == 'initial' then
-    if status and status ~= 'delayed' and status ~= 'retrying' then result = 0 end
-  elseif h.attempt < (tonumber(cur[2]) or 0) then
-    result = 0
-  end
-  if result == 1 then
-    if not status and h.backfill ~= '' then add('status', h.backfill) end
-    for key, value in pairs(h.fields) do
-      redis.call('HSET', record, key, value)
-    end
-    for key, value in pairs(h.once) do
-      redis.call('HSETNX', record, key, value)
-    end
-    if h.status ~= '' then add('status', h.status) end
-  end
-end
-redis.call('PEXPIRE', record, h.ttl)
-redis.call('PEXPIRE', stream, h.ttl)
-return result
-"""
-
-_ABORT = """
-local record, stream, aborts = KEYS[1], KEYS[2], KEYS[3]
-local now, ttl, maxlen, message_id, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local status = redis.call('HGET', record, 'status')
-if status == 'succeeded' or status == 'failed' or status == 'skipped' or status == 'aborted'
-    or status == 'dead' then
-  return 0
-end
-redis.call('HSET', record, 'abort', now)
-if status == 'running' then
-  redis.call('XADD', aborts, 'MAXLEN', '~', ARGV[7], '*', 'id', message_id)
-  redis.call('PEXPIRE', aborts, ARGV[6])
-  return 2
-end
-redis.call('HSET', record, 'status', 'aborted', 'finished_at', now)
-local seq = redis.call('HINCRBY', record, 'seq', 1)
-redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', 'status', 'd', event, 't', now)
-local pttl = redis.call('PTTL', record)
-if pttl < 0 then
-  pttl = tonumber(ttl)
-  redis.call('PEXPIRE', record, pttl)
-end
-redis.call('PEXPIRE', stream, pttl)
-return 1
-"""
-
-
-def live_prefix(namespace: str) -> str:
-    """Return the prefix of every live-channel key under ``namespace``."""
-    return f"{namespace}:__nbq__:live:"
-
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
@@ -126,10 +48,6 @@ def _dumps(data: Any) -> str:
 
 def _field(value: Any) -> str:
     return _dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class RedisTransport(Transport):
@@ -152,8 +70,8 @@ class RedisTransport(Transport):
         self.namespace = namespace
         self.prefix = live_prefix(namespace)
         self.aborts_key = self.prefix + "aborts"
-        self._write = self.client.register_script(_WRITE)
-        self._abort = self.client.register_script(_ABORT)
+        self._write = load_script(self.client, "live_write")
+        self._abort = load_script(self.client, "live_abort")
         self._listeners: list[AbortListener] = []
         self._lock = threading.Lock()
         self._watcher: _AbortWatcher | None = None
@@ -230,14 +148,14 @@ class RedisTransport(Transport):
         events = []
         for _, entries in reply or []:
             for entry_id, raw in entries:
-                seq = int(_text(entry_id).split("-", 1)[0])
-                fields = {_text(k): v for k, v in raw.items()}
+                seq = int(as_text(entry_id, "replace").split("-", 1)[0])
+                fields = {as_text(k, "replace"): v for k, v in raw.items()}
                 try:
                     data = json.loads(fields.get("d") or "{}")
                 except ValueError:
                     data = {}
                 stamp = int(fields.get("t") or 0)
-                events.append(LiveEvent(seq, _text(fields.get("k", "")), data, stamp))
+                events.append(LiveEvent(seq, as_text(fields.get("k", ""), "replace"), data, stamp))
         return events
 
     def status(self, message_id: str) -> StatusRecord | None:
@@ -321,15 +239,19 @@ class _AbortWatcher(threading.Thread):
                 try:
                     if last is None:
                         newest: Any = client.xrevrange(transport.aborts_key, count=1)
-                        last = _text(newest[0][0]) if newest else "0-0"
+                        last = as_text(newest[0][0], "replace") if newest else "0-0"
                     reply: Any = client.xread(
                         {transport.aborts_key: last}, count=100, block=block_ms
                     )
                     ids = []
                     for _, entries in reply or []:
                         for entry_id, fields in entries:
-                            last = _text(entry_id)
-                            ids += [_text(v) for k, v in fields.items() if _text(k) == "id"]
+                            last = as_text(entry_id, "replace")
+                            ids += [
+                                as_text(v, "replace")
+                                for k, v in fields.items()
+                                if as_text(k, "replace") == "id"
+                            ]
                     now = time.monotonic()
                     if now >= next_poll:
                         next_poll = now + POLL_INTERVAL

@@ -7,49 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..rate_limits.backend import RateLimiterBackend
-from .client import RedisConnection, redis
+from .client import RedisConnection, load_script, redis
 
 __all__ = ["RedisBackend"]
-
-# Each operation is a Lua script, so it is atomic without Dramatiq's WATCH/MULTI retry loops;
-# the keys and values are the same (plain integer strings with a PX expiry), so nbqueue and
-# Dramatiq processes share limits.
-
-_INCR = """
-local value = tonumber(redis.call("get", KEYS[1]) or "0") + tonumber(ARGV[1])
-if value > tonumber(ARGV[2]) then
-    return 0
-end
-redis.call("set", KEYS[1], value, "PX", ARGV[3])
-return 1
-"""
-
-_DECR = """
-local value = tonumber(redis.call("get", KEYS[1]) or "0") - tonumber(ARGV[1])
-if value < tonumber(ARGV[2]) then
-    return 0
-end
-redis.call("set", KEYS[1], value, "PX", ARGV[3])
-return 1
-"""
-
-# KEYS[1] is the key to increment; KEYS[2..] the window's keys (KEYS[1] among them).
-_INCR_AND_SUM = """
-local amount, maximum = tonumber(ARGV[1]), tonumber(ARGV[2])
-local value = tonumber(redis.call("get", KEYS[1]) or "0") + amount
-if value > maximum then
-    return 0
-end
-local total = amount
-for i = 2, #KEYS do
-    total = total + tonumber(redis.call("get", KEYS[i]) or "0")
-end
-if total > maximum then
-    return 0
-end
-redis.call("set", KEYS[1], value, "PX", ARGV[3])
-return 1
-"""
 
 
 class RedisBackend(RateLimiterBackend):
@@ -69,9 +29,9 @@ class RedisBackend(RateLimiterBackend):
     ) -> None:
         self.connection = RedisConnection(url, client=client, **parameters)
         self.client = self.connection.client
-        self._incr = self.client.register_script(_INCR)
-        self._decr = self.client.register_script(_DECR)
-        self._incr_and_sum = self.client.register_script(_INCR_AND_SUM)
+        self._incr = load_script(self.client, "rate_incr")
+        self._decr = load_script(self.client, "rate_decr")
+        self._incr_and_sum = load_script(self.client, "rate_incr_and_sum")
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.connection.where!r})"

@@ -8,7 +8,7 @@ from redis.exceptions import NoScriptError
 
 from ..encoder import Encoder
 from ..results.backend import DEFAULT_TIMEOUT, Missing, ResultBackend
-from .client import RedisConnection, redis
+from .client import RedisConnection, load_script, redis
 from .group import group_commit
 from .live import shared_transport
 
@@ -19,13 +19,6 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 __all__ = ["RedisBackend"]
-
-# Replaces the result in one atomic step: a one-element list that expires, as Dramatiq stores it.
-_STORE = """
-redis.call('DEL', KEYS[1])
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
 
 
 class RedisBackend(ResultBackend):
@@ -66,7 +59,7 @@ class RedisBackend(ResultBackend):
         )
         self.connection = RedisConnection(url, client=client, **parameters)
         self.client = self.connection.client
-        self._store_script = self.client.register_script(_STORE)
+        self._store_script = load_script(self.client, "result_store")
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.connection.where!r}, namespace={self.namespace!r})"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..common import q_name
 from ..errors import BrokerError
 from .acks import Acker
+from .client import as_text
 from .keys import WAKE_CAP, WAKE_TTL
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ MAX_STRAYS = 10000
 #: A fetched message: its redis message id and its encoded body, or the body's size in bytes
 #: when it is above the broker's ``max_message_size`` (fetch.lua left it unread in Redis).
 Entry = tuple[str, "bytes | int"]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def message_redis_id(message: MessageProxy) -> str | None:
@@ -206,7 +203,7 @@ class BrokerService:
         oversized = reply[2]
         if oversized:
             entries += [
-                (_text(rid), int(size))
+                (as_text(rid), int(size))
                 for rid, size in zip(oversized[0::2], oversized[1::2], strict=True)
             ]
         return entries
@@ -218,7 +215,7 @@ class BrokerService:
         registration = broker.keys.idle_registration(broker.broker_id, queue)
         with broker.connection.errors():
             reply = broker.scripts["leave"](keys=keys, args=[registration])
-        return [(_text(rid), body) for rid, body in zip(reply[0::2], reply[1::2], strict=True)]
+        return [(as_text(rid), body) for rid, body in zip(reply[0::2], reply[1::2], strict=True)]
 
     def ack(self, queue: str, rid: str) -> None:
         """Acknowledge in the background (see ``Acker``); the message stays held until then."""
@@ -360,7 +357,7 @@ class BrokerService:
                 ],
             )
         for worker in dead:
-            self.recover(_text(worker))
+            self.recover(as_text(worker))
 
     def recover(self, worker: str) -> int:
         """Requeue every message a dead worker held, then forget the worker.
@@ -374,7 +371,7 @@ class BrokerService:
         broker = self.broker
         keys = broker.keys
         with broker.connection.errors():
-            queues = {_text(q) for q in broker.client.smembers(keys.registry(worker))}
+            queues = {as_text(q) for q in broker.client.smembers(keys.registry(worker))}
             if queues:
                 # First stop enqueues from handing the dead worker anything more.
                 pipe = broker.client.pipeline(transaction=False)
@@ -409,7 +406,7 @@ class BrokerService:
         beat = time.monotonic()
         while True:
             cursor, found = broker.client.scan(cursor, match=pattern, count=1000)
-            queues.update(keys.queue_of_ack_set(worker, _text(key)) for key in found)
+            queues.update(keys.queue_of_ack_set(worker, as_text(key)) for key in found)
             if not int(cursor):
                 return queues
             if time.monotonic() - beat > self.interval / 2:

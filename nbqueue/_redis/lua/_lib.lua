@@ -1,6 +1,6 @@
--- Helpers shared by nbqueue's Redis scripts; the broker prepends this file to each of them.
--- Key names are never built here: the broker passes every key in KEYS, built in one place
--- (RedisKeys in nbqueue/brokers/redis.py).
+-- Helpers shared by nbqueue's Redis scripts; the loader (load_scripts in client.py) prepends
+-- this file to each of them. Key names are never built here: callers pass every key in KEYS,
+-- built in one place (keys.py).
 
 -- The Redis server's clock in milliseconds. Liveness is judged by this clock alone, so clock
 -- skew between worker machines cannot make a live worker look dead.
