@@ -43,6 +43,7 @@ MAX_BLOCK = 1.0
 SCRIPT_NAMES = (
     "ack",
     "bury",
+    "count_starts",
     "dead_letters",
     "enqueue",
     "fetch",

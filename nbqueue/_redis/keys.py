@@ -35,6 +35,9 @@ class RedisKeys:
         self._acks = f"{namespace}:__acks__."
         #: sorted set: worker id -> last heartbeat (ms)
         self.heartbeats = f"{namespace}:__heartbeats__"
+        #: the start of CrashLimit's counters: ``<this><message id>.<retries>`` -> unfinished
+        #: starts of that attempt (see ``counters.py``)
+        self.start_counters = f"{self._own}crashes:"
 
     # Dramatiq's keys
     def queue(self, queue: str) -> str:
