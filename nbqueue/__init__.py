@@ -16,6 +16,7 @@ from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
 from .composition import group, pipeline
 from .connection import connect
 from .connection import default_broker as _default_broker
+from .connection import start_counter_for as _start_counter_for
 from .encoder import Encoder, JSONEncoder
 from .errors import (
     Abort,
@@ -37,13 +38,16 @@ from .generic import GenericActor
 from .live import MessageStatus, progress, stream
 from .message import Message, get_encoder, set_encoder
 from .middleware import Middleware
+from .middleware import crash_limit as _crash_limit
 from .remote import publish_actor
 from .worker import ConsumerThread, Worker, WorkerThread
 
 __version__ = "0.1.0"
 
-# The core makes the default broker through the face, which knows the servers.
+# The core makes the default broker, and CrashLimit(redis=...) its counters, through the face,
+# which knows the servers.
 _broker.default_broker_factory = _default_broker
+_crash_limit.redis_counter_factory = _start_counter_for
 
 __all__ = [
     "Abort",

@@ -33,6 +33,7 @@ from .live import Live
 from .middleware import AsyncIO, Middleware
 from .results import Results
 from .results.backends.stub import StubBackend
+from .services import StartCounter
 
 __all__ = [
     "RESULTS_URL_ENV",
@@ -41,6 +42,7 @@ __all__ = [
     "connect",
     "default_broker",
     "results_url_for",
+    "start_counter_for",
 ]
 
 #: The ``redis://`` URL where results and live status go when the broker is not Redis.
@@ -142,6 +144,23 @@ def _results(url: str) -> Results | None:
     from ._redis.results import RedisBackend  # the redis extra, needed only with a Redis store
 
     return Results(backend=RedisBackend(url=store))
+
+
+def start_counter_for(redis: Any, prefix: str | None, timeout: float) -> StartCounter:
+    """Return start counters on the Redis server ``redis``, for ``CrashLimit(redis=...)``
+    (installed as ``nbqueue.middleware.crash_limit.redis_counter_factory``).
+
+    Parameters:
+      redis: a ``redis://`` URL, or a ``redis.Redis`` used as is and never closed.
+      prefix: the start of every counter's key; ``None`` for ``nbqueue:__nbq__:crashes:``.
+      timeout: the deadline of each call on a connection made from a URL, in seconds.
+
+    Raises:
+      ImportError: the redis package is not installed.
+    """
+    from ._redis.counters import RedisStartCounter  # the redis extra, needed only here
+
+    return RedisStartCounter.at(redis, prefix=prefix, timeout=timeout)
 
 
 def add_standard_middleware(broker: Broker, url: str) -> list[str]:

@@ -4,7 +4,8 @@ Features that need more than queues ask the broker or result backend that talks 
 
 * ``live_transport()``: where the live channel (status, progress, output, abort) is kept;
 * ``code_store()``: where notebook actors are published (``nbqueue.remote``);
-* ``live_namespace()``: the key namespace a broker wants its live records under.
+* ``live_namespace()``: the key namespace a broker wants its live records under;
+* ``start_counter()``: where ``CrashLimit`` counts the starts of attempts that never finished.
 
 ``Broker`` and ``ResultBackend`` inherit the no-op answers of ``Services`` (``None``: this
 server offers no such thing) and each server's classes override what their server has, in the
@@ -12,6 +13,7 @@ spirit of kombu's ``Transport.implements``. Nothing else names servers or compar
 
 ``CodeStore`` is the contract of a notebook-actor store; ``MemoryCodeStore`` is the in-memory
 broker's, and the server packages (``_redis``, ``_rabbitmq``) implement their own.
+``StartCounter`` is the contract of the start counters; ``_redis`` implements it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from .live.transport import Transport
 
-__all__ = ["ANY_ACTOR", "CodeStore", "MemoryCodeStore", "Published", "Services", "once"]
+__all__ = [
+    "ANY_ACTOR",
+    "CodeStore",
+    "MemoryCodeStore",
+    "Published",
+    "Services",
+    "StartCounter",
+    "once",
+]
 
 T = TypeVar("T")
 
@@ -67,6 +77,14 @@ class Services:
 
     def code_store(self) -> CodeStore | None:
         """Return the store of published notebook actors on this server, or ``None``."""
+        return None
+
+    def start_counter(self, *, prefix: str | None = None) -> StartCounter | None:
+        """Return the start counters on this server (what ``CrashLimit`` needs), or ``None``.
+
+        Parameters:
+          prefix: the start of every counter's key instead of the server's default.
+        """
         return None
 
 
@@ -165,3 +183,63 @@ class MemoryCodeStore(CodeStore):
                 workers = self._capabilities.get((queue_name, actor_name), {})
                 live |= {w for w, expiry in workers.items() if expiry > now and w != exclude}
         return len(live)
+
+
+class StartCounter(abc.ABC):
+    """Counts the starts of message attempts on a server every worker process shares.
+
+    What ``CrashLimit`` needs to recognise a message that kills its worker: a process that dies
+    while running an attempt never finishes it, so its start stays counted. A counter is named
+    by the attempt (``"<message id>.<retries>"``) and expires ``ttl`` ms after its last start
+    unless it is finished first. Every method that talks to the server has a deadline.
+    """
+
+    @abc.abstractmethod
+    def count(self, name: str, ttl: int) -> int:
+        """Count one start of ``name`` and return its starts so far, this one included.
+
+        Blocks for one round trip, shared with the threads counting at the same moment; the
+        deletions queued by ``finish`` go with it.
+
+        Parameters:
+          name: the attempt.
+          ttl: how long the counter lives from now unless finished, in milliseconds.
+
+        Raises:
+          TimeoutError: the start could not be sent in time; it was not counted and never will be.
+          BrokerConnectionError: the server could not be reached or did not answer in time (the
+            start may have been counted).
+          BrokerError: the server answered with an error.
+        """
+
+    @abc.abstractmethod
+    def uncount(self, name: str) -> None:
+        """Take back one start of ``name`` now (one round trip).
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``count``.
+        """
+
+    @abc.abstractmethod
+    def finish(self, name: str) -> None:
+        """Queue the deletion of ``name``'s counter, to go with the next ``count`` or ``flush``;
+        returns at once."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Delete ``name``'s counter now (one round trip).
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``count``.
+        """
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Delete the counters whose deletion ``finish`` queued, now.
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``count``; the deletions stay queued.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the counter's own connections (not those of a broker it shares); flush first."""

@@ -69,9 +69,7 @@ SHIMS: dict[str, str] = {
 EXTRAS = ("redis", "pika", "IPython", "ipywidgets")
 
 #: Core files that still import an extra, until they move to their server package.
-EXTRAS_ALLOWED = {
-    "nbqueue.middleware.crash_limit",
-}
+EXTRAS_ALLOWED: set[str] = set()
 
 #: (importer, imported) pairs allowed against the direction, each with why.
 ALLOWED: dict[tuple[str, str], str] = {

@@ -6,7 +6,8 @@
   ``RedisBroker``;
 * ``group``: the group commit that lets worker threads share round trips;
 * ``results``: the ``RedisBackend`` of results; ``live``: the live channel's transport;
-* ``code_store``: published notebook actors; ``rate_limits``: the rate limiters' backend.
+* ``code_store``: published notebook actors; ``rate_limits``: the rate limiters' backend;
+* ``counters``: ``CrashLimit``'s start counters.
 
 Public classes are imported from Dramatiq's paths (``nbqueue.brokers.redis``,
 ``nbqueue.results.backends.redis``, ``nbqueue.rate_limits.backends.redis``), whose modules

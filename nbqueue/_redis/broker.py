@@ -63,10 +63,11 @@ from ..message import (
     resolve_max_message_size,
 )
 from ..middleware.base import Middleware
-from ..services import CodeStore, once
+from ..services import CodeStore, StartCounter, once
 from .client import RedisConnection, as_text, load_scripts
 from .code_store import RedisCodeStore
 from .consumer import RedisConsumer
+from .counters import RedisStartCounter
 from .keys import WAKE_CAP, WAKE_TTL, RedisKeys
 from .live import shared_transport
 from .service import BrokerService
@@ -216,6 +217,14 @@ class RedisBroker(Broker):
     def code_store(self) -> CodeStore:
         """Notebook actors are kept in keys under this broker's namespace."""
         return once(self, "_code_store", lambda: RedisCodeStore(self))
+
+    def start_counter(self, *, prefix: str | None = None) -> StartCounter:
+        """Start counters are kept under this broker's namespace (``<ns>:__nbq__:crashes:``),
+        counted through the group commit of its connection; one per prefix."""
+        start = self.keys.start_counters if prefix is None else prefix
+        return once(
+            self, f"_start_counter:{start}", lambda: RedisStartCounter(self.connection, start)
+        )
 
     def check_server(self) -> None:
         """Check the server once: its version, and whether it keeps what it is sent.

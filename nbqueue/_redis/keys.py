@@ -65,6 +65,9 @@ class RedisKeys:
         self.heartbeats = f"{namespace}:__heartbeats__"
         #: hash: ``queue/actor`` -> JSON index entry of its latest published version
         self.code_index = f"{self._own}code.index"
+        #: the start of CrashLimit's counters: ``<this><message id>.<retries>`` -> unfinished
+        #: starts of that attempt (see ``counters.py``)
+        self.start_counters = crashes_prefix(namespace)
 
     # Dramatiq's keys
     def queue(self, queue: str) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..services import StartCounter
 from .base import Middleware, SkipMessage
 
 if TYPE_CHECKING:
@@ -20,40 +22,11 @@ DEFAULT_TTL = 86_400_000
 #: The deadline of every Redis call this middleware makes when it makes its own client, in s.
 DEFAULT_TIMEOUT = 2.0
 
-
-#: KEYS: the counters to increment (ARGV[2] of them), then the counters to delete; ARGV[1]: TTL.
-_COUNT_STARTS = """
-local n = tonumber(ARGV[2])
-local counts = {}
-for i = 1, n do
-  counts[i] = redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-end
-for i = n + 1, #KEYS do
-  redis.call('DEL', KEYS[i])
-end
-return counts
-"""
-
-
-class _Request:
-    """One worker thread's wish to count a start, answered by whichever thread sends it."""
-
-    __slots__ = ("count", "done", "error", "key", "promoted")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.done = threading.Event()
-        self.count: int | None = None
-        self.error: BaseException | None = None
-        self.promoted = False
-
-    def result(self) -> int:
-        if self.error is not None:
-            raise self.error
-        if self.count is None:
-            raise TimeoutError("the start was not counted")
-        return self.count
+#: Makes the counters of ``CrashLimit(redis=...)`` from the URL or client, the key prefix
+#: (``None``: the default) and the deadline of each call in seconds. ``nbqueue/__init__.py``
+#: installs ``nbqueue.connection.start_counter_for`` here: the face knows the servers, the core
+#: does not.
+redis_counter_factory: Callable[[Any, str | None, float], StartCounter] | None = None
 
 
 class CrashLimit(Middleware):
@@ -63,16 +36,19 @@ class CrashLimit(Middleware):
     the process dies before any hook runs, the broker redelivers the message to the next
     process, and that one dies too. This middleware counts starts that never finished. Before
     an actor runs it increments a counter in Redis keyed by the message id and its retry number
-    (one script call, which also carries the deletes of counters whose attempts finished since
-    the last call, and counts the starts of every worker thread asking at the same moment);
-    after the attempt, raising or not, the counter is queued for deletion. A message that arrives with ``max_crashes`` unfinished starts already recorded
-    is not run: it is dead-lettered with the reason ``"crash_limit"``. So the process dies
-    exactly ``max_crashes`` times on a poison message.
+    (one round trip, which also carries the deletes of counters whose attempts finished since
+    the last one, shared by every worker thread asking at the same moment: a ``StartCounter``);
+    after the attempt, raising or not, the counter is queued for deletion. A message that
+    arrives with ``max_crashes`` unfinished starts already recorded is not run: it is
+    dead-lettered with the reason ``"crash_limit"``. So the process dies exactly
+    ``max_crashes`` times on a poison message.
 
     Opt-in, and not in ``default_middleware``: it costs one Redis round trip per message. On a
-    ``RedisBroker`` it uses the broker's own client and namespace; on any other broker pass
-    ``redis=`` (a URL or a ``redis.Redis``). If Redis cannot be reached the message runs
-    anyway and a warning is logged: the limit is a safety net, not a gate that stops all work.
+    broker whose server keeps start counters (``broker.start_counter()``: a ``RedisBroker``) it
+    uses the broker's connection and namespace; on any other broker pass ``redis=`` (a URL or a
+    ``redis.Redis``) or ``counter=``. If the counters cannot be reached the message runs anyway
+    and a warning is logged: the limit is a safety net, not a gate that stops all work. A
+    start that could not be counted in time is never counted later.
 
     The other messages a worker process was running when a poison message killed it die with
     it, and come back with it. So that they are not blamed, a message with an unfinished start
@@ -90,15 +66,19 @@ class CrashLimit(Middleware):
     Parameters:
       max_crashes: how many process deaths one attempt of a message may cause.
       redis: a ``redis://`` URL or a ``redis.Redis`` client for the counters; required unless
-        the broker is a ``RedisBroker``.
+        the broker offers start counters (a ``RedisBroker``) or ``counter`` is given.
       ttl: how long a counter lives, in milliseconds.
       timeout: the deadline of each Redis call, in seconds, for a client made from a URL (a
         given client and the broker's client keep their own).
       key_prefix: the start of every counter's key; by default ``<namespace>:__nbq__:crashes:``
-        on a ``RedisBroker`` and ``nbqueue:__nbq__:crashes:`` otherwise.
+        on a ``RedisBroker`` and ``nbqueue:__nbq__:crashes:`` otherwise (a given ``counter``
+        names its own keys).
+      counter: the ``StartCounter`` to use instead of the broker's or one on ``redis``; it is
+        flushed, not closed, when the worker stops.
 
     Raises:
-      ValueError: ``max_crashes`` or ``ttl`` is not positive.
+      ValueError: ``max_crashes`` or ``ttl`` is not positive, or both ``redis`` and
+        ``counter`` are given.
     """
 
     def __init__(
@@ -109,24 +89,27 @@ class CrashLimit(Middleware):
         ttl: int = DEFAULT_TTL,
         timeout: float = DEFAULT_TIMEOUT,
         key_prefix: str | None = None,
+        counter: StartCounter | None = None,
     ) -> None:
         if max_crashes < 1:
             raise ValueError(f"max_crashes must be at least 1, got {max_crashes!r}.")
         if ttl < 1:
             raise ValueError(f"ttl is in milliseconds and must be positive, got {ttl!r}.")
+        if redis is not None and counter is not None:
+            raise ValueError(
+                "CrashLimit takes redis= or counter=, not both; pass the one that keeps the "
+                "counters."
+            )
         self.logger = logging.getLogger(__name__)
         self.max_crashes = max_crashes
         self.ttl = ttl
         self.timeout = timeout
         self.key_prefix = key_prefix
         self._redis = redis
-        self._client: Any = None
-        self._owns_client = False
+        self._given = counter
+        self._counter: StartCounter | None = None
+        self._owns_counter = False
         self._lock = threading.Lock()
-        self._finished: list[str] = []
-        self._waiting: list[_Request] = []
-        self._leading = False
-        self._script: Any = None
         self._local = threading.local()
         self._suspects = threading.Lock()
         self._warned = False
@@ -135,44 +118,35 @@ class CrashLimit(Middleware):
     def actor_options(self) -> set[str]:
         return {"max_crashes"}
 
-    def _connect(self, broker: Broker) -> Any:
+    def _connect(self, broker: Broker) -> StartCounter:
         with self._lock:
-            if self._client is not None:
-                return self._client
-            namespace = "nbqueue"
-            if self._redis is None:
-                client = getattr(broker, "client", None)
-                if client is None or not hasattr(broker, "keys"):
-                    raise ValueError(
-                        f"CrashLimit needs Redis for its counters and {type(broker).__name__} "
-                        f"has none; pass CrashLimit(redis='redis://...')."
-                    )
-                namespace = str(getattr(broker, "namespace", namespace))
-            elif isinstance(self._redis, str):
-                try:
-                    import redis
-                except ImportError:
-                    raise ValueError(
-                        "CrashLimit(redis=URL) needs the redis package: "
-                        "pip install 'nbqueue[redis]'."
-                    ) from None
-                from redis.backoff import NoBackoff
-                from redis.retry import Retry
+            if self._counter is None:
+                self._counter, self._owns_counter = self._find_counter(broker)
+            return self._counter
 
-                client = redis.Redis.from_url(
-                    self._redis,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    retry_on_timeout=False,
-                    retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    def _find_counter(self, broker: Broker) -> tuple[StartCounter, bool]:
+        """Return the counter to use, and whether this middleware made it (and closes it)."""
+        if self._given is not None:
+            return self._given, False
+        if self._redis is None:
+            counter = broker.start_counter(prefix=self.key_prefix)
+            if counter is None:
+                raise ValueError(
+                    f"CrashLimit needs Redis for its counters and {type(broker).__name__} "
+                    f"has none; pass CrashLimit(redis='redis://...')."
                 )
-                self._owns_client = True
-            else:
-                client = self._redis
-            if self.key_prefix is None:
-                self.key_prefix = f"{namespace}:__nbq__:crashes:"
-            self._client = client
-            return client
+            return counter, False
+        if redis_counter_factory is None:
+            raise ValueError(
+                "CrashLimit(redis=...) is resolved by the nbqueue package; import nbqueue "
+                "first, or pass counter=."
+            )
+        try:
+            return redis_counter_factory(self._redis, self.key_prefix, self.timeout), True
+        except ImportError:
+            raise ValueError(
+                "CrashLimit(redis=URL) needs the redis package: pip install 'nbqueue[redis]'."
+            ) from None
 
     def _limit(self, broker: Broker, message: MessageProxy) -> int:
         limit = message.options.get("max_crashes")
@@ -185,15 +159,15 @@ class CrashLimit(Middleware):
         return int(limit or 0)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        self._local.key = None
+        self._local.name = None
         self._local.suspect = False
         limit = self._limit(broker, message)
         if not limit:
             return
         try:
-            client = self._connect(broker)
-            key = f"{self.key_prefix}{message.message_id}.{message.options.get('retries', 0)}"
-            starts = self._count_start(client, key)
+            counter = self._connect(broker)
+            name = f"{message.message_id}.{message.options.get('retries', 0)}"
+            starts = counter.count(name, self.ttl)
         except Exception as e:
             if not self._warned:
                 self._warned = True
@@ -205,8 +179,9 @@ class CrashLimit(Middleware):
                 )
             return
         self._warned = False
+        self._local.counter = counter
         if starts > limit:
-            self._dead_letter(message, key, starts)
+            self._dead_letter(message, counter, name, starts)
         if starts > 1 and not self._suspects.acquire(blocking=False):
             # A suspect (it was running when a process died) runs only while no other suspect
             # runs in this process, so that the neighbours of a poison message, which die with
@@ -214,9 +189,9 @@ class CrashLimit(Middleware):
             # as a start: undo it, wait, and count again.
             acquired = False
             try:
-                self._uncount(client, key)
+                counter.uncount(name)  # a rare extra round trip: only for a suspect that waits
                 acquired = self._suspects.acquire()
-                starts = self._count_start(client, key)
+                starts = counter.count(name, self.ttl)
             except Exception as e:
                 if acquired:
                     self._suspects.release()
@@ -229,11 +204,13 @@ class CrashLimit(Middleware):
                 return
             if starts > limit:
                 self._suspects.release()
-                self._dead_letter(message, key, starts)
+                self._dead_letter(message, counter, name, starts)
         self._local.suspect = starts > 1
-        self._local.key = key
+        self._local.name = name
 
-    def _dead_letter(self, message: MessageProxy, key: str, starts: int) -> None:
+    def _dead_letter(
+        self, message: MessageProxy, counter: StartCounter, name: str, starts: int
+    ) -> None:
         self.logger.error(
             "Message %s (%s) killed its worker process %d times; it was dead-lettered "
             "with reason 'crash_limit' instead of running again.",
@@ -241,80 +218,34 @@ class CrashLimit(Middleware):
             message.actor_name,
             starts - 1,
         )
-        self._finish(key)
+        counter.finish(name)
         message.fail(reason="crash_limit")
         raise SkipMessage(
             f"Message {message.message_id!r} killed its worker process {starts - 1} times; "
             f"fix the actor {message.actor_name!r}, then send it again."
         )
 
-    def _uncount(self, client: Any, key: str) -> None:
-        client.decr(key)  # a rare extra round trip: only for a suspect that has to wait
-
     def _finished_attempt(self) -> None:
-        key, self._local.key = getattr(self._local, "key", None), None
-        if key is not None and getattr(self._local, "suspect", False):
-            # A suspect's counter goes at once, before the next suspect may start: queued, it
-            # would survive a poison message that kills the process next, and blame this one.
-            try:
-                self._client.delete(key)
-                key = None
-            except Exception:
-                pass  # queued below, like any other
-        self._finish(key)
+        name, self._local.name = getattr(self._local, "name", None), None
+        if name is not None:
+            counter: StartCounter = self._local.counter
+            if getattr(self._local, "suspect", False):
+                # A suspect's counter goes at once, before the next suspect may start: queued,
+                # it would survive a poison message that kills the process next, and blame
+                # this one.
+                try:
+                    counter.delete(name)
+                    name = None
+                except Exception:
+                    pass  # queued below, like any other
+            if name is not None:
+                counter.finish(name)
         self._release_suspect()
 
     def _release_suspect(self) -> None:
         if getattr(self._local, "suspect", False):
             self._local.suspect = False
             self._suspects.release()
-
-    def _count_start(self, client: Any, key: str) -> int:
-        """Count one start of ``key`` and return the count, in one round trip shared with the
-        worker threads asking at the same moment (a group commit: the first thread in sends
-        every waiting request and the queued deletes in one script call; a thread that
-        arrives meanwhile waits for the next call, which the first one waiting makes)."""
-        request = _Request(key)
-        with self._lock:
-            self._waiting.append(request)
-            leader = not self._leading
-            self._leading = True
-        if not leader:
-            if not request.done.wait(self.timeout * 2 + 1):
-                raise TimeoutError("no answer from the thread counting starts")
-            if not request.promoted:
-                return request.result()
-        with self._lock:
-            batch, self._waiting = self._waiting, []
-            finished, self._finished = self._finished, []
-        try:
-            if self._script is None:
-                self._script = client.register_script(_COUNT_STARTS)
-            counts = self._script(
-                keys=[r.key for r in batch] + finished, args=[self.ttl, len(batch)], client=client
-            )
-            for r, count in zip(batch, counts, strict=True):
-                r.count = int(count)
-        except Exception as e:
-            with self._lock:  # try those deletes again with the next call
-                self._finished[:0] = finished
-            for r in batch:
-                r.error = e
-        finally:
-            with self._lock:
-                if self._waiting:
-                    self._waiting[0].promoted = True
-                    self._waiting[0].done.set()
-                else:
-                    self._leading = False
-            for r in batch:
-                r.done.set()
-        return request.result()
-
-    def _finish(self, key: str | None) -> None:
-        if key is not None:
-            with self._lock:
-                self._finished.append(key)
 
     def after_process_message(
         self,
@@ -330,22 +261,21 @@ class CrashLimit(Middleware):
         self._finished_attempt()
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
-        """Delete the counters of finished attempts still queued, then close an own client."""
+        """Delete the counters of finished attempts still queued, then close a counter this
+        middleware made (the next worker makes a new one)."""
         with self._lock:
-            finished, self._finished = self._finished, []
-            client, self._client = self._client, None
-        if client is None:
+            counter, self._counter = self._counter, None
+        if counter is None:
             return
         try:
-            if finished:
-                client.delete(*finished)
+            if self._owns_counter:
+                counter.close()
+            else:
+                counter.flush()
         except Exception as e:
             self.logger.warning(
-                "CrashLimit could not delete %d finished start counters (%s); they expire "
-                "after %d ms.",
-                len(finished),
+                "CrashLimit could not delete the finished start counters still queued (%s); "
+                "they expire after %d ms.",
                 type(e).__name__,
                 self.ttl,
             )
-        if self._owns_client:
-            client.close()

@@ -4,16 +4,23 @@ these tests write such counters as a dead process would; tests/reliability (A7) 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 
 import pytest
 import redis
 
 import nbqueue
+from nbqueue._redis.client import RedisConnection
+from nbqueue._redis.counters import RedisStartCounter
+from nbqueue._redis.group import GroupCommit
+from nbqueue.broker import MessageProxy
 from nbqueue.brokers.redis import RedisBroker
 from nbqueue.brokers.stub import StubBroker
+from nbqueue.message import Message
 from nbqueue.middleware import CrashLimit
-from tests.brokers._redis import delete_namespace
+from tests.brokers._redis import delete_namespace, private_redis
 
 pytestmark = pytest.mark.redis
 
@@ -192,6 +199,17 @@ class CountingRedis(redis.Redis):
         type(self).calls += 1
         return super().execute_command(*args, **options)
 
+    def pipeline(self, transaction=True, shard_hint=None):
+        return CountingPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+
+
+class CountingPipeline(redis.client.Pipeline):
+    def execute(self, raise_on_error=True):
+        CountingRedis.calls += 1
+        return super().execute(raise_on_error)
+
 
 def test_it_costs_at_most_one_round_trip_per_message(redis_url, namespace, client, worker_factory):
     """One script call per start at most (INCR, PEXPIRE and the queued DELs inside), fewer when
@@ -218,7 +236,7 @@ def test_it_costs_at_most_one_round_trip_per_message(redis_url, namespace, clien
 def test_suspects_run_one_at_a_time_so_a_poison_pills_neighbours_are_not_blamed(
     limited, namespace, client, worker_factory
 ):
-    running, overlap, lock = [0], [0], __import__("threading").Lock()
+    running, overlap, lock = [0], [0], threading.Lock()
 
     @nbqueue.actor(broker=limited)
     def job(i):
@@ -256,3 +274,90 @@ def test_a_suspects_counter_is_gone_as_soon_as_it_finishes(
     limited.join(job.queue_name)
 
     assert client.get(f"{namespace}:{message.message_id}.0") is None  # the worker still runs
+
+
+class SignallingConnection(redis.Connection):
+    """A real connection that sets ``sent`` once it has sent a command while armed."""
+
+    sent: threading.Event | None = None
+
+    def send_packed_command(self, command, check_health=True):
+        super().send_packed_command(command, check_health)
+        if SignallingConnection.sent is not None:
+            SignallingConnection.sent.set()
+
+
+def test_a_start_that_timed_out_while_redis_stalled_is_never_counted(namespace, caplog):
+    """A thread whose count gives up while another thread's round trip hangs on a paused
+    server withdraws it: when the server resumes, the counter holds only the real starts, so
+    the message is not dead-lettered after fewer than max_crashes real crashes."""
+    with private_redis() as server:
+        client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=SignallingConnection, port=server.port, socket_timeout=30
+            )
+        )
+        # Waiting for another thread's round trip gives up after 0.2 s; the round trip itself
+        # waits for the paused server (socket timeout 30 s).
+        counter = RedisStartCounter(
+            RedisConnection(client=client), f"{namespace}:", group=GroupCommit(client, timeout=0.2)
+        )
+        limit = CrashLimit(max_crashes=2, counter=counter)
+        broker = StubBroker()
+        message, warm_up, neighbour = (
+            MessageProxy(Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}))
+            for _ in range(3)
+        )
+        key = f"{namespace}:{message.message_id}.0"
+        client.set(key, 1)  # a process died once running this attempt: one real crash
+        limit.before_process_message(broker, warm_up)  # loads the script
+        limit.after_process_message(broker, warm_up)
+
+        def run_neighbour() -> None:
+            limit.before_process_message(broker, neighbour)
+            limit.after_process_message(broker, neighbour)
+
+        SignallingConnection.sent = threading.Event()
+        server.signal(signal.SIGSTOP)
+        try:
+            leader = threading.Thread(target=run_neighbour)
+            leader.start()
+            assert SignallingConnection.sent.wait(10)  # its round trip hangs on the server
+            limit.before_process_message(broker, message)  # gives up after 0.2 s: runs unlimited
+            assert "could not count the starts" in caplog.text and "TimeoutError" in caplog.text
+        finally:
+            server.signal(signal.SIGCONT)
+            SignallingConnection.sent = None
+        leader.join(30)
+        assert not leader.is_alive()
+        assert client.get(key) == b"1"  # the given-up start did not go with that round trip
+
+        # The attempt starts again: its counter holds the real crash and this start, 2, within
+        # max_crashes. Had the given-up start been sent, it would hold 3, and the message
+        # would be dead-lettered after a single real crash.
+        limit.before_process_message(broker, message)
+        assert client.get(key) == b"2"
+        assert not message.failed
+        limit.after_process_message(broker, message)
+        assert client.get(key) is None  # a suspect's counter goes as soon as it finishes
+        limit.after_worker_shutdown(broker, None)
+        client.close()
+
+
+def test_a_redis_broker_offers_one_start_counter_per_prefix_and_other_brokers_none(redis_url):
+    broker = RedisBroker(url=redis_url, namespace="ns")
+    counter = broker.start_counter()
+    assert counter is broker.start_counter()
+    assert isinstance(counter, RedisStartCounter) and counter.prefix == "ns:__nbq__:crashes:"
+    other = broker.start_counter(prefix="elsewhere:")
+    assert isinstance(other, RedisStartCounter) and other.prefix == "elsewhere:"
+    assert other is broker.start_counter(prefix="elsewhere:") and other is not counter
+    assert StubBroker().start_counter() is None
+    broker.close()
+
+
+def test_redis_and_counter_cannot_both_be_given(redis_url):
+    broker = RedisBroker(url=redis_url)
+    with pytest.raises(ValueError, match="redis= or counter=, not both"):
+        CrashLimit(redis=redis_url, counter=broker.start_counter())
+    broker.close()
