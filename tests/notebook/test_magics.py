@@ -13,7 +13,6 @@ from IPython.core.error import UsageError
 
 import nbqueue
 from nbqueue import Actor, Message, MessageStatus
-from nbqueue.notebook.magics import split_options
 from nbqueue.results import ResultFailure
 
 ADD = "def add(x, y=0):\n    return x + y\n"
@@ -149,14 +148,6 @@ def test_bad_send_input_raises_usage_error(ip, line):
     with pytest.raises(UsageError) as info:
         ip.run_line_magic("send", line)
     assert "\n" not in str(info.value)
-
-
-def test_split_options_leaves_strings_and_brackets_alone():
-    assert split_options("f '--delay 1', g(--x) --delay 5") == (
-        "f '--delay 1', g(--x)",
-        {"delay": "5"},
-    )
-    assert split_options('f """a --queue b""" --queue=q') == ('f """a --queue b"""', {"queue": "q"})
 
 
 def test_send_shows_the_job_view_and_sets_underscore(ip):
