@@ -6,9 +6,11 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import io
 import re
 import shlex
 import threading
+import tokenize
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
@@ -29,7 +31,7 @@ from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
 from .widgets import History, JobView, QueueMonitor, ResultsTable
 
-__all__ = ["NbqueueMagics", "split_options"]
+__all__ = ["NbqueueMagics"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -46,79 +48,82 @@ _line_magic = cast("Callable[[str], _Decorator]", magic.line_magic)
 _cell_magic = cast("Callable[[str], _Decorator]", magic.cell_magic)
 _no_var_expand = cast("_Decorator", magic.no_var_expand)
 
-_SEND_OPTIONS = ("delay", "priority", "queue")
 _ACTOR_OPTIONS = ("max_retries", "min_backoff", "max_backoff", "time_limit", "max_age")
-_SEND_USAGE = "usage: %send ACTOR ARGS... [--delay MS] [--priority N] [--queue NAME]"
+_SEND_EXAMPLE = "e.g. %send add 1, y=2 --delay 1000"
+
+# Token types that open and close a string with code inside (f-strings from 3.12, t-strings
+# from 3.14); -1 where the tokenizer has none, since then such a string is one STRING token.
+_OPENS = {getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "TSTRING_START", -1)}
+_CLOSES = {getattr(tokenize, "FSTRING_END", -1), getattr(tokenize, "TSTRING_END", -1)}
+_LAYOUT = {tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+# What the tokenizer reads in place of the text, one character for one: digits as letters,
+# so that Python 3.12's tokenizer, which rejects a malformed number, takes an option value
+# such as the queue name q-1_a; and any space (a no-break space too) as " ".
+_TOKENIZED = str.maketrans(
+    {str(digit): "a" for digit in range(10)}
+    | {c: " " for c in map(chr, range(0x3001)) if c.isspace() and c != "\n"}
+)
 
 
-def split_options(text: str, names: tuple[str, ...] = _SEND_OPTIONS) -> tuple[str, dict[str, str]]:
-    """Take ``--name VALUE`` / ``--name=VALUE`` options out of Python argument text.
+def _python_words(text: str) -> list[str]:
+    """Split ``text`` at the spaces between Python tokens that are outside brackets and strings.
 
-    Options are recognised only outside strings and brackets and after whitespace, so
-    ``"--x"``, ``f(--y)`` and ``a --b`` inside expressions... are left alone where they can be.
-
-    Returns:
-      The text without the options, and the options found.
+    Python's own tokenizer reads the text, so ``'a  b'``, ``f(x, y)`` and ``"--delay 5"`` each
+    stay one word, and every word is a slice of ``text`` (quotes, escapes and spaces kept).
+    A comment ends the text.
 
     Raises:
-      UsageError: an unknown option, or an option without a value.
+      UsageError: a string or bracket is not closed.
     """
-    out: list[str] = []
-    options: dict[str, str] = {}
-    i, depth, quote = 0, 0, ""
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                out.append(text[i : i + 2])
-                i += 2
-                continue
-            if text.startswith(quote, i):
-                out.append(quote)
-                i += len(quote)
-                quote = ""
-                continue
-            out.append(c)
-            i += 1
-            continue
-        if c in "\"'":
-            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else c
-            out.append(quote)
-            i += len(quote)
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "#":
-            break  # a comment ends the arguments
-        elif depth == 0 and text.startswith("--", i) and (i == 0 or text[i - 1].isspace()):
-            match = re.match(r"--([A-Za-z][\w-]*)(?:=|\s+)?(\S+)?", text[i:])
-            name = match.group(1).replace("-", "_") if match else ""
-            if match is None or name not in names:
-                given = match.group(0).split("=")[0].split()[0] if match else text[i:].split()[0]
-                allowed = ", ".join("--" + n for n in names)
-                raise UsageError(f"Unknown option {given}; the options are {allowed}.")
-            if match.group(2) is None:
-                raise UsageError(f"Option --{match.group(1)} needs a value, e.g. --{name} 10.")
-            options[name] = match.group(2)
-            i += match.end()
-            continue
-        out.append(c)
-        i += 1
-    if quote:
-        raise UsageError(f"Unterminated string in {text.strip()!r}; close the {quote} quote.")
-    return "".join(out).strip(), options
-
-
-def _int_option(options: dict[str, str], name: str) -> int | None:
-    value = options.get(name)
-    if value is None:
-        return None
+    lines = io.StringIO(text).readlines()
+    line_starts = [0]
+    for line in lines:
+        line_starts.append(line_starts[-1] + len(line))
+    spans: list[list[int]] = []  # [begin, end] of each word
+    depth = 0  # of brackets and of strings with code inside
     try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--{name} takes a whole number, got {value!r}.") from None
+        readline = io.StringIO(text.translate(_TOKENIZED)).readline
+        for token in tokenize.generate_tokens(readline):
+            if token.type == tokenize.COMMENT:
+                break
+            if token.type == tokenize.ERRORTOKEN and token.string in ("'", '"'):
+                # Python 3.11 and older tokenize on after an unclosed quote; 3.12 raises.
+                raise tokenize.TokenError("unterminated string literal")
+            if token.type in _LAYOUT or token.string.isspace():
+                continue  # (3.11 and older make the space before a stray ? or $ a token)
+            begin = line_starts[token.start[0] - 1] + token.start[1]
+            end = line_starts[token.end[0] - 1] + token.end[1]
+            if spans and (depth != 0 or not text[spans[-1][1] : begin].isspace()):
+                spans[-1][1] = end  # no space before the token: it goes on the word
+            else:
+                spans.append([begin, end])
+            if token.type in _OPENS or (token.type == tokenize.OP and token.string in "([{"):
+                depth += 1
+            elif token.type in _CLOSES or (token.type == tokenize.OP and token.string in ")]}"):
+                depth -= 1
+    except (tokenize.TokenError, SyntaxError) as e:  # (an IndentationError after a newline)
+        try:
+            ast.parse(text, mode="eval")  # for Python's own words, e.g. "'(' was never closed"
+            problem = str(e.args[0])
+        except (SyntaxError, ValueError) as syntax:
+            problem = syntax.msg if isinstance(syntax, SyntaxError) else str(syntax)
+        raise UsageError(
+            f"Cannot read {text!r}: {problem}; close every string and bracket, {_SEND_EXAMPLE}."
+        ) from None
+    return [text[begin:end] for begin, end in spans]
+
+
+def _parser(magic_func: Callable[..., Any]) -> argparse.ArgumentParser:
+    """The parser ``@magic_arguments`` built from the declarations above ``magic_func``."""
+    parser: argparse.ArgumentParser = cast(Any, magic_func).parser
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """The parser's usage on one line: ``%send [--delay MS] ... ACTOR [ARGS ...]``."""
+    usage = " ".join(parser.format_usage().split())
+    _, percent, rest = usage.partition("%")  # IPython's usage starts with "::"
+    return percent + rest if percent else usage
 
 
 def _kind(fn: Any) -> str:
@@ -308,11 +313,22 @@ class NbqueueMagics(Magics):
 
     @_no_var_expand
     @_args()
-    @_arg("actor", help="the actor (a name from an %%%%actor cell)")
-    @_arg("args", nargs="*", help="Python expressions, as in a call: 1, 'a b', x=2")
-    @_arg("--delay", type=int, help="run no sooner than this many milliseconds from now")
-    @_arg("--priority", type=int, help="larger runs first")
-    @_arg("--queue", help="send to this queue instead of the actor's")
+    @_arg("actor", metavar="ACTOR", help="the actor (a name from an %%%%actor cell)")
+    @_arg(
+        "args",
+        nargs="*",
+        default=[],
+        metavar="ARGS",
+        help="Python expressions, as in a call: 1, 'a b', x=2",
+    )
+    @_arg(
+        "--delay",
+        type=int,
+        metavar="MS",
+        help="run no sooner than this many milliseconds from now",
+    )
+    @_arg("--priority", type=int, metavar="N", help="larger runs first")
+    @_arg("--queue", metavar="NAME", help="send to this queue instead of the actor's")
     @_line_magic("send")
     def send(self, line: str) -> Message[Any]:
         """Send a message to an actor and show its live job view; returns the message.
@@ -322,20 +338,39 @@ class NbqueueMagics(Magics):
         embedded worker starts on first need. ``_`` (or ``m = %send ...``) holds the message:
         ``m.get_result(block=True)``, ``await m``, ``m.abort()``.
         """
-        text, options = split_options(line)
+        parser = _parser(NbqueueMagics.send)
+        # Only a word like --name is an option. Any other word that starts with "-" (-1, -x)
+        # is Python, passed with a space first, which argparse takes for a positional.
+        argv = [
+            word if not word.startswith("-") or re.match("--[A-Za-z]", word) else " " + word
+            for word in _python_words(line.strip())
+        ]
+        try:
+            opts = parser.parse_intermixed_args(argv)
+        except UsageError as e:  # raised by IPython's parser for argparse's errors
+            problem = str(e)
+            raise UsageError(
+                f"{problem[:1].upper()}{problem[1:]}; use {_usage(parser)}, {_SEND_EXAMPLE}."
+            ) from None
+        text = " ".join(word.strip() for word in [opts.actor, *opts.args])
         match = re.match(r"([A-Za-z_][\w.]*)(\(.*\))?\s*(.*)", text, re.S)
         if match is None:
-            raise UsageError(f"{_SEND_USAGE}; e.g. %send add 1, 2.")
+            raise UsageError(
+                f"{opts.actor.strip()!r} is not an actor's name; use {_usage(parser)}, "
+                f"{_SEND_EXAMPLE}."
+            )
         name, call, rest = match.groups()
         if call is not None:
             if rest:
-                raise UsageError(f"Unexpected text after {name}{call}; {_SEND_USAGE}.")
+                raise UsageError(
+                    f"Unexpected text after {name}{call}; use {_usage(parser)}, {_SEND_EXAMPLE}."
+                )
             rest = call[1:-1]
         actor = self._find_actor(name)
         args, kwargs = self._evaluate(rest)
-        delay = _int_option(options, "delay")
-        priority = _int_option(options, "priority")
-        queue = options.get("queue")
+        delay: int | None = opts.delay
+        priority: int | None = opts.priority
+        queue: str | None = opts.queue
         if delay is not None and delay < 0:
             raise UsageError(f"--delay must not be negative, got {delay}.")
         if queue is not None and not QUEUE_NAME_RE.fullmatch(queue):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import statistics
 import sys
@@ -13,7 +14,6 @@ from IPython.core.error import UsageError
 
 import nbqueue
 from nbqueue import Actor, Message, MessageStatus
-from nbqueue.notebook.magics import split_options
 from nbqueue.results import ResultFailure
 
 ADD = "def add(x, y=0):\n    return x + y\n"
@@ -151,12 +151,69 @@ def test_bad_send_input_raises_usage_error(ip, line):
     assert "\n" not in str(info.value)
 
 
-def test_split_options_leaves_strings_and_brackets_alone():
-    assert split_options("f '--delay 1', g(--x) --delay 5") == (
-        "f '--delay 1', g(--x)",
-        {"delay": "5"},
-    )
-    assert split_options('f """a --queue b""" --queue=q') == ('f """a --queue b"""', {"queue": "q"})
+SEND_USAGE = "%send [--delay MS] [--priority N] [--queue NAME] ACTOR [ARGS ...]"
+
+
+def test_send_arguments_keep_python_strings_brackets_and_minus_signs(ip):
+    ip.run_cell_magic("actor", "", "def echo(*args, **kwargs):\n    return [args, kwargs]\n")
+    ip.user_ns["x"] = 10
+    cases = {
+        'echo \'a  b\', "say \\"hi\\""': [["a  b", 'say "hi"'], {}],
+        "echo ['a  b'], f'{x}  y', k='#'": [[["a  b"], "10  y"], {"k": "#"}],
+        "echo x - 1, x -1, x-1, -x, - 1, (-1, -x)": [[9, 9, 9, -10, -1, [-1, -10]], {}],
+        "echo --1": [[1], {}],  # Python's double minus: only --NAME is an option
+        "echo abs(--x), '--queue q'  # --delay 5": [[10, "--queue q"], {}],
+        "echo delay=1.0": [[], {"delay": 1.0}],
+    }
+    for line, expected in cases.items():
+        message = ip.run_line_magic("send", line)
+        assert "eta" not in message.options, line
+        assert message.get_result(block=True) == expected, line
+
+
+def test_send_options_go_before_between_or_after_the_arguments(ip):
+    ip.run_cell_magic("actor", "", ADD)
+    for line in [
+        "--delay 60000 add 1, 2",
+        "add --delay 60000 1, 2",
+        "add 1, --delay=60000 2",
+        "add 1, 2 --delay 60000",
+        'add """a --queue b""", "c" --delay 60000',
+    ]:
+        message = ip.run_line_magic("send", line)
+        assert message.queue_name == "default.DQ", line
+        assert message.args in ((1, 2), ("a --queue b", "c")), line
+        assert message.abort()
+    other = ip.run_line_magic("send", "add(2, 2) --pri 7 --queue q-1_a")  # argparse's prefixes
+    assert (other.options["priority"], other.queue_name) == (7, "q-1_a")
+    assert other.get_result(block=True) == 4
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("", "required: ACTOR; use " + SEND_USAGE),
+        ("--delay 5", "required: ACTOR; use " + SEND_USAGE),
+        ("1, 2", "'1,' is not an actor's name; use " + SEND_USAGE),
+        ("add 1 --wait 5", "Unrecognized arguments: --wait 5; use " + SEND_USAGE),
+        ("add x --y", "Unrecognized arguments: --y; use " + SEND_USAGE),
+        ("add 1 --delay soon", "Argument --delay: invalid int value: 'soon'; use " + SEND_USAGE),
+        ("add 1 --delay", "Argument --delay: expected one argument; use " + SEND_USAGE),
+        ("add 1 --delay -5", "--delay must not be negative, got -5."),
+        ("add 'open", "unterminated string literal"),
+        ("add (1,", "Cannot read 'add (1,': '(' was never closed; close every string and bracket"),
+    ],
+)
+def test_bad_send_input_says_what_to_do(ip, line, says):
+    ip.run_cell_magic("actor", "", ADD)
+    with pytest.raises(UsageError, match=re.escape(says)) as info:
+        ip.run_line_magic("send", line)
+    assert "\n" not in str(info.value)
+    assert str(info.value).endswith(".")
+
+
+def test_send_help_shows_the_usage_its_parser_checks(ip):
+    assert SEND_USAGE in " ".join(ip.find_line_magic("send").__doc__.split())
 
 
 def test_send_shows_the_job_view_and_sets_underscore(ip):
