@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .asyncio import async_to_sync
 from .broker import Broker, get_broker
 from .common import QUEUE_NAME_RE
-from .live import stream
+from .context import stream
 from .message import Message
 
 if TYPE_CHECKING:

@@ -24,15 +24,13 @@ described in ``nbqueue.live.middleware.Live``.
 
 from __future__ import annotations
 
-import json
-import math
 from typing import TYPE_CHECKING, Any
 
 from ..broker import get_broker
 from ..common import current_millis
-from ..errors import Abort, EncodeError, LiveUnavailable
+from ..context import progress, stream
+from ..errors import Abort, LiveUnavailable
 from .backends import resolve_transport
-from .channel import current_channel
 from .events import EventStream
 from .middleware import DEFAULT_TTL, Live
 from .status import LiveEvent, MessageStatus, Progress, StatusRecord
@@ -57,67 +55,6 @@ __all__ = [
     "stream",
     "transport_for",
 ]
-
-
-def stream(chunk: Any) -> None:
-    """Stream a chunk of output from the running actor to whoever watches its message.
-
-    Text chunks may reach watchers merged with their neighbours; any other JSON value arrives
-    as one event. Outside of an actor run by a worker (e.g. when calling an actor directly),
-    this does nothing.
-
-    Parameters:
-      chunk: text, or a JSON value (dict, list, number...).
-
-    Raises:
-      EncodeError: ``chunk`` is neither text nor a JSON value.
-    """
-    channel = current_channel()
-    if channel is None:
-        return
-    if isinstance(chunk, str):
-        channel.output(chunk, "stream")
-        return
-    try:
-        json.dumps(chunk, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise EncodeError(
-            f"stream() takes text or a JSON value, got {type(chunk).__name__}; pass str(value) "
-            f"or a dict of JSON types instead."
-        ) from e
-    channel.value({"value": chunk, "stream": "stream"})
-
-
-def _number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise TypeError(
-            f"progress() takes a number for {name}, got {value!r}; call it like "
-            f"nbqueue.progress(3, total=10)."
-        )
-
-
-def progress(done: float, total: float | None = None, desc: str | None = None) -> None:
-    """Report the running actor's progress to whoever watches its message.
-
-    Cheap enough for a tight loop: reports are coalesced to at most one event per
-    ``progress_interval`` (100 ms) per message, and the latest report is always delivered before
-    the message's final status. Outside of an actor run by a worker, this does nothing.
-
-    Parameters:
-      done: how much is done, in any unit.
-      total: how much there is in all, in the same unit (``None``: unknown).
-      desc: a short description of the current step.
-
-    Raises:
-      TypeError: ``done`` or ``total`` is not a number.
-    """
-    channel = current_channel()
-    if channel is None:
-        return
-    _number("done", done)
-    if total is not None:
-        _number("total", total)
-    channel.progress({"done": done, "total": total, "desc": None if desc is None else str(desc)})
 
 
 def transport_for(broker: Broker) -> Transport:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .channel import current_channel
+from ..context import current_channel
 
 __all__ = ["CaptureStream", "install", "uninstall"]
 

@@ -15,7 +15,6 @@ Buffers are bounded: when the store cannot keep up, the oldest chunks are droppe
 from __future__ import annotations
 
 import atexit
-import contextvars
 import heapq
 import itertools
 import logging
@@ -27,13 +26,9 @@ from typing import Any
 
 from .transport import Transport, Write
 
-__all__ = ["Channel", "Publisher", "current_channel", "get_publisher"]
+__all__ = ["Channel", "Publisher", "get_publisher"]
 
 logger = logging.getLogger("nbqueue.live")
-
-_current: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
-    "nbqueue_live_channel", default=None
-)
 
 #: How long closing a channel waits for the publisher to write it, in seconds.
 CLOSE_TIMEOUT = 10.0
@@ -46,11 +41,6 @@ IDLE_EXIT = 30.0
 #: thread wakes once per tick rather than once per message (each wake-up of a thread costs the
 #: worker threads the GIL). ``flush()`` cuts the tick short.
 TICK = 0.005
-
-
-def current_channel() -> Channel | None:
-    """Return the channel of the message the calling actor runs for, or ``None``."""
-    return _current.get()
 
 
 class _Text:

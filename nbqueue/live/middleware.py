@@ -7,12 +7,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..common import current_millis, q_name
+from ..context import set_channel
 from ..errors import Abort
 from ..middleware.base import Middleware, SkipMessage
 from ..middleware.retries import Retries
 from . import capture
 from .backends import ResultsCache, resolve_transport
-from .channel import Channel, _current, get_publisher
+from .channel import Channel, get_publisher
 from .memory import memory_transport_for
 from .running import DONE, RUNNING, Running, RunningTable, summary, worker_id
 from .transport import ABORTED, Transport, Write
@@ -266,14 +267,14 @@ class Live(Middleware):
             message.stuff_exception(Abort())
             message.fail("aborted")
             raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
-        _current.set(channel)
+        set_channel(channel)
 
     def _done(self, message: MessageProxy) -> Running | None:
         running = self._table.mine(message.message_id)
         if running is not None:
             with running.lock:
                 running.state = DONE
-            _current.set(None)
+            set_channel(None)
         return running
 
     def after_process_message(

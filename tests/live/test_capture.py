@@ -6,8 +6,9 @@ import sys
 import threading
 
 import nbqueue
+from nbqueue.context import set_channel
 from nbqueue.live import capture
-from nbqueue.live.channel import Channel, _current, get_publisher
+from nbqueue.live.channel import Channel, get_publisher
 from nbqueue.live.memory import MemoryTransport
 from nbqueue.live.transport import Write
 from tests.live.conftest import follow, text
@@ -32,7 +33,7 @@ def test_writes_go_to_the_running_message_and_everything_else_passes_through(cap
     capture.install()
     transport = MemoryTransport()
     channel = _channel(transport)
-    token = _current.set(channel)
+    set_channel(channel)
     try:
         print("captured")
         print("also captured", file=sys.stderr)
@@ -42,7 +43,7 @@ def test_writes_go_to_the_running_message_and_everything_else_passes_through(cap
         other.start()
         other.join()
     finally:
-        _current.reset(token)
+        set_channel(None)
     print("outside")
     channel.close(Write("m", 60000))
 
@@ -90,11 +91,11 @@ def test_a_closed_channel_passes_late_writes_through(capsys):
     transport = MemoryTransport()
     channel = _channel(transport)
     channel.close(Write("m", 60000))
-    token = _current.set(channel)
+    set_channel(channel)
     try:
         print("late")
     finally:
-        _current.reset(token)
+        set_channel(None)
     assert capsys.readouterr().out == "late\n"
     assert _texts(transport) == []
 
