@@ -121,8 +121,13 @@ class MessageProxy:
         if reason is not None or self.dead_reason is None:
             self.dead_reason = reason or "failed"
 
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception the actor raised, or ``None`` (read-only: see ``stuff_exception``)."""
+        return self._exception
+
     def stuff_exception(self, exception: BaseException) -> None:
-        """Remember the exception the actor raised (read by ``StubBroker.join`` and middleware)."""
+        """Remember the exception the actor raised; ``exception`` returns it."""
         self._exception = exception
 
     def clear_exception(self) -> None:

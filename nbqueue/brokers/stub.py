@@ -276,7 +276,7 @@ class StubBroker(Broker):
             self._drained.notify_all()
 
     def _kill(self, queue: _Queue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
-        exception = proxy._exception if proxy is not None else None
+        exception = proxy.exception if proxy is not None else None
         with self._lock:
             canonical = q_name(queue.name)
             self._dead[canonical].append(dead)
@@ -363,7 +363,7 @@ class _StubConsumer(Consumer):
         if entry is None:
             return
         reason = message.dead_reason or "failed"
-        exception = message._exception
+        exception = message.exception
         dead = DeadLetter(
             q_name(self.queue.name),
             entry[2],
