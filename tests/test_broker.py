@@ -7,7 +7,44 @@ from typing import Any
 import pytest
 
 from nbqueue import Message
-from nbqueue.broker import MessageProxy
+from nbqueue.broker import Broker, Consumer, DeadLetter, MessageProxy, PreparedMessage, QueueStats
+from nbqueue.errors import MessageTooLarge
+
+
+class ListBroker(Broker):
+    """A third-party broker written against the base class alone: it prepares each message
+    with ``prepare_enqueue`` and keeps what it would send in a list."""
+
+    def __init__(self) -> None:
+        super().__init__(middleware=[])
+        self.sent: list[PreparedMessage] = []
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        prepared = self.prepare_enqueue(message, delay)
+        self.sent.append(prepared)
+        self.emit_after("enqueue", prepared.message, delay)
+        return prepared.message
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+        raise NotImplementedError
+
+    def declare_queue(self, queue_name: str) -> None:
+        self.queues[queue_name] = None
+
+    def flush(self, queue_name: str) -> None:
+        self.sent.clear()
+
+    def flush_all(self) -> None:
+        self.sent.clear()
+
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
+        pass
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        return {}
+
+    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
+        return []
 
 
 def _message(queue: str = "q", *args: Any, **options: Any) -> Message[Any]:
@@ -26,3 +63,19 @@ def test_a_proxy_exposes_the_stuffed_exception_read_only_until_cleared():
     proxy.clear_exception()
     seen.append(proxy.exception)
     assert seen == [None, error, error, None]
+
+
+def test_prepare_enqueue_keeps_the_queue_name_without_a_delay_and_uses_the_dq_with_one():
+    broker = ListBroker()
+    message = _message("q.DQ", 1, priority=3)
+    now = broker.prepare_enqueue(message)
+    assert now.message is message  # nothing to change: no copy
+    assert (now.queue_name, now.data) == ("q", message.encode())
+    later = broker.prepare_enqueue(message, 0, options={"mine": "x"})
+    assert later.queue_name == later.message.queue_name == "q.DQ"
+    assert list(later.message.options) == ["priority", "mine", "eta"]
+    assert later.message.options["eta"] >= message.message_timestamp
+    assert message.options == {"priority": 3}  # the original is unchanged
+    broker.max_message_size = len(now.data) - 1
+    with pytest.raises(MessageTooLarge):
+        broker.prepare_enqueue(message)
