@@ -359,6 +359,16 @@ class Broker(Services, abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional
         """Close the broker's connections. The in-memory broker has none."""
 
+    def check_server(self) -> None:  # noqa: B027 - optional
+        """Check that the broker's server is reachable and usable, so that a wrong address or
+        password fails now (the CLI calls this at boot) rather than in a consumer thread.
+
+        Brokers with no server (the in-memory broker) have nothing to check.
+
+        Raises:
+          BrokerError: the server cannot be used (the broker's own errors say why).
+        """
+
     def declare_actor(self, actor: Actor[Any, Any]) -> None:
         """Declare an actor and its queue on this broker.
 

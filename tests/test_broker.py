@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+import nbqueue
 from nbqueue import Message
 from nbqueue.broker import Broker, Consumer, DeadLetter, MessageProxy, PreparedMessage, QueueStats
-from nbqueue.errors import MessageTooLarge
+from nbqueue.errors import EncodeError, MessageTooLarge
 
 
 class ListBroker(Broker):
@@ -63,6 +64,27 @@ def test_a_proxy_exposes_the_stuffed_exception_read_only_until_cleared():
     proxy.clear_exception()
     seen.append(proxy.exception)
     assert seen == [None, error, error, None]
+
+
+def test_a_broker_without_a_server_has_nothing_to_check_and_does_not_validate_batches():
+    broker = ListBroker()
+    broker.check_server()  # a no-op, inherited
+    assert broker.validates_batches is False
+    assert broker.max_message_size is None
+
+
+def test_send_many_checks_the_batch_itself_on_a_broker_that_does_not_validate_batches():
+    broker = ListBroker()
+
+    @nbqueue.actor(broker=broker)
+    def takes(x):
+        pass
+
+    with pytest.raises(EncodeError, match=r"args\[0\]"):
+        takes.send_many([1, 2, {3}])
+    assert broker.sent == []  # the actor found the bad item before enqueueing the first
+    takes.send_many([1, 2])
+    assert [prepared.message.args for prepared in broker.sent] == [(1,), (2,)]
 
 
 def test_prepare_enqueue_keeps_the_queue_name_without_a_delay_and_uses_the_dq_with_one():
