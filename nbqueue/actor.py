@@ -203,7 +203,7 @@ class Actor(Generic[P, R]):
         messages = []
         # A broker whose enqueue_many encodes and checks the whole batch before any I/O says so
         # with ``validates_batches = True``: encoding here too would double the cost of a batch.
-        validate = not getattr(self.broker, "validates_batches", False)
+        validate = not self.broker.validates_batches
         options = _name_callbacks(dict(options))
         queue_name, actor_name = self.queue_name, self.actor_name
         # Subclasses that build messages their own way (remote actors) keep doing so.

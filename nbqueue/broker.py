@@ -8,9 +8,11 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .common import current_millis, dq_name, q_name
 from .errors import ActorNotFound
+from .message import Message, check_message_size
 from .middleware import default_middleware
 from .middleware.base import Middleware, MiddlewareError
 from .results import Results
@@ -18,7 +20,6 @@ from .services import Services
 
 if TYPE_CHECKING:
     from .actor import Actor
-    from .message import Message
     from .results import ResultBackend
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Consumer",
     "DeadLetter",
     "MessageProxy",
+    "PreparedMessage",
     "QueueStats",
     "get_broker",
     "set_broker",
@@ -94,6 +96,17 @@ class DeadLetter:
     error: str | None = None
 
 
+class PreparedMessage(NamedTuple):
+    """A message ready for a broker's I/O, as ``Broker.prepare_enqueue`` returns it."""
+
+    #: the message as enqueued (the one the hooks saw and ``enqueue`` returns)
+    message: Message[Any]
+    #: the message encoded, within the broker's ``max_message_size``
+    data: bytes
+    #: the queue to put it on: its canonical queue, or that queue's ``.DQ`` when delayed
+    queue_name: str
+
+
 class MessageProxy:
     """A message as a worker sees it: the message plus whether processing failed.
 
@@ -123,8 +136,13 @@ class MessageProxy:
         if reason is not None or self.dead_reason is None:
             self.dead_reason = reason or "failed"
 
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception the actor raised, or ``None`` (read-only: see ``stuff_exception``)."""
+        return self._exception
+
     def stuff_exception(self, exception: BaseException) -> None:
-        """Remember the exception the actor raised (read by ``StubBroker.join`` and middleware)."""
+        """Remember the exception the actor raised; ``exception`` returns it."""
         self._exception = exception
 
     def clear_exception(self) -> None:
@@ -208,6 +226,15 @@ class Broker(Services, abc.ABC):
       middleware: the middleware to use; ``None`` means one of each class in
         ``nbqueue.middleware.default_middleware``.
     """
+
+    #: The largest encoded message, in bytes, that ``prepare_enqueue`` lets through; ``None``
+    #: is no limit (as in Dramatiq). nbqueue's brokers set it from ``max_message_size=``.
+    max_message_size: int | None = None
+
+    #: Whether ``enqueue_many`` encodes and size-checks the whole batch before any I/O, so that
+    #: one bad message enqueues none. ``Actor.send_many`` encodes each message once more to
+    #: check the batch itself when a broker does not say so.
+    validates_batches: bool = False
 
     def __init__(self, middleware: list[Middleware] | None = None) -> None:
         self.logger = logging.getLogger(f"nbqueue.{type(self).__name__}")
@@ -332,6 +359,16 @@ class Broker(Services, abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional
         """Close the broker's connections. The in-memory broker has none."""
 
+    def check_server(self) -> None:  # noqa: B027 - optional
+        """Check that the broker's server is reachable and usable, so that a wrong address or
+        password fails now (the CLI calls this at boot) rather than in a consumer thread.
+
+        Brokers with no server (the in-memory broker) have nothing to check.
+
+        Raises:
+          BrokerError: the server cannot be used (the broker's own errors say why).
+        """
+
     def declare_actor(self, actor: Actor[Any, Any]) -> None:
         """Declare an actor and its queue on this broker.
 
@@ -427,6 +464,53 @@ class Broker(Services, abc.ABC):
         except (TypeError, ValueError):
             return 0
 
+    def prepare_enqueue(
+        self,
+        message: Message[Any],
+        delay: int | None = None,
+        *,
+        options: dict[str, Any] | None = None,
+        hooks: bool = True,
+    ) -> PreparedMessage:
+        """Prepare a message for enqueueing: every step before a broker's I/O, in order.
+
+        The queue is the message's canonical queue, or that queue's delay queue (``<queue>.DQ``)
+        when a ``delay`` is given, 0 included: the message is then a copy on the delay queue
+        with an ``eta`` option ``delay`` milliseconds from now (whole milliseconds, whatever
+        ``delay`` is). Without a delay the message keeps its queue name. Then the
+        ``before_enqueue`` hooks run (they may change the message's options), and the message
+        is encoded and checked against ``max_message_size``. Brokers call this once per
+        message, in ``enqueue`` and ``enqueue_many``, and emit ``after_enqueue`` themselves once
+        the I/O is done.
+
+        Parameters:
+          delay: in milliseconds; ``None`` enqueues the message to run now.
+          options: options of the broker's own, merged into a copy of the message (Redis stores
+            a fresh ``redis_message_id`` this way).
+          hooks: whether to call the ``before_enqueue`` hooks; a broker enqueueing a batch
+            passes False when it found that no middleware has one.
+
+        Returns:
+          The message as enqueued, its encoded body and the name of the queue to put it on.
+
+        Raises:
+          EncodeError: the message cannot be encoded (the error names the argument).
+          MessageTooLarge: the encoded message is above ``max_message_size``.
+        """
+        queue_name = q_name(message.queue_name)
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            merged = {**message.options, **(options or {})}
+            merged["eta"] = current_millis() + int(delay)
+            message = _with_options(message, merged, queue_name)
+        elif options is not None:
+            message = _with_options(message, {**message.options, **options}, None)
+        if hooks:
+            self.emit_before("enqueue", message, delay)
+        data = message.encode()
+        check_message_size(message, data, self.max_message_size)
+        return PreparedMessage(message, data, queue_name)
+
     def enqueue_many(
         self, messages: Iterable[Message[Any]], *, delay: int | None = None
     ) -> list[Message[Any]]:
@@ -484,3 +568,22 @@ class Broker(Services, abc.ABC):
     @abc.abstractmethod
     def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
         """Return the dead letters of a queue, oldest first, each with its reason."""
+
+
+def _with_options(
+    message: Message[Any], options: dict[str, Any], queue_name: str | None
+) -> Message[Any]:
+    """Return a copy of ``message`` with new options (and queue name): ``Message.copy`` without
+    the cost of ``dataclasses.replace``, which matters when enqueueing in bulk."""
+    fields = getattr(message, "__dict__", None)
+    if fields is None or type(message) is not Message:
+        changes: dict[str, Any] = {"options": options}
+        if queue_name is not None:
+            changes["queue_name"] = queue_name
+        return dataclasses.replace(message, **changes)
+    copy: Message[Any] = object.__new__(Message)
+    copy.__dict__.update(fields)
+    copy.__dict__["options"] = options
+    if queue_name is not None:
+        copy.__dict__["queue_name"] = queue_name
+    return copy

@@ -85,7 +85,7 @@ from typing import Any
 import pika  # type: ignore[import-untyped]
 
 from ..broker import Broker, Consumer, DeadLetter, QueueStats
-from ..common import current_millis, dq_name, getenv_int, q_name, xq_name
+from ..common import dq_name, getenv_int, q_name, xq_name
 from ..errors import (
     BrokerError,
     ConnectionFailed,
@@ -95,7 +95,7 @@ from ..errors import (
     PublishUnroutable,
     QueueJoinTimeout,
 )
-from ..message import FROM_ENVIRONMENT, Message, check_message_size, resolve_max_message_size
+from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size
 from ..middleware.base import Middleware
 from ..services import CodeStore, once
 from .code_store import RabbitmqCodeStore
@@ -157,8 +157,7 @@ class RabbitmqBroker(Broker):
         a ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) that is not a size.
     """
 
-    #: ``enqueue_many`` encodes and size-checks the whole batch before any I/O, so
-    #: ``Actor.send_many`` need not encode each message a second time to validate it.
+    #: ``enqueue_many`` prepares the whole batch before publishing any of it (see ``Broker``).
     validates_batches = True
 
     def __init__(
@@ -352,15 +351,9 @@ class RabbitmqBroker(Broker):
     def _prepare(
         self, message: Message[Any], delay: int | None
     ) -> tuple[Message[Any], tuple[str, bytes, Any]]:
-        canonical = q_name(message.queue_name)
-        target = canonical
-        if delay is not None:
-            target = dq_name(canonical)
-            message = message.copy(queue_name=target, options={"eta": current_millis() + delay})
-        self.declare_queue(canonical)
-        self.emit_before("enqueue", message, delay)
-        body = message.encode()
-        check_message_size(message, body, self.max_message_size)
+        self.declare_queue(q_name(message.queue_name))  # declared on first use, before the hooks
+        message, body, target = self.prepare_enqueue(message, delay)
+        # A delayed message keeps its priority: it is published with it to the delay queue.
         return message, (target, body, self._props(self._amqp_priority(message)))
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:

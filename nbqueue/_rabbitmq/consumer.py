@@ -432,7 +432,7 @@ class RabbitmqConsumer(Consumer):
         tag = self._own(message)
         if tag is None:
             return
-        exception = message._exception
+        exception = message.exception
         error = None if exception is None else f"{type(exception).__name__}: {exception}"
         reason = message.dead_reason or "failed"
         self.broker._record_dead(self.queue_name, exception, message, reason)

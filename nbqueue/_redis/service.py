@@ -56,7 +56,7 @@ def message_redis_id(message: MessageProxy) -> str | None:
 
 def dead_letter_details(message: MessageProxy) -> tuple[str, str | None]:
     """Why a message is dead-lettered, and the error text of what its actor raised."""
-    exception = getattr(message, "_exception", None)
+    exception = message.exception
     error = None if exception is None else f"{type(exception).__name__}: {exception}"
     return message.dead_reason or "failed", error
 

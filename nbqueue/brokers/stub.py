@@ -18,15 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..broker import Broker, Consumer, DeadLetter, MessageProxy, QueueStats
-from ..common import current_millis, dq_name, q_name
+from ..common import dq_name, q_name
 from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
-from ..message import (
-    FROM_ENVIRONMENT,
-    Message,
-    check_message_size,
-    resolve_max_message_size,
-    too_large_text,
-)
+from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size, too_large_text
 from ..middleware.base import Middleware
 from ..services import CodeStore, MemoryCodeStore, once
 
@@ -67,8 +61,7 @@ class StubBroker(Broker):
       ValueError: ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) is not a size.
     """
 
-    #: ``enqueue_many`` encodes and size-checks the whole batch before any I/O, so
-    #: ``Actor.send_many`` need not encode each message a second time to validate it.
+    #: ``enqueue_many`` prepares the whole batch before queueing any of it (see ``Broker``).
     validates_batches = True
 
     def __init__(
@@ -121,17 +114,12 @@ class StubBroker(Broker):
     def _prepare(
         self, message: Message[Any], delay: int | None
     ) -> tuple[Message[Any], _Queue, int, bytes]:
-        canonical = q_name(message.queue_name)
-        target = canonical
-        if delay is not None:
-            target = dq_name(canonical)
-            message = message.copy(queue_name=target, options={"eta": current_millis() + delay})
-        queue = self._queue(target)
-        self.emit_before("enqueue", message, delay)
-        data = message.encode()
-        check_message_size(message, data, self.max_message_size)
+        # Declaring a queue declares its delay queue too, so checking the queue is enough; it
+        # comes before the hooks, which see only messages that can be queued.
+        self._queue(q_name(message.queue_name))
+        message, data, queue_name = self.prepare_enqueue(message, delay)
         priority = 0 if delay is not None else self.message_priority(message)
-        return message, queue, priority, data
+        return message, self._store[queue_name], priority, data
 
     def _push(self, entries: list[tuple[Message[Any], _Queue, int, bytes]]) -> None:
         with self._lock:
@@ -276,7 +264,7 @@ class StubBroker(Broker):
             self._drained.notify_all()
 
     def _kill(self, queue: _Queue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
-        exception = proxy._exception if proxy is not None else None
+        exception = proxy.exception if proxy is not None else None
         with self._lock:
             canonical = q_name(queue.name)
             self._dead[canonical].append(dead)
@@ -363,7 +351,7 @@ class _StubConsumer(Consumer):
         if entry is None:
             return
         reason = message.dead_reason or "failed"
-        exception = message._exception
+        exception = message.exception
         dead = DeadLetter(
             q_name(self.queue.name),
             entry[2],

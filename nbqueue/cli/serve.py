@@ -59,9 +59,7 @@ def serve(
         queues = None if options.queues is None else {*options.queues, *extra_queues}
         # A wrong address or password is a boot failure (exit 3), not a consumer that retries
         # forever: the Redis and RabbitMQ brokers check their server here.
-        check_server = getattr(broker, "check_server", None)
-        if callable(check_server):
-            check_server()
+        broker.check_server()
         worker = Worker(broker, queues=queues, worker_threads=options.threads)
         worker.start()
     except BootError as e:

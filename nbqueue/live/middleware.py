@@ -326,7 +326,7 @@ class Live(Middleware):
             status = "failed"
         else:
             status = "dead"
-        error = summary(exception or getattr(message, "_exception", None))
+        error = summary(exception or message.exception)
         if status == "dead":
             error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
         self._finish(broker, message, running, status, error)

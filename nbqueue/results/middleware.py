@@ -148,8 +148,8 @@ class Results(Middleware):
         store, ttl = self._lookup_options(broker, message)
         if not store:
             return
-        exception = getattr(message, "_exception", None)
+        exception = message.exception
         if exception is None:
-            reason = getattr(message, "dead_reason", None) or "failed"
+            reason = message.dead_reason or "failed"
             exception = Exception(f"The message was dead-lettered ({reason}).")
         self.backend.store_exception(message, exception, ttl)

@@ -6,6 +6,7 @@ import datetime
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,95 @@ def test_send_many_with_one_unencodable_item_enqueues_none_of_the_batch(broker, 
     with pytest.raises(EncodeError, match=r"kwargs\['x'\]"):
         takes.send_many([{"x": 1}, {"x": 2}, {"x": {1, 2}}, {"x": 4}])
     assert broker.queue_stats()[namespace].ready == 0
+
+
+class EnqueueRecorder(nbqueue.Middleware):
+    """Records the enqueue hooks as (hook, message, delay) and tags each message in its before
+    hook; records the tag each processed message arrived with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Message[Any], int | None]] = []
+        self.processed: list[Any] = []
+
+    def before_enqueue(self, broker, message, delay):
+        self.calls.append(("before", message, delay))
+        message.options["tag"] = message.args[0]
+
+    def after_enqueue(self, broker, message, delay):
+        self.calls.append(("after", message, delay))
+
+    def before_process_message(self, broker, message):
+        self.processed.append(message.options.get("tag"))
+
+
+def test_enqueue_hooks_see_the_message_as_enqueued_and_what_a_before_hook_adds_is_sent(
+    broker, worker_factory, namespace
+):
+    recorder = EnqueueRecorder()
+    broker.add_middleware(recorder)
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def echo(i):
+        pass
+
+    now = echo.send(1)
+    soon = echo.send_with_options(args=(2,), delay=0)  # 0 is a delay: it goes by the .DQ
+    assert recorder.calls == [
+        ("before", now, None),
+        ("after", now, None),
+        ("before", soon, 0),
+        ("after", soon, 0),
+    ]
+    # the very message returned: each broker's own options (Redis: redis_message_id) included
+    assert [id(message) for _, message, _ in recorder.calls] == [id(now)] * 2 + [id(soon)] * 2
+    assert now.queue_name == namespace and "eta" not in now.options
+    assert soon.queue_name == f"{namespace}.DQ" and soon.options["eta"] >= soon.message_timestamp
+    assert (now.options["tag"], soon.options["tag"]) == (1, 2)
+    worker = worker_factory(broker)
+    broker.join(namespace, timeout=10000)
+    worker.join()
+    assert sorted(recorder.processed) == [1, 2]  # the tags were encoded: hooks run before
+
+
+def test_send_many_calls_every_before_hook_then_every_after_hook_once_all_are_enqueued(
+    broker, namespace
+):
+    recorder = EnqueueRecorder()
+    broker.add_middleware(recorder)
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def echo(i):
+        pass
+
+    sent = echo.send_many([(1,), (2,), (3,)])
+    assert [(hook, message.args, delay) for hook, message, delay in recorder.calls] == [
+        ("before", (1,), None),
+        ("before", (2,), None),
+        ("before", (3,), None),
+        ("after", (1,), None),
+        ("after", (2,), None),
+        ("after", (3,), None),
+    ]
+    assert [id(message) for _, message, _ in recorder.calls] == [id(m) for m in sent + sent]
+    recorder.calls.clear()
+    delayed = echo.send_many([(4,), (5,)], delay=60000)
+    assert [hook for hook, _, _ in recorder.calls] == ["before", "before", "after", "after"]
+    assert {m.queue_name for m in delayed} == {f"{namespace}.DQ"}
+    assert all(m.options["eta"] >= m.message_timestamp + 60000 for m in delayed)
+    stats = broker.queue_stats()[namespace]
+    assert (stats.ready, stats.delayed) == (3, 2)
+
+
+def test_a_fractional_delay_gives_an_eta_in_whole_milliseconds(broker, namespace):
+    # Fixed: the in-memory and RabbitMQ brokers wrote a float eta for a float delay (a
+    # pipeline's delay= option reaches enqueue as given); Redis wrote an int, as now all do.
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def echo(i):
+        pass
+
+    sent = broker.enqueue(echo.message(1), delay=1.5)
+    assert type(sent.options["eta"]) is int
+    assert sent.options["eta"] >= sent.message_timestamp + 1
 
 
 def test_join_times_out_when_nothing_consumes(broker, namespace):

@@ -73,6 +73,36 @@ def test_send_many_with_one_oversized_message_enqueues_none_of_the_batch(broker,
     assert broker.queue_stats()[namespace].ready == 2
 
 
+class EnqueueHooks(nbqueue.Middleware):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def before_enqueue(self, broker, message, delay):
+        self.calls.append(("before", message.args[0][:1]))
+
+    def after_enqueue(self, broker, message, delay):
+        self.calls.append(("after", message.args[0][:1]))
+
+
+def test_before_hooks_run_up_to_the_oversized_message_and_no_after_hook_runs(broker, namespace):
+    hooks = EnqueueHooks()
+    broker.add_middleware(hooks)
+
+    @nbqueue.actor(queue_name=namespace, actor_name="echo", broker=broker)
+    def echo(blob):
+        pass
+
+    broker.max_message_size = 4096
+    with pytest.raises(MessageTooLarge):
+        echo.send("x" * 5000)
+    assert hooks.calls == [("before", "x")]  # the hook may change the message: it runs first
+    hooks.calls.clear()
+    with pytest.raises(MessageTooLarge):
+        echo.send_many([("a",), ("y" * 5000,), ("b",)])
+    assert hooks.calls == [("before", "a"), ("before", "y")]
+    assert wrote_nothing(broker, namespace)
+
+
 def test_an_injected_oversized_body_is_dead_lettered_too_large_and_strands_nothing(
     broker, worker_factory, namespace, inject_raw
 ):

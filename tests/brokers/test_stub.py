@@ -25,6 +25,13 @@ def test_enqueueing_to_an_undeclared_queue_says_how_to_declare_it():
         broker.enqueue(_message("nowhere"))
 
 
+def test_a_delayed_enqueue_to_an_undeclared_queue_names_the_queue_to_declare():
+    # Fixed: the error named the delay queue, 'nowhere.DQ', as the queue to declare.
+    broker = StubBroker()
+    with pytest.raises(QueueNotFound, match=r"declare_queue\('nowhere'\)"):
+        broker.enqueue(_message("nowhere"), delay=10)
+
+
 def test_join_re_raises_the_actors_exception_by_default(stub_broker, stub_worker):
     @nbqueue.actor(max_retries=0)
     def fails():
