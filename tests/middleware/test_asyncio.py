@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 import nbqueue
-from nbqueue.asyncio import get_event_loop_thread
+from nbqueue.asyncio import EventLoopThread, get_event_loop_thread
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.middleware import AsyncIO
+from nbqueue.threading import Interrupt
 
 
 def test_async_actors_run_on_the_loop_thread_the_middleware_started(
@@ -84,41 +88,62 @@ def test_a_new_worker_gets_a_new_loop_after_the_old_one_stopped(
     assert results == [1]
 
 
-def test_an_interrupt_right_after_the_coroutine_was_scheduled_still_cancels_it() -> None:
-    # The interrupt lands in the narrowest window: start() is scheduled, nothing waits yet.
-    import pytest
-
-    from nbqueue.asyncio import EventLoopThread
-    from nbqueue.threading import Interrupt
-
-    thread = EventLoopThread()
+@pytest.fixture
+def loop_thread() -> Iterator[EventLoopThread]:
+    thread = EventLoopThread(interrupt_check_ival=0.01)
     thread.start()
-    loop: Any = thread.loop
+    yield thread
+    thread.stop()
+
+
+def unfinished_tasks(thread: EventLoopThread) -> list[asyncio.Task[Any]]:
+    """The loop's tasks still pending once the callbacks queued before this call have run.
+
+    The loop runs callbacks in order, so a cancel() that run_coroutine queued has run, and the
+    cancelled task has taken its last step, before this check's own first step returns.
+    """
+
+    async def pending() -> list[asyncio.Task[Any]]:
+        await asyncio.sleep(0)
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    return asyncio.run_coroutine_threadsafe(pending(), thread.loop).result()
+
+
+def test_an_interrupt_right_after_the_coroutine_was_scheduled_still_cancels_it(
+    loop_thread: EventLoopThread,
+) -> None:
+    # The interrupt lands in the narrowest window: start() is queued, nothing waits yet. The loop
+    # is held at a gate until run_coroutine has queued cancel() behind start(), so the coroutine
+    # cannot take its first step before the interrupt is handled, however the threads are run.
+    loop: Any = loop_thread.loop
     schedule = loop.call_soon_threadsafe
-    outcomes: list[str] = []
+    gate = threading.Event()
+    queued: list[str] = []
+    started: list[str] = []
 
     def interrupted(callback: Any, *args: Any) -> Any:
-        handle = schedule(callback, *args)
-        if not outcomes:
-            outcomes.append("scheduled")
+        queued.append(callback.__name__)
+        if len(queued) == 1:
+            schedule(gate.wait)
+            schedule(callback, *args)
             raise Interrupt()
+        handle = schedule(callback, *args)
+        gate.set()
         return handle
 
     async def slow() -> None:
-        outcomes.append("started")
-        await asyncio.sleep(30)
-
-    async def pending() -> int:
-        return len(asyncio.all_tasks()) - 1
+        started.append("slow")
+        await asyncio.sleep(3600)
 
     loop.call_soon_threadsafe = interrupted
     try:
         with pytest.raises(Interrupt):
-            thread.run_coroutine(slow())
-        loop.call_soon_threadsafe = schedule
-        # cancel() ran right after start(), before the task's first step
-        assert outcomes == ["scheduled"]
-        assert asyncio.run_coroutine_threadsafe(pending(), loop).result(5) == 0
+            loop_thread.run_coroutine(slow())
     finally:
         loop.call_soon_threadsafe = schedule
-        thread.stop()
+        gate.set()
+
+    assert queued == ["start", "cancel"]
+    assert unfinished_tasks(loop_thread) == []
+    assert started == []  # cancel() ran right after start(), before the task's first step
