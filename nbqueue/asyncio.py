@@ -84,16 +84,23 @@ class EventLoopThread(threading.Thread):
         an abort) cancels the coroutine's task, waits up to a second for the task to finish its
         cleanup, and propagates; the message is settled only after that cleanup.
         """
-        outcome: concurrent.futures.Future[R] = concurrent.futures.Future()
+        # The Interrupt lands at whatever bytecode this thread runs, so every step must survive
+        # it. The wait is on ``done``, a bare lock the loop releases once ``outcome`` is set, not
+        # in Future.result(): Condition.wait() releases the future's lock before its own try, and
+        # an Interrupt landing there turns into RuntimeError("cannot release un-acquired lock"),
+        # which escapes ``except Interrupt`` and leaves the coroutine running.
         tasks: list[asyncio.Task[R]] = []
 
         def finish(task: asyncio.Task[R]) -> None:
-            if task.cancelled():
-                outcome.cancel()
-            elif (error := task.exception()) is not None:
-                outcome.set_exception(error)
-            else:
-                outcome.set_result(task.result())
+            try:
+                if task.cancelled():
+                    outcome.cancel()
+                elif (error := task.exception()) is not None:
+                    outcome.set_exception(error)
+                else:
+                    outcome.set_result(task.result())
+            finally:
+                done.release()
 
         def start() -> None:
             # Runs in a copy of the caller's context, so context variables (CurrentMessage)
@@ -106,28 +113,36 @@ class EventLoopThread(threading.Thread):
             if not tasks:  # the interrupt came before start() was scheduled
                 coro.close()
                 outcome.cancel()
+                done.release()
             for task in tasks:
                 task.cancel()
 
-        if not self.is_alive():
-            coro.close()
-            raise RuntimeError("The nbqueue event loop thread is not running.")
+        try:
+            outcome: concurrent.futures.Future[R] = concurrent.futures.Future()
+            done = threading.Lock()
+            done.acquire()
+            # loop.is_running() rather than self.is_alive(): an Interrupt landing inside
+            # Thread.is_alive() can make CPython 3.10 to 3.12 mark the loop thread as stopped.
+            if not self.loop.is_running():
+                raise RuntimeError("The nbqueue event loop thread is not running.")
+        except BaseException:
+            coro.close()  # nothing was scheduled: the coroutine never runs
+            raise
         try:
             # Scheduled inside the try, so that an interrupt landing right after start() was
             # scheduled (an abort as the actor begins) still cancels the task.
             self.loop.call_soon_threadsafe(start)
-            while True:
-                try:
-                    return outcome.result(timeout=self.interrupt_check_ival)
-                except concurrent.futures.TimeoutError:
-                    continue
+            while not done.acquire(True, self.interrupt_check_ival):
+                pass
+            return outcome.result()
         except Interrupt:
             # The loop runs callbacks in order: if start() was scheduled, cancel() finds its task.
-            self.loop.call_soon_threadsafe(cancel)
             try:
-                outcome.result(timeout=1.0)
-            except BaseException:  # noqa: S110 - the interrupt is what propagates
-                pass
+                self.loop.call_soon_threadsafe(cancel)
+            except RuntimeError:  # the loop closed, cancelling its tasks: the interrupt propagates
+                coro.close()
+            if not outcome.done():
+                done.acquire(True, 1.0)
             raise
 
 

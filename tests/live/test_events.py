@@ -25,7 +25,8 @@ def test_following_stops_at_the_timeout_without_raising():
     events = list(stream)
     assert [e.kind for e in events] == ["output", "status"]
     assert not stream.finished and stream.offset == 2
-    assert 0.15 < time.monotonic() - started < 2
+    # Not before the timeout: a lower bound only, which a loaded machine can only make longer.
+    assert time.monotonic() - started > 0.15
 
 
 def test_following_stops_after_the_final_status():

@@ -63,6 +63,10 @@ def spin():
     while True:
         time.sleep(0.01)
 
+if "--no-flag-checks" in sys.argv:  # checking the abort flags finds none
+    from nbqueue.live.redis import RedisTransport
+
+    RedisTransport.abort_flags = lambda self, message_ids: []
 worker = nbqueue.Worker(broker, worker_timeout=100, worker_threads=2)
 worker.start()
 print("ready", flush=True)
@@ -143,28 +147,26 @@ def test_a_watcher_in_another_process_sees_the_stream_of_a_job_run_here(
     assert statuses(here) == ["enqueued", "running", "succeeded"]
 
 
-def test_an_abort_reaches_a_worker_in_another_process_within_a_second(
+def test_an_abort_reaches_a_worker_in_another_process_through_its_notification(
     live_broker, redis_url, namespace, processes
 ):
     @nbqueue.actor(actor_name="spin", max_retries=3, min_backoff=10)
     def spin():
         raise AssertionError("runs in the other process only")
 
-    worker = _spawn(WORKER, redis_url, namespace)
+    # That worker's abort-flag checks find nothing: only the notification can stop the actor.
+    worker = _spawn(WORKER, redis_url, namespace, "--no-flag-checks")
     processes.append(worker)
     assert worker.stdout is not None
     assert worker.stdout.readline().strip() == "ready"
 
     message = spin.send()
-    for event in message.events(timeout=10000):
+    for event in message.events():
         if event.kind == "output":
             break  # the actor's own code runs, over there
-    started = time.monotonic()
     assert message.abort() is True
-    events = follow(message, timeout=5000)
-    elapsed = time.monotonic() - started
+    events = follow(message)
 
-    assert elapsed < 1.0
     assert statuses(events) == ["enqueued", "running", "aborted"]
     assert text(events) == "spinning in another process"
     assert record(message).attempt == 1
@@ -189,10 +191,8 @@ def test_a_missed_abort_notification_is_caught_by_the_flag_check(live_broker, wo
     # Set the flag as abort() does, but send no notification.
     live_broker.client.hset(transport.keys(message.message_id)[0], "abort", "1")
 
-    started = time.monotonic()
-    events = follow(message, timeout=5000)
+    events = follow(message)  # no notification: only the flag check can stop it
     assert statuses(events)[-1] == "aborted"
-    assert time.monotonic() - started < 2.5  # checked about once a second
 
 
 def test_with_another_broker_the_redis_result_backend_carries_the_channel(

@@ -8,14 +8,30 @@ import pytest
 
 import nbqueue
 from nbqueue.brokers.stub import StubBroker
-from nbqueue.middleware import Shutdown, ShutdownNotifications
+from nbqueue.middleware import Middleware, Shutdown, ShutdownNotifications
 
 
-def _busy(seconds: float) -> None:
+def _work_until(event: threading.Event) -> None:
     # Short sleeps: an asynchronous exception is only delivered between bytecodes.
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while not event.is_set():
         time.sleep(0.005)
+
+
+class ShutdownBegun(Middleware):
+    """Sets ``begun`` when the worker starts to stop, after the middleware added before it."""
+
+    def __init__(self) -> None:
+        self.begun = threading.Event()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self.begun.set()
+
+
+def _shutdown_begun(broker: StubBroker) -> threading.Event:
+    # Added last: by the time it is set, ShutdownNotifications has raised what it raises.
+    signal = ShutdownBegun()
+    broker.add_middleware(signal)
+    return signal.begun
 
 
 def test_actors_that_opt_in_are_interrupted_when_the_worker_stops(
@@ -29,24 +45,23 @@ def test_actors_that_opt_in_are_interrupted_when_the_worker_stops(
     def long_job() -> None:
         running.set()
         try:
-            _busy(5)
+            _work_until(threading.Event())  # never set: only the interrupt ends it
         except Shutdown:
             outcomes.append("interrupted")
             raise
         outcomes.append("finished")
 
     long_job.send()
-    assert running.wait(5)
-    started = time.monotonic()
+    running.wait()
     worker.stop()
 
     assert outcomes == ["interrupted"]
-    assert time.monotonic() - started < 2
 
 
 def test_actors_that_did_not_opt_in_finish_when_the_worker_stops(
     stub_broker: StubBroker, worker_factory: Any
 ) -> None:
+    begun = _shutdown_begun(stub_broker)
     worker = worker_factory(stub_broker)
     running = threading.Event()
     outcomes: list[str] = []
@@ -55,14 +70,14 @@ def test_actors_that_did_not_opt_in_finish_when_the_worker_stops(
     def long_job() -> None:
         running.set()
         try:
-            _busy(0.2)
+            _work_until(begun)  # still running when the shutdown begins
         except Shutdown:
             outcomes.append("interrupted")
             raise
         outcomes.append("finished")
 
     long_job.send()
-    assert running.wait(5)
+    running.wait()
     worker.stop()
 
     assert outcomes == ["finished"]
@@ -80,13 +95,13 @@ def test_the_middleware_default_interrupts_actors_that_say_nothing(
     def long_job() -> None:
         running.set()
         try:
-            _busy(5)
+            _work_until(threading.Event())  # never set: only the interrupt ends it
         except Shutdown:
             outcomes.append("interrupted")
             raise
 
     long_job.send()
-    assert running.wait(5)
+    running.wait()
     worker.stop()
 
     assert outcomes == ["interrupted"]
@@ -95,6 +110,7 @@ def test_the_middleware_default_interrupts_actors_that_say_nothing(
 def test_a_message_can_opt_out_of_the_actor_option(
     stub_broker: StubBroker, worker_factory: Any
 ) -> None:
+    begun = _shutdown_begun(stub_broker)
     worker = worker_factory(stub_broker)
     running = threading.Event()
     outcomes: list[str] = []
@@ -103,14 +119,14 @@ def test_a_message_can_opt_out_of_the_actor_option(
     def long_job() -> None:
         running.set()
         try:
-            _busy(0.2)
+            _work_until(begun)  # still running when the shutdown begins
         except Shutdown:
             outcomes.append("interrupted")
             raise
         outcomes.append("finished")
 
     long_job.send_with_options(notify_shutdown=False)
-    assert running.wait(5)
+    running.wait()
     worker.stop()
 
     assert outcomes == ["finished"]

@@ -18,6 +18,12 @@ def _busy(seconds: float) -> None:
         time.sleep(0.005)
 
 
+def _until_interrupted() -> None:
+    # No end of its own: the test passes only if the time limit interrupts it, however late.
+    while True:
+        time.sleep(0.005)
+
+
 def _time_limit(broker: StubBroker) -> TimeLimit:
     return next(m for m in broker.middleware if isinstance(m, TimeLimit))
 
@@ -30,19 +36,17 @@ def test_actors_that_exceed_their_time_limit_are_interrupted(
     @nbqueue.actor(time_limit=50, max_retries=0)
     def slow() -> None:
         try:
-            _busy(5)
+            _until_interrupted()
         except TimeLimitExceeded:
             outcomes.append("interrupted")
             raise
         outcomes.append("finished")
 
-    started = time.monotonic()
     slow.send()
     stub_broker.join(slow.queue_name, fail_fast=False)
     stub_worker.join()
 
     assert outcomes == ["interrupted"]
-    assert time.monotonic() - started < 2
     [dead] = stub_broker.get_dead_letters(slow.queue_name)
     assert dead.reason == "retries_exhausted"
     assert dead.error is not None and "TimeLimitExceeded" in dead.error
@@ -53,7 +57,7 @@ def test_actors_within_their_time_limit_finish(
 ) -> None:
     outcomes: list[str] = []
 
-    @nbqueue.actor(time_limit=2000, max_retries=0)
+    @nbqueue.actor(time_limit=600_000, max_retries=0)
     def quick() -> None:
         _busy(0.05)
         outcomes.append("finished")
@@ -73,7 +77,7 @@ def test_the_message_time_limit_overrides_the_actor_option(
     @nbqueue.actor(time_limit=60000, max_retries=0)
     def slow() -> None:
         try:
-            _busy(5)
+            _until_interrupted()
         except TimeLimitExceeded:
             outcomes.append("interrupted")
             raise
@@ -88,14 +92,14 @@ def test_the_message_time_limit_overrides_the_actor_option(
 def test_the_deadline_is_met_even_when_the_check_interval_is_long(
     worker_factory: Any,
 ) -> None:
-    # The watcher sleeps until the earliest deadline, not a whole interval.
-    broker = StubBroker(middleware=[TimeLimit(time_limit=50, interval=60000)])
+    # The watcher sleeps until the earliest deadline, not a whole interval (an hour here).
+    broker = StubBroker(middleware=[TimeLimit(time_limit=50, interval=3_600_000)])
     outcomes: list[str] = []
 
     @nbqueue.actor(broker=broker)
     def slow() -> None:
         try:
-            _busy(5)
+            _until_interrupted()
         except TimeLimitExceeded:
             outcomes.append("interrupted")
             raise
@@ -119,7 +123,7 @@ def test_the_watcher_starts_with_a_worker_booted_without_the_cli(
     @nbqueue.actor(broker=broker)
     def slow() -> None:
         try:
-            _busy(5)
+            _until_interrupted()
         except TimeLimitExceeded:
             outcomes.append("interrupted")
             raise
@@ -155,7 +159,7 @@ def test_a_worker_started_after_another_stopped_still_enforces_limits(
     @nbqueue.actor(time_limit=50, max_retries=0)
     def slow() -> None:
         try:
-            _busy(5)
+            _until_interrupted()
         except TimeLimitExceeded:
             outcomes.append("interrupted")
             raise
@@ -173,18 +177,18 @@ def test_a_finished_actor_is_never_interrupted_later(
     worker = worker_factory(stub_broker, worker_threads=1)
     outcomes: list[str] = []
 
-    @nbqueue.actor(time_limit=100, max_retries=0)
+    @nbqueue.actor(time_limit=500, max_retries=0)
     def quick(n: int) -> None:
-        _busy(0.03)
+        _busy(0.2)  # 300 ms short of its limit, a margin a loaded machine does not eat
         outcomes.append(f"done {n}")
 
-    # Four messages back to back on one thread take longer than one time limit in total.
-    for n in range(4):
+    # Three messages back to back on one thread take longer than one time limit in total.
+    for n in range(3):
         quick.send(n)
     stub_broker.join(quick.queue_name)
     worker.join()
 
-    assert outcomes == [f"done {n}" for n in range(4)]
+    assert outcomes == [f"done {n}" for n in range(3)]
 
 
 def test_a_time_limit_ends_with_its_message(stub_broker: StubBroker, worker_factory: Any) -> None:
@@ -223,17 +227,15 @@ def test_async_actors_that_exceed_their_time_limit_are_cancelled(
     @nbqueue.actor(time_limit=50, max_retries=0)
     async def slow() -> None:
         try:
-            await asyncio.sleep(5)
+            await asyncio.sleep(3600)  # only the time limit can end it within the test
         except asyncio.CancelledError:
             outcomes.append("cancelled")
             raise
 
-    started = time.monotonic()
     slow.send()
     stub_broker.join(slow.queue_name, fail_fast=False)
     worker.join()
 
     assert outcomes == ["cancelled"]
-    assert time.monotonic() - started < 2
     [dead] = stub_broker.get_dead_letters(slow.queue_name)
     assert dead.error is not None and "TimeLimitExceeded" in dead.error

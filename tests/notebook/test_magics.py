@@ -277,14 +277,12 @@ def test_a_blocking_wait_is_interrupted_by_ctrl_c(ip):
                     return
                 frame = frame.f_back
 
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # an hour's wait: only Ctrl-C ends it in time
         threading.Thread(target=interrupt, daemon=True).start()
-        message.get_result(block=True, timeout=20000)
+        message.get_result(block=True, timeout=3_600_000)
     assert blocked.is_set()
-    assert time.monotonic() - start < 5
     assert message.abort()
-    stream = message.events(timeout=5000)
+    stream = message.events()
     assert [e.status for e in stream if e.status][-1] is MessageStatus.aborted
 
 

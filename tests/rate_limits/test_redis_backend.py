@@ -30,10 +30,10 @@ def backend(redis_url, namespace):
 
 def test_add_sets_a_key_only_when_it_is_absent(backend, namespace):
     key = f"{namespace}:k"
-    assert backend.add(key, 3, 1000)
-    assert not backend.add(key, 5, 1000)
+    assert backend.add(key, 3, 600_000)  # TTLs no slow run outlives
+    assert not backend.add(key, 5, 600_000)
     assert backend.client.get(key) == b"3"
-    assert 0 < backend.client.pttl(key) <= 1000
+    assert 0 < backend.client.pttl(key) <= 600_000
 
 
 def test_incr_and_decr_stop_at_their_bounds_and_reset_the_ttl(backend, namespace):
@@ -42,10 +42,10 @@ def test_incr_and_decr_stop_at_their_bounds_and_reset_the_ttl(backend, namespace
     assert backend.incr(key, 1, 2, 5000)
     assert not backend.incr(key, 1, 2, 5000)
     assert backend.client.get(key) == b"2"
-    assert backend.decr(key, 1, 1, 9000)
-    assert not backend.decr(key, 1, 1, 9000)
+    assert backend.decr(key, 1, 1, 600_000)
+    assert not backend.decr(key, 1, 1, 600_000)
     assert backend.client.get(key) == b"1"
-    assert 5000 < backend.client.pttl(key) <= 9000
+    assert 5000 < backend.client.pttl(key) <= 600_000  # decr set the TTL anew
 
 
 def test_incr_and_sum_checks_the_sum_over_the_window(backend, namespace):
@@ -62,19 +62,31 @@ def test_incr_and_sum_checks_the_sum_over_the_window(backend, namespace):
 
 def test_wait_wakes_when_an_event_is_published_and_late_waiters_see_it(backend, namespace):
     key = f"{namespace}:e"
-    woke: list[float] = []
-    thread = threading.Thread(target=lambda: woke.append(backend.wait(key, 5000)))
+    woke: list[bool] = []
+    # An hour: only the event can end this wait within the test.
+    thread = threading.Thread(target=lambda: woke.append(backend.wait(key, 3_600_000)))
     thread.start()
-    backend.wait_notify(key, 1000)
-    thread.join(5)
+    backend.wait_notify(key, 600_000)
+    thread.join()
     assert woke == [True]
     assert backend.wait(key, 0)
 
 
 def test_wait_honours_sub_second_timeouts(backend, namespace):
+    blocked_for: list[float] = []
+    blmove = backend.client.blmove
+
+    def recorded_blmove(source, destination, timeout, *args):
+        blocked_for.append(timeout)
+        assert 0 < timeout <= 0.2  # 0 would block forever; a whole second would overrun
+        return blmove(source, destination, timeout, *args)
+
+    backend.client.blmove = recorded_blmove
     started = time.monotonic()
     assert not backend.wait(f"{namespace}:nothing", 200)
-    assert 0.19 <= time.monotonic() - started < 1.0
+    assert blocked_for  # it waited in Redis, rather than looking once
+    # Not before the timeout: a lower bound only, which a loaded machine can only make longer.
+    assert time.monotonic() - started >= 0.19
 
 
 def test_the_limiters_work_on_redis(backend, namespace):
@@ -101,22 +113,30 @@ def test_the_limiters_work_on_redis(backend, namespace):
 
 
 def test_a_barrier_releases_every_party_when_the_last_arrives(backend, namespace):
-    barrier = Barrier(backend, f"{namespace}:barrier", ttl=10000)
+    barrier = Barrier(backend, f"{namespace}:barrier", ttl=600_000)
     assert barrier.create(parties=3)
+    arrivals = threading.Semaphore(0)
+    decr = backend.decr
+
+    def counted_decr(*args, **kwargs):  # a party arrives by decrementing the count
+        try:
+            return decr(*args, **kwargs)
+        finally:
+            arrivals.release()
+
+    backend.decr = counted_decr
     released: list[bool] = []
-    waiters = [
-        threading.Thread(target=lambda: released.append(barrier.wait(timeout=5000)))
+    waiters = [  # an hour: only the last party can end these waits within the test
+        threading.Thread(target=lambda: released.append(barrier.wait(timeout=3_600_000)))
         for _ in range(2)
     ]
     for waiter in waiters:
         waiter.start()
-    deadline = time.monotonic() + 5
-    while backend.client.get(f"{namespace}:barrier") != b"1":  # both waiters have arrived
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    arrivals.acquire()
+    arrivals.acquire()
     assert barrier.wait(block=False)
     for waiter in waiters:
-        waiter.join(5)
+        waiter.join()
     assert released == [True, True]
 
 

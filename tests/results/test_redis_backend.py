@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 import nbqueue
 from nbqueue import ConnectionFailed
@@ -50,39 +51,74 @@ def test_a_missing_result_raises_at_once_without_blocking(backend):
         backend.get_result(make_message())
 
 
-def test_a_blocked_reader_wakes_the_moment_the_result_is_written(backend):
-    message = make_message()
-    received: list[float] = []
-
-    def reader() -> None:
-        assert backend.get_result(message, block=True, timeout=5000) == 42
-        received.append(time.perf_counter())
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not _a_client_blocks_in("blmove", backend):  # give the reader the chance to block
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    stored = time.perf_counter()
-    backend.store_result(message, 42, 10000)
-    thread.join(5)
-    assert received and received[0] - stored < 0.1
-    assert backend.get_result(message) == 42  # the blocking read left the result in place
-
-
-def _a_client_blocks_in(command: str, backend: RedisBackend) -> bool:
-    return any(
-        "b" in client.get("flags", "") and client.get("cmd") == command
-        for client in backend.client.client_list()
+def test_a_blocked_reader_wakes_the_moment_the_result_is_written(redis_url, namespace):
+    # No socket timeout and no cap on one blocking read: the reader's BLMOVE may wait an hour,
+    # so within the test only the write can end it.
+    backend = RedisBackend(
+        url=redis_url, namespace=namespace, use_namespace_prefix_keys=True, socket_timeout=None
     )
+    backend.connection.block_limit = 3600.0
+    message = make_message()
+    key = backend.build_message_key(message)
+    replies: list[Any] = []
+    blmove = backend.client.blmove
+
+    def recorded_blmove(*args: Any, **kwargs: Any) -> Any:
+        replies.append(reply := blmove(*args, **kwargs))
+        return reply
+
+    backend.client.blmove = recorded_blmove
+    received: list[int] = []
+    observer = redis.Redis.from_url(redis_url)
+    try:
+        with observer.monitor() as monitor:
+            thread = threading.Thread(
+                target=lambda: received.append(
+                    backend.get_result(message, block=True, timeout=3_600_000)
+                ),
+                daemon=True,
+            )
+            thread.start()
+            # MONITOR lists commands in the order the server runs them: once it shows the
+            # reader's BLMOVE, the reader is blocked, and the write below runs after it.
+            assert _next_command_on(monitor, key)[0].upper() == "BLMOVE"
+            backend.store_result(message, 42, 60_000)
+            thread.join()
+        assert received == [42]
+        assert replies == [b"42"]  # one blocking read, which the write ended
+        assert backend.get_result(message) == 42  # the blocking read left the result in place
+    finally:
+        observer.close()
+        delete_namespace(backend.client, namespace)
+        backend.close()
+
+
+def _next_command_on(monitor: Any, key: str) -> list[str]:
+    """The next command the server runs on ``key``, as MONITOR reports it."""
+    while True:
+        command: list[str] = monitor.next_command()["command"].split()
+        if key in command:
+            return command
 
 
 def test_sub_second_timeouts_are_honoured(backend):
+    blocked_for: list[float] = []
+    blmove = backend.client.blmove
+
+    def recorded_blmove(source: str, destination: str, timeout: float, *args: Any) -> Any:
+        blocked_for.append(timeout)
+        assert 0 < timeout <= 0.3  # 0 would block forever; a whole second would overrun
+        return blmove(source, destination, timeout, *args)
+
+    backend.client.blmove = recorded_blmove
     started = time.monotonic()
-    with pytest.raises(ResultTimeout):
+    with pytest.raises(ResultTimeout) as info:
         backend.get_result(make_message(), block=True, timeout=300)
-    assert 0.29 <= time.monotonic() - started < 1.0
+
+    assert info.value.timeout == 300
+    assert blocked_for  # it waited in Redis, rather than looking once
+    # Not before the timeout: a lower bound only, which a loaded machine can only make longer.
+    assert time.monotonic() - started >= 0.29
 
 
 def test_failures_are_stored_as_data(backend):

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
+import types
 from typing import Any
 
 import pytest
 
 from nbqueue.message import Message
 from nbqueue.results import Missing, ResultFailure, ResultTimeout
-from nbqueue.results.backends import StubBackend
+from nbqueue.results.backends import StubBackend, stub
 
 
 def make_message(actor_name: str = "add") -> Message[Any]:
@@ -77,26 +77,43 @@ def test_exceptions_with_a_broken_str_are_still_stored() -> None:
         backend.get_result(message)
 
 
-def test_a_blocked_reader_wakes_when_another_thread_stores() -> None:
+def test_a_blocked_reader_wakes_when_another_thread_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waiting = threading.Event()
+    waits: list[float | None] = []
+    notified: list[str] = []
+
+    class RecordingCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            waiting.set()  # the reader holds the backend's lock until wait() releases it
+            return super().wait(timeout)
+
+        def notify_all(self) -> None:
+            notified.append("notify_all")
+            super().notify_all()
+
+    monkeypatch.setattr(
+        stub, "threading", types.SimpleNamespace(Lock=threading.Lock, Condition=RecordingCondition)
+    )
     backend = StubBackend()
     message = make_message()
-    received: list[float] = []
+    received: list[int] = []
 
-    def reader() -> None:
-        assert backend.get_result(message, block=True, timeout=5000) == 42
-        received.append(time.perf_counter())
+    def reader() -> None:  # an hour: only the store can end this wait within the test
+        received.append(backend.get_result(message, block=True, timeout=3_600_000))
 
-    thread = threading.Thread(target=reader)
+    thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    # Give the reader the chance to block first; whether or not it has, it must get the result.
-    deadline = time.monotonic() + 2
-    while not backend._waiters and time.monotonic() < deadline:
-        time.sleep(0.001)
-    start = time.perf_counter()
-    backend.store_result(message, 42, 1000)
-    thread.join(5)
+    waiting.wait()
+    backend.store_result(message, 42, 3_600_000)  # blocks until the reader waits, lock released
+    assert notified == ["notify_all"]  # the store woke the reader
+    thread.join()
 
-    assert received and received[0] - start < 0.05
+    # One wait, which the store ended: the reader neither polled nor ran out its timeout.
+    assert received == [42]
+    assert len(waits) == 1
     assert backend._waiters == {}
 
 
@@ -107,16 +124,16 @@ def test_every_reader_of_a_key_wakes() -> None:
     lock = threading.Lock()
 
     def reader() -> None:
-        value = backend.get_result(message, block=True, timeout=5000)
+        value = backend.get_result(message, block=True, timeout=3_600_000)
         with lock:
             results.append(value)
 
     threads = [threading.Thread(target=reader) for _ in range(5)]
     for thread in threads:
         thread.start()
-    backend.store_result(message, 7, 1000)
+    backend.store_result(message, 7, 3_600_000)  # readers that start late must still find it
     for thread in threads:
-        thread.join(5)
+        thread.join()
 
     assert results == [7] * 5
 
