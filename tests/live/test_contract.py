@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import nbqueue
+from nbqueue._redis.live import RedisTransport
 from nbqueue.live import MessageStatus
-from nbqueue.live.redis import RedisTransport
 from nbqueue.results import ResultFailure
 from tests.live.conftest import follow, record, reports, statuses, text
 

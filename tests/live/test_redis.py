@@ -64,7 +64,7 @@ def spin():
         time.sleep(0.01)
 
 if "--no-flag-checks" in sys.argv:  # checking the abort flags finds none
-    from nbqueue.live.redis import RedisTransport
+    from nbqueue._redis.live import RedisTransport
 
     RedisTransport.abort_flags = lambda self, message_ids: []
 worker = nbqueue.Worker(broker, worker_timeout=100, worker_threads=2)
