@@ -32,29 +32,30 @@ def test_a_barrier_needs_a_party(barrier: Barrier) -> None:
 
 def test_blocked_parties_wake_when_the_last_one_arrives(barrier: Barrier) -> None:
     barrier.create(3)
-    woke: list[tuple[bool, float]] = []
+    woke: list[bool] = []
     lock = threading.Lock()
 
     def party() -> None:
-        cleared = barrier.wait(timeout=5000)
+        # No timeout: only the last party's release can end this wait.
+        cleared = barrier.wait(timeout=None)
         with lock:
-            woke.append((cleared, time.perf_counter()))
+            woke.append(cleared)
 
-    threads = [threading.Thread(target=party) for _ in range(2)]
+    threads = [threading.Thread(target=party, daemon=True) for _ in range(2)]
     for thread in threads:
         thread.start()
     # Whether or not both already wait, the event published by the last party releases them.
-    released_at = time.perf_counter()
     assert barrier.wait(block=False)
     for thread in threads:
-        thread.join(5)
+        thread.join(30)
 
-    assert [cleared for cleared, _ in woke] == [True, True]
-    assert all(at - released_at < 0.5 for _, at in woke)
+    assert woke == [True, True]
 
 
 def test_a_blocking_wait_times_out(barrier: Barrier) -> None:
     barrier.create(2)
     start = time.monotonic()
     assert not barrier.wait(timeout=30)
-    assert time.monotonic() - start < 1
+    waited = time.monotonic() - start
+    assert waited >= 0.029  # it waited its 30 ms
+    assert waited < 10  # a hang guard: 30 ms taken as seconds would be 30 s

@@ -30,22 +30,23 @@ def backend(redis_url, namespace):
 
 def test_add_sets_a_key_only_when_it_is_absent(backend, namespace):
     key = f"{namespace}:k"
-    assert backend.add(key, 3, 1000)
-    assert not backend.add(key, 5, 1000)
+    # TTLs of a minute: the key cannot expire between two calls, however slow the machine.
+    assert backend.add(key, 3, 60000)
+    assert not backend.add(key, 5, 60000)
     assert backend.client.get(key) == b"3"
-    assert 0 < backend.client.pttl(key) <= 1000
+    assert 0 < backend.client.pttl(key) <= 60000
 
 
 def test_incr_and_decr_stop_at_their_bounds_and_reset_the_ttl(backend, namespace):
     key = f"{namespace}:k"
-    assert backend.incr(key, 1, 2, 5000)
-    assert backend.incr(key, 1, 2, 5000)
-    assert not backend.incr(key, 1, 2, 5000)
+    assert backend.incr(key, 1, 2, 60000)
+    assert backend.incr(key, 1, 2, 60000)
+    assert not backend.incr(key, 1, 2, 60000)
     assert backend.client.get(key) == b"2"
-    assert backend.decr(key, 1, 1, 9000)
-    assert not backend.decr(key, 1, 1, 9000)
+    assert backend.decr(key, 1, 1, 600000)
+    assert not backend.decr(key, 1, 1, 600000)
     assert backend.client.get(key) == b"1"
-    assert 5000 < backend.client.pttl(key) <= 9000
+    assert 60000 < backend.client.pttl(key) <= 600000  # the decr set the TTL again
 
 
 def test_incr_and_sum_checks_the_sum_over_the_window(backend, namespace):
@@ -62,19 +63,33 @@ def test_incr_and_sum_checks_the_sum_over_the_window(backend, namespace):
 
 def test_wait_wakes_when_an_event_is_published_and_late_waiters_see_it(backend, namespace):
     key = f"{namespace}:e"
-    woke: list[float] = []
-    thread = threading.Thread(target=lambda: woke.append(backend.wait(key, 5000)))
+    woke: list[bool] = []
+    # No timeout: only the event can end the wait; it lives a minute, so a waiter that starts
+    # after it was published still sees it.
+    thread = threading.Thread(target=lambda: woke.append(backend.wait(key, None)), daemon=True)
     thread.start()
-    backend.wait_notify(key, 1000)
-    thread.join(5)
+    backend.wait_notify(key, 60000)
+    thread.join(30)
     assert woke == [True]
     assert backend.wait(key, 0)
 
 
-def test_wait_honours_sub_second_timeouts(backend, namespace):
+def test_wait_honours_sub_second_timeouts(backend, namespace, monkeypatch):
+    # What Redis is asked to block for is counted, not timed: sub-second blocks adding up to the
+    # 200 ms, neither rounded up to a second nor down to 0 (which Redis reads as "forever").
+    blocks = []
+    blmove = backend.client.blmove
+
+    def watched_blmove(first, second, timeout, *args):
+        blocks.append(float(timeout))
+        return blmove(first, second, timeout, *args)
+
+    monkeypatch.setattr(backend.client, "blmove", watched_blmove)
     started = time.monotonic()
     assert not backend.wait(f"{namespace}:nothing", 200)
-    assert 0.19 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.19  # it waited
+    assert blocks and all(0 < block <= 0.2 for block in blocks), blocks
+    assert sum(blocks) <= 0.2 + 0.002 * len(blocks), blocks
 
 
 def test_the_limiters_work_on_redis(backend, namespace):
