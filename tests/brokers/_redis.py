@@ -108,8 +108,9 @@ class RecoveryWatch:
         return found[0]
 
     def first_pass_after(self, deadline_ms: int) -> int:
-        """Return the index of the first pass whose server time is at or after ``deadline_ms``."""
-        return next(i for i, (at, _) in enumerate(self.passes) if at >= deadline_ms)
+        """Return the index of the first pass whose server time is at or after ``deadline_ms``
+        (-1 if none was)."""
+        return next((i for i, (at, _) in enumerate(self.passes) if at >= deadline_ms), -1)
 
 
 def free_port() -> int:
