@@ -195,8 +195,9 @@ def test_stopping_an_idle_worker_does_not_wait_for_the_fetch_timeout(stub_broker
     def idle():
         pass
 
-    # An hour's fetch timeout: only an interrupted consumer lets stop() return within the test.
-    worker = Worker(stub_broker, worker_timeout=3_600_000, worker_threads=2)
+    # A ten-minute fetch timeout: only interrupting the blocked consumers lets stop() return
+    # and their threads end before pytest-timeout would stop the test.
+    worker = Worker(stub_broker, worker_timeout=600_000, worker_threads=2)
     worker.start()
     assert set(worker.consumers) == {"default", "default.DQ"}
     consumers = list(worker.consumers.values())

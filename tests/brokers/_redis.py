@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -57,6 +58,59 @@ def inject_raw(broker: RedisBroker, queue_name: str, data: bytes) -> str:
     pipe.rpush(broker.keys.queue(queue_name), rid)
     pipe.execute()
     return rid
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RecoveryWatch:
+    """Records a broker's maintenance passes by the Redis server's clock, and what they recover.
+
+    Each pass of the broker's tick script heartbeats with the server's time (``now_ms()``, from
+    TIME) and returns the workers whose last heartbeat is older than ``heartbeat_timeout``; the
+    broker then recovers each of them. The watch wraps both, so a test can check by the
+    server's clock, not its own, on which pass a dead worker was recovered: load delays passes
+    but cannot move a recovery to a later pass than the first one after the expiry.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        #: one entry per maintenance pass: (the pass's server time in ms, dead workers returned)
+        self.passes: list[tuple[int, list[str]]] = []
+        #: one entry per recovery: (index of its pass, worker, its last heartbeat in server ms
+        #: as the recovery found it, messages requeued)
+        self.recoveries: list[tuple[int, str, int, int]] = []
+        tick, recover = broker.scripts["tick"], broker.service.recover
+
+        def watched_tick(*, keys: list[str], args: list[Any]) -> Any:
+            dead = tick(keys=keys, args=args)
+            if int(args[3]) > 0:  # _beat() heartbeats alone, asking for no dead workers
+                # The pass's own heartbeat score is its server time; only this thread writes it.
+                at = broker.client.zscore(broker.keys.heartbeats, broker.broker_id)
+                self.passes.append((int(at or 0), [_text(worker) for worker in dead]))
+            return dead
+
+        def watched_recover(worker: str) -> int:
+            last = broker.client.zscore(broker.keys.heartbeats, worker)
+            moved = recover(worker)
+            self.recoveries.append((len(self.passes) - 1, worker, int(last or 0), moved))
+            return moved
+
+        broker.scripts["tick"] = watched_tick  # type: ignore[assignment]
+        broker.service.recover = watched_recover
+
+    def recovery_of(self, worker: str) -> tuple[int, int, int]:
+        """Return (pass index, last heartbeat in server ms, messages requeued) of the one
+        recovery of ``worker``, failing the test if there was none or more than one."""
+        found = [(i, last, moved) for i, w, last, moved in self.recoveries if w == worker]
+        assert len(found) == 1, f"{worker} was recovered {len(found)} times: {self.recoveries}"
+        return found[0]
+
+    def first_pass_after(self, deadline_ms: int) -> int:
+        """Return the index of the first pass whose server time is at or after ``deadline_ms``
+        (-1 if none was)."""
+        return next((i for i, (at, _) in enumerate(self.passes) if at >= deadline_ms), -1)
 
 
 def free_port() -> int:
@@ -106,6 +160,13 @@ class PrivateRedis:
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
         os.kill(self.process.pid, sig)
+
+    def pause(self) -> None:
+        """SIGSTOP the server and return once it is stopped (a signal is delivered a moment
+        after ``kill()`` returns; a command sent in that moment would still be answered)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        os.waitpid(self.process.pid, os.WUNTRACED)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

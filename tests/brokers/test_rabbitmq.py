@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 
@@ -212,17 +213,48 @@ def test_a_nacked_publish_raises_its_own_error(rabbit, rabbitmq_url, namespace):
         broker._republish(b"{}", pika.BasicProperties(delivery_mode=2), name)
 
 
-def test_a_stopped_server_gives_a_clear_error_within_5_seconds(namespace):
+def test_a_stopped_server_gives_a_clear_error_once_the_connection_attempts_are_spent(
+    namespace, caplog
+):
+    # What bounds the wait: three attempts half a second apart, each with short socket and
+    # handshake timeouts, inside confirm_timeout (5 s) for the call. Here the call's deadline
+    # is far away, so the error can only come from the attempts giving up, however slow the
+    # machine; a connection that retried forever would be stopped by pytest-timeout.
     port = _rabbitmq.free_port()  # nothing listens there
-    broker = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+    default = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+    [params] = default._params
+    assert (params.connection_attempts, params.retry_delay) == (3, 0.5)
+    assert (params.socket_timeout, params.stack_timeout) == (2.0, 4.0)
+    assert default.confirm_timeout == 5000
+    broker = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", confirm_timeout=50_000)
     try:
-        started = time.monotonic()
-        with pytest.raises(ConnectionFailed, match="Could not connect to RabbitMQ"):
+        with pytest.raises(
+            ConnectionFailed,
+            match=rf"Could not connect to RabbitMQ at \S*127\.0\.0\.1:{port}.* check that the server",
+        ):
             broker.declare_queue(namespace)
             broker.enqueue(nbqueue.Message(namespace, "a", (), {}, {}))
-        assert time.monotonic() - started < 5
+        attempts = [r for r in caplog.records if "TCP Connection attempt failed" in r.getMessage()]
+        assert len(attempts) == 3
     finally:
         broker.close()
+        default.close()
+
+
+def test_a_hung_server_fails_a_call_at_the_configured_deadline(namespace):
+    # A socket that accepts connections and never answers: each connection attempt waits for
+    # its 4 s handshake timeout, so a call can only fail within half a second through its own
+    # deadline, which the error names.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        broker = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", confirm_timeout=500)
+        try:
+            with pytest.raises(ConnectionFailed, match=r"did not answer within 0\.5 s"):
+                broker.declare_queue(namespace, ensure=True)
+        finally:
+            broker.close()
 
 
 def test_passwords_stay_out_of_reprs_logs_and_errors(namespace, rabbitmq_url, caplog):
@@ -341,20 +373,37 @@ def test_dead_letters_can_be_read_twice_and_stay_counted(rabbit, namespace, work
         broker.join(namespace, timeout=1000, fail_fast=True)
 
 
-def test_queue_stats_are_cheap_enough_for_two_updates_a_second(rabbit, namespace):
+def test_queue_stats_cost_three_declarations_per_queue_on_one_open_connection(
+    rabbit, namespace, monkeypatch
+):
+    # What makes them cheap enough for two updates a second: no connection or channel is
+    # opened per call, and each count is one passive declaration (one round trip) on the
+    # publisher's admin channel.
     broker = rabbit()
-    for i in range(5):
-        broker.declare_queue(f"{namespace}-{i}" if i else namespace)
+    names = [namespace] + [f"{namespace}-{i}" for i in range(1, 5)]
+    for name in names:
+        broker.declare_queue(name, ensure=True)
     try:
         broker.queue_stats()
-        started = time.monotonic()
+        publisher = broker.publisher
+        connection, admin = publisher.connection, publisher._admin
+        operations = []
+        run = broker._run
+
+        def counted(fn):
+            operations.append(fn)
+            return run(fn)
+
+        monkeypatch.setattr(broker, "_run", counted)
         for _ in range(10):
-            broker.queue_stats()
-        assert (time.monotonic() - started) / 10 < 0.25
+            stats = broker.queue_stats()
+        assert sorted(stats) == sorted(names)
+        assert len(operations) == 10 * 3 * len(names)
+        assert broker.publisher is publisher
+        assert (publisher.connection, publisher._admin) == (connection, admin)
     finally:
-        names = [f"{namespace}-{i}" for i in range(1, 5)]
         broker.close()
-        _rabbitmq.delete_queues(broker._params, names)
+        _rabbitmq.delete_queues(broker._params, names[1:])
 
 
 def test_heartbeats_flow_while_an_actor_runs(rabbitmq_url, namespace, worker_factory):

@@ -25,11 +25,13 @@ def _status(transport, message_id, status, mode="worker", attempt=1):
 def test_a_blocked_reader_wakes_when_an_event_is_written():
     transport = MemoryTransport()
     got = []
-    # An hour: only the write can end this read within the test.
-    reader = threading.Thread(target=lambda: got.extend(transport.read("m", 0, block=3600)))
+    # Blocking for ten minutes: only the write can end the read before the join gives up.
+    reader = threading.Thread(
+        target=lambda: got.extend(transport.read("m", 0, block=600)), daemon=True
+    )
     reader.start()
     transport.write([Write("m", 60000, events=[("output", {"text": "hi"})])])
-    reader.join()
+    reader.join(30)
     assert [e.data for e in got] == [{"text": "hi"}]
 
 

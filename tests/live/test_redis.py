@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 import nbqueue
-from nbqueue._redis.live import RedisTransport, live_prefix
+from nbqueue._redis.live import POLL_INTERVAL, RedisTransport, live_prefix
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.live import Live, MessageStatus, transport_for
 from nbqueue.results import Results
@@ -52,6 +53,11 @@ from nbqueue.results import Results
 from nbqueue.results.backends import RedisBackend
 
 url, namespace = sys.argv[1:3]
+if "--no-flag-check" in sys.argv:
+    # Aborts then reach this worker through their notification alone.
+    from nbqueue._redis.live import RedisTransport
+
+    RedisTransport.abort_flags = lambda self, ids: []
 backend = RedisBackend(url=url, namespace=namespace, use_namespace_prefix_keys=True)
 middleware = [m() for m in default_middleware]
 middleware += [AsyncIO(), Results(backend=backend, store_results=True), Live()]
@@ -63,10 +69,6 @@ def spin():
     while True:
         time.sleep(0.01)
 
-if "--no-flag-checks" in sys.argv:  # checking the abort flags finds none
-    from nbqueue._redis.live import RedisTransport
-
-    RedisTransport.abort_flags = lambda self, message_ids: []
 worker = nbqueue.Worker(broker, worker_timeout=100, worker_threads=2)
 worker.start()
 print("ready", flush=True)
@@ -150,22 +152,24 @@ def test_a_watcher_in_another_process_sees_the_stream_of_a_job_run_here(
 def test_an_abort_reaches_a_worker_in_another_process_through_its_notification(
     live_broker, redis_url, namespace, processes
 ):
+    # The other worker's check of abort flags is off and its actor spins forever: the abort
+    # can only arrive through the aborts stream it blocks on, so no clock is needed to tell
+    # the prompt path from the once-a-second check.
     @nbqueue.actor(actor_name="spin", max_retries=3, min_backoff=10)
     def spin():
         raise AssertionError("runs in the other process only")
 
-    # That worker's abort-flag checks find nothing: only the notification can stop the actor.
-    worker = _spawn(WORKER, redis_url, namespace, "--no-flag-checks")
+    worker = _spawn(WORKER, redis_url, namespace, "--no-flag-check")
     processes.append(worker)
     assert worker.stdout is not None
     assert worker.stdout.readline().strip() == "ready"
 
     message = spin.send()
-    for event in message.events():
+    for event in message.events(timeout=30000):
         if event.kind == "output":
             break  # the actor's own code runs, over there
     assert message.abort() is True
-    events = follow(message)
+    events = follow(message, timeout=30000)
 
     assert statuses(events) == ["enqueued", "running", "aborted"]
     assert text(events) == "spinning in another process"
@@ -176,7 +180,13 @@ def test_an_abort_reaches_a_worker_in_another_process_through_its_notification(
     assert worker.returncode == 0
 
 
-def test_a_missed_abort_notification_is_caught_by_the_flag_check(live_broker, worker_factory):
+def test_a_missed_abort_notification_is_caught_by_the_next_flag_check(
+    live_broker, worker_factory, monkeypatch
+):
+    # Flags are checked once a second (POLL_INTERVAL); what is checked here without a clock is
+    # that the first check made after the flag was set catches it.
+    assert POLL_INTERVAL == 1.0
+
     @nbqueue.actor(max_retries=0)
     def spin():
         nbqueue.stream("go")
@@ -188,11 +198,23 @@ def test_a_missed_abort_notification_is_caught_by_the_flag_check(live_broker, wo
     wait_for(message, MessageStatus.running)
     transport = transport_for(live_broker)
     assert isinstance(transport, RedisTransport)
+    checks, flagged = [], threading.Event()
+    abort_flags = transport.abort_flags
+
+    def watched_abort_flags(message_ids):
+        after_the_flag = flagged.is_set()
+        found = abort_flags(message_ids)
+        checks.append((after_the_flag, message.message_id in found))
+        return found
+
+    monkeypatch.setattr(transport, "abort_flags", watched_abort_flags)
     # Set the flag as abort() does, but send no notification.
     live_broker.client.hset(transport.keys(message.message_id)[0], "abort", "1")
+    flagged.set()
 
-    events = follow(message)  # no notification: only the flag check can stop it
+    events = follow(message, timeout=30000)
     assert statuses(events)[-1] == "aborted"
+    assert [found for after_the_flag, found in checks if after_the_flag][:1] == [True], checks
 
 
 def test_with_another_broker_the_redis_result_backend_carries_the_channel(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -54,13 +52,20 @@ def test_a_notebook_defines_sends_and_waits_for_an_actor(tmp_path):
 
 
 @pytest.mark.redis
-def test_kernel_shutdown_requeues_running_messages_within_5_seconds(redis_url, namespace):
-    from jupyter_client.manager import start_new_kernel
+def test_kernel_shutdown_requeues_running_messages_without_a_kill(redis_url, namespace):
+    """jupyter_client asks a kernel to shut down, SIGTERMs it after half of shutdown_wait_time
+    (5 s by default) and kills it at the end. The embedded worker's exit budget fits in the
+    first half; the kernel is then given far longer, so whether it exits on the request alone
+    (and requeues its running messages) does not depend on how loaded the machine is."""
+    from jupyter_client.manager import KernelManager, _ShutdownStatus, start_new_kernel
 
     from nbqueue.brokers.redis import RedisBroker
+    from nbqueue.notebook.embedded import EXIT_TIMEOUT
     from tests.brokers._redis import delete_namespace
 
+    assert EXIT_TIMEOUT / 1000 < KernelManager.shutdown_wait_time.default_value / 2
     km, kc = start_new_kernel(kernel_name="python3")
+    km.shutdown_wait_time = 40
     broker = RedisBroker(url=redis_url, namespace=namespace)
     try:
         code = [
@@ -79,10 +84,9 @@ def test_kernel_shutdown_requeues_running_messages_within_5_seconds(redis_url, n
         for source in code:
             reply = kc.execute_interactive(source, timeout=60, output_hook=lambda msg: None)
             assert reply["content"]["status"] == "ok", (source, reply["content"])
-        start = time.monotonic()
         km.shutdown_kernel(now=False)
-        elapsed = time.monotonic() - start
-        assert elapsed < 5.0, elapsed
+        # It exited on the shutdown request: neither SIGTERM nor SIGKILL was needed.
+        assert km._shutdown_status is _ShutdownStatus.ShutdownRequest
         broker.declare_queue("default")
         stats = broker.queue_stats()["default"]
         assert (stats.ready, stats.in_flight) == (3, 0), stats

@@ -4,10 +4,8 @@ import asyncio
 import logging
 import re
 import signal
-import statistics
 import sys
 import threading
-import time
 
 import pytest
 from IPython.core.error import UsageError
@@ -229,16 +227,20 @@ def test_send_shows_the_job_view_and_sets_underscore(ip):
     assert "text/html" in bundle
 
 
-def test_send_returns_in_under_50_ms(ip):
-    ip.run_cell_magic("actor", "", ADD)
-    ip.run_line_magic("send", "add 0, 0").get_result(block=True)  # the worker has started
-    times = []
-    for i in range(20):
-        start = time.perf_counter()
-        ip.run_cell(f"%send add {i}, 1")
-        times.append(time.perf_counter() - start)
-    assert ip.user_ns["_"].get_result(block=True) == 20
-    assert statistics.median(times) < 0.05, times
+def test_send_returns_without_waiting_for_the_job(ip):
+    # Every %send cell returns while its job still waits at a gate that only the test opens:
+    # the cells did not wait for the jobs, shown by the order of events rather than a clock.
+    gate = threading.Event()
+    ip.user_ns["gate"] = gate
+    ip.run_cell_magic("actor", "", "def held(i):\n    gate.wait(30)\n    return i\n")
+    try:
+        for i in range(20):
+            assert ip.run_cell(f"%send held {i}").success
+        last = ip.user_ns["_"]
+        assert last.status().status in (MessageStatus.enqueued, MessageStatus.running)
+    finally:
+        gate.set()
+    assert last.get_result(block=True, timeout=30000) == 19
 
 
 def test_messages_are_awaitable_at_the_top_level(ip):
@@ -277,12 +279,13 @@ def test_a_blocking_wait_is_interrupted_by_ctrl_c(ip):
                     return
                 frame = frame.f_back
 
-    with pytest.raises(KeyboardInterrupt):  # an hour's wait: only Ctrl-C ends it in time
+    # A ten-minute timeout: were Ctrl-C not to stop the wait, pytest-timeout would stop the test.
+    with pytest.raises(KeyboardInterrupt):
         threading.Thread(target=interrupt, daemon=True).start()
-        message.get_result(block=True, timeout=3_600_000)
+        message.get_result(block=True, timeout=600_000)
     assert blocked.is_set()
     assert message.abort()
-    stream = message.events()
+    stream = message.events(timeout=5000)
     assert [e.status for e in stream if e.status][-1] is MessageStatus.aborted
 
 

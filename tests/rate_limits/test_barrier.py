@@ -12,7 +12,7 @@ from nbqueue.rate_limits.backends import StubBackend
 
 @pytest.fixture
 def barrier() -> Barrier:
-    return Barrier(StubBackend(), str(uuid.uuid4()), ttl=600_000)
+    return Barrier(StubBackend(), str(uuid.uuid4()), ttl=30000)
 
 
 def test_only_the_last_party_clears_the_barrier(barrier: Barrier) -> None:
@@ -36,17 +36,18 @@ def test_blocked_parties_wake_when_the_last_one_arrives(barrier: Barrier) -> Non
     lock = threading.Lock()
 
     def party() -> None:
-        cleared = barrier.wait(timeout=3_600_000)  # an hour: only the last party ends it
+        # No timeout: only the last party's release can end this wait.
+        cleared = barrier.wait(timeout=None)
         with lock:
             woke.append(cleared)
 
-    threads = [threading.Thread(target=party) for _ in range(2)]
+    threads = [threading.Thread(target=party, daemon=True) for _ in range(2)]
     for thread in threads:
         thread.start()
     # Whether or not both already wait, the event published by the last party releases them.
     assert barrier.wait(block=False)
     for thread in threads:
-        thread.join()
+        thread.join(30)
 
     assert woke == [True, True]
 
@@ -55,5 +56,6 @@ def test_a_blocking_wait_times_out(barrier: Barrier) -> None:
     barrier.create(2)
     start = time.monotonic()
     assert not barrier.wait(timeout=30)
-    # Not before the timeout: a lower bound only, which a loaded machine can only make longer.
-    assert time.monotonic() - start >= 0.025
+    waited = time.monotonic() - start
+    assert waited >= 0.029  # it waited its 30 ms
+    assert waited < 10  # a hang guard: 30 ms taken as seconds would be 30 s

@@ -53,10 +53,12 @@ def test_incr_and_sum_checks_the_sum_over_all_keys(backend: StubBackend) -> None
 
 def test_wait_returns_when_an_event_is_published(backend: StubBackend) -> None:
     woke: list[bool] = []
-    thread = threading.Thread(target=lambda: woke.append(backend.wait("e", 5000)))
+    # No timeout: only the event can end the wait; it lives a minute, so a waiter that starts
+    # after it was published still sees it.
+    thread = threading.Thread(target=lambda: woke.append(backend.wait("e", None)), daemon=True)
     thread.start()
-    backend.wait_notify("e", 1000)
-    thread.join(5)
+    backend.wait_notify("e", 60000)
+    thread.join(30)
     assert woke == [True]
 
 

@@ -97,6 +97,25 @@ class Oracle:
     def count(self, namespace: str) -> int:
         return int(self.client.llen(f"{namespace}:exec"))
 
+    def open_gate(self, namespace: str, gate: int) -> None:
+        """Release every job waiting at ``gate`` (see ``wait_at_gate``), and any that comes later."""
+        self.client.rpush(f"{namespace}:gate:{gate}", "open")
+
+    @staticmethod
+    def wait_at_gate(client: redis.Redis, namespace: str, gate: int, timeout: float) -> bool:
+        """Block until the test opens ``gate``, up to ``timeout`` seconds; return whether it did.
+
+        A job that waits here cannot finish before the test lets it, however slow the machine,
+        so the test can check what happened while it was still running without racing it.
+        """
+        key = f"{namespace}:gate:{gate}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # From the list to itself: the gate stays open for every other job.
+            if client.blmove(key, key, 5, "RIGHT", "RIGHT") is not None:
+                return True
+        return False
+
     def clear(self, namespace: str) -> None:
         self.client.delete(f"{namespace}:exec")
 

@@ -4,7 +4,7 @@ Configured from the environment by ``harness.cli_worker``: ``NBQREL_BROKER_URL``
 (also the oracle's key prefix), ``NBQREL_ORACLE_URL``, ``NBQREL_HEARTBEAT_MS``, ``NBQREL_WORK_MS``
 and ``NBQREL_CRASH_LIMIT`` (0: no ``CrashLimit``). Every actor takes a logical id first and
 appends its execution to the oracle after its work, so an execution is recorded only if it
-completed.
+completed. A ``job`` sent with a ``gate`` works until the test opens that gate.
 """
 
 from __future__ import annotations
@@ -41,12 +41,15 @@ def setup() -> None:
     nbqueue.set_broker(broker)
 
     @nbqueue.actor(queue_name=queue, actor_name="job", broker=broker, max_retries=0)
-    def job(i: int, work_ms: float | None = None) -> None:
+    def job(i: int, work_ms: float | None = None, gate: int | None = None) -> None:
         started = time.time()
         seconds = work if work_ms is None else work_ms / 1000
-        if seconds >= 0.1:  # long jobs say when they start (A4 waits for them)
+        if seconds >= 0.1 or gate is not None:  # long jobs say when they start (A4 waits)
             Oracle.record(oracle, queue, i, started, kind="start")
-        time.sleep(seconds)
+        if gate is not None:  # runs until the test opens the gate (A4)
+            Oracle.wait_at_gate(oracle, queue, gate, 120)
+        else:
+            time.sleep(seconds)
         Oracle.record(oracle, queue, i, started)
 
     @nbqueue.actor(queue_name=queue, actor_name="poison", broker=broker, max_retries=0)

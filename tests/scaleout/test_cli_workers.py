@@ -82,7 +82,10 @@ def test_two_processes_share_10000_messages_evenly_and_run_each_once(
     counts = sorted(record.by_pid().values())
     print(f"{target.kind}: per-process counts {counts}")
     assert len(counts) == 2 and sum(counts) == total
-    assert counts[0] >= 0.7 * counts[1], f"unbalanced: {counts}"
+    # No-op jobs run as fast as each process gets CPU: on a loaded machine (CI shares its two
+    # cores) the split follows the scheduler as much as the broker, so the bar is that neither
+    # process starves (each ran at least a third of what the other did), not an even split.
+    assert counts[0] >= counts[1] / 3, f"unbalanced: {counts}"
 
 
 @pytest.mark.slow
@@ -95,7 +98,7 @@ def test_sigterm_with_work_in_flight_loses_nothing(
         target,
         tasks,
         tmp_path,
-        *("--processes", "2", "--threads", "8", "--worker-shutdown-timeout", "3000"),
+        *("--processes", "2", "--threads", "8", "--worker-shutdown-timeout", "10000"),
         log="first.log",
         NBQUEUE_QUEUE_PREFETCH="8",
     )
@@ -111,7 +114,8 @@ def test_sigterm_with_work_in_flight_loses_nothing(
         running = sorted(int(n) for n in record.starts())
         first.terminate()
         # Some running messages finish within --worker-shutdown-timeout; the others are still
-        # running when it expires and go back to the broker.
+        # running when it expires and go back to the broker. The timeout (10 s) is what the
+        # released ones have to finish in: far more than they need, even on a loaded machine.
         released = running[: len(running) // 2]
         record.release(*released)
         assert first.wait(60) == 0, first.text()[-3000:]
