@@ -31,7 +31,11 @@ def test_a_failure_is_recorded_with_its_error(live_broker, worker_factory):
 def test_a_retried_message_goes_through_retrying_to_its_next_attempt(live_broker, worker_factory):
     attempts = []
 
-    @nbqueue.actor(max_retries=3, min_backoff=10, max_backoff=20)
+    # The retry waits a second: the "retrying" status is written when the first attempt is
+    # acknowledged, after the retry was enqueued, and a retry that starts before that write
+    # lands makes the store drop it as stale (a race of the live channel itself, left to the
+    # issue on status writes; a 10 ms backoff lost it on a loaded machine).
+    @nbqueue.actor(max_retries=3, min_backoff=1000, max_backoff=1000)
     def flaky():
         attempts.append(1)
         if len(attempts) == 1:
