@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -81,6 +82,9 @@ class RecoveryWatch:
         #: one entry per recovery: (index of its pass, worker, its last heartbeat in server ms
         #: as the recovery found it, messages requeued)
         self.recoveries: list[tuple[int, str, int, int]] = []
+        #: set once a recovery returned: the requeued messages can run (and a test move on)
+        #: before the recovering thread has finished and recorded it
+        self.recovered = threading.Event()
         tick, recover = broker.scripts["tick"], broker.service.recover
 
         def watched_tick(*, keys: list[str], args: list[Any]) -> Any:
@@ -95,6 +99,7 @@ class RecoveryWatch:
             last = broker.client.zscore(broker.keys.heartbeats, worker)
             moved = recover(worker)
             self.recoveries.append((len(self.passes) - 1, worker, int(last or 0), moved))
+            self.recovered.set()
             return moved
 
         broker.scripts["tick"] = watched_tick  # type: ignore[assignment]
@@ -103,6 +108,7 @@ class RecoveryWatch:
     def recovery_of(self, worker: str) -> tuple[int, int, int]:
         """Return (pass index, last heartbeat in server ms, messages requeued) of the one
         recovery of ``worker``, failing the test if there was none or more than one."""
+        assert self.recovered.wait(30), f"{worker} was never recovered"
         found = [(i, last, moved) for i, w, last, moved in self.recoveries if w == worker]
         assert len(found) == 1, f"{worker} was recovered {len(found)} times: {self.recoveries}"
         return found[0]
