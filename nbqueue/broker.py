@@ -8,7 +8,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .common import current_millis, dq_name, q_name
 from .errors import ActorNotFound
@@ -96,15 +96,11 @@ class DeadLetter:
     error: str | None = None
 
 
-class PreparedMessage(NamedTuple):
-    """A message ready for a broker's I/O, as ``Broker.prepare_enqueue`` returns it."""
-
-    #: the message as enqueued (the one the hooks saw and ``enqueue`` returns)
-    message: Message[Any]
-    #: the message encoded, within the broker's ``max_message_size``
-    data: bytes
-    #: the queue to put it on: its canonical queue, or that queue's ``.DQ`` when delayed
-    queue_name: str
+#: What ``Broker.prepare_enqueue`` returns, in this order: the message as enqueued (the one the
+#: hooks saw and ``enqueue`` returns), the message encoded (within the broker's
+#: ``max_message_size``), and the queue to put it on (its canonical queue, or that queue's ``.DQ``
+#: when delayed). A plain tuple: building a NamedTuple costs about 3 % of a stub ``send()``.
+PreparedMessage = tuple["Message[Any]", bytes, str]
 
 
 class MessageProxy:
@@ -509,7 +505,7 @@ class Broker(Services, abc.ABC):
             self.emit_before("enqueue", message, delay)
         data = message.encode()
         check_message_size(message, data, self.max_message_size)
-        return PreparedMessage(message, data, queue_name)
+        return message, data, queue_name
 
     def enqueue_many(
         self, messages: Iterable[Message[Any]], *, delay: int | None = None

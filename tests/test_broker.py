@@ -23,8 +23,8 @@ class ListBroker(Broker):
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         prepared = self.prepare_enqueue(message, delay)
         self.sent.append(prepared)
-        self.emit_after("enqueue", prepared.message, delay)
-        return prepared.message
+        self.emit_after("enqueue", prepared[0], delay)
+        return prepared[0]
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
         raise NotImplementedError
@@ -84,20 +84,20 @@ def test_send_many_checks_the_batch_itself_on_a_broker_that_does_not_validate_ba
         takes.send_many([1, 2, {3}])
     assert broker.sent == []  # the actor found the bad item before enqueueing the first
     takes.send_many([1, 2])
-    assert [prepared.message.args for prepared in broker.sent] == [(1,), (2,)]
+    assert [message.args for message, _, _ in broker.sent] == [(1,), (2,)]
 
 
 def test_prepare_enqueue_keeps_the_queue_name_without_a_delay_and_uses_the_dq_with_one():
     broker = ListBroker()
     message = _message("q.DQ", 1, priority=3)
-    now = broker.prepare_enqueue(message)
-    assert now.message is message  # nothing to change: no copy
-    assert (now.queue_name, now.data) == ("q", message.encode())
-    later = broker.prepare_enqueue(message, 0, options={"mine": "x"})
-    assert later.queue_name == later.message.queue_name == "q.DQ"
-    assert list(later.message.options) == ["priority", "mine", "eta"]
-    assert later.message.options["eta"] >= message.message_timestamp
+    now, now_data, now_queue = broker.prepare_enqueue(message)
+    assert now is message  # nothing to change: no copy
+    assert (now_queue, now_data) == ("q", message.encode())
+    later, _, later_queue = broker.prepare_enqueue(message, 0, options={"mine": "x"})
+    assert later_queue == later.queue_name == "q.DQ"
+    assert list(later.options) == ["priority", "mine", "eta"]
+    assert later.options["eta"] >= message.message_timestamp
     assert message.options == {"priority": 3}  # the original is unchanged
-    broker.max_message_size = len(now.data) - 1
+    broker.max_message_size = len(now_data) - 1
     with pytest.raises(MessageTooLarge):
         broker.prepare_enqueue(message)

@@ -114,9 +114,11 @@ class StubBroker(Broker):
     def _prepare(
         self, message: Message[Any], delay: int | None
     ) -> tuple[Message[Any], _Queue, int, bytes]:
-        # Declaring a queue declares its delay queue too, so checking the queue is enough; it
-        # comes before the hooks, which see only messages that can be queued.
-        self._queue(q_name(message.queue_name))
+        # Declaring a queue declares its delay queue too, so the message's own queue name (a
+        # queue or its .DQ) is in the store when it can be queued. The check comes before the
+        # hooks, which see only messages that can be queued.
+        if message.queue_name not in self._store:
+            self._queue(q_name(message.queue_name))
         message, data, queue_name = self.prepare_enqueue(message, delay)
         priority = 0 if delay is not None else self.message_priority(message)
         return message, self._store[queue_name], priority, data
