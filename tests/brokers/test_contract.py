@@ -186,10 +186,14 @@ def test_enqueue_hooks_see_the_message_as_enqueued_and_what_a_before_hook_adds_i
 ):
     recorder = EnqueueRecorder()
     broker.add_middleware(recorder)
+    ran: list[int] = []
+    both_ran = threading.Event()
 
     @nbqueue.actor(queue_name=namespace, broker=broker)
     def echo(i):
-        pass
+        ran.append(i)
+        if len(ran) == 2:
+            both_ran.set()
 
     now = echo.send(1)
     soon = echo.send_with_options(args=(2,), delay=0)  # 0 is a delay: it goes by the .DQ
@@ -205,6 +209,8 @@ def test_enqueue_hooks_see_the_message_as_enqueued_and_what_a_before_hook_adds_i
     assert soon.queue_name == f"{namespace}.DQ" and soon.options["eta"] >= soon.message_timestamp
     assert (now.options["tag"], soon.options["tag"]) == (1, 2)
     worker = worker_factory(broker)
+    # Wait for the runs themselves: RabbitMQ's join can miss the delayed one moving q.DQ -> q.
+    assert both_ran.wait(30)
     broker.join(namespace, timeout=10000)
     worker.join()
     assert sorted(recorder.processed) == [1, 2]  # the tags were encoded: hooks run before
@@ -215,10 +221,14 @@ def test_send_many_calls_every_before_hook_then_every_after_hook_once_all_are_en
 ):
     recorder = EnqueueRecorder()
     broker.add_middleware(recorder)
+    ran: list[int] = []
+    both_ran = threading.Event()
 
     @nbqueue.actor(queue_name=namespace, broker=broker)
     def echo(i):
-        pass
+        ran.append(i)
+        if len(ran) == 2:
+            both_ran.set()
 
     sent = echo.send_many([(1,), (2,), (3,)])
     assert [(hook, message.args, delay) for hook, message, delay in recorder.calls] == [

@@ -216,7 +216,11 @@ def test_ten_thousand_output_lines_keep_memory_bounded(make_broker, worker_facto
     events = follow(message, timeout=30000)
 
     stored = list(message.events(follow=False))
-    assert stored[0].kind == "dropped" and stored[0].data["events"] > 0
+    # Older lines go one of two ways, both announced by a "dropped" event: the store trims them
+    # (the reader then puts a "dropped" first), or, when the store falls behind the actor (a
+    # loaded machine), the channel drops chunks before writing and says so in the stream.
+    dropped = [e for e in stored if e.kind == "dropped"]
+    assert dropped and all(e.data["events"] > 0 for e in dropped)
     assert len(stored) <= 50 + 100  # Redis trims streams by whole nodes of 100 entries
     assert sum(len(e.text) for e in stored) <= (50 + 100) * 1024
     tail = text(events, "stdout")
