@@ -166,6 +166,26 @@ def test_a_message_skipped_by_its_age_limit_is_not_a_failure_for_join(stub_broke
     assert stub_broker.get_dead_letters(do_work.queue_name)[0].reason == "max_age"
 
 
+def test_the_result_of_a_message_skipped_by_its_age_limit_is_the_skip(stub_broker, stub_worker):
+    # As in Dramatiq: the worker stuffs the SkipMessage into the failed message, and Results
+    # store it as the message's failure.
+    backend = StubBackend()
+    stub_broker.add_middleware(Results(backend=backend))
+
+    @nbqueue.actor(max_age=100, store_results=True)
+    def do_work():
+        return 1
+
+    stale = do_work.message().copy(message_timestamp=current_millis() - 60_000)
+    stub_broker.enqueue(stale)
+    stub_broker.join(do_work.queue_name)
+    stub_worker.join()
+
+    with pytest.raises(ResultFailure) as failure:
+        stale.get_result(backend=backend)
+    assert failure.value.orig_exc_type == "SkipMessage"
+
+
 def test_a_paused_worker_runs_nothing_until_it_is_resumed(stub_broker, stub_worker):
     calls = []
 
