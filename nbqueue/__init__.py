@@ -36,6 +36,7 @@ from .errors import (
 )
 from .generic import GenericActor
 from .live import MessageStatus, progress, stream
+from .logging import get_logger
 from .message import Message, get_encoder, set_encoder
 from .middleware import Middleware
 from .middleware import crash_limit as _crash_limit
@@ -82,6 +83,7 @@ __all__ = [
     "connect",
     "get_broker",
     "get_encoder",
+    "get_logger",
     "group",
     "middleware",
     "pipeline",

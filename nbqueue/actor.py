@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -14,6 +13,7 @@ from .asyncio import async_to_sync
 from .broker import Broker, get_broker
 from .common import QUEUE_NAME_RE
 from .context import stream
+from .logging import get_logger
 from .message import Message
 
 if TYPE_CHECKING:
@@ -111,7 +111,8 @@ class Actor(Generic[P, R]):
                 f"Queue name {queue_name!r} is invalid; use letters, digits, '.', '_' and '-', "
                 f"starting with a letter or '_'."
             )
-        self.logger = logging.getLogger(f"nbqueue.actor.{actor_name}")
+        # Named after the function's module, as Dramatiq names actor loggers: ``tasks.add``.
+        self.logger = get_logger(getattr(fn, "__module__", None) or "_", actor_name)
         self.original_fn = fn
         target: Any = _streaming(fn) if inspect.isasyncgenfunction(fn) else fn
         self.is_async = inspect.iscoroutinefunction(target)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .common import current_millis, dq_name, q_name
 from .errors import ActorNotFound
+from .logging import get_logger
 from .message import Message, check_message_size
 from .middleware import default_middleware
 from .middleware.base import Middleware, MiddlewareError
@@ -233,7 +233,7 @@ class Broker(Services, abc.ABC):
     validates_batches: bool = False
 
     def __init__(self, middleware: list[Middleware] | None = None) -> None:
-        self.logger = logging.getLogger(f"nbqueue.{type(self).__name__}")
+        self.logger = get_logger(__name__, type(self))
         self.actors: dict[str, Actor[Any, Any]] = {}
         self.queues: dict[str, Any] = {}
         self.delay_queues: set[str] = set()
@@ -329,9 +329,12 @@ class Broker(Services, abc.ABC):
             )
         if before and after:
             raise ValueError("add_middleware() takes before= or after=, not both.")
-        if any(type(m) is type(middleware) for m in self.middleware):
+        if any(isinstance(m, type(middleware)) for m in self.middleware):
             self.logger.warning(
-                "Middleware %s was added twice; both instances will run.", type(middleware).__name__
+                "A second %s middleware was added to %r; both instances will run (remove one "
+                "unless that is what you want).",
+                type(middleware).__name__,
+                self,
             )
         if before or after:
             anchor = before or after

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import logging
 import os
 import queue
 import threading
@@ -29,7 +28,9 @@ from .errors import (
     RateLimitExceeded,
     Retry,
 )
+from .logging import get_logger
 from .middleware.base import Middleware, SkipMessage
+from .results import Results
 
 if TYPE_CHECKING:
     from .broker import Broker, Consumer, MessageProxy
@@ -142,7 +143,7 @@ class Worker:
     ) -> None:
         if worker_threads < 1:
             raise ValueError(f"worker_threads must be at least 1, got {worker_threads}.")
-        self.logger = logging.getLogger("nbqueue.worker")
+        self.logger = get_logger(__name__, type(self))
         self.broker = broker
         self.worker_id = uuid.uuid4().hex
         self.consumer_whitelist = set(queues) if queues is not None else None
@@ -164,6 +165,9 @@ class Worker:
         self.delay_scheduler = _DelayScheduler(self)
         self.running = False
         self.paused = False
+        self._pause_cond = threading.Condition()
+        # actors whose results were checked for a Results middleware (see _warn_if_discarded)
+        self._discard_checked: set[str] = set()
         self._sequence = itertools.count()
         self._idle_lock = threading.Lock()
         self._idle = threading.Condition(self._idle_lock)
@@ -196,13 +200,29 @@ class Worker:
         self.stop()
 
     def pause(self) -> None:
-        """Stop fetching and running messages; returns once every thread has paused."""
-        self.paused = True
-        for thread in [*self.consumers.values(), *self.workers]:
-            thread.paused_event.wait()
+        """Stop fetching and running messages; returns once every thread has paused.
+
+        Blocks while actors run: a worker thread pauses once its current message is done.
+        Messages already fetched stay in this worker, unrun and unacknowledged, until
+        ``resume()`` (or ``stop()``, which hands them back to the broker). Pausing a worker that
+        is not started makes it start paused.
+        """
+        me = threading.current_thread()
+        with self._pause_cond:
+            self.paused = True
+            while self.running:
+                # Threads started meanwhile (a queue declared while pausing) are waited for too.
+                busy = [
+                    thread
+                    for thread in [*self.consumers.values(), *self.workers]
+                    if thread is not me and thread.is_alive() and not thread.paused_event.is_set()
+                ]
+                if not busy:
+                    break
+                self._pause_cond.wait(self.worker_timeout / 1000)
 
     def resume(self) -> None:
-        """Resume after ``pause()``."""
+        """Resume after ``pause()``: fetching and running continue; returns at once."""
         self._wake_threads()
 
     def stop(self, timeout: int = 600000) -> None:
@@ -271,10 +291,14 @@ class Worker:
             self.work_queue.put(item)
         return taken
 
+    def _holds_paused(self) -> bool:
+        """Whether threads should stay paused (callers hold ``_pause_cond``)."""
+        return self.paused and self.running
+
     def _wake_threads(self) -> None:
-        self.paused = False
-        for thread in [*self.consumers.values(), *self.workers]:
-            thread.resume()
+        with self._pause_cond:
+            self.paused = False
+            self._pause_cond.notify_all()
 
     def join(self, timeout: int | None = None) -> None:
         """Wait until every message this worker fetched was processed or handed back.
@@ -393,20 +417,22 @@ class _WorkerMiddleware(Middleware):
 class _PausableThread(threading.Thread):
     def __init__(self, name: str) -> None:
         super().__init__(name=name, daemon=True)
+        #: set while the thread is parked by ``Worker.pause()``
         self.paused_event = threading.Event()
-        self._resumed = threading.Event()
-
-    def resume(self) -> None:
-        self.paused_event.clear()
-        self._resumed.set()
 
     def _wait_while_paused(self, worker: Worker) -> None:
-        self._resumed.clear()
-        self.paused_event.set()
-        while worker.paused and worker.running:
-            self._resumed.wait(worker.worker_timeout / 1000)
-            self._resumed.clear()
-        self.paused_event.clear()
+        # The flag and the event change only under the worker's condition, so pause() never
+        # sees a thread as parked while it is on its way out, and a resume() followed at once
+        # by a pause() leaves it parked (and seen as parked).
+        cond = worker._pause_cond
+        with cond:
+            if not worker._holds_paused():
+                return
+            self.paused_event.set()
+            cond.notify_all()
+            while worker._holds_paused():
+                cond.wait(worker.worker_timeout / 1000)
+            self.paused_event.clear()
 
 
 class ConsumerThread(_PausableThread):
@@ -418,7 +444,7 @@ class ConsumerThread(_PausableThread):
         self.broker = worker.broker
         self.queue_name = queue_name
         self.prefetch = prefetch
-        self.logger = logging.getLogger(f"nbqueue.worker.consumer.{queue_name}")
+        self.logger = get_logger(__name__, f"ConsumerThread({queue_name})")
         self.consumer: Consumer | None = None
         self.fetching = True
         self._finished = threading.Event()
@@ -460,12 +486,16 @@ class ConsumerThread(_PausableThread):
         self._handed_back = messages
         self._finished.set()
         self._stopping.set()
-        self.resume()
 
     def run(self) -> None:
         self.broker.emit_after("consumer_thread_boot", self)
         restart_wait = threading.Event()
         while self.fetching:
+            if self.worker.paused:
+                # Also here, not only between messages: a consumer restarting after errors
+                # (its broker down) must still pause.
+                self._wait_while_paused(self.worker)
+                continue
             try:
                 self.consumer = self.broker.consume(
                     self.queue_name, prefetch=self.prefetch, timeout=self.worker.worker_timeout
@@ -587,7 +617,7 @@ class WorkerThread(_PausableThread):
         super().__init__(name=f"nbqueue-worker-{index}")
         self.worker = worker
         self.broker = worker.broker
-        self.logger = logging.getLogger("nbqueue.worker.thread")
+        self.logger = get_logger(__name__, "WorkerThread")
 
     def run(self) -> None:
         worker = self.worker
@@ -631,14 +661,36 @@ class WorkerThread(_PausableThread):
             result = None
             if not message.failed:
                 result = actor(*message.args, **message.kwargs)
+                if result is not None and actor.actor_name not in self.worker._discard_checked:
+                    self._warn_if_discarded(actor.actor_name, message)
             broker.emit_after("process_message", message, result=result)
-        except SkipMessage:
+        except SkipMessage as e:
+            if message.failed and message.exception is None:
+                # As in Dramatiq: a message skipped and failed (AgeLimit) carries the skip as
+                # its exception, which Results store; join() does not count it as a failure.
+                message.stuff_exception(e)
             self.logger.debug("Skipped message %s.", message.message_id)
             broker.emit_after("skip_message", message)
         except BaseException as e:
             message.stuff_exception(e)
             self._log_failure(message, e, actor)
             broker.emit_after("process_message", message, exception=e)
+
+    def _warn_if_discarded(self, actor_name: str, message: MessageProxy) -> None:
+        # A broker with a Results middleware warns itself when the actor does not store results
+        # (Results.after_process_message); without one, nothing would keep the value.
+        if message.options.get("pipe_target") is not None:
+            return  # the next step of the pipeline receives it
+        self.worker._discard_checked.add(actor_name)
+        if any(isinstance(m, Results) for m in self.broker.middleware):
+            return
+        self.logger.warning(
+            "Actor %r returned a value, but the broker has no Results middleware, so the value "
+            "was discarded; add broker.add_middleware(Results(backend=...)) and declare the "
+            "actor with store_results=True to keep it, or pipe it to another actor (this is "
+            "logged once per actor).",
+            actor_name,
+        )
 
     def _log_failure(self, message: MessageProxy, error: BaseException, actor: Any) -> None:
         if isinstance(error, Retry):
@@ -669,7 +721,7 @@ class _DelayScheduler(threading.Thread):
     def __init__(self, worker: Worker) -> None:
         super().__init__(name="nbqueue-delay-scheduler", daemon=True)
         self.worker = worker
-        self.logger = logging.getLogger("nbqueue.worker.delay")
+        self.logger = get_logger(__name__, "DelayScheduler")
         self._heap: list[tuple[int, int, MessageProxy, ConsumerThread]] = []
         self._sequence = itertools.count()
         self._cond = threading.Condition()

@@ -28,6 +28,7 @@ RINGS: dict[str, float] = {
     "nbqueue.encoder": 0,
     "nbqueue.threading": 0,
     "nbqueue.asyncio": 0,
+    "nbqueue.logging": 0,
     # 1 the core: everything that runs with no extra installed
     "nbqueue.message": 1,
     "nbqueue.context": 1,

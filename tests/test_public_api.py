@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,7 @@ def test_dramatiq_names_are_all_available():
         "actor",
         "get_broker",
         "get_encoder",
+        "get_logger",
         "group",
         "pipeline",
         "set_broker",
@@ -232,3 +234,86 @@ def test_the_set_encoder_of_message_changes_what_messages_use():
     finally:
         message.set_encoder(previous)
     assert nbqueue.get_encoder() is previous
+
+
+def _parameters(fn):
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+#: Dramatiq methods that Dramatiq users' code and test suites call, as (nbqueue path, attribute).
+DRAMATIQ_METHODS = [
+    ("nbqueue.worker", "Worker.pause"),
+    ("nbqueue.worker", "Worker.resume"),
+    ("nbqueue.broker", "MessageProxy.fail"),
+    ("nbqueue.broker", "MessageProxy.stuff_exception"),
+    ("nbqueue.broker", "MessageProxy.clear_exception"),
+    ("nbqueue.brokers.stub", "StubBroker.__init__"),
+    ("nbqueue.brokers.stub", "StubBroker.join"),
+    ("nbqueue.brokers.stub", "StubBroker.flush"),
+    ("nbqueue.brokers.stub", "StubBroker.flush_all"),
+    ("nbqueue.logging", "get_logger"),
+]
+
+
+def test_dramatiq_methods_take_dramatiqs_parameters_with_dramatiqs_defaults():
+    import importlib
+
+    for path, attribute in DRAMATIQ_METHODS:
+        ours: object = importlib.import_module(path)
+        theirs: object = importlib.import_module(path.replace("nbqueue", "dramatiq", 1))
+        for part in attribute.split("."):
+            ours, theirs = getattr(ours, part), getattr(theirs, part)
+        ours_parameters, theirs_parameters = _parameters(ours), _parameters(theirs)
+        for name, default in theirs_parameters.items():
+            assert name in ours_parameters, (attribute, name)
+            assert ours_parameters[name] == default, (attribute, name)
+        # what nbqueue adds is optional, so Dramatiq's calls still work
+        added = set(ours_parameters) - set(theirs_parameters)
+        assert all(ours_parameters[name] is not inspect.Parameter.empty for name in added), (
+            attribute
+        )
+
+
+def test_dramatiq_attributes_of_brokers_and_proxies_exist():
+    from nbqueue.broker import MessageProxy
+    from nbqueue.brokers.rabbitmq import RabbitmqBroker
+    from nbqueue.brokers.stub import StubBroker
+
+    for name in ("connection", "channel"):
+        prop = getattr(RabbitmqBroker, name)
+        assert isinstance(prop, property) and prop.fdel is not None, name
+    assert isinstance(vars(StubBroker)["dead_letters"], property)
+    broker = StubBroker()
+    broker.declare_queue("q")
+    assert callable(broker.queues["q"].qsize) and callable(broker.queues["q.DQ"].qsize)
+    assert isinstance(broker.dead_letters_by_queue["q"], list)
+    fresh = MessageProxy(nbqueue.Message("q", "a", (), {}, {}))
+    assert fresh.failed is False and fresh.exception is None and fresh._exception is None
+    proxy = MessageProxy(nbqueue.Message("q", "a", (), {}, {}))
+    error = ValueError("x")
+    proxy.stuff_exception(error)
+    proxy.fail()
+    assert proxy.failed and proxy.exception is error
+    from nbqueue.logging import get_logger
+
+    assert nbqueue.get_logger is get_logger
+
+
+def test_every_module_of_the_package_that_imports_logging_gets_the_standard_library():
+    import importlib
+    import logging
+    import pkgutil
+
+    for info in pkgutil.walk_packages(nbqueue.__path__, "nbqueue."):
+        if ".notebook" in info.name or info.name.endswith("__main__"):
+            continue  # needs IPython; it imports logging the same way
+        module = importlib.import_module(info.name)
+        value = getattr(module, "logging", None)
+        if isinstance(value, types.ModuleType) and info.name != "nbqueue.logging":
+            assert value is logging, f"{info.name} got nbqueue.logging for 'import logging'"
+    # the package's own attribute is its submodule, which builds on the standard library
+    assert vars(nbqueue.logging)["logging"] is logging

@@ -115,6 +115,55 @@ def test_a_paused_worker_runs_nothing_until_resumed(stub_broker, stub_worker):
     assert done == [1]
 
 
+def test_a_pause_right_after_a_resume_waits_for_every_thread_and_keeps_them_paused(
+    stub_broker, worker_factory
+):
+    # Fixed: a thread woken by resume() that saw the next pause() before it left its wait
+    # stayed paused without saying so, and that pause() waited for it forever.
+    done = []
+
+    @nbqueue.actor
+    def work():
+        done.append(1)
+
+    worker = worker_factory(stub_broker, worker_threads=8)
+    worker.pause()
+    flipped = threading.Event()
+
+    def flip():
+        for _ in range(20):
+            worker.resume()
+            worker.pause()
+        flipped.set()
+
+    threading.Thread(target=flip, daemon=True).start()
+    assert flipped.wait(30), "pause() did not return after a resume()"
+    assert all(t.paused_event.is_set() for t in [*worker.workers, *worker.consumers.values()])
+    work.send()
+    with pytest.raises(QueueJoinTimeout):
+        stub_broker.join("default", timeout=200)
+    assert done == []
+    worker.resume()
+    stub_broker.join("default", timeout=10000)
+    worker.join()
+    assert done == [1]
+
+
+def test_pause_called_from_an_actor_does_not_wait_for_its_own_thread(stub_broker, worker_factory):
+    paused = threading.Event()
+
+    @nbqueue.actor
+    def pause_my_worker():
+        worker.pause()
+        paused.set()
+
+    worker = worker_factory(stub_broker, worker_threads=2)
+    pause_my_worker.send()
+    assert paused.wait(30)
+    worker.resume()
+    stub_broker.join("default", timeout=10000)
+
+
 def test_worker_join_waits_for_running_actors(stub_broker, stub_worker):
     started, release = threading.Event(), threading.Event()
     finished = []

@@ -3,7 +3,8 @@
 * ``broker``: the ``RabbitmqBroker``; ``wire``: connection parameters, headers, dead letters;
 * ``io``: the I/O thread that owns a pika connection; ``publisher``: confirmed publishing on it;
 * ``consumer``: the consumer, with its leases on held deliveries;
-* ``code_store``: published notebook actors, kept in queues.
+* ``code_store``: published notebook actors, kept in queues;
+* ``blocking``: Dramatiq's per-thread ``broker.connection`` and ``broker.channel``, for callers.
 
 ``RabbitmqBroker`` is imported from Dramatiq's path, ``nbqueue.brokers.rabbitmq``, which
 re-exports it from here. Nothing here imports ``nbqueue._redis``, ``nbqueue.remote``, the face

@@ -64,9 +64,11 @@ How it differs from Dramatiq's broker:
 * **queue_stats()** counts with passive declarations: ``ready`` (``q``), ``delayed`` (``q.DQ``
   plus the delayed messages held in this process), ``dead`` (``q.XQ``); RabbitMQ does not tell
   unacknowledged counts over AMQP 0-9-1, so ``in_flight`` is ``None``.
-* Dramatiq's thread-local ``broker.connection`` and ``broker.channel`` do not exist: pika
-  objects never leave their I/O threads. ``declare_queue(ensure=)`` and
-  ``get_queue_message_counts()`` do.
+* Dramatiq's thread-local ``broker.connection`` and ``broker.channel`` are there for the
+  caller (to check the server, or declare queues of one's own): a blocking pika connection and
+  channel per thread, opened on first use, replaced once closed, and closed by ``close()``.
+  nbqueue's own sends and consumers never use them. ``declare_queue(ensure=)`` and
+  ``get_queue_message_counts()`` exist too.
 * Passwords never appear in the repr, logs or errors (pika's exceptions are described, scrubbed,
   and never chained).
 """
@@ -98,6 +100,7 @@ from ..errors import (
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size
 from ..middleware.base import Middleware
 from ..services import CodeStore, once
+from .blocking import ThreadConnections
 from .code_store import RabbitmqCodeStore
 from .consumer import RabbitmqConsumer
 from .publisher import Batch, Publisher
@@ -201,6 +204,9 @@ class RabbitmqBroker(Broker):
         self._dead_errors: dict[str, BaseException] = {}
         self._properties: dict[int, Any] = {}
         self._priority_warned = False
+        self._blocking = ThreadConnections(
+            self._params, self._where, self._secrets, confirm=confirm_delivery
+        )
         super().__init__(middleware=middleware)
 
     def __repr__(self) -> str:
@@ -223,14 +229,55 @@ class RabbitmqBroker(Broker):
                 publisher = self._publisher
         return publisher
 
+    @property
+    def connection(self) -> Any:
+        """The calling thread's own ``pika.BlockingConnection``, opened on first use.
+
+        For the caller's use, as in Dramatiq: ``broker.connection`` checks that RabbitMQ is
+        reachable. Each thread has its own (pika is not thread-safe); a closed one is replaced
+        on the next access; ``del broker.connection`` closes this thread's, ``close()`` every
+        thread's. Opening is bounded by the connection settings (``socket_timeout``,
+        ``connection_attempts``...).
+
+        Raises:
+          ConnectionFailed: RabbitMQ could not be reached or refused the credentials (the text
+            never holds the password).
+        """
+        return self._blocking.connection()
+
+    @connection.deleter
+    def connection(self) -> None:
+        self._blocking.discard_connection()
+
+    @property
+    def channel(self) -> Any:
+        """The calling thread's own ``pika`` channel on ``broker.connection``.
+
+        For the caller's use, as in Dramatiq: ``broker.channel.queue_declare(...)`` declares a
+        queue of one's own. It is in publisher-confirm mode when the broker confirms
+        deliveries (the default). A channel the server closed, after a refused declaration
+        say, is replaced on the next access; ``del broker.channel`` closes this thread's.
+
+        Raises:
+          ConnectionFailed: RabbitMQ could not be reached.
+          ConnectionClosed: the connection dropped while the channel was opened.
+        """
+        return self._blocking.channel()
+
+    @channel.deleter
+    def channel(self) -> None:
+        self._blocking.discard_channel()
+
     def code_store(self) -> CodeStore:
         """Notebook actors are kept in queues of their own (RabbitMQ has no key-value store)."""
         return once(self, "_code_store", lambda: RabbitmqCodeStore(self))
 
     def close(self) -> None:
-        """Close every connection this broker opened; sends after this reconnect."""
+        """Close every connection this broker opened, ``broker.connection`` of every thread
+        included; sends after this reconnect."""
         for consumer in list(self._consumers):
             consumer.close()
+        self._blocking.close()
         with self._lock:
             publisher, self._publisher = self._publisher, None
             self._ensured.clear()

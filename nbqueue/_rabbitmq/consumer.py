@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RabbitmqConsumer", "RabbitmqMessage"]
 
-logger = logging.getLogger("nbqueue.RabbitmqBroker.consumer")
+logger = logging.getLogger("nbqueue.broker.RabbitmqBroker.consumer")
 
 #: A delivery unacknowledged for this fraction of the consumer_timeout is leased (main queues)
 #: or re-published (delayed messages held by a delay-queue consumer).

@@ -23,7 +23,7 @@ from ..errors import BrokerConnectionError, BrokerError, ConnectionClosed, Conne
 
 __all__ = ["Link", "LoopThread", "describe_error"]
 
-logger = logging.getLogger("nbqueue.RabbitmqBroker")
+logger = logging.getLogger("nbqueue.broker.RabbitmqBroker")
 
 
 def describe_error(error: BaseException | None, secrets: Sequence[str] = ()) -> str:

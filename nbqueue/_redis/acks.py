@@ -36,7 +36,7 @@ class Acker:
 
     def __init__(self, service: BrokerService) -> None:
         self.service = service
-        self.logger = logging.getLogger("nbqueue.RedisBroker.acks")
+        self.logger = logging.getLogger("nbqueue.broker.RedisBroker.acks")
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)

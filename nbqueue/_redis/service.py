@@ -85,7 +85,7 @@ class BrokerService:
 
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
-        self.logger = logging.getLogger("nbqueue.RedisBroker.service")
+        self.logger = logging.getLogger("nbqueue.broker.RedisBroker.service")
         self.interval = min(1.0, broker.heartbeat_timeout / 4000)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

@@ -15,33 +15,119 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from queue import Empty
 from typing import Any
 
 from ..broker import Broker, Consumer, DeadLetter, MessageProxy, QueueStats
 from ..common import dq_name, q_name
-from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound
+from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound, SkipMessage
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size, too_large_text
 from ..middleware.base import Middleware
 from ..services import CodeStore, MemoryCodeStore, once
 
-__all__ = ["StubBroker"]
+__all__ = ["StubBroker", "StubQueue"]
 
 # (negated priority, sequence number, encoded body): heapq pops the largest priority, then the
 # oldest message.
 _Entry = tuple[int, int, bytes]
 
 
-class _Queue:
-    __slots__ = ("name", "entries", "in_flight", "unfinished", "not_empty", "waiting")
+class StubQueue:
+    """One queue of a ``StubBroker``, readable as a ``queue.Queue`` of encoded messages.
 
-    def __init__(self, name: str, lock: threading.Lock) -> None:
+    ``broker.queues[name]`` gives it for a queue and for its delay queue, as in Dramatiq:
+    ``qsize()`` counts the messages waiting to be fetched, ``unfinished_tasks`` those not yet
+    acknowledged or rejected (fetched ones included), and ``get()`` takes the next message's
+    body off the queue for a test to inspect; it stays unfinished until ``task_done()``.
+    """
+
+    __slots__ = (
+        "name",
+        "entries",
+        "in_flight",
+        "unfinished",
+        "taken",
+        "not_empty",
+        "waiting",
+        "_drained",
+    )
+
+    def __init__(self, name: str, lock: threading.Lock, drained: threading.Condition) -> None:
         self.name = name
         self.entries: list[_Entry] = []
         self.in_flight = 0
         # enqueued and not yet acknowledged or rejected; join() waits for zero
         self.unfinished = 0
+        self.taken = 0  # taken by get() and not yet marked done by task_done()
         self.not_empty = threading.Condition(lock)
         self.waiting = 0  # consumers blocked on not_empty
+        self._drained = drained
+
+    def __repr__(self) -> str:
+        return f"<StubQueue {self.name!r} qsize={len(self.entries)}>"
+
+    def qsize(self) -> int:
+        """How many messages wait to be fetched."""
+        return len(self.entries)
+
+    def empty(self) -> bool:
+        """Whether no message waits to be fetched."""
+        return not self.entries
+
+    @property
+    def unfinished_tasks(self) -> int:
+        """How many messages were enqueued and not yet acknowledged or rejected."""
+        return self.unfinished
+
+    def get(self, block: bool = True, timeout: float | None = None) -> bytes:
+        """Take the next message off the queue and return its encoded body.
+
+        It counts as unfinished, so ``join()`` waits, until ``task_done()`` is called.
+
+        Parameters:
+          block: wait for a message when the queue is empty.
+          timeout: how long to wait, in **seconds** (as ``queue.Queue.get``); ``None`` waits
+            forever.
+
+        Raises:
+          queue.Empty: no message arrived in time (or at once, without ``block``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.not_empty:
+            while not self.entries:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise Empty
+                self.waiting += 1
+                try:
+                    self.not_empty.wait(remaining)
+                finally:
+                    self.waiting -= 1
+            entry = heapq.heappop(self.entries)
+            self.in_flight += 1
+            self.taken += 1
+            return entry[2]
+
+    def get_nowait(self) -> bytes:
+        """``get(block=False)``."""
+        return self.get(block=False)
+
+    def task_done(self) -> None:
+        """Mark a message taken with ``get()`` as processed.
+
+        Raises:
+          ValueError: more calls than messages taken with ``get()``.
+        """
+        with self.not_empty:
+            if self.taken <= 0:
+                raise ValueError(
+                    f"task_done() was called more times than get() on queue {self.name!r}."
+                )
+            self.taken -= 1
+            self.in_flight -= 1
+            self.unfinished -= 1
+            if not self.unfinished:
+                self._drained.notify_all()
 
 
 class StubBroker(Broker):
@@ -75,20 +161,29 @@ class StubBroker(Broker):
         self.max_message_size = resolve_max_message_size(max_message_size)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._store: dict[str, _Queue] = {}
+        self._store: dict[str, StubQueue] = {}
+        self._declared: set[str] = set()  # the queues declared, without their delay queues
         self._sequence = itertools.count()
         self._dead: defaultdict[str, list[DeadLetter]] = defaultdict(list)
         self._dead_exceptions: dict[int, BaseException] = {}
         self.dead_letters_by_queue: defaultdict[str, list[MessageProxy]] = defaultdict(list)
         self.fail_fast_default = fail_fast_default
         super().__init__(middleware=middleware)
+        #: each declared queue and delay queue by name, as ``queue.Queue``-like objects
+        #: (``broker.queues[name].qsize()``), as in Dramatiq
+        self.queues: dict[str, StubQueue] = self._store
 
     @property
     def dead_letters(self) -> list[MessageProxy]:
         """Every dead-lettered message that could be decoded, across all queues."""
         return [proxy for proxies in self.dead_letters_by_queue.values() for proxy in proxies]
 
-    def _queue(self, queue_name: str) -> _Queue:
+    def get_declared_queues(self) -> set[str]:
+        """Return the names of the declared queues (not their delay queues, which
+        ``broker.queues`` also holds)."""
+        return set(self._declared)
+
+    def _queue(self, queue_name: str) -> StubQueue:
         try:
             return self._store[queue_name]
         except KeyError:
@@ -99,21 +194,21 @@ class StubBroker(Broker):
 
     def declare_queue(self, queue_name: str) -> None:
         """Declare a queue and its delay queue; declaring twice does nothing."""
-        if queue_name in self.queues:
+        if queue_name in self._store:
             return
         self.emit_before("declare_queue", queue_name)
         delay_name = dq_name(queue_name)
         with self._lock:
-            self._store[queue_name] = _Queue(queue_name, self._lock)
-            self._store[delay_name] = _Queue(delay_name, self._lock)
-        self.queues[queue_name] = self._store[queue_name]
+            self._store[queue_name] = StubQueue(queue_name, self._lock, self._drained)
+            self._store[delay_name] = StubQueue(delay_name, self._lock, self._drained)
+        self._declared.add(queue_name)
         self.emit_after("declare_queue", queue_name)
         self.delay_queues.add(delay_name)
         self.emit_after("declare_delay_queue", delay_name)
 
     def _prepare(
         self, message: Message[Any], delay: int | None
-    ) -> tuple[Message[Any], _Queue, int, bytes]:
+    ) -> tuple[Message[Any], StubQueue, int, bytes]:
         # Declaring a queue declares its delay queue too, so the message's own queue name (a
         # queue or its .DQ) is in the store when it can be queued. The check comes before the
         # hooks, which see only messages that can be queued.
@@ -123,7 +218,7 @@ class StubBroker(Broker):
         priority = 0 if delay is not None else self.message_priority(message)
         return message, self._store[queue_name], priority, data
 
-    def _push(self, entries: list[tuple[Message[Any], _Queue, int, bytes]]) -> None:
+    def _push(self, entries: list[tuple[Message[Any], StubQueue, int, bytes]]) -> None:
         with self._lock:
             for _, queue, priority, data in entries:
                 heapq.heappush(queue.entries, (-priority, next(self._sequence), data))
@@ -201,7 +296,9 @@ class StubBroker(Broker):
         Parameters:
           timeout: in milliseconds; ``None`` waits forever.
           fail_fast: re-raise the exception of the first dead-lettered message of the queue
-            (default: the broker's ``fail_fast_default``). Call ``flush`` to forget it.
+            (default: the broker's ``fail_fast_default``, True). A message that a middleware
+            skipped without running it (``AgeLimit``) does not count. Call ``flush`` to forget
+            the failures.
 
         Raises:
           QueueJoinTimeout: the queue did not drain in time.
@@ -221,6 +318,9 @@ class StubBroker(Broker):
             dead = list(self._dead[queue_name])
         if fail_fast is None:
             fail_fast = self.fail_fast_default
+        # A message a middleware skipped (AgeLimit's expired ones) was not run, so it is no
+        # failure of the code under test.
+        dead = [d for d in dead if not isinstance(self._dead_exceptions.get(id(d)), SkipMessage)]
         if fail_fast and dead:
             first = dead[0]
             exception = self._dead_exceptions.get(id(first))
@@ -241,7 +341,7 @@ class StubBroker(Broker):
         """Return ready, delayed, in-flight and dead counts for each declared queue."""
         stats = {}
         with self._lock:
-            for name in self.queues:
+            for name in [n for n in self._store if n in self._declared]:
                 queue, delayed = self._store[name], self._store[dq_name(name)]
                 stats[name] = QueueStats(
                     ready=len(queue.entries),
@@ -257,7 +357,7 @@ class StubBroker(Broker):
             return list(self._dead[q_name(queue_name)])
 
     # called by consumers, with data the consumer fetched
-    def _settle(self, queue: _Queue) -> None:
+    def _settle(self, queue: StubQueue) -> None:
         queue.in_flight -= 1
         queue.unfinished -= 1
         if queue.waiting and queue.entries:
@@ -265,7 +365,7 @@ class StubBroker(Broker):
         if not queue.unfinished:
             self._drained.notify_all()
 
-    def _kill(self, queue: _Queue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
+    def _kill(self, queue: StubQueue, dead: DeadLetter, proxy: MessageProxy | None) -> None:
         exception = proxy.exception if proxy is not None else None
         with self._lock:
             canonical = q_name(queue.name)
@@ -277,8 +377,20 @@ class StubBroker(Broker):
             self._settle(queue)
 
 
+class _StubMessageProxy(MessageProxy):
+    """A proxy that keeps its exception after processing, as Dramatiq's stub does.
+
+    Other brokers' proxies drop it once the message is settled, breaking the reference cycle
+    through the traceback; here tests read ``broker.dead_letters[0].exception`` and ``join()``
+    re-raises it, and the garbage collector breaks the cycle.
+    """
+
+    def clear_exception(self) -> None:
+        """Keep the exception (see the class docstring)."""
+
+
 class _StubConsumer(Consumer):
-    def __init__(self, broker: StubBroker, queue: _Queue, prefetch: int, timeout: int) -> None:
+    def __init__(self, broker: StubBroker, queue: StubQueue, prefetch: int, timeout: int) -> None:
         self.broker = broker
         self.queue = queue
         self.prefetch = max(1, prefetch)
@@ -318,7 +430,7 @@ class _StubConsumer(Consumer):
             except DecodeError as e:
                 self._reject(tag, entry, e.reason, str(e))
                 continue
-            proxy = MessageProxy(message)
+            proxy = _StubMessageProxy(message)
             proxy._delivery_tag = tag  # type: ignore[attr-defined]
             return proxy
 

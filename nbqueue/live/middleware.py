@@ -326,7 +326,10 @@ class Live(Middleware):
             status = "failed"
         else:
             status = "dead"
-        error = summary(exception or message.exception)
+        exception = exception or message.exception
+        if isinstance(exception, SkipMessage):
+            exception = None  # the skip (AgeLimit's) is the reason already given
+        error = summary(exception)
         if status == "dead":
             error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
         self._finish(broker, message, running, status, error)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from ..common import current_millis
+from ..logging import get_logger
 from .base import Middleware, SkipMessage
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class AgeLimit(Middleware):
     """
 
     def __init__(self, *, max_age: int | None = None) -> None:
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.max_age = max_age
 
     @property

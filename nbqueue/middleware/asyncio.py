@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING
 
 from ..asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
+from ..logging import get_logger
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class AsyncIO(Middleware):
     """
 
     def __init__(self, start_timeout: float = 1.0) -> None:
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._thread: EventLoopThread | None = None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..logging import get_logger
 from ..services import StartCounter
 from .base import Middleware, SkipMessage
 
@@ -100,7 +100,7 @@ class CrashLimit(Middleware):
                 "CrashLimit takes redis= or counter=, not both; pass the one that keeps the "
                 "counters."
             )
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.max_crashes = max_crashes
         self.ttl = ttl
         self.timeout = timeout

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..common import compute_backoff, current_millis
 from ..errors import MessageTooLarge, Retry
+from ..logging import get_logger
 from .base import Middleware
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Retries(Middleware):
         max_backoff: int = DEFAULT_MAX_BACKOFF,
         retry_when: Callable[[int, BaseException], bool] | None = None,
     ) -> None:
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.max_retries = max_retries
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff

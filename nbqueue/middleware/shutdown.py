@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Shutdown
+from ..logging import get_logger
 from ..threading import raise_thread_exception
 from .base import Middleware
 
@@ -29,7 +29,7 @@ class ShutdownNotifications(Middleware):
     """
 
     def __init__(self, notify_shutdown: bool = False) -> None:
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.notify_shutdown = notify_shutdown
         self._lock = threading.Lock()
         self._thread_ids: set[int] = set()

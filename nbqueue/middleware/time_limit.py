@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TimeLimitExceeded
+from ..logging import get_logger
 from ..threading import current_platform, raise_thread_exception, supported_platforms
 from .base import Middleware
 
@@ -140,7 +141,7 @@ class TimeLimit(Middleware):
     """
 
     def __init__(self, *, time_limit: float | None = 600000, interval: int = 1000) -> None:
-        self.logger = logging.getLogger(__name__)
+        self.logger = get_logger(__name__, type(self))
         self.time_limit = time_limit
         self.interval = interval
         self._lock = threading.Lock()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ActorNotFound, EncodeError
+from ..logging import get_logger
 from ..middleware.base import Middleware
 from .backend import ResultBackend
 from .errors import ResultError
@@ -62,7 +62,7 @@ class Results(Middleware):
                 "Results needs a result backend; pass one, e.g. "
                 "Results(backend=StubBackend()) from nbqueue.results.backends."
             )
-        self.logger = logging.getLogger("nbqueue.results")
+        self.logger = get_logger(__name__, type(self))
         self.backend = backend
         self.store_results = store_results
         self.result_ttl = result_ttl or DEFAULT_RESULT_TTL

@@ -261,6 +261,27 @@ def test_a_fractional_delay_gives_an_eta_in_whole_milliseconds(broker, namespace
     assert sent.options["eta"] >= sent.message_timestamp + 1
 
 
+def test_a_paused_worker_runs_nothing_until_it_is_resumed(broker, worker_factory, namespace):
+    ran = []
+
+    @nbqueue.actor(queue_name=namespace, broker=broker)
+    def work(i):
+        ran.append(i)
+
+    worker = worker_factory(broker)
+    worker.pause()
+    for i in range(5):
+        work.send(i)
+    # The messages wait, fetched or not: nothing settles them while the worker is paused.
+    with pytest.raises(QueueJoinTimeout):
+        broker.join(namespace, timeout=500)
+    assert ran == []
+    worker.resume()
+    broker.join(namespace, timeout=30000)
+    worker.join()
+    assert sorted(ran) == list(range(5))
+
+
 def test_join_times_out_when_nothing_consumes(broker, namespace):
     @nbqueue.actor(queue_name=namespace, broker=broker)
     def idle():

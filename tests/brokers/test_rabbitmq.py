@@ -133,7 +133,7 @@ def test_priorities_without_max_priority_log_one_warning(rabbit, namespace, capl
     def urgent():
         pass
 
-    with caplog.at_level(logging.WARNING, logger="nbqueue.RabbitmqBroker"):
+    with caplog.at_level(logging.WARNING, logger="nbqueue.broker.RabbitmqBroker"):
         urgent.send()
         urgent.send()
     warnings = [r for r in caplog.records if "max_priority" in r.getMessage()]
@@ -496,3 +496,62 @@ def test_a_partly_refused_bulk_send_names_every_message_not_enqueued(
     with pytest.raises(PublishNacked, match="5 of 10 messages") as info:
         broker.enqueue_many(messages)
     assert sorted(m.args[0] for m in info.value.messages) == [5, 6, 7, 8, 9]
+
+
+def test_connection_and_channel_are_each_threads_own_and_declare_queues_of_ones_own(
+    rabbit, namespace
+):
+    # Dramatiq users check the server with broker.connection and declare extra queues with
+    # broker.channel; nbqueue's own I/O never uses these.
+    broker = rabbit()
+    extra = f"{namespace}-extra"
+    connection = broker.connection
+    assert connection.is_open and broker.connection is connection
+    channel = broker.channel
+    assert channel.is_open and broker.channel is channel and channel.connection is connection
+    try:
+        channel.queue_declare(extra, durable=True)
+        channel.basic_publish("", extra, b"hello", mandatory=True)  # confirmed: it is there
+        _method, _properties, body = channel.basic_get(extra, auto_ack=True)
+        assert body == b"hello"
+
+        other: dict[str, object] = {}
+
+        def use_from_another_thread():
+            other["connection"], other["channel"] = broker.connection, broker.channel
+
+        thread = threading.Thread(target=use_from_another_thread)
+        thread.start()
+        thread.join(30)
+        assert other["connection"] is not connection and other["channel"] is not channel
+
+        # A channel the server closed (a refused re-declaration) is replaced on next access.
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            broker.channel.queue_declare(extra, durable=False)
+        assert broker.channel is not channel and broker.channel.is_open
+
+        del broker.channel
+        del broker.connection
+        assert not connection.is_open
+        assert broker.connection is not connection
+    finally:
+        broker.channel.queue_delete(extra)
+    broker.close()
+    assert not other["connection"].is_open  # type: ignore[attr-defined]
+    assert not broker._blocking._open
+    assert broker.connection.is_open  # a closed broker opens a new one when asked
+    broker.close()
+
+
+def test_an_unreachable_server_fails_broker_connection_without_the_password(namespace):
+    canary = "nbq-CANARY-s3cr3t"
+    port = _rabbitmq.free_port()  # nothing listens there
+    broker = RabbitmqBroker(url=f"amqp://guest:{canary}@127.0.0.1:{port}/%2F")
+    try:
+        with pytest.raises(ConnectionFailed, match=r"Could not connect to RabbitMQ") as info:
+            broker.connection  # noqa: B018 - the property connects
+        assert canary not in str(info.value) and info.value.__cause__ is None
+        with pytest.raises(ConnectionFailed):
+            broker.channel  # noqa: B018
+    finally:
+        broker.close()

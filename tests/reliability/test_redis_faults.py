@@ -521,7 +521,7 @@ def test_d3_a_canary_password_reaches_no_sink(namespace, worker_factory, caplog,
             sinks += [str(info.value), repr(broker)]
             broker.close()
     # The worker logs what an actor raised verbatim: that text is the application's, not ours.
-    sinks += [r.getMessage() for r in caplog.records if r.name != "nbqueue.worker.thread"]
+    sinks += [r.getMessage() for r in caplog.records if r.name != "nbqueue.worker.WorkerThread"]
     leaks = [sink for sink in sinks if canary in sink]
     record.figures = {"sinks": len(sinks), "leaks": len(leaks)}
     assert not leaks

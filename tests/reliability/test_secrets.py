@@ -83,7 +83,7 @@ def test_d3_a_canary_in_amqp_urls_reaches_no_sink(
     finally:
         rabbit_node.ctl("delete_user", "alice")
     sinks["logs_debug"] = "\n".join(
-        r.getMessage() for r in caplog.records if r.name != "nbqueue.worker.thread"
+        r.getMessage() for r in caplog.records if r.name != "nbqueue.worker.WorkerThread"
     )
     found = leaks(sinks, secret)
     record.figures = {"sinks": sorted(sinks), "leaks": found}

@@ -349,14 +349,16 @@ def test_discarded_results_are_logged_once_per_actor(
     def nothing() -> None:
         return None
 
-    caplog.set_level(logging.WARNING, logger="nbqueue.results")
+    caplog.set_level(logging.WARNING, logger="nbqueue.results.middleware.Results")
     for i in range(3):
         add.send(i, i)
     nothing.send()
     stub_broker.join(add.queue_name)
     stub_worker.join()
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "nbqueue.results"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "nbqueue.results.middleware.Results"
+    ]
     assert len(warnings) == 1
     assert "'add'" in warnings[0] and "store_results=True" in warnings[0]
 
