@@ -126,6 +126,10 @@ def test_a_given_pool_is_used_as_is(memcached_server, kind) -> None:
     key = backend.build_message_key(message)
     try:
         assert backend.pool is pool and limits.pool is pool
+        if kind == "ClientPool":
+            assert repr(backend) == f"MemcachedBackend({memcached_server!r}, namespace=" + (
+                "'dramatiq-results')"
+            )
         backend.store_result(message, "via a given pool", 10_000)
         assert client.get(key) == b'"via a given pool"'
         assert limits.incr(f"{key}:n", 1, 1, 10_000)

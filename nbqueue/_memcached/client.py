@@ -92,22 +92,24 @@ _BROKEN = (
 )
 
 
-def _check_cas(pool: queue.Queue[Any]) -> None:
-    """Check that a given pool's clients can compare-and-swap (``gets`` refuses otherwise).
+def _look_at(pool: queue.Queue[Any], cas: bool) -> str | None:
+    """Return the servers of a given pool's clients, and check that they can compare-and-swap
+    when ``cas`` is asked for (``gets`` refuses otherwise); ``None`` when every client is in use.
 
     Raises:
-      ValueError: they cannot.
+      ValueError: ``cas`` is asked for and the clients cannot.
     """
     try:
         client = pool.get_nowait()
     except queue.Empty:
-        return  # every client is in use: the first gets() will tell
+        return None  # in use: the first gets() will tell
     try:
-        if not client.behaviors.get("cas"):
+        if cas and not client.behaviors.get("cas"):
             raise ValueError(
                 "The clients of the given pylibmc pool need compare-and-swap: make them with "
                 "pylibmc.Client(servers, behaviors={'cas': True})."
             )
+        return ",".join(str(address) for address in client.addresses)
     finally:
         pool.put(client)
 
@@ -124,6 +126,10 @@ class MemcachedConnection:
       cas: turn on compare-and-swap (the ``cas`` behavior), which ``gets`` needs.
       parameters: ``pylibmc.Client`` options: ``servers=`` (default ``["127.0.0.1:11211"]``),
         ``binary=``, ``username=``, ``password=``.
+
+    Raises:
+      ValueError: ``cas`` is asked for and the clients of ``pool`` lack it, or ``pool_size`` is
+        smaller than 1.
     """
 
     def __init__(
@@ -151,9 +157,8 @@ class MemcachedConnection:
             pool = pylibmc.ClientPool(client, pool_size)
             self.where = ",".join(str(server) for server in servers)
         else:
-            self.where = "a given pylibmc pool"
-            if cas and isinstance(pool, queue.Queue):
-                _check_cas(pool)
+            where = _look_at(pool, cas) if isinstance(pool, queue.Queue) else None
+            self.where = where or "a given pylibmc pool"
         self.pool = pool
         self.pool_size = pool_size
 

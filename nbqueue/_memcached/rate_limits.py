@@ -74,6 +74,13 @@ class MemcachedBackend(RateLimiterBackend):
       parameters: ``pylibmc.Client`` options: ``servers=`` (default ``["127.0.0.1:11211"]``),
         ``binary=``, ``username=``, ``password=``, ``behaviors=`` (``cas`` is always turned on;
         nbqueue's deadlines apply unless overridden: 3 s to connect and for each reply).
+
+    Every operation raises ``ConnectionFailed`` or ``ConnectionClosed`` when the server cannot
+    be reached or does not answer in time, and ``BrokerError`` when it answers with an error.
+
+    Raises:
+      ValueError: the clients of ``pool`` lack the ``cas`` behavior, or ``pool_size`` is
+        smaller than 1.
     """
 
     def __init__(self, *, pool: Any = None, pool_size: int = 8, **parameters: Any) -> None:

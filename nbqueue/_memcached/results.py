@@ -30,7 +30,9 @@ class MemcachedBackend(ResultBackend):
     100 ms and grow to 2 s). TTLs are kept to the second, at least as long as asked.
 
     memcached is a cache: it evicts items when its memory is full, and loses everything when it
-    restarts; a result can then be missing although it was stored.
+    restarts; a result can then be missing although it was stored. A read cut off by its
+    deadline (a hung server) also looks like a missing result the first time, as libmemcached
+    reports it; the calls after it fail with ``ConnectionFailed`` while pylibmc skips the server.
 
     The live channel (status, progress, output) cannot be kept in memcached:
     ``live_transport()`` answers ``None``, and the broker's own server carries it (Redis), or
@@ -48,6 +50,12 @@ class MemcachedBackend(ResultBackend):
       parameters: ``pylibmc.Client`` options: ``servers=`` (default ``["127.0.0.1:11211"]``),
         ``binary=``, ``username=``, ``password=``, ``behaviors=`` (nbqueue's deadlines apply
         unless overridden: 3 s to connect and for each reply).
+
+    Reads and writes raise ``ConnectionFailed`` or ``ConnectionClosed`` when the server cannot
+    be reached or does not answer in time, and ``BrokerError`` when it answers with an error.
+
+    Raises:
+      ValueError: ``pool_size`` is smaller than 1.
     """
 
     def __init__(

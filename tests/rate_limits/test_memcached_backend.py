@@ -157,8 +157,12 @@ def test_counters_are_read_right_whatever_the_allocator_does(memcached_server, n
         backend = MemcachedBackend(servers=[{memcached_server!r}])
         key = {namespace!r} + ":debug-malloc"
         try:
-            print(backend.add(key, 2, 60000), backend.decr(key, 1, 0, 60000),
-                  backend.incr(key, 1, 2, 60000), backend.incr_and_sum(key, lambda: [key], 1, 3, 60000))
+            print(
+                backend.add(key, 2, 60000),
+                backend.decr(key, 1, 0, 60000),
+                backend.incr(key, 1, 2, 60000),
+                backend.incr_and_sum(key, lambda: [key], 1, 3, 60000),
+            )
         finally:
             with backend.connection.client() as client:
                 client.delete(key)
