@@ -12,11 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "LAZY_BACKENDS",
     "compute_backoff",
-    "lazy_redis_backend",
     "current_millis",
     "dq_name",
     "getenv_int",
+    "lazy_backends",
     "q_name",
     "redact_url",
     "xq_name",
@@ -122,22 +123,32 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def lazy_redis_backend(package: str) -> Callable[[str], Any]:
-    """Return a module ``__getattr__`` that imports ``<package>.redis.RedisBackend`` on first use.
+#: The server backends of ``results.backends`` and ``rate_limits.backends``, imported on first
+#: use: class name -> (submodule, the package it needs, the extra that installs it).
+LAZY_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "MemcachedBackend": ("memcached", "pylibmc", "memcached"),
+    "RedisBackend": ("redis", "redis", "redis"),
+}
 
-    ``import nbqueue`` then works without the redis package, and using ``RedisBackend`` without
-    it says which extra to install.
+
+def lazy_backends(package: str) -> Callable[[str], Any]:
+    """Return a module ``__getattr__`` that imports ``<package>.<server>.<Server>Backend`` on
+    first use (``RedisBackend``, ``MemcachedBackend``; see ``LAZY_BACKENDS``).
+
+    ``import nbqueue`` then works without the servers' client packages, and using a backend
+    without its package says which extra to install.
     """
 
     def __getattr__(name: str) -> Any:
-        if name != "RedisBackend":
+        if name not in LAZY_BACKENDS:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module, needs, extra = LAZY_BACKENDS[name]
         try:
-            importlib.import_module("redis")
+            importlib.import_module(needs)
         except ImportError as e:
             raise ImportError(
-                "RedisBackend needs the redis package: pip install 'nbqueue[redis]'."
+                f"{name} needs the {needs} package: pip install 'nbqueue[{extra}]'."
             ) from e
-        return importlib.import_module(f"{package}.redis").RedisBackend
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
 
     return __getattr__

@@ -17,6 +17,7 @@ _ENV_PREFIXES = ("NBQUEUE_", "DRAMATIQ_", "dramatiq_")
 
 REDIS_URL = os.environ.get("NBQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("NBQUEUE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+MEMCACHED_SERVER = os.environ.get("NBQUEUE_TEST_MEMCACHED_SERVER", "127.0.0.1:11211")
 
 _reachable: dict[str, str | None] = {}
 
@@ -29,9 +30,13 @@ def require_server(name: str, url: str) -> str:
     """
     if name not in _reachable:
         parts = urlsplit(url)
-        default_port = {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671}.get(
-            parts.scheme, 0
-        )
+        default_port = {
+            "redis": 6379,
+            "rediss": 6380,
+            "amqp": 5672,
+            "amqps": 5671,
+            "memcached": 11211,
+        }.get(parts.scheme, 0)
         try:
             with socket.create_connection(
                 (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2
@@ -55,6 +60,13 @@ def redis_url() -> str:
 @pytest.fixture
 def rabbitmq_url() -> str:
     return require_server("RabbitMQ", RABBITMQ_URL)
+
+
+@pytest.fixture
+def memcached_server() -> str:
+    """The ``host:port`` of the test memcached (``NBQUEUE_TEST_MEMCACHED_SERVER``)."""
+    require_server("memcached", f"memcached://{MEMCACHED_SERVER}")
+    return MEMCACHED_SERVER
 
 
 @pytest.fixture(autouse=True)

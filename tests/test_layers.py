@@ -3,9 +3,9 @@
 Every import statement of every file under ``nbqueue/`` counts: at module level, inside
 functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
 import its own ring and the rings below it, servers never import each other, and the files of
-rings 0 and 1 import no optional extra (``redis``, ``pika``, ``IPython``, ``ipywidgets``) at all.
-The few upward imports kept on purpose are named in ``ALLOWED``, each with its reason; an entry
-that no longer matches an import fails too, so the list only shrinks.
+rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``IPython``,
+``ipywidgets``) at all. The few upward imports kept on purpose are named in ``ALLOWED``, each
+with its reason; an entry that no longer matches an import fails too, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ RINGS: dict[str, float] = {
     # 2 servers: one package per server, never importing each other
     "nbqueue._redis": 2,
     "nbqueue._rabbitmq": 2,
+    "nbqueue._memcached": 2,
     # 2' features built on the core
     "nbqueue.remote": 2.5,
     # 3 the face: the composition root and the package itself
@@ -64,10 +65,12 @@ SHIMS: dict[str, str] = {
     "nbqueue.brokers.rabbitmq": "nbqueue._rabbitmq",
     "nbqueue.results.backends.redis": "nbqueue._redis",
     "nbqueue.rate_limits.backends.redis": "nbqueue._redis",
+    "nbqueue.results.backends.memcached": "nbqueue._memcached",
+    "nbqueue.rate_limits.backends.memcached": "nbqueue._memcached",
 }
 
 #: Optional extras that rings 0 and 1 never import, at any level.
-EXTRAS = ("redis", "pika", "IPython", "ipywidgets")
+EXTRAS = ("redis", "pika", "pylibmc", "IPython", "ipywidgets")
 
 #: Core files that still import an extra, until they move to their server package.
 EXTRAS_ALLOWED: set[str] = set()
@@ -108,7 +111,7 @@ def ring_of(module: str) -> float:
 
 
 def server_of(module: str) -> str | None:
-    for server in ("nbqueue._redis", "nbqueue._rabbitmq"):
+    for server in ("nbqueue._redis", "nbqueue._rabbitmq", "nbqueue._memcached"):
         if module == server or module.startswith(server + "."):
             return server
     return None
@@ -354,12 +357,15 @@ def test_the_checker_sees_each_kind_of_import() -> None:
         ("nbqueue.broker", "nbqueue.connection", True),  # the core reaches up to the face
         ("nbqueue._redis.broker", "nbqueue._rabbitmq.io", True),  # a server imports another
         ("nbqueue._redis.broker", "nbqueue.remote.store", True),
+        ("nbqueue._memcached.results", "nbqueue._redis.client", True),
+        ("nbqueue.results.backends.memcached", "nbqueue._redis", True),
         ("nbqueue.live.channel", "nbqueue.brokers.redis", True),  # the core imports a shim
         ("nbqueue.brokers.redis", "nbqueue.worker", True),  # a shim imports beyond its target
         ("nbqueue.errors", "nbqueue.message", True),
         ("nbqueue.cli.boot", "nbqueue.connection", False),
         ("nbqueue._redis.broker", "nbqueue.broker", False),
         ("nbqueue.brokers.redis", "nbqueue._redis", False),
+        ("nbqueue.results.backends.memcached", "nbqueue._memcached", False),
         ("nbqueue.remote.loader", "nbqueue.actor", False),
     ],
 )

@@ -86,6 +86,7 @@ def test_dramatiq_names_are_all_available():
         RateLimiter,
         WindowRateLimiter,
     )
+    from nbqueue.rate_limits import backends as limit_backends
     from nbqueue.results import (  # noqa: F401
         ResultBackend,
         ResultError,
@@ -94,7 +95,11 @@ def test_dramatiq_names_are_all_available():
         Results,
         ResultTimeout,
     )
-    from nbqueue.results.backends import StubBackend  # noqa: F401
+    from nbqueue.results import backends as result_backends
+
+    for backends in (limit_backends, result_backends):  # Dramatiq's three backends in each
+        for name in ("MemcachedBackend", "RedisBackend", "StubBackend"):
+            assert isinstance(getattr(backends, name), type), (backends, name)
 
 
 def test_the_deprecated_connection_error_alias_warns():
@@ -109,7 +114,7 @@ def test_import_works_with_no_optional_packages_installed():
     code = textwrap.dedent(
         """
         import sys
-        for name in ("redis", "pika", "IPython", "ipywidgets", "orjson"):
+        for name in ("redis", "pika", "pylibmc", "IPython", "ipywidgets", "orjson"):
             sys.modules[name] = None
         import nbqueue
         from nbqueue.brokers.stub import StubBroker
@@ -161,6 +166,33 @@ def test_redis_backends_without_redis_name_the_extra_to_install():
     assert result.stdout.count("pip install 'nbqueue[redis]'") == 2
 
 
+def test_memcached_backends_without_pylibmc_name_the_extra_to_install():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pylibmc"] = None
+        from nbqueue.rate_limits import backends as limits
+        from nbqueue.results import backends as results
+        for module in (limits, results):
+            assert "MemcachedBackend" in dir(module)
+            try:
+                module.MemcachedBackend
+            except ImportError as e:
+                print(e)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.count(
+            "MemcachedBackend needs the pylibmc package: pip install 'nbqueue[memcached]'."
+        )
+        == 2
+    )
+
+
 #: Dramatiq's import paths of moved classes, the module that defines each now, and the
 #: ``__module__`` its reprs show (the public path, unchanged by the move).
 MOVED = [
@@ -186,6 +218,20 @@ MOVED = [
         "nbqueue.rate_limits.backends.redis",
     ),
     ("nbqueue.rate_limits.backends", "RedisBackend", "nbqueue._redis.rate_limits", None),
+    (
+        "nbqueue.results.backends.memcached",
+        "MemcachedBackend",
+        "nbqueue._memcached.results",
+        "nbqueue.results.backends.memcached",
+    ),
+    ("nbqueue.results.backends", "MemcachedBackend", "nbqueue._memcached.results", None),
+    (
+        "nbqueue.rate_limits.backends.memcached",
+        "MemcachedBackend",
+        "nbqueue._memcached.rate_limits",
+        "nbqueue.rate_limits.backends.memcached",
+    ),
+    ("nbqueue.rate_limits.backends", "MemcachedBackend", "nbqueue._memcached.rate_limits", None),
     ("nbqueue.message", "get_encoder", "nbqueue.encoder", None),
     ("nbqueue.message", "set_encoder", "nbqueue.encoder", None),
     ("nbqueue", "get_encoder", "nbqueue.encoder", None),
@@ -206,7 +252,7 @@ def test_dramatiq_paths_of_moved_names_give_the_same_objects():
             assert value.__module__ == public_module, (path, name)
             assert repr(value) == f"<class '{public_module}.{name}'>"
     # the shims re-export, nothing more
-    for path in {p for p, *_ in MOVED if p.endswith((".redis", ".rabbitmq"))}:
+    for path in {p for p, *_ in MOVED if p.endswith((".redis", ".rabbitmq", ".memcached"))}:
         module = importlib.import_module(path)
         assert set(module.__all__) == {n for p, n, *_ in MOVED if p == path}
         with pytest.raises(AttributeError):

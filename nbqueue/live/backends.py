@@ -2,8 +2,9 @@
 
 A ``StubBackend`` keeps it in this process (``memory.py``); a ``RedisBackend`` in Redis
 (``nbqueue._redis.live``), under the RedisBroker's key namespace, or the backend's own with any
-other broker (RabbitMQ, the in-memory broker). A RedisBroker without a Results middleware lends
-its own connection. Each answers through ``nbqueue.services.Services.live_transport``.
+other broker (RabbitMQ, the in-memory broker). A RedisBroker without a Results middleware, or
+with one whose server cannot carry the channel (a ``MemcachedBackend``), lends its own
+connection. Each answers through ``nbqueue.services.Services.live_transport``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def resolve_transport(
     max_events: int = 1000,
 ) -> Transport | None:
     """Return the transport for ``broker``: from ``backend``, else its Results backend, else
-    the broker's own server.
+    the broker's own server (also when the backend's server offers none).
 
     Parameters:
       namespace: the key namespace; defaults to the broker's (``live_namespace()``), then the
@@ -62,5 +63,8 @@ def resolve_transport(
         backend = results.backend if results is not None else None
     namespace = namespace or broker.live_namespace()
     if backend is not None:
-        return backend.live_transport(namespace=namespace, max_events=max_events)
+        transport = backend.live_transport(namespace=namespace, max_events=max_events)
+        if transport is not None:
+            return transport
+    # No backend, or one whose server cannot carry the channel (memcached): the broker's own.
     return broker.live_transport(namespace=namespace, max_events=max_events)

@@ -1,18 +1,21 @@
-"""Result backends: ``StubBackend`` (in memory) and ``RedisBackend`` (needs ``nbqueue[redis]``).
+"""Result backends: ``StubBackend`` (in memory), ``RedisBackend`` (needs ``nbqueue[redis]``) and
+``MemcachedBackend`` (needs ``nbqueue[memcached]``).
 
-``RedisBackend`` is imported on first use, so ``import nbqueue`` works without the redis package.
+The server backends are imported on first use, so ``import nbqueue`` works without redis or
+pylibmc.
 """
 
 from __future__ import annotations
 
-from ...common import lazy_redis_backend
+from ...common import LAZY_BACKENDS, lazy_backends
 from .stub import StubBackend
 
-# RedisBackend is left out of __all__ so that ``from ... import *`` works without redis.
+# The server backends are left out of __all__ so that ``from ... import *`` works without their
+# client packages.
 __all__ = ["StubBackend"]
 
-__getattr__ = lazy_redis_backend(__name__)
+__getattr__ = lazy_backends(__name__)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "RedisBackend"])
+    return sorted([*globals(), *LAZY_BACKENDS])
