@@ -7,7 +7,7 @@ import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from .asyncio import async_to_sync
 from .broker import Broker, get_broker
@@ -16,20 +16,20 @@ from .context import stream
 from .logging import get_logger
 from .message import Message
 
-if TYPE_CHECKING:
-    from typing import Protocol
-
-    class ActorDecorator(Protocol):
-        @overload
-        def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
-        @overload
-        def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
-
-
-__all__ = ["Actor", "actor"]
+__all__ = ["Actor", "ActorDecorator", "actor"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class ActorDecorator(Protocol):
+    """What ``actor(...)`` returns when called with options only: it turns a function into an
+    ``Actor``. For type annotations, as Dramatiq's ``ActorDecorator``."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
 
 
 def _delay_ms(delay: int | float | datetime.timedelta | None) -> int | None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import queue
 import random
 import re
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from .errors import QueueJoinTimeout
 
 __all__ = [
     "LAZY_BACKENDS",
@@ -17,6 +21,9 @@ __all__ = [
     "current_millis",
     "dq_name",
     "getenv_int",
+    "iter_queue",
+    "join_all",
+    "join_queue",
     "lazy_backends",
     "q_name",
     "redact_url",
@@ -152,3 +159,48 @@ def lazy_backends(package: str) -> Callable[[str], Any]:
         return getattr(importlib.import_module(f"{package}.{module}"), name)
 
     return __getattr__
+
+
+_T = TypeVar("_T")
+
+
+class _Joinable(Protocol):
+    def join(self, timeout: float | None = None) -> Any: ...
+
+
+def iter_queue(q: queue.Queue[_T]) -> Iterator[_T]:
+    """Yield the items of a standard-library queue until it is empty, without blocking."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def join_queue(q: queue.Queue[Any], timeout: float | None = None) -> None:
+    """Wait until every item put on ``q`` was marked done (``Queue.join``), at most ``timeout``
+    seconds (``None``: no limit).
+
+    Raises:
+      QueueJoinTimeout: the queue still had unfinished items after ``timeout`` seconds.
+    """
+    if timeout is None:
+        q.join()
+        return
+    done = threading.Event()
+
+    def wait() -> None:
+        q.join()
+        done.set()
+
+    threading.Thread(target=wait, name="nbqueue-join-queue", daemon=True).start()
+    if not done.wait(timeout):
+        raise QueueJoinTimeout(f"The queue still had unfinished items after {timeout:.2f} s.")
+
+
+def join_all(joinables: Iterable[_Joinable], timeout: int) -> None:
+    """Join each of ``joinables`` (threads, processes) in turn, within ``timeout`` milliseconds
+    in all: each gets what the ones before it left of the budget."""
+    deadline = time.monotonic() + timeout / 1000
+    for joinable in joinables:
+        joinable.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -40,3 +40,57 @@ def test_getenv_int_explains_a_bad_value(monkeypatch):
         getenv_int("NBQUEUE_X", 1)
     monkeypatch.setenv("NBQUEUE_X", "7")
     assert getenv_int("NBQUEUE_X", 1) == 7
+
+
+def test_iter_queue_drains_without_blocking():
+    import queue
+
+    from nbqueue.common import iter_queue
+
+    q: queue.Queue[int] = queue.Queue()
+    for i in range(3):
+        q.put(i)
+    assert list(iter_queue(q)) == [0, 1, 2]
+    assert list(iter_queue(q)) == []
+
+
+def test_join_queue_returns_once_done_and_raises_on_timeout():
+    import queue
+    import threading
+
+    from nbqueue.common import join_queue
+    from nbqueue.errors import QueueJoinTimeout
+
+    q: queue.Queue[int] = queue.Queue()
+    q.put(1)
+    with pytest.raises(QueueJoinTimeout):
+        join_queue(q, timeout=0.01)
+    worker = threading.Thread(target=lambda: (q.get(), q.task_done()))
+    worker.start()
+    join_queue(q, timeout=60)
+    join_queue(q)
+    worker.join()
+
+
+def test_join_all_joins_each_within_one_budget():
+    import threading
+
+    from nbqueue.common import join_all
+
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(2)]
+    for t in threads:
+        t.start()
+    join_all(threads, timeout=10)  # 10 ms in all: they are still waiting
+    assert all(t.is_alive() for t in threads)
+    release.set()
+    join_all(threads, timeout=60_000)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_actor_decorator_is_the_type_of_actor_with_options_only():
+    from nbqueue.actor import ActorDecorator, actor
+    from nbqueue.brokers.stub import StubBroker
+
+    decorator: ActorDecorator = actor(queue_name="q", broker=StubBroker())
+    assert decorator(lambda: None).queue_name == "q"

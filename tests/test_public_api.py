@@ -198,6 +198,10 @@ def test_memcached_backends_without_pylibmc_name_the_extra_to_install():
 MOVED = [
     ("nbqueue.brokers.redis", "RedisBroker", "nbqueue._redis.broker", "nbqueue.brokers.redis"),
     ("nbqueue.brokers.redis", "RedisKeys", "nbqueue._redis.keys", "nbqueue._redis.keys"),
+    # Dramatiq's module constants of the same meaning and value
+    ("nbqueue.brokers.redis", "DEFAULT_HEARTBEAT_TIMEOUT", "nbqueue._redis.broker", None),
+    ("nbqueue.brokers.redis", "DEFAULT_DEAD_MESSAGE_TTL", "nbqueue._redis.broker", None),
+    ("nbqueue.brokers.rabbitmq", "DEAD_MESSAGE_TTL", "nbqueue._rabbitmq.broker", None),
     (
         "nbqueue.brokers.rabbitmq",
         "RabbitmqBroker",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .._rabbitmq.broker import RabbitmqBroker
+from .._rabbitmq.broker import DEAD_MESSAGE_TTL, RabbitmqBroker
 
-__all__ = ["RabbitmqBroker"]
+__all__ = ["DEAD_MESSAGE_TTL", "RabbitmqBroker"]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from .._redis.broker import RedisBroker, RedisKeys
+from .._redis.broker import (
+    DEFAULT_DEAD_MESSAGE_TTL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    RedisBroker,
+    RedisKeys,
+)
 
-__all__ = ["RedisBroker", "RedisKeys"]
+__all__ = ["DEFAULT_DEAD_MESSAGE_TTL", "DEFAULT_HEARTBEAT_TIMEOUT", "RedisBroker", "RedisKeys"]
