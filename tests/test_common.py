@@ -65,7 +65,12 @@ def test_join_queue_returns_once_done_and_raises_on_timeout():
     q.put(1)
     with pytest.raises(QueueJoinTimeout):
         join_queue(q, timeout=0.01)
-    worker = threading.Thread(target=lambda: (q.get(), q.task_done()))
+
+    def finish() -> None:
+        q.get()
+        q.task_done()
+
+    worker = threading.Thread(target=finish)
     worker.start()
     join_queue(q, timeout=60)
     join_queue(q)
