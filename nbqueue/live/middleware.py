@@ -298,6 +298,21 @@ class Live(Middleware):
         if running is not None:
             running.skipped = True
 
+    def before_retry(self, broker: Broker, message: MessageProxy, delay: int) -> None:
+        running = self._table.mine(message.message_id)
+        if running is None or running.aborted or running.retry_written:
+            return
+        # "retrying" goes out now, before Retries enqueues the next attempt, which may start
+        # on another thread or process at once: written at the ack, after a short backoff the
+        # next attempt's "running" could land first, the store would then drop "retrying" as
+        # stale, and watchers would never see the transition.
+        running.retry_delay = delay
+        running.retry_written = True
+        self._finish(broker, message, running, "retrying", summary(running.exception))
+        transport = self.transport(broker)
+        if transport.buffered:
+            get_publisher(transport).flush()
+
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         if message.queue_name.endswith(".DQ"):
             return  # a delayed message that came due was moved to its queue
@@ -307,6 +322,8 @@ class Live(Middleware):
                 self._finish(broker, message, None, "skipped", "")
         elif running.aborted:
             self._finish(broker, message, running, "aborted", summary(running.exception))
+        elif running.retry_written:
+            return  # "retrying" went out before the next attempt was enqueued
         elif running.exception is not None:
             status = "failed" if running.retry_delay is None else "retrying"
             self._finish(broker, message, running, status, summary(running.exception))

@@ -85,6 +85,7 @@ class Running:
         "skipped",
         "exception",
         "retry_delay",
+        "retry_written",
     )
 
     def __init__(
@@ -103,6 +104,7 @@ class Running:
         self.skipped = False
         self.exception: BaseException | None = None
         self.retry_delay: int | None = None  # set when Retries enqueued the next attempt
+        self.retry_written = False  # its "retrying" status went out before that enqueue
 
 
 class RunningTable:

@@ -83,6 +83,10 @@ class Middleware:
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         """Called after a message is enqueued; ``delay`` is in milliseconds."""
 
+    def before_retry(self, broker: Broker, message: MessageProxy, delay: int) -> None:
+        """Called by ``Retries`` right before it enqueues the next attempt of a failed message,
+        ``delay`` milliseconds from now (an nbqueue addition: Dramatiq has no such hook)."""
+
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Called before a worker starts its threads."""
 

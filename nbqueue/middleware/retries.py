@@ -158,6 +158,7 @@ class Retries(Middleware):
             delay = int(backoff)
 
         self.logger.info("Retrying message %s in %d ms.", message.message_id, delay)
+        broker.emit_before("retry", message, delay)
         try:
             broker.enqueue(message.message, delay=delay)
         except MessageTooLarge as e:
