@@ -40,6 +40,10 @@ __all__ = ["ConsumerThread", "Worker", "WorkerThread"]
 #: How long a consumer thread waits before restarting after a broker connection error (ms).
 RESTART_DELAY = getenv_int("dramatiq_restart_delay", 3000)
 
+#: How long ``stop()`` waits for each consumer thread to hand back its messages and close, at
+#: least, in seconds (more than a broker call's deadline).
+CONSUMER_CLOSE_TIMEOUT = 10.0
+
 _STOP = object()
 
 
@@ -263,8 +267,11 @@ class Worker:
                 leftovers.setdefault(item.consumer, []).append(item.message)
         for consumer, messages in leftovers.items():
             consumer.finish(messages)
+        # Closing a consumer hands its messages back (those of actors still running too): a
+        # broker round trip with its own deadline, given its own time even once the running
+        # actors used up the timeout, so that stop() returns with every message handed back.
         for consumer in consumers:
-            consumer.join(max(1.0, deadline - time.monotonic()))
+            consumer.join(max(CONSUMER_CLOSE_TIMEOUT, deadline - time.monotonic()))
         self.broker.remove_middleware(self._worker_middleware)
         self.consumers.clear()
         self.workers.clear()
