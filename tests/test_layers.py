@@ -4,8 +4,9 @@ Every import statement of every file under ``nbqueue/`` counts: at module level,
 functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
 import its own ring and the rings below it, servers never import each other, and the files of
 rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``IPython``,
-``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named in ``ALLOWED``, each
-with its reason; an entry that no longer matches an import fails too, so the list only shrinks.
+``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named in
+``ALLOWED``, each with its reason; an entry that no longer matches an import fails too, so the
+list only shrinks.
 """
 
 from __future__ import annotations

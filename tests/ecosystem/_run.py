@@ -20,9 +20,7 @@ ROOT = pathlib.Path(nbqueue.__file__).resolve().parent.parent
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a child interpreter: this checkout first on ``PYTHONPATH``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.update(extra or {})
     return env
 

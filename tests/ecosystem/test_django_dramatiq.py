@@ -145,7 +145,10 @@ def test_rundramatiq_runs_the_projects_actors_and_the_admin_model_records_them(s
     assert migrate.returncode == 0, migrate.stderr
     sent = _manage(site, "shell", "-c", SEND)
     assert sent.returncode == 0, sent.stderr
-    ids = {name: message_id.replace("-", "") for name, message_id in json.loads(sent.stdout.splitlines()[-1]).items()}
+    ids = {
+        name: message_id.replace("-", "")
+        for name, message_id in json.loads(sent.stdout.splitlines()[-1]).items()
+    }
     db = tmp_path / "db.sqlite3"
     # AdminMiddleware.after_enqueue ran in the sending process
     assert _statuses(db) == {ids["greet"]: "enqueued", ids["refuse"]: "enqueued"}
@@ -180,7 +183,10 @@ def test_rundramatiq_runs_the_projects_actors_and_the_admin_model_records_them(s
 
     read = _manage(site, "shell", "-c", READ)
     assert read.returncode == 0, read.stderr
-    tasks = {key.replace("-", ""): value for key, value in json.loads(read.stdout.splitlines()[-1]).items()}
+    tasks = {
+        key.replace("-", ""): value
+        for key, value in json.loads(read.stdout.splitlines()[-1]).items()
+    }
     assert tasks == {
         ids["greet"]: ["done", "greet", "greet", ["ada"]],
         ids["refuse"]: ["failed", "refuse", "refuse", ["bob"]],

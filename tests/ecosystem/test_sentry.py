@@ -8,6 +8,7 @@ transport that keeps them in a list: nothing leaves the machine.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ pytest.importorskip("sentry_sdk")
 
 SCRIPT = """
 import json
+from typing import Any
 import sys
 
 import nbqueue
@@ -75,7 +77,7 @@ print(json.dumps({"message_id": failing.message_id, "events": events}, default=s
 """
 
 
-def _run(*args: str) -> dict:
+def _run(*args: str) -> dict[str, Any]:
     result = run_python(f"import sys; sys.argv[1:] = {list(args)!r}\n" + SCRIPT)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
