@@ -13,6 +13,7 @@ from . import broker as _broker
 from . import errors, middleware
 from .actor import Actor, actor
 from .broker import Broker, Consumer, MessageProxy, get_broker, set_broker
+from .compat import install_as_dramatiq
 from .composition import group, pipeline
 from .connection import connect
 from .connection import default_broker as _default_broker
@@ -85,6 +86,7 @@ __all__ = [
     "get_encoder",
     "get_logger",
     "group",
+    "install_as_dramatiq",
     "middleware",
     "pipeline",
     "progress",

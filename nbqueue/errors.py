@@ -5,6 +5,8 @@ class is documented and importable besides here, and the ``__module__`` it repor
 
     NbqueueError
     ├── DecodeError                     a message body could not be decoded or validated
+    ├── DramatiqAlreadyImported         install_as_dramatiq() came after the real dramatiq
+    │                                   was imported
     ├── EncodeError (also TypeError, ValueError)
     │   │                               a message (argument, option, result) cannot be encoded
     │   └── MessageTooLarge             an encoded message is above the broker's max_message_size
@@ -75,6 +77,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionFailed",
     "DecodeError",
+    "DramatiqAlreadyImported",
     "DramatiqError",
     "EncodeError",
     "Interrupt",
@@ -141,6 +144,20 @@ class DecodeError(NbqueueError):
         self.data = data
         self.error = error
         self.reason = reason
+
+
+class DramatiqAlreadyImported(NbqueueError):
+    """``nbqueue.install_as_dramatiq()`` was called after the real ``dramatiq`` was imported.
+
+    Nothing was changed. Call it before anything imports ``dramatiq``.
+
+    Attributes:
+      modules: the names of the real Dramatiq modules found in ``sys.modules``.
+    """
+
+    def __init__(self, message: str, *, modules: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.modules = modules or []
 
 
 class EncodeError(NbqueueError, TypeError, ValueError):

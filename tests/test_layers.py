@@ -4,8 +4,9 @@ Every import statement of every file under ``nbqueue/`` counts: at module level,
 functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
 import its own ring and the rings below it, servers never import each other, and the files of
 rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``IPython``,
-``ipywidgets``) at all. The few upward imports kept on purpose are named in ``ALLOWED``, each
-with its reason; an entry that no longer matches an import fails too, so the list only shrinks.
+``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named in
+``ALLOWED``, each with its reason; an entry that no longer matches an import fails too, so the
+list only shrinks.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ RINGS: dict[str, float] = {
     "nbqueue.remote": 2.5,
     # 3 the face: the composition root and the package itself
     "nbqueue.connection": 3,
+    "nbqueue.compat": 3,
     "nbqueue": 3,
     # 4 apps
     "nbqueue.notebook": 4,
     "nbqueue.cli": 4,
+    "nbqueue.django": 4,
     "nbqueue.__main__": 4,
 }
 
@@ -70,7 +73,7 @@ SHIMS: dict[str, str] = {
 }
 
 #: Optional extras that rings 0 and 1 never import, at any level.
-EXTRAS = ("redis", "pika", "pylibmc", "IPython", "ipywidgets")
+EXTRAS = ("redis", "pika", "pylibmc", "IPython", "ipywidgets", "django", "django_dramatiq")
 
 #: Core files that still import an extra, until they move to their server package.
 EXTRAS_ALLOWED: set[str] = set()
