@@ -367,3 +367,22 @@ def test_every_module_of_the_package_that_imports_logging_gets_the_standard_libr
             assert value is logging, f"{info.name} got nbqueue.logging for 'import logging'"
     # the package's own attribute is its submodule, which builds on the standard library
     assert vars(nbqueue.logging)["logging"] is logging
+
+
+def test_dramatiq_s_own_modules_of_the_middleware_base_and_the_result_wrappers_still_import():
+    from nbqueue.middleware import base
+    from nbqueue.middleware.middleware import Middleware, MiddlewareError, SkipMessage
+    from nbqueue.results import backend
+    from nbqueue.results.result import unwrap_result, wrap_exception, wrap_result
+
+    assert (Middleware, MiddlewareError, SkipMessage) == (
+        base.Middleware,
+        base.MiddlewareError,
+        base.SkipMessage,
+    )
+    assert (wrap_result, wrap_exception, unwrap_result) == (
+        backend.wrap_result,
+        backend.wrap_exception,
+        backend.unwrap_result,
+    )
+    assert unwrap_result(wrap_result(3)) == 3
