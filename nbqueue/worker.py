@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerThread", "Worker", "WorkerThread"]
 
 
-
 def _env_int(*names: str, default: int) -> int:
     for name in names:
         if os.environ.get(name, "").strip():
@@ -168,11 +167,7 @@ class Worker:
         self.broker = broker
         self.worker_id = uuid.uuid4().hex
         self.consumer_whitelist = set(queues) if queues is not None else None
-        self.worker_timeout = (
-            worker_timeout
-            if worker_timeout is not None
-            else WORKER_TIMEOUT
-        )
+        self.worker_timeout = worker_timeout if worker_timeout is not None else WORKER_TIMEOUT
         self.worker_threads = worker_threads
         self.queue_prefetch = QUEUE_PREFETCH or min(worker_threads * 2, 65535)
         self.delay_prefetch = DELAY_QUEUE_PREFETCH or min(worker_threads * 1000, 65535)
