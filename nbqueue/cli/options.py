@@ -190,11 +190,11 @@ def _fork_timeout(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
     if value < FORK_TIMEOUT_MIN:
         raise argparse.ArgumentTypeError(
-            f"{value:g} ms is too small; pass at least {FORK_TIMEOUT_MIN:g} ms"
+            f"{value:g} ms is too small; pass at least {FORK_TIMEOUT_MIN:.0f} ms"
         )
     if value > FORK_TIMEOUT_MAX:
         raise argparse.ArgumentTypeError(
-            f"{value:g} ms is too large; pass at most {FORK_TIMEOUT_MAX:g} ms (30 minutes)"
+            f"{value:.0f} ms is too large; pass at most {FORK_TIMEOUT_MAX:.0f} ms (30 minutes)"
         )
     return value
 
