@@ -175,7 +175,6 @@ class Supervisor:
                         slot.restart_at = None
                         self._start(slot)
                 self._learn_forks()
-                self._forks.poll()
                 waitables: list[Any] = [catcher.fileno(), self._forks_in]
                 waitables += [s.process.sentinel for s in self._slots if s.process is not None]
                 waitables += self._forks.sentinels()
@@ -192,6 +191,8 @@ class Supervisor:
                 for slot in self._slots:
                     if slot.process is not None and not slot.process.is_alive():
                         self._reap(slot, slot.process)
+                # After the wait, so that the loop's condition sees the last fork reaped.
+                self._forks.poll()
         finally:
             self._forks.kill()
             self._forks_in.close()

@@ -7,6 +7,7 @@ optional extra ``watch``: ``pip install 'nbqueue[watch]'``.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import logging
 import os
@@ -41,6 +42,19 @@ def check_watch(options: Options) -> None:
         ) from None
 
 
+def _matches(path: str, folder: str, options: Options) -> bool:
+    """Whether ``path`` is included and not excluded. A pattern matches the path relative to the
+    watched folder or the file name; ``*`` also matches ``/``, so ``**.py`` (Dramatiq's default)
+    and ``*.py`` both match every ``.py`` file below the folder."""
+    relative = os.path.relpath(path, folder)
+    name = os.path.basename(path)
+
+    def hit(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(relative, pattern) or fnmatch.fnmatchcase(name, pattern)
+
+    return any(map(hit, options.watch_include)) and not any(map(hit, options.watch_exclude))
+
+
 def start_watcher(options: Options) -> Callable[[], None]:
     """Start watching ``options.watch``; return the function that stops the watcher.
 
@@ -54,19 +68,22 @@ def start_watcher(options: Options) -> Callable[[], None]:
     polling: Any = importlib.import_module("watchdog.observers.polling")
     logger = logging.getLogger("nbqueue.MainProcess")
 
-    class SourceChanged(events.PatternMatchingEventHandler):  # type: ignore[misc]
+    folder = options.watch
+
+    class SourceChanged(events.FileSystemEventHandler):  # type: ignore[misc]
         def on_any_event(self, event: Any) -> None:
             # Opening or closing a file without writing it is not a change.
             if event.event_type in ("opened", "closed_no_write") or event.is_directory:
                 return
-            logger.info("%s changed: reloading the worker processes.", event.src_path)
-            os.kill(os.getpid(), signal.SIGHUP)
+            # An editor often saves by renaming a temporary file onto the module: the moved
+            # event's destination is the source file.
+            paths = [event.src_path, getattr(event, "dest_path", "")]
+            changed = [p for p in paths if p and _matches(os.fsdecode(p), folder, options)]
+            if changed:
+                logger.info("%s changed: reloading the worker processes.", changed[0])
+                os.kill(os.getpid(), signal.SIGHUP)
 
-    handler = SourceChanged(
-        patterns=list(options.watch_include),
-        ignore_patterns=list(options.watch_exclude) or None,
-        ignore_directories=True,
-    )
+    handler = SourceChanged()
     observer = (polling.PollingObserver if options.watch_use_polling else observers.Observer)()
     observer.schedule(handler, options.watch, recursive=True)
     observer.daemon = True
