@@ -139,9 +139,7 @@ def test_log_file_gets_the_lines_and_stderr_none(
     assert "Worker stopped." not in capfd.readouterr().err
 
 
-def test_skip_logging_configures_nothing(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_skip_logging_configures_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     seen = tmp_path / "seen.txt"

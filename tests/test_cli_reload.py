@@ -206,7 +206,7 @@ def test_sighup_reloads_every_worker_process_and_loses_no_message(
 
     def counts(key: str) -> dict[str, int]:
         raw = record_client.hgetall(f"{prefix}:{key}")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
 
     producer = broker_from_url(redis_url, namespace=namespace)
     try:
@@ -313,6 +313,11 @@ def test_watch_reloads_the_workers_when_a_module_changes(
     cli.wait_for(lambda: (tmp_path / "ran-v2").exists(), "the new code to run")
     reloads = [line for line in cli.text().splitlines() if "changed: reloading" in line]
     assert reloads and all(f"{name}.py changed" in line for line in reloads)
+    # A module broken by an edit waits for the next edit instead of ending the command.
+    module.write_text("this is not Python\n")
+    cli.wait_for(lambda: "failed to boot (exit code 2)" in cli.text(), "the broken boot")
+    module.write_text(WATCHED_MODULE.format(version="v3", folder=str(tmp_path)))
+    cli.wait_for(lambda: (tmp_path / "ran-v3").exists(), "the fixed code to run")
     assert cli.stop() == 0, cli.text()
 
 

@@ -115,6 +115,7 @@ class _Slot:
     ever_booted: bool = False
     restart_at: float | None = None
     reloading: bool = False
+    waiting_for_change: bool = False
     done: bool = False
 
 
@@ -230,7 +231,8 @@ class Supervisor:
             if slot.process is not None and not slot.reloading:
                 slot.reloading = True
                 self._terminate(slot.process)
-            elif slot.restart_at is not None:
+            elif slot.restart_at is not None or slot.waiting_for_change:
+                slot.waiting_for_change = False
                 slot.restart_at = time.monotonic()
         self._forks.reload()
 
@@ -315,6 +317,17 @@ class Supervisor:
         if code == 0:
             self.logger.info("Worker process %d stopped.", slot.index)
             slot.done = True
+            return
+        if self.options.watch is not None and code == ExitCode.USAGE:
+            # Under --watch, a module that fails to import waits for the next edit.
+            self.logger.error(
+                "Worker process %d failed to boot (exit code %s); fix the error and save: a "
+                "change under %s starts it again.",
+                slot.index,
+                code,
+                self.options.watch,
+            )
+            slot.waiting_for_change = True
             return
         if not slot.ever_booted and code in (ExitCode.USAGE, ExitCode.CONNECTION_FAILED):
             # The same arguments will fail the same way in every process: give up at once.
