@@ -123,6 +123,14 @@ def once():
     return 0
 
 
+def flaky():
+    record("flaky")
+    if len(list(FOLDER.glob("flaky-*"))) == 1:
+        return 3  # the first run fails: the CLI restarts it
+    while True:
+        time.sleep(1)
+
+
 class WithForks(Middleware):
     forks = [middleware_fork]
 
@@ -142,13 +150,18 @@ def test_fork_functions_of_the_command_line_and_of_middleware_run_once_each(
     name = f"forks_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(FORKS_MODULE.format(folder=str(tmp_path))))
     args = [name, "--processes", str(processes), "--threads", "1", "-f", f"{name}:cli_fork"]
-    cli = Cli(tmp_path, *args, "--fork-function", f"{name}:once", "--worker-fork-timeout", "60000")
+    args += ["-f", f"{name}:flaky", "--fork-function", f"{name}:once"]
+    cli = Cli(tmp_path, *args, "--worker-fork-timeout", "60000")
     clis.append(cli)
     for fork in ("cli_fork", "middleware_fork", "once"):
         cli.wait_for(lambda fork=fork: fork_pids(tmp_path, fork), f"the fork {fork} to run")
-    cli.wait_for(lambda: "Started fork process 2" in cli.text(), "the fork processes to be logged")
+    cli.wait_for(lambda: "Started fork process 3" in cli.text(), "the fork processes to be logged")
     cli.wait_for(lambda: "finished." in cli.text(), "the fork that returns 0 to be reaped")
+    cli.wait_for(lambda: len(fork_pids(tmp_path, "flaky")) == 2, "the failed fork's restart")
+    assert f"({name}:flaky) exited with code 3; restarting it in 1.0 s." in cli.text()
     running = fork_pids(tmp_path, "cli_fork") + fork_pids(tmp_path, "middleware_fork")
+    cli.wait_for(lambda: "Fork process is running" in cli.text(), "a fork to log")
+    running.append(max(fork_pids(tmp_path, "flaky"), key=lambda pid: alive(pid)))
     assert all(alive(pid) for pid in running)
     assert os.getpid() not in running and cli.process.pid not in running
     code = cli.stop()
