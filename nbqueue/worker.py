@@ -37,14 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ConsumerThread", "Worker", "WorkerThread"]
 
-#: How long a consumer thread waits before restarting after a broker connection error (ms).
-RESTART_DELAY = getenv_int("dramatiq_restart_delay", 3000)
-
 #: How long ``stop()`` waits for each consumer thread to hand back its messages and close, at
 #: least, in seconds (more than a broker call's deadline).
 CONSUMER_CLOSE_TIMEOUT = 10.0
-
-_STOP = object()
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -52,6 +47,31 @@ def _env_int(*names: str, default: int) -> int:
         if os.environ.get(name, "").strip():
             return getenv_int(name, default)
     return default
+
+
+# These settings are read once, when this module is imported, as Dramatiq reads its own when
+# ``dramatiq.worker`` is imported: a worker module that sets ``os.environ`` after importing
+# nbqueue changes nothing. Tests and programs that need another value patch the constants.
+
+#: How long a consumer thread waits before restarting after a broker connection error (ms),
+#: from ``dramatiq_restart_delay`` (default 3000).
+CONSUMER_RESTART_DELAY = getenv_int("dramatiq_restart_delay", 3000)
+
+#: Messages each queue's consumer may hold; 0 means twice the worker threads. From
+#: ``NBQUEUE_QUEUE_PREFETCH``, else ``dramatiq_queue_prefetch``.
+QUEUE_PREFETCH = _env_int("NBQUEUE_QUEUE_PREFETCH", "dramatiq_queue_prefetch", default=0)
+
+#: Messages each delay queue's consumer may hold; 0 means 1000 per worker thread. From
+#: ``NBQUEUE_DELAY_QUEUE_PREFETCH``, else ``dramatiq_delay_queue_prefetch``.
+DELAY_QUEUE_PREFETCH = _env_int(
+    "NBQUEUE_DELAY_QUEUE_PREFETCH", "dramatiq_delay_queue_prefetch", default=0
+)
+
+#: How long a consumer waits for a message before checking for a stop (ms), when ``Worker``
+#: gets no ``worker_timeout``. From ``NBQUEUE_WORKER_TIMEOUT``, else ``dramatiq_worker_timeout``.
+WORKER_TIMEOUT = _env_int("NBQUEUE_WORKER_TIMEOUT", "dramatiq_worker_timeout", default=1000)
+
+_STOP = object()
 
 
 class _WorkItem:
@@ -151,18 +171,10 @@ class Worker:
         self.broker = broker
         self.worker_id = uuid.uuid4().hex
         self.consumer_whitelist = set(queues) if queues is not None else None
-        self.worker_timeout = (
-            worker_timeout
-            if worker_timeout is not None
-            else _env_int("NBQUEUE_WORKER_TIMEOUT", "dramatiq_worker_timeout", default=1000)
-        )
+        self.worker_timeout = worker_timeout if worker_timeout is not None else WORKER_TIMEOUT
         self.worker_threads = worker_threads
-        self.queue_prefetch = _env_int(
-            "NBQUEUE_QUEUE_PREFETCH", "dramatiq_queue_prefetch", default=0
-        ) or min(worker_threads * 2, 65535)
-        self.delay_prefetch = _env_int(
-            "NBQUEUE_DELAY_QUEUE_PREFETCH", "dramatiq_delay_queue_prefetch", default=0
-        ) or min(worker_threads * 1000, 65535)
+        self.queue_prefetch = QUEUE_PREFETCH or min(worker_threads * 2, 65535)
+        self.delay_prefetch = DELAY_QUEUE_PREFETCH or min(worker_threads * 1000, 65535)
         self.consumers: dict[str, ConsumerThread] = {}
         self.workers: list[WorkerThread] = []
         self.work_queue = _WorkQueue()
@@ -512,17 +524,17 @@ class ConsumerThread(_PausableThread):
                 self.logger.critical(
                     "Consumer of %r lost its broker connection; restarting in %d ms.",
                     self.queue_name,
-                    RESTART_DELAY,
+                    CONSUMER_RESTART_DELAY,
                     exc_info=True,
                 )
                 self._close_consumer()
-                restart_wait.wait(RESTART_DELAY / 1000)
+                restart_wait.wait(CONSUMER_RESTART_DELAY / 1000)
             except Exception:
                 self.logger.critical(
                     "Consumer of %r failed; restarting.", self.queue_name, exc_info=True
                 )
                 self._close_consumer()
-                restart_wait.wait(RESTART_DELAY / 1000)
+                restart_wait.wait(CONSUMER_RESTART_DELAY / 1000)
         while True:
             self._stopping.wait()
             self._stopping.clear()

@@ -24,6 +24,7 @@ WriteModule = Callable[..., str]
 def fast_worker_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker threads notice a stop after worker_timeout; keep it short in tests."""
     monkeypatch.setenv("NBQUEUE_WORKER_TIMEOUT", "100")
+    monkeypatch.setattr(nbqueue.worker, "WORKER_TIMEOUT", 100)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import nbqueue
 from nbqueue.cli import ExitCode, Options, SignalCatcher, main, termination_signals
 from nbqueue.cli.supervisor import Supervisor
 
@@ -22,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def fast_worker_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker processes inherit this: their threads notice a stop after 100 ms."""
     monkeypatch.setenv("NBQUEUE_WORKER_TIMEOUT", "100")
+    monkeypatch.setattr(nbqueue.worker, "WORKER_TIMEOUT", 100)
 
 
 def write_module(folder: Path, source: str) -> str:

@@ -40,30 +40,59 @@ Logs use Dramatiq's line layout; every line hides the broker's and the results s
 passwords and the notebook-actor secret. At boot each process logs its broker, its processes and
 threads, and one line per queue with the actors it serves.
 
-Exit codes:
+SIGHUP reloads: with worker processes, each stops gracefully and a fresh one replaces it (the
+main process and its PID stay); with one process, the worker stops gracefully and the command
+re-executes itself (same PID). ``--watch DIR`` (the ``watch`` extra) sends that SIGHUP when a
+``.py`` file under DIR changes, and always runs worker processes, even with ``--processes 1``.
+Fork functions (``--fork-function`` and middleware ``forks``) run in processes of their own; see
+``nbqueue.cli.forks``. Dramatiq's ``--pid-file``, ``--log-file``, ``--skip-logging`` and
+``--use-spawn`` (a no-op: nbqueue always spawns) are accepted.
+
+Exit codes (Dramatiq's ``RET_*``):
 
 - 0: the worker stopped normally;
 - 1: it was killed by a second signal, or a worker process kept crashing;
 - 2: bad arguments, or a module or broker could not be imported;
-- 3: the broker's server could not be reached at boot.
+- 3: the broker's server could not be reached at boot;
+- 4: the ``--pid-file`` names a running process, holds garbage or cannot be written.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Sequence
 
 from .boot import BootError, add_paths, check_notebook_actors, split_spec
 from .logs import LOG_FORMAT, report_error, setup_logging
-from .options import EXIT_CODES, ExitCode, Options, make_argument_parser, parse_options, version
-from .serve import run_single, serve
+from .options import (
+    EXIT_CODES,
+    RET_CONNECT,
+    RET_IMPORT,
+    RET_KILLED,
+    RET_OK,
+    RET_PIDFILE,
+    ExitCode,
+    Options,
+    make_argument_parser,
+    parse_options,
+    version,
+)
+from .pidfile import remove_pid_file, write_pid_file
+from .serve import Reload, run_single, serve
 from .signals import Killed, SignalCatcher, flush_and_exit, signal_name, termination_signals
 from .supervisor import run_processes
+from .watch import check_watch
 
 __all__ = [
     "EXIT_CODES",
     "LOG_FORMAT",
+    "RET_CONNECT",
+    "RET_IMPORT",
+    "RET_KILLED",
+    "RET_OK",
+    "RET_PIDFILE",
     "BootError",
     "ExitCode",
     "Killed",
@@ -109,17 +138,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.USAGE)
     try:
         check_notebook_actors(options)
+        check_watch(options)
+        if options.pid_file is not None:
+            write_pid_file(options.pid_file)
     except BootError as e:
         report_error(e.message, options)
         return int(e.code)
 
     saved_path = list(sys.path)
-    setup = setup_logging(options)
+    reload = False
     try:
-        if options.processes == 1:
-            return run_single(options, own_process=own_process)
-        return run_processes(options)
+        try:
+            setup = setup_logging(options)
+        except OSError as e:
+            report_error(
+                f"Could not open --log-file {options.log_file!r}: {e.strerror or e}; pass a "
+                f"writable path.",
+                options,
+            )
+            return int(ExitCode.USAGE)
+        try:
+            if options.processes == 1 and options.watch is None:
+                return run_single(options, own_process=own_process)
+            return run_processes(options)
+        except Reload:
+            reload = True
+            return int(ExitCode.OK)
+        finally:
+            setup.undo()
+            if not own_process:
+                sys.path[:] = saved_path
     finally:
-        setup.undo()
-        if not own_process:
-            sys.path[:] = saved_path
+        if reload:
+            # The same command in a fresh interpreter, with the same PID (so the PID file stays).
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "nbqueue", *sys.argv[1:]])
+        if options.pid_file is not None:
+            remove_pid_file(options.pid_file)

@@ -96,21 +96,36 @@ class RedactingFormatter(logging.Formatter):
 class LoggingSetup:
     """What ``setup_logging`` changed, so that ``undo()`` puts it back."""
 
-    handler: logging.Handler
+    handler: logging.Handler | None
     previous_level: int
 
     def undo(self) -> None:
+        if self.handler is None:
+            return
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self.previous_level)
         self.handler.flush()
+        if isinstance(self.handler, logging.FileHandler):
+            self.handler.close()
 
 
 def setup_logging(options: Options) -> LoggingSetup:
-    """Send log records to stderr in Dramatiq's format; undone when ``main()`` returns."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(secrets_of(options)))
+    """Send log records to stderr (or append them to ``--log-file``) in Dramatiq's format;
+    undone when ``main()`` returns. With ``--skip-logging`` nothing is configured.
+
+    Raises:
+      OSError: the log file cannot be opened.
+    """
     root = logging.getLogger()
+    if options.skip_logging:
+        return LoggingSetup(None, root.level)
+    handler: logging.Handler
+    if options.log_file is not None:
+        handler = logging.FileHandler(options.log_file, mode="a", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(secrets_of(options)))
     setup = LoggingSetup(handler, root.level)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if options.verbose else logging.INFO)

@@ -10,7 +10,18 @@ from enum import IntEnum
 
 from .. import __version__
 
-__all__ = ["EXIT_CODES", "ExitCode", "Options", "make_argument_parser", "parse_options"]
+__all__ = [
+    "EXIT_CODES",
+    "RET_CONNECT",
+    "RET_IMPORT",
+    "RET_KILLED",
+    "RET_OK",
+    "RET_PIDFILE",
+    "ExitCode",
+    "Options",
+    "make_argument_parser",
+    "parse_options",
+]
 
 
 class ExitCode(IntEnum):
@@ -20,9 +31,21 @@ class ExitCode(IntEnum):
     KILLED = 1
     USAGE = 2
     CONNECTION_FAILED = 3
+    PIDFILE = 4
 
 
 EXIT_CODES = frozenset(int(code) for code in ExitCode)
+
+#: Dramatiq's names of the exit codes (``dramatiq.cli.RET_*``).
+RET_OK = int(ExitCode.OK)
+RET_KILLED = int(ExitCode.KILLED)
+RET_IMPORT = int(ExitCode.USAGE)
+RET_CONNECT = int(ExitCode.CONNECTION_FAILED)
+RET_PIDFILE = int(ExitCode.PIDFILE)
+
+#: The bounds of ``--worker-fork-timeout``, in milliseconds (Dramatiq's).
+FORK_TIMEOUT_MIN = 10.0
+FORK_TIMEOUT_MAX = 1_800_000.0
 
 #: Where a results store for an ``amqp://`` broker is read from (a ``redis://`` URL).
 RESULTS_URL_ENV = "NBQUEUE_RESULTS_URL"
@@ -36,6 +59,9 @@ examples:
   nbqueue worker app:setup_broker tasks   call app.setup_broker(), then import tasks
   nbqueue worker tasks --broker redis://127.0.0.1:6379/0 --processes 4
   nbqueue worker tasks -Q default emails  consume only these queues
+  nbqueue worker tasks --watch .          reload the worker processes when a .py file changes
+  nbqueue worker tasks --pid-file /tmp/nbqueue.pid --log-file /tmp/nbqueue.log
+  nbqueue worker tasks -f metrics:serve   also run metrics.serve() in a process of its own
   NBQUEUE_SECRET=... nbqueue worker tasks --broker redis://... --notebook-actors
 
 processes:
@@ -55,17 +81,25 @@ notebook actors:
   signed: give the shared secret in NBQUEUE_SECRET or in a file with --secret-file, never on
   the command line (other users can read it there).
 
+fork functions:
+  --fork-function MODULE:FUNCTION (repeatable) and the `forks` of the broker's middleware run
+  in processes of their own, started once the worker processes booted (waiting at most
+  --worker-fork-timeout ms). A fork process that crashes is restarted like a worker process.
+
 signals:
   the first SIGTERM or SIGINT stops gracefully: running messages get up to
   --worker-shutdown-timeout ms to finish (then they are handed back to the broker and run
   again elsewhere), prefetched ones are requeued at once. A second signal exits at once
   (code 1); durable brokers redeliver the messages that were running.
+  SIGHUP reloads: every worker and fork process stops gracefully and a new one, with freshly
+  imported code, takes its place (--watch sends it when a .py file changes).
 
 exit codes:
   0  stopped normally
   1  killed by a second signal, or a worker process kept crashing
   2  bad arguments, or a module or broker could not be imported
   3  the broker's server could not be reached at boot
+  4  the --pid-file names a running process, holds garbage or cannot be written
 """
 
 
@@ -87,6 +121,17 @@ class Options:
       secret_file: the file holding the shared secret of notebook actors (never the secret
         itself, which each process reads when it boots).
       verbose: how many ``-v`` were given.
+      skip_logging: leave logging unconfigured (no handler, no level).
+      log_file: the file logs are appended to instead of stderr.
+      pid_file: the file the main process writes its PID to.
+      forks: the ``--fork-function`` specs, ``MODULE:FUNCTION``.
+      worker_fork_timeout: milliseconds to wait for the worker processes to boot before
+        starting the fork processes.
+      watch: the folder whose ``.py`` files reload the workers when they change.
+      watch_use_polling: poll the folder instead of using the system's file events.
+      watch_include: glob patterns of files that reload (``**.py`` always among them).
+      watch_exclude: glob patterns of files that never reload.
+      use_spawn: ``--use-spawn`` was given (nbqueue always spawns).
     """
 
     modules: tuple[str, ...]
@@ -101,6 +146,16 @@ class Options:
     notebook_actors: bool = False
     secret_file: str | None = None
     verbose: int = 0
+    skip_logging: bool = False
+    log_file: str | None = None
+    pid_file: str | None = None
+    forks: tuple[str, ...] = ()
+    worker_fork_timeout: float = 30_000.0
+    watch: str | None = None
+    watch_use_polling: bool = False
+    watch_include: tuple[str, ...] = ("**.py",)
+    watch_exclude: tuple[str, ...] = ()
+    use_spawn: bool = False
 
 
 def version() -> str:
@@ -126,6 +181,38 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
+
+
+def _fork_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if value < FORK_TIMEOUT_MIN:
+        raise argparse.ArgumentTypeError(
+            f"{value:g} ms is too small; pass at least {FORK_TIMEOUT_MIN:.0f} ms"
+        )
+    if value > FORK_TIMEOUT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{value:.0f} ms is too large; pass at most {FORK_TIMEOUT_MAX:.0f} ms (30 minutes)"
+        )
+    return value
+
+
+def _fork_spec(text: str) -> str:
+    module, _, function = text.partition(":")
+    names = [*module.split("."), *function.split(".")]
+    if not module or not function or not all(name.isidentifier() for name in names):
+        raise argparse.ArgumentTypeError(
+            f"expected MODULE:FUNCTION, e.g. metrics:serve, got {text!r}"
+        )
+    return text
+
+
+def _folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return os.path.abspath(text)
 
 
 def make_argument_parser() -> argparse.ArgumentParser:
@@ -162,14 +249,14 @@ def make_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--queues",
         "-Q",
-        nargs="+",
+        nargs="*",
         metavar="QUEUE",
         help="consume only these queues (default: all)",
     )
     parser.add_argument(
         "--path",
         "-P",
-        nargs="+",
+        nargs="*",
         metavar="DIR",
         default=["."],
         help="folders to import modules from, put in front of sys.path (default: .)",
@@ -205,6 +292,73 @@ def make_argument_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file holding the shared secret of notebook actors (default: $NBQUEUE_SECRET)",
     )
+    parser.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the PID of the main process to this file; a stale one is replaced, one of a "
+        "running process exits with code 4",
+    )
+    parser.add_argument(
+        "--log-file", metavar="PATH", help="append the logs to this file (default: stderr)"
+    )
+    parser.add_argument(
+        "--skip-logging",
+        action="store_true",
+        help="do not configure logging (no handler, no level): your modules set it up",
+    )
+    parser.add_argument(
+        "--use-spawn",
+        action="store_true",
+        help="accepted for Dramatiq compatibility: nbqueue always starts processes with spawn",
+    )
+    parser.add_argument(
+        "--fork-function",
+        "-f",
+        action="append",
+        dest="forks",
+        default=[],
+        type=_fork_spec,
+        metavar="MODULE:FUNCTION",
+        help="also run MODULE.FUNCTION() in a process of its own (repeatable)",
+    )
+    parser.add_argument(
+        "--worker-fork-timeout",
+        type=_fork_timeout,
+        default=30_000.0,
+        metavar="MS",
+        help="milliseconds to wait for the worker processes to boot before starting the fork "
+        "processes (10 to 1800000, default: 30000)",
+    )
+    parser.add_argument(
+        "--watch",
+        type=_folder,
+        metavar="DIR",
+        help="reload the worker processes when a .py file under DIR changes (for development; "
+        "needs pip install 'nbqueue[watch]')",
+    )
+    parser.add_argument(
+        "--watch-use-polling",
+        action="store_true",
+        help="with --watch, poll the folder instead of using the system's file events",
+    )
+    parser.add_argument(
+        "--watch-include",
+        "-i",
+        action="append",
+        dest="include_patterns",
+        default=["**.py"],
+        metavar="GLOB",
+        help="with --watch, more files that reload (repeatable; **.py always reloads)",
+    )
+    parser.add_argument(
+        "--watch-exclude",
+        "-x",
+        action="append",
+        dest="exclude_patterns",
+        default=[],
+        metavar="GLOB",
+        help="with --watch, files that never reload (repeatable)",
+    )
     parser.add_argument("--verbose", "-v", action="count", default=0, help="log debug messages too")
     parser.add_argument("--version", action="version", version=f"nbqueue {version()}")
     return parser
@@ -238,4 +392,14 @@ def parse_options(argv: Sequence[str]) -> Options:
         notebook_actors=ns.notebook_actors,
         secret_file=os.path.abspath(ns.secret_file) if ns.secret_file else None,
         verbose=ns.verbose,
+        skip_logging=ns.skip_logging,
+        log_file=os.path.abspath(ns.log_file) if ns.log_file else None,
+        pid_file=os.path.abspath(ns.pid_file) if ns.pid_file else None,
+        forks=tuple(ns.forks),
+        worker_fork_timeout=ns.worker_fork_timeout,
+        watch=ns.watch,
+        watch_use_polling=ns.watch_use_polling,
+        watch_include=tuple(ns.include_patterns),
+        watch_exclude=tuple(ns.exclude_patterns),
+        use_spawn=ns.use_spawn,
     )

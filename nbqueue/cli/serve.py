@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import logging
+import select
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
+from ..broker import Broker
 from ..common import redact_url
 from ..errors import BrokerConnectionError
 from ..worker import Worker
 from .boot import BootError, boot, configure_notebook_actors, log_boot
+from .forks import ForkGroup, middleware_forks
 from .logs import redact, report_error, secrets_of
 from .options import ExitCode, Options
 from .signals import Killed, SignalCatcher, flush_and_exit, signal_name, termination_signals
 
-__all__ = ["run_single", "serve"]
+__all__ = ["Reload", "run_single", "serve"]
+
+
+class Reload(Exception):
+    """Raised by ``run_single`` after a SIGHUP stopped the worker: re-execute the command."""
+
+
+def _readable(fd: int) -> bool:
+    ready, _, _ = select.select([fd], [], [], 0)
+    return bool(ready)
+
+
+def _timeout(forks: ForkGroup | None) -> float | None:
+    deadline = forks.next_deadline() if forks is not None else None
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def serve(
@@ -24,8 +43,9 @@ def serve(
     *,
     process_name: str,
     warn_memory: bool = True,
-    on_booted: Callable[[], None] | None = None,
+    on_booted: Callable[[Broker], None] | None = None,
     parent_sentinel: int | None = None,
+    forks: ForkGroup | None = None,
 ) -> ExitCode:
     """Boot, run one worker until the first signal, then stop it gracefully.
 
@@ -34,9 +54,11 @@ def serve(
       catcher: the installed signal catcher.
       process_name: names the logger, ``nbqueue.<process_name>``.
       warn_memory: whether to warn when the broker is in-memory.
-      on_booted: called once the worker runs.
+      on_booted: called with the broker once the worker runs.
       parent_sentinel: a file descriptor that becomes readable when the supervising process
         exits; the worker then stops as on a signal rather than run on as an orphan.
+      forks: when given (a single-process CLI), the fork processes of ``--fork-function`` and
+        of the middleware are started in it once the worker runs, and stopped with it.
 
     Returns:
       The exit code.
@@ -79,14 +101,24 @@ def serve(
         return ExitCode.CONNECTION_FAILED
 
     if on_booted is not None:
-        on_booted()
+        on_booted(broker)
+    if forks is not None:
+        try:
+            forks.add([*options.forks, *middleware_forks(broker)])
+        except ValueError as e:
+            logger.error("%s", e)
+            forks.add(options.forks)
     logger.info("Worker is ready; send SIGTERM or press Ctrl-C to stop it.")
     watched = [parent_sentinel] if parent_sentinel is not None else []
     reason = "a stop request"
     while not catcher.stop_requested:
-        if catcher.wait(also=watched):
-            reason = "the exit of the supervising process"
-            catcher.request_stop(counts_as_signal=True)
+        fork_fds = forks.sentinels() if forks is not None else []
+        if catcher.wait(_timeout(forks), also=[*watched, *fork_fds]):
+            if parent_sentinel is not None and _readable(parent_sentinel):
+                reason = "the exit of the supervising process"
+                catcher.request_stop(counts_as_signal=True)
+        if forks is not None:
+            forks.poll()
     if catcher.received:
         reason = signal_name(catcher.received[0])
     logger.info(
@@ -110,19 +142,38 @@ def serve(
     # The stop runs on a helper thread so that the main thread keeps waiting on the signal
     # socket: a second signal must interrupt it even while running messages finish.
     threading.Thread(target=stop, name="nbqueue-shutdown", daemon=True).start()
-    while not stopped.is_set():
-        catcher.wait()
+    if forks is not None:
+        forks.stop()
+    while not stopped.is_set() or (forks is not None and forks.running()):
+        catcher.wait(_timeout(forks), also=forks.sentinels() if forks is not None else [])
+        if forks is not None:
+            forks.poll()
     logger.info("Worker stopped.")
     return ExitCode.OK
 
 
 def run_single(options: Options, *, own_process: bool) -> int:
+    """Run the worker in this process until a signal; return the exit code.
+
+    Parameters:
+      options: the command line.
+      own_process: whether this call owns the process: then a second signal exits at once
+        and SIGHUP reloads (the worker stops gracefully, then ``Reload`` is raised).
+
+    Raises:
+      Reload: SIGHUP stopped the worker; the caller re-executes the command.
+    """
     logger = logging.getLogger("nbqueue.MainProcess")
-    catcher = SignalCatcher(termination_signals(), kill_on_second=True)
+    signums = termination_signals()
+    if own_process and hasattr(signal, "SIGHUP"):
+        signums.append(signal.SIGHUP)
+    catcher = SignalCatcher(signums, kill_on_second=True)
     catcher.install()
+    forks = ForkGroup(options)
     try:
-        return int(serve(options, catcher, process_name="MainProcess"))
+        code = int(serve(options, catcher, process_name="MainProcess", forks=forks))
     except Killed:
+        forks.kill()
         logger.warning(
             "Received a second signal: exiting at once; durable brokers redeliver the messages "
             "that were running."
@@ -132,3 +183,6 @@ def run_single(options: Options, *, own_process: bool) -> int:
         return int(ExitCode.KILLED)
     finally:
         catcher.restore()
+    if code == ExitCode.OK and catcher.received[:1] == [getattr(signal, "SIGHUP", None)]:
+        raise Reload()
+    return code

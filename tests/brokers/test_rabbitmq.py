@@ -109,7 +109,7 @@ def test_messages_are_published_as_dramatiq_publishes_them(rabbit, rabbitmq_url,
 def test_larger_priorities_are_delivered_first_with_max_priority(
     rabbit, namespace, worker_factory, monkeypatch
 ):
-    monkeypatch.setenv("NBQUEUE_QUEUE_PREFETCH", "1")
+    monkeypatch.setattr(nbqueue.worker, "QUEUE_PREFETCH", 1)
     broker = rabbit(max_priority=10)
     order = []
 

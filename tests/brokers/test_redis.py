@@ -502,7 +502,7 @@ def test_a_window_held_by_long_jobs_still_fills_idle_threads(
 ):
     # With the prefetch at the thread count, five long jobs hold more than half the window;
     # three more messages must still reach the three idle threads without waiting for them.
-    monkeypatch.setenv("NBQUEUE_QUEUE_PREFETCH", "8")
+    monkeypatch.setattr(nbqueue.worker, "QUEUE_PREFETCH", 8)
     meeting = threading.Barrier(8, timeout=15)
     started = threading.Semaphore(0)
 

@@ -101,7 +101,7 @@ def test_dramatiq_broker_priority_and_nbqueue_priority_order_the_same_queue(
     pair, namespace, worker_factory, monkeypatch
 ):
     ours, theirs, _ = pair
-    monkeypatch.setenv("NBQUEUE_QUEUE_PREFETCH", "1")
+    monkeypatch.setattr(nbqueue.worker, "QUEUE_PREFETCH", 1)
     order = []
 
     @dramatiq.actor(queue_name=namespace, broker=theirs, actor_name="rec")

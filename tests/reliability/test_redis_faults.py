@@ -300,7 +300,7 @@ def test_b6_a_hung_redis_fails_every_call_in_time_and_workers_resume(
 ):
     record.plan_id, record.broker, record.n = "B6", "redis", 3
     record.settings = {"socket_timeout_s": 3, "pause": "SIGSTOP until every call returned"}
-    monkeypatch.setattr(nbqueue.worker, "RESTART_DELAY", 500)
+    monkeypatch.setattr(nbqueue.worker, "CONSUMER_RESTART_DELAY", 500)
     with private_redis() as server:
         broker = RedisBroker(url=server.url, namespace=namespace, heartbeat_timeout=60000)
         backend = RedisBackend(url=server.url)
