@@ -87,9 +87,14 @@ def test_failures_retries_and_rejects(broker, worker_factory, prom_dir, namespac
     assert read(prom_dir, "dramatiq_message_rejects_total", **here) == 1
     # Each retry is counted once: when Retries enqueues it on the delay queue, not again when it
     # comes due and moves to its queue.
-    assert read(prom_dir, "dramatiq_message_retries_total", **labels(f"{namespace}.DQ", "fail")) == 2
+    assert (
+        read(prom_dir, "dramatiq_message_retries_total", **labels(f"{namespace}.DQ", "fail")) == 2
+    )
     assert read(prom_dir, "dramatiq_message_retries_total", **here) is None
-    assert read(prom_dir, "dramatiq_delayed_messages_inprogress", **labels(f"{namespace}.DQ", "fail")) == 0
+    assert (
+        read(prom_dir, "dramatiq_delayed_messages_inprogress", **labels(f"{namespace}.DQ", "fail"))
+        == 0
+    )
     assert read(prom_dir, "dramatiq_messages_inprogress", **here) == 0
 
 
@@ -114,7 +119,9 @@ def test_a_message_skipped_before_the_middleware_ran_counts_without_a_negative_g
     assert (read(prom_dir, "dramatiq_messages_inprogress", **here) or 0) == 0
 
 
-def test_delayed_messages_are_counted_while_held(broker, worker_factory, prom_dir, namespace) -> None:
+def test_delayed_messages_are_counted_while_held(
+    broker, worker_factory, prom_dir, namespace
+) -> None:
     @nbqueue.actor(broker=broker, queue_name=namespace)
     def later():
         pass
