@@ -27,8 +27,12 @@ def prom_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(settings, "DB_PATH", path)
     for name in settings.MULTIPROC_ENVS:
         monkeypatch.setenv(name, path)
-    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    value_class = values.MultiProcessValue()
+    monkeypatch.setattr(values, "ValueClass", value_class)
     yield path
+    close = getattr(value_class, "close_all_files", None)  # prometheus_client >= 0.22
+    if close is not None:
+        close()
     shutil.rmtree(path, ignore_errors=True)
 
 

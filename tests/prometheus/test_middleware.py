@@ -170,3 +170,11 @@ def test_hooks_before_boot_do_nothing(namespace) -> None:
     add.send(1, 2)  # a producer never boots a worker: after_enqueue must not fail
     assert broker.queue_stats()[namespace].ready == 1
     broker.close()
+
+
+def test_without_prometheus_client_the_error_names_the_extra(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError, match=r"pip install 'nbqueue\[prometheus\]'"):
+        Prometheus()
