@@ -8,6 +8,7 @@ worker process at scrape time, on ``dramatiq_prom_host``:``dramatiq_prom_port``.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
         import prometheus_client as prom
 
         try:
-            body = prom.generate_latest(self.server.exposition.registry())
+            body = self.server.exposition.generate()
         except Exception:
             get_logger(__name__, ExpositionServer).exception("Could not collect the metrics.")
             self.send_error(500, "could not collect the metrics; see the server's log")
@@ -96,6 +97,24 @@ class ExpositionServer:
         for collector in self.collectors:
             registry.register(collector)
         return registry
+
+    def generate(self) -> bytes:
+        """Return one scrape's metrics in Prometheus's text format.
+
+        Raises:
+          struct.error: a metric file was still empty after three tries.
+        """
+        # prometheus_client is an optional extra, imported only once its directory is set.
+        import prometheus_client as prom
+
+        for _ in range(2):
+            try:
+                return prom.generate_latest(self.registry())
+            except struct.error:
+                # A worker process was creating its metric file, which is empty for an instant
+                # before prometheus_client sizes it: read the files again.
+                continue
+        return prom.generate_latest(self.registry())
 
     def serve_forever(self) -> None:
         """Answer requests until ``shutdown()`` is called (blocks)."""

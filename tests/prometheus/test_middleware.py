@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 import time
 
 import pytest
@@ -19,9 +20,14 @@ def read(directory: str, name: str, **labels: str) -> float | None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    return registry.get_sample_value(name, labels)
+    for _ in range(3):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        try:
+            return registry.get_sample_value(name, labels)
+        except struct.error:
+            continue  # a worker thread was creating its file (empty for an instant)
+    raise AssertionError(f"the metric files of {directory} could not be read")
 
 
 @pytest.fixture
