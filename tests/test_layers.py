@@ -3,9 +3,9 @@
 Every import statement of every file under ``nbqueue/`` counts: at module level, inside
 functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
 import its own ring and the rings below it, servers never import each other, and the files of
-rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``IPython``,
-``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named in
-``ALLOWED``, each with its reason; an entry that no longer matches an import fails too, so the
+rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``prometheus_client``,
+``IPython``, ``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named
+in ``ALLOWED``, each with its reason; an entry that no longer matches an import fails too, so the
 list only shrinks.
 """
 
@@ -48,6 +48,7 @@ RINGS: dict[str, float] = {
     "nbqueue._redis": 2,
     "nbqueue._rabbitmq": 2,
     "nbqueue._memcached": 2,
+    "nbqueue._prometheus": 2,
     # 2' features built on the core
     "nbqueue.remote": 2.5,
     # 3 the face: the composition root and the package itself
@@ -70,10 +71,20 @@ SHIMS: dict[str, str] = {
     "nbqueue.rate_limits.backends.redis": "nbqueue._redis",
     "nbqueue.results.backends.memcached": "nbqueue._memcached",
     "nbqueue.rate_limits.backends.memcached": "nbqueue._memcached",
+    "nbqueue.middleware.prometheus": "nbqueue._prometheus",
 }
 
 #: Optional extras that rings 0 and 1 never import, at any level.
-EXTRAS = ("redis", "pika", "pylibmc", "IPython", "ipywidgets", "django", "django_dramatiq")
+EXTRAS = (
+    "redis",
+    "pika",
+    "pylibmc",
+    "prometheus_client",
+    "IPython",
+    "ipywidgets",
+    "django",
+    "django_dramatiq",
+)
 
 #: Core files that still import an extra, until they move to their server package.
 EXTRAS_ALLOWED: set[str] = set()
@@ -114,7 +125,12 @@ def ring_of(module: str) -> float:
 
 
 def server_of(module: str) -> str | None:
-    for server in ("nbqueue._redis", "nbqueue._rabbitmq", "nbqueue._memcached"):
+    for server in (
+        "nbqueue._redis",
+        "nbqueue._rabbitmq",
+        "nbqueue._memcached",
+        "nbqueue._prometheus",
+    ):
         if module == server or module.startswith(server + "."):
             return server
     return None
