@@ -52,8 +52,9 @@ Interrupts are raised inside a running actor from another thread. They derive fr
 
 The classes in brackets are also re-exported by ``nbqueue.middleware``, ``nbqueue.results`` and
 ``nbqueue.remote``; every import path is the same class object. Only the worker CLI's own
-control flow (``nbqueue.cli.boot.BootError``, which carries a CLI exit code, and
-``nbqueue.cli.signals.Killed``), raised and caught inside ``nbqueue.cli``, is defined there.
+control flow (``nbqueue.cli.boot.BootError``, which carries a CLI exit code,
+``nbqueue.cli.signals.Killed`` and ``nbqueue.cli.serve.Reload``), raised and caught inside
+``nbqueue.cli``, is defined there.
 
 ``NbqueueError`` is also importable as ``DramatiqError`` so ported code that catches it keeps
 working. ``ConnectionError`` is a deprecated alias of ``BrokerConnectionError`` (as in Dramatiq).

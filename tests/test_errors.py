@@ -32,6 +32,9 @@ ALLOWED_ELSEWHERE: dict[str, str] = {
     # Raised by the CLI's own signal handler in its main thread and caught by `nbqueue worker`
     # itself (serve.py), which then exits; no user code runs under that handler.
     "nbqueue.cli.signals.Killed": "the CLI's second-signal control flow",
+    # Raised by run_single after a SIGHUP stopped its worker and caught by the CLI's main(),
+    # which then re-executes the command.
+    "nbqueue.cli.serve.Reload": "the CLI's reload control flow",
 }
 
 
@@ -119,8 +122,8 @@ class Walk:
                 return self._resolve(".".join([bound, *rest[1:]]), depth + 1)
         value: object = importlib.import_module(parts[0])
         for i, attr in enumerate(parts[1:], start=1):
-            if not hasattr(value, attr):
-                value = importlib.import_module(".".join(parts[: i + 1]))
+            if not hasattr(value, attr):  # a submodule not imported yet: importing it binds it
+                importlib.import_module(".".join(parts[: i + 1]))
             value = getattr(value, attr)
         return value
 

@@ -55,6 +55,28 @@ def _matches(path: str, folder: str, options: Options) -> bool:
     return any(map(hit, options.watch_include)) and not any(map(hit, options.watch_exclude))
 
 
+class _SourceChanged:
+    """What the watchdog observer hands file events to (it calls ``dispatch``): a change of a
+    matching file sends this process SIGHUP, which reloads the worker processes."""
+
+    def __init__(self, folder: str, options: Options, logger: logging.Logger) -> None:
+        self.folder = folder
+        self.options = options
+        self.logger = logger
+
+    def dispatch(self, event: Any) -> None:
+        # Opening or closing a file without writing it is not a change.
+        if event.event_type in ("opened", "closed_no_write") or event.is_directory:
+            return
+        # An editor often saves by renaming a temporary file onto the module: the moved event's
+        # destination is the source file.
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        changed = [p for p in paths if p and _matches(os.fsdecode(p), self.folder, self.options)]
+        if changed:
+            self.logger.info("%s changed: reloading the worker processes.", changed[0])
+            os.kill(os.getpid(), signal.SIGHUP)
+
+
 def start_watcher(options: Options) -> Callable[[], None]:
     """Start watching ``options.watch``; return the function that stops the watcher.
 
@@ -63,27 +85,13 @@ def start_watcher(options: Options) -> Callable[[], None]:
     """
     check_watch(options)
     assert options.watch is not None
-    events: Any = importlib.import_module("watchdog.events")
     observers: Any = importlib.import_module("watchdog.observers")
     polling: Any = importlib.import_module("watchdog.observers.polling")
     logger = logging.getLogger("nbqueue.MainProcess")
 
     folder = options.watch
 
-    class SourceChanged(events.FileSystemEventHandler):  # type: ignore[misc]
-        def on_any_event(self, event: Any) -> None:
-            # Opening or closing a file without writing it is not a change.
-            if event.event_type in ("opened", "closed_no_write") or event.is_directory:
-                return
-            # An editor often saves by renaming a temporary file onto the module: the moved
-            # event's destination is the source file.
-            paths = [event.src_path, getattr(event, "dest_path", "")]
-            changed = [p for p in paths if p and _matches(os.fsdecode(p), folder, options)]
-            if changed:
-                logger.info("%s changed: reloading the worker processes.", changed[0])
-                os.kill(os.getpid(), signal.SIGHUP)
-
-    handler = SourceChanged()
+    handler = _SourceChanged(folder, options, logger)
     observer = (polling.PollingObserver if options.watch_use_polling else observers.Observer)()
     observer.schedule(handler, options.watch, recursive=True)
     observer.daemon = True
