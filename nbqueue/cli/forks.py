@@ -31,6 +31,7 @@ from typing import Any
 from .boot import add_paths
 from .logs import setup_logging
 from .options import ExitCode, Options
+from .signals import start_shielded
 
 __all__ = ["ForkGroup", "fork_path", "middleware_forks"]
 
@@ -171,15 +172,7 @@ class ForkGroup:
             args=(self.options, fork.index, fork.path),
             name=f"ForkProcess({fork.index})",
         )
-        # Start with SIGINT and SIGHUP ignored, so that neither kills it before its handlers
-        # are installed (a Ctrl-C reaches the whole process group; SIGHUP means reload).
-        ignored = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
-        try:
-            process.start()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        start_shielded(process)
         fork.process = process
         fork.started_at = time.monotonic()
         self.logger.info(

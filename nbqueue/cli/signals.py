@@ -11,9 +11,34 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Killed", "SignalCatcher", "flush_and_exit", "signal_name", "termination_signals"]
+__all__ = [
+    "Killed",
+    "SignalCatcher",
+    "flush_and_exit",
+    "signal_name",
+    "start_shielded",
+    "termination_signals",
+]
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+
+
+def start_shielded(process: _Startable) -> None:
+    """Start a child process with SIGINT and SIGHUP ignored, which it inherits until it installs
+    handlers of its own: a Ctrl-C in the terminal reaches the whole process group, and only the
+    main process forwards it (once, as SIGTERM); SIGHUP means reload, decided by the main process.
+    """
+    ignored = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+    try:
+        process.start()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Killed(BaseException):

@@ -42,6 +42,7 @@ from .signals import (
     SignalCatcher,
     flush_and_exit,
     signal_name,
+    start_shielded,
     termination_signals,
 )
 from .watch import start_watcher
@@ -243,15 +244,7 @@ class Supervisor:
             args=(self.options, slot.index, slot.booted, self._stopping, self._forks_out),
             name=f"WorkerProcess({slot.index})",
         )
-        # Children start with SIGINT ignored, so that a Ctrl-C in the terminal reaches only
-        # this process, which forwards it once as SIGTERM; SIGHUP too, which means reload.
-        ignored = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
-        try:
-            process.start()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        start_shielded(process)
         slot.process = process
         slot.started_at = time.monotonic()
         self.logger.debug("Started worker process %d (PID %s).", slot.index, process.pid)
