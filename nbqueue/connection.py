@@ -30,6 +30,7 @@ from .brokers.stub import StubBroker
 from .common import redact_url
 from .errors import BrokerUnavailable
 from .live import Live
+from .live.retention import Retention
 from .middleware import AsyncIO, Middleware
 from .results import Results
 from .results.backends.stub import StubBackend
@@ -135,9 +136,11 @@ def _results(url: str) -> Results | None:
     """A new Results middleware for a broker at ``url``, or ``None`` when it has no store."""
     if urlsplit(url).scheme.lower() == "memory":
         # The embedded broker stores results by default: in a notebook, a result that was
-        # thrown away is the surprise, and they live only in this process and expire after
-        # result_ttl.
-        return Results(backend=StubBackend(), store_results=True)
+        # thrown away is the surprise. They live only in this process, expire after
+        # result_ttl, and a Retention bounds how many finished jobs they keep.
+        return Results(
+            backend=StubBackend(retention=Retention.from_environment()), store_results=True
+        )
     store = results_url_for(url)
     if store is None:
         return None

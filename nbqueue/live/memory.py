@@ -11,11 +11,12 @@ import itertools
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from ..common import current_millis
-from .status import LiveEvent, StatusRecord
+from .retention import Job, Retention
+from .status import FINISHED, LiveEvent, StatusRecord
 from .transport import (
     ABORTED_NOW,
     APPLIED,
@@ -36,9 +37,22 @@ SWEEP_INTERVAL = 5.0
 #: How long a log created only because someone waits for it lives, in seconds.
 PLACEHOLDER_TTL = 60.0
 
+#: How often finished jobs kept for a live handle are checked again, in seconds.
+HELD_CHECK_INTERVAL = 5.0
+
 
 class _Log:
-    __slots__ = ("record", "events", "seq", "expires", "condition", "waiters")
+    __slots__ = (
+        "record",
+        "events",
+        "seq",
+        "expires",
+        "condition",
+        "waiters",
+        "handle",
+        "finished",
+        "text",
+    )
 
     def __init__(self, max_events: int, expires: float) -> None:
         self.record: dict[str, Any] = {}
@@ -47,6 +61,13 @@ class _Log:
         self.expires = expires
         self.condition: threading.Condition | None = None
         self.waiters = 0
+        self.handle: weakref.ref[Any] | None = None  # the Message send() returned
+        self.finished = False  # counted among the retention's finished jobs
+        self.text = 0  # bytes of printed output, counted in the retention's text_bytes
+
+    def held(self) -> bool:
+        """Whether someone can still ask for this log: a reader waits, or the handle lives."""
+        return bool(self.waiters) or (self.handle is not None and self.handle() is not None)
 
 
 class MemoryTransport(Transport):
@@ -54,14 +75,21 @@ class MemoryTransport(Transport):
 
     Parameters:
       max_events: how many events each message keeps; older ones are dropped.
+      retention: the limits on finished messages (``nbqueue.live.retention``), shared with the
+        result backend; ``None`` keeps each message until its TTL.
     """
 
-    def __init__(self, *, max_events: int = 1000) -> None:
+    def __init__(self, *, max_events: int = 1000, retention: Retention | None = None) -> None:
         super().__init__(max_events=max_events)
         self._lock = threading.Lock()
         self._logs: dict[str, _Log] = {}
         self._listeners: list[AbortListener] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self.retention = retention
+        #: finished messages, oldest first; and older ones kept because they are held
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._held: dict[str, None] = {}
+        self._next_held_check = 0.0
 
     def __repr__(self) -> str:
         return f"MemoryTransport(messages={len(self._logs)})"
@@ -70,9 +98,20 @@ class MemoryTransport(Transport):
         """Return the live log of a message, dropping it if it expired. Hold the lock."""
         log = self._logs.get(message_id)
         if log is not None and log.expires <= now and not log.waiters:
-            del self._logs[message_id]
+            self._forget(message_id, log)
             return None
         return log
+
+    def _forget(self, message_id: str, log: _Log) -> None:
+        """Drop a log and its retention counts. Hold the lock."""
+        del self._logs[message_id]
+        retention = self.retention
+        if retention is not None:
+            retention.text_bytes -= log.text
+            if self._finished.pop(message_id, 0) is None:
+                retention.kept -= 1
+            elif self._held.pop(message_id, 0) is None:
+                retention.held -= 1
 
     def _log(self, message_id: str, now: float, ttl: float) -> _Log:
         log = self._get(message_id, now)
@@ -88,11 +127,20 @@ class MemoryTransport(Transport):
     def write(self, writes: list[Write]) -> list[int]:
         results = []
         now, millis = time.monotonic(), current_millis()
+        retention = self.retention
+        released: list[Job] = []
         with self._lock:
             for w in writes:
                 log = self._log(w.message_id, now, w.ttl / 1000)
+                if w.handle is not None:
+                    log.handle = weakref.ref(w.handle)
                 for kind, data in w.events:
                     self._append(log, kind, data, millis)
+                    if retention is not None and kind == "output":
+                        text = data.get("text")
+                        if type(text) is str:
+                            log.text += len(text)
+                            retention.text_bytes += len(text)
                 record = log.record
                 if w.progress is not None:
                     record["progress"] = w.progress
@@ -117,15 +165,75 @@ class MemoryTransport(Transport):
                 if log.condition is not None:
                     log.condition.notify_all()
                 results.append(result)
+                if (
+                    retention is not None
+                    and not log.finished
+                    and log.record.get("status") in FINISHED
+                ):
+                    log.finished = True
+                    self._finished[w.message_id] = None
+                    retention.kept += 1
+                    limit = retention.max_jobs
+                    if (
+                        (limit is not None and retention.kept > limit + limit // 10)
+                        or retention.over_bytes()
+                        or (self._held and now >= self._next_held_check)
+                    ):
+                        released += self._release(now)
             if now >= self._next_sweep:
                 self._sweep(now)
+        if released:  # outside the lock: the result backend takes its own
+            assert retention is not None
+            retention.release_results(released)
         return results
+
+    def _release(self, now: float) -> list[Job]:
+        """Release finished messages past the retention's limits, oldest first, except those
+        still held (moved aside, and checked again every ``HELD_CHECK_INTERVAL`` seconds).
+        Return the released jobs, whose results the backend then drops. Hold the lock."""
+        retention = self.retention
+        assert retention is not None
+        released: list[Job] = []
+
+        def release(message_id: str, log: _Log) -> None:
+            del self._logs[message_id]
+            retention.text_bytes -= log.text
+            record = log.record
+            released.append(
+                (message_id, str(record.get("queue_name", "")), str(record.get("actor_name", "")))
+            )
+
+        if self._held and now >= self._next_held_check:
+            self._next_held_check = now + HELD_CHECK_INTERVAL
+            for message_id in list(self._held):
+                log = self._logs.get(message_id)
+                if log is None or not log.held():
+                    del self._held[message_id]
+                    retention.held -= 1
+                    if log is not None:
+                        release(message_id, log)
+        excess = 0 if retention.max_jobs is None else retention.kept - retention.max_jobs
+        if retention.over_bytes():  # a tenth at a time: the results' bytes fall afterwards
+            excess = max(excess, 1, retention.kept // 10)
+        while excess > 0 and self._finished:
+            excess -= 1
+            message_id, _ = self._finished.popitem(last=False)
+            retention.kept -= 1
+            log = self._logs[message_id]
+            if log.held():
+                self._held[message_id] = None
+                retention.held += 1
+            else:
+                release(message_id, log)
+        retention.released += len(released)
+        return released
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_INTERVAL
         for message_id in [k for k, log in self._logs.items() if log.expires <= now]:
-            if not self._logs[message_id].waiters:
-                del self._logs[message_id]
+            log = self._logs[message_id]
+            if not log.waiters:
+                self._forget(message_id, log)
 
     def read(
         self, message_id: str, offset: int, *, block: float | None, count: int = 1000
@@ -193,14 +301,21 @@ class MemoryTransport(Transport):
         """Forget every message (for tests)."""
         with self._lock:
             self._logs.clear()
+            self._finished.clear()
+            self._held.clear()
+            if self.retention is not None:
+                self.retention.text_bytes = self.retention.kept = self.retention.held = 0
 
 
 _transports: weakref.WeakKeyDictionary[Any, MemoryTransport] = weakref.WeakKeyDictionary()
 _transports_lock = threading.Lock()
 
 
-def memory_transport_for(owner: Any, *, max_events: int = 1000) -> MemoryTransport:
-    """Return the memory transport that belongs to ``owner`` (a ``StubBackend``), creating it.
+def memory_transport_for(
+    owner: Any, *, max_events: int = 1000, retention: Retention | None = None
+) -> MemoryTransport:
+    """Return the memory transport that belongs to ``owner`` (a ``StubBackend``), creating it
+    (with the owner's ``retention``) on first use.
 
     Every ``Live`` middleware and reader that uses the same backend shares its transport, and
     the transport goes away with the backend.
@@ -208,5 +323,7 @@ def memory_transport_for(owner: Any, *, max_events: int = 1000) -> MemoryTranspo
     with _transports_lock:
         transport = _transports.get(owner)
         if transport is None:
-            transport = _transports[owner] = MemoryTransport(max_events=max_events)
+            transport = _transports[owner] = MemoryTransport(
+                max_events=max_events, retention=retention
+            )
         return transport

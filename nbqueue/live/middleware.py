@@ -176,6 +176,8 @@ class Live(Middleware):
             fields=fields,
             once={"enqueued_at": now},
             status_event=event,
+            # memory keeps a job's records while the handle send() returns lives
+            handle=None if transport.buffered else message,
         )
         if transport.buffered:
             get_publisher(transport).submit(write)

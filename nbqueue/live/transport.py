@@ -64,6 +64,8 @@ class Write:
       backfill: the data of a status event appended first when the change applies to a record
         with no status yet: a worker that starts a message before the producer's (batched)
         ``enqueued`` write landed records ``enqueued`` itself, so every log starts alike.
+      handle: the ``Message`` that ``send()`` returned, on a producer's write to a store that
+        bounds what it keeps (memory): it keeps the message's records while it lives (weakly).
     """
 
     message_id: str
@@ -76,6 +78,7 @@ class Write:
     once: dict[str, Any] = dataclasses.field(default_factory=dict)
     status_event: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
+    handle: Any = None
 
 
 def decide(mode: str, status: str | None, attempt: int, abort: bool, new_attempt: int) -> int:

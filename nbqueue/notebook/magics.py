@@ -26,6 +26,7 @@ from ..brokers.stub import StubBroker
 from ..common import QUEUE_NAME_RE, redact_url
 from ..connection import RESULTS_URL_ENV, connect
 from ..live.backends import find_results
+from ..live.retention import Retention
 from ..message import Message
 from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
@@ -540,8 +541,20 @@ class NbqueueMagics(Magics):
         print(f"Embedded worker: {self.embedded.status()}")
         print(f"Actors: {actors}")
         print(f"Queues: {queues or 'none'}")
+        retention = _retention_of(broker)
+        if retention is not None:
+            print(f"Results and live records: {retention.describe()}")
         recent = list(self.embedded.log.records)[-5:]
         if recent:
             print("Recent worker log:")
             for line in recent:
                 print(f"  {line}")
+
+
+def _retention_of(broker: Broker) -> Retention | None:
+    """The retention of the broker's in-memory results, if it has one (the embedded broker)."""
+    for middleware in broker.middleware:
+        retention = getattr(getattr(middleware, "backend", None), "retention", None)
+        if isinstance(retention, Retention):
+            return retention
+    return None

@@ -307,6 +307,11 @@ def test_worker_start_stop_and_status(ip, magics, capsys):
     assert "Broker: StubBroker" in out
     assert "Embedded worker: running, 2 threads, default, other" in out
     assert "Actors: add" in out
+    # the embedded broker's limits on what finished jobs keep
+    assert (
+        "Results and live records: the newest 10,000 finished jobs and any whose Message you "
+        "hold, at most 64 MiB; 1 kept (0 held" in out
+    )
 
 
 @pytest.mark.parametrize(

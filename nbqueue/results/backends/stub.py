@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from typing import Any
 
 from ...encoder import Encoder
 from ...live.memory import MemoryTransport, memory_transport_for
+from ...live.retention import Job, Retention
 from ..backend import Missing, ResultBackend
 
 __all__ = ["StubBackend"]
@@ -26,6 +28,9 @@ class StubBackend(ResultBackend):
 
     Parameters:
       namespace, encoder, use_namespace_prefix_keys: see ``ResultBackend``.
+      retention: the limits on what finished jobs keep, here and in this backend's live
+        channel (``nbqueue.live.retention``); ``None`` (the default, as Dramatiq's) keeps every
+        result until its TTL. The embedded broker's backend has one.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class StubBackend(ResultBackend):
         namespace: str = "dramatiq-results",
         encoder: Encoder | None = None,
         use_namespace_prefix_keys: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -46,13 +52,16 @@ class StubBackend(ResultBackend):
         # One condition per key someone waits on, with its number of waiters, so that storing
         # a result wakes only the callers waiting for it.
         self._waiters: dict[str, tuple[threading.Condition, int]] = {}
+        self.retention = retention
+        if retention is not None:
+            retention.bind_results(self._release)
 
     def live_transport(
         self, *, namespace: str | None = None, max_events: int = 1000
     ) -> MemoryTransport:
         """The live channel of this backend's messages, in this process (``namespace`` does not
         apply)."""
-        return memory_transport_for(self, max_events=max_events)
+        return memory_transport_for(self, max_events=max_events, retention=self.retention)
 
     def _lookup(self, message_key: str) -> bytes | None:
         """Return the encoded value under a key, dropping it if expired. Hold the lock."""
@@ -62,8 +71,25 @@ class StubBackend(ResultBackend):
         data, expiry = entry
         if time.monotonic() >= expiry:
             del self.results[message_key]
+            if self.retention is not None:
+                self.retention.result_bytes -= len(data)
             return None
         return data
+
+    def _release(self, jobs: list[Job]) -> None:
+        """Forget the results of jobs the retention released (nobody can ask for them)."""
+        retention = self.retention
+        assert retention is not None
+        keys = [
+            self.build_message_key(
+                types.SimpleNamespace(queue_name=queue, actor_name=actor, message_id=message_id)  # type: ignore[arg-type]
+            )
+            for message_id, queue, actor in jobs
+        ]
+        with self._lock:
+            for key in keys:
+                if key not in self._waiters and (entry := self.results.pop(key, None)):
+                    retention.result_bytes -= len(entry[0])
 
     def _get(self, message_key: str) -> Any:
         with self._lock:
@@ -75,6 +101,9 @@ class StubBackend(ResultBackend):
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
         data = self.encoder.encode(result)
         with self._lock:
+            if self.retention is not None:
+                old = self.results.get(message_key)
+                self.retention.result_bytes += len(data) - (len(old[0]) if old else 0)
             self.results[message_key] = (data, time.monotonic() + ttl / 1000)
             waiting = self._waiters.get(message_key)
             if waiting is not None:
@@ -106,3 +135,5 @@ class StubBackend(ResultBackend):
         """Drop every stored result."""
         with self._lock:
             self.results.clear()
+            if self.retention is not None:
+                self.retention.result_bytes = 0
