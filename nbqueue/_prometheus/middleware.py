@@ -11,8 +11,9 @@ Names, labels (``queue_name``, ``actor_name``), buckets and multiprocess modes f
 * ``dramatiq_delayed_messages_inprogress``: delayed messages a worker holds until their eta;
 * ``dramatiq_message_duration_milliseconds``: processing time, a histogram.
 
-Counting, where Dramatiq's hooks could count twice or go below zero: a retry is counted when
-``Retries`` enqueues it, not again when it comes due and moves from the delay queue; a delayed
+Counting, where Dramatiq's hooks could count twice or go below zero: a retry is counted once,
+when ``Retries`` schedules it (``before_retry``), not again when it comes due and moves from the
+delay queue, and a message re-sent with a ``retries`` option (a requeued dead letter) is no retry; a delayed
 message leaves the delayed gauge when its worker moves it (whoever then runs it) or stops; and
 the in-progress gauge only goes down for a message it went up for, so a message that an earlier
 middleware skipped (``AgeLimit``) still counts as processed without making the gauge negative.
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..common import current_millis
+from ..common import current_millis, dq_name
 from ..logging import get_logger
 from ..middleware.base import Middleware
 from . import settings, store
@@ -232,11 +233,14 @@ class Prometheus(Middleware):
         with self._lock:
             held = self._delayed.pop(message.message_id, None)
         if held is not None:
-            # A delayed message this process held has come due and moved to its queue: the
-            # retry (if it is one) was counted when it was enqueued with its backoff.
+            # A delayed message this process held has come due and moved to its queue (a retry
+            # among them was counted once, by before_retry).
             metrics.delayed.labels(*held).dec()
-        elif "retries" in message.options:
-            metrics.retries.labels(*_labels(message)).inc()
+
+    def before_retry(self, broker: Broker, message: MessageProxy, delay: int) -> None:
+        if self._metrics is not None:
+            # Labelled with the delay queue the retry goes to, as Dramatiq's count is.
+            self._metrics.retries.labels(dq_name(message.queue_name), message.actor_name).inc()
 
     def before_delay_message(self, broker: Broker, message: MessageProxy) -> None:
         metrics = self._metrics

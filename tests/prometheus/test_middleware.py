@@ -77,6 +77,24 @@ def test_the_duration_buckets_are_dramatiqs(broker, worker_factory, prom_dir, na
         assert read(prom_dir, "dramatiq_message_duration_milliseconds_bucket", le=le, **here) == 1
 
 
+def test_a_message_sent_with_a_retries_option_is_not_a_retry(
+    broker, worker_factory, prom_dir, namespace
+) -> None:
+    @nbqueue.actor(broker=broker, queue_name=namespace)
+    def requeued():
+        pass
+
+    worker = worker_factory(broker)
+    # as a requeued dead letter arrives: with the retries it had used, now or after a delay
+    requeued.send_with_options(retries=3)
+    requeued.send_with_options(retries=3, delay=1)
+    broker.join(namespace)
+    worker.join()
+    assert read(prom_dir, "dramatiq_messages_total", **labels(namespace, "requeued")) == 2
+    for queue in (namespace, f"{namespace}.DQ"):
+        assert read(prom_dir, "dramatiq_message_retries_total", **labels(queue, "requeued")) is None
+
+
 def test_failures_retries_and_rejects(broker, worker_factory, prom_dir, namespace) -> None:
     @nbqueue.actor(broker=broker, queue_name=namespace, max_retries=2, min_backoff=1, max_backoff=5)
     def fail():
@@ -91,8 +109,8 @@ def test_failures_retries_and_rejects(broker, worker_factory, prom_dir, namespac
     assert read(prom_dir, "dramatiq_messages_total", **here) == 3
     assert read(prom_dir, "dramatiq_message_errors_total", **here) == 3
     assert read(prom_dir, "dramatiq_message_rejects_total", **here) == 1
-    # Each retry is counted once: when Retries enqueues it on the delay queue, not again when it
-    # comes due and moves to its queue.
+    # Each retry is counted once, when Retries schedules it on the delay queue, not again when
+    # it comes due and moves to its queue.
     assert (
         read(prom_dir, "dramatiq_message_retries_total", **labels(f"{namespace}.DQ", "fail")) == 2
     )
