@@ -9,6 +9,9 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
+from nbqueue.brokers.stub import StubBroker  # noqa: E402 - after the skip
+from nbqueue.middleware.prometheus import Prometheus  # noqa: E402
+
 
 @pytest.fixture
 def prom_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -34,6 +37,17 @@ def prom_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if close is not None:
         close()
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(prom_dir: str) -> Iterator[StubBroker]:
+    """A stub broker with the Prometheus middleware, its metrics set up as in a booted process."""
+    broker = StubBroker()
+    broker.add_middleware(Prometheus())
+    broker.emit_after("process_boot")
+    yield broker
+    broker.flush_all()
+    broker.close()
 
 
 def free_port() -> int:

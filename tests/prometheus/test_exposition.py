@@ -11,19 +11,8 @@ import nbqueue
 from nbqueue._prometheus.exposition import ExpositionServer
 from nbqueue._prometheus.queues import QueueCollector, QueueStatsServer, ask_workers, socket_path
 from nbqueue.brokers.stub import StubBroker
-from nbqueue.middleware.prometheus import Prometheus
 
 from .conftest import scrape
-
-
-@pytest.fixture
-def broker(prom_dir: str):
-    broker = StubBroker()
-    broker.add_middleware(Prometheus())
-    broker.emit_after("process_boot")
-    yield broker
-    broker.flush_all()
-    broker.close()
 
 
 @pytest.fixture

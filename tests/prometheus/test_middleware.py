@@ -30,16 +30,6 @@ def read(directory: str, name: str, **labels: str) -> float | None:
     raise AssertionError(f"the metric files of {directory} could not be read")
 
 
-@pytest.fixture
-def broker(prom_dir: str):
-    broker = StubBroker()
-    broker.add_middleware(Prometheus())
-    broker.emit_after("process_boot")
-    yield broker
-    broker.flush_all()
-    broker.close()
-
-
 def labels(queue: str, actor: str) -> dict[str, str]:
     return {"queue_name": queue, "actor_name": actor}
 

@@ -1,11 +1,5 @@
 """Two worker processes of the CLI on a real Redis, their metrics summed by the exposition
-server.
-
-``test_the_fork_function_sums_a_two_process_worker`` runs the fork function itself, in a process
-of its own beside ``nbqueue worker --processes 2``, as the CLI will. The issue's test,
-``test_a_two_process_cli_worker_serves_the_summed_counts``, lets the CLI start it from the
-middleware's ``forks``; it needs the CLI's fork functions (``--fork-function``).
-"""
+server that the CLI starts from the middleware's ``forks``."""
 
 from __future__ import annotations
 
@@ -145,39 +139,6 @@ def check_summed(url: str, namespace: str, db_dir: str, proc: subprocess.Popen[s
         for state in ("ready", "delayed", "in_flight", "dead")
     }
     assert queue == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
-
-
-def test_the_fork_function_sums_a_two_process_worker(
-    redis_url: str, namespace: str, tmp_path: Path, db_dir: str
-) -> None:
-    import redis
-
-    from tests.brokers._redis import delete_namespace
-
-    port = free_port()
-    env = environment(db_dir, port)
-    name = write_tasks(tmp_path, redis_url, namespace)
-    worker_args = [sys.executable, "-m", "nbqueue", "worker", f"{name}:broker"]
-    worker_args += ["--processes", "2", "--threads", "2", "-P", str(tmp_path)]
-    fork_args = [sys.executable, "-c"]
-    fork_args.append(
-        "from nbqueue._prometheus.exposition import run_exposition_server as run; "
-        "raise SystemExit(run())"
-    )
-    broker = None
-    try:
-        with running(worker_args, env, tmp_path) as worker:
-            # Each booted worker process answers queue counts on a socket of its own.
-            wait_for(lambda: len(glob.glob(f"{db_dir}/queues-*.sock")) == 2, "2 booted", worker)
-            with running(fork_args, env, tmp_path) as fork:
-                url = f"http://127.0.0.1:{port}/metrics"
-                wait_for(lambda: scrape(url) is not None, "the exposition server", fork)
-                broker = send_messages(redis_url, namespace)
-                check_summed(url, namespace, db_dir, worker)
-    finally:
-        if broker is not None:
-            broker.close()
-        delete_namespace(redis.Redis.from_url(redis_url), namespace)
 
 
 def test_a_two_process_cli_worker_serves_the_summed_counts(
