@@ -195,7 +195,7 @@ class StartCounter(abc.ABC):
     """
 
     @abc.abstractmethod
-    def count(self, name: str, ttl: int) -> int:
+    def count(self, name: str, ttl: int, *, first: bool = False) -> int:
         """Count one start of ``name`` and return its starts so far, this one included.
 
         Blocks for one round trip, shared with the threads counting at the same moment; the
@@ -204,20 +204,15 @@ class StartCounter(abc.ABC):
         Parameters:
           name: the attempt.
           ttl: how long the counter lives from now unless finished, in milliseconds.
+          first: count the start only if it is the first one recorded. A reply of 1 means it
+            was counted; a reply ``n`` above 1 means ``n - 1`` unfinished starts are recorded
+            and this one was not counted (what counting it would have returned).
 
         Raises:
           TimeoutError: the start could not be sent in time; it was not counted and never will be.
           BrokerConnectionError: the server could not be reached or did not answer in time (the
             start may have been counted).
           BrokerError: the server answered with an error.
-        """
-
-    @abc.abstractmethod
-    def uncount(self, name: str) -> None:
-        """Take back one start of ``name`` now (one round trip).
-
-        Raises:
-          BrokerConnectionError, BrokerError: as for ``count``.
         """
 
     @abc.abstractmethod

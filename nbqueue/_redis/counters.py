@@ -3,10 +3,10 @@
 A counter is a string key ``<prefix><message id>.<retries>`` holding how many times that
 attempt started without finishing; by default the prefix is ``<namespace>:__nbq__:crashes:``
 (``RedisKeys.start_counters``). Counting a start is one ``count_starts.lua`` call (INCR and
-PEXPIRE, plus the DELs of the counters finished since the last call), sent in the round trip
-the worker threads starting at the same moment share (``GroupCommit``). A thread that gives up
-waiting for that round trip withdraws its call: a start that was reported as not counted is
-never counted later.
+PEXPIRE, or with ``first`` a GET that leaves a counter already started alone, plus the DELs of
+the counters finished since the last call), sent in the round trip the worker threads starting
+at the same moment share (``GroupCommit``). A thread that gives up waiting for that round trip
+withdraws its call: a start that was reported as not counted is never counted later.
 """
 
 from __future__ import annotations
@@ -81,35 +81,31 @@ class RedisStartCounter(StartCounter):
     def __repr__(self) -> str:
         return f"RedisStartCounter({self.connection.where!r}, prefix={self.prefix!r})"
 
-    def count(self, name: str, ttl: int) -> int:
+    def count(self, name: str, ttl: int, *, first: bool = False) -> int:
         """Count one start of ``name``; see ``StartCounter.count``."""
         key = self.prefix + name
         sha = self._script.sha
         finished: list[str] = []
+        args: tuple[Any, ...] = (ttl, 1, "first") if first else (ttl, 1)
 
         def add(pipe: Any) -> None:
             # Called only by the thread that sends this request: a request withdrawn on its
             # timeout takes no deletions with it.
             with self._lock:
                 finished[:], self._finished = self._finished, []
-            pipe.evalsha(sha, 1 + len(finished), key, *finished, ttl, 1)
+            pipe.evalsha(sha, 1 + len(finished), key, *finished, *args)
 
         try:
             with self.connection.errors():
                 (reply,) = self.group.execute(add)
                 if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                    reply = self._script(keys=[key, *finished], args=[ttl, 1])
+                    reply = self._script(keys=[key, *finished], args=list(args))
                 elif isinstance(reply, Exception):
                     raise reply
         except BaseException:
             self._requeue(finished)  # DEL is idempotent: sending these again is harmless
             raise
         return int(reply[0])
-
-    def uncount(self, name: str) -> None:
-        """Take back one start of ``name``; see ``StartCounter.uncount``."""
-        with self.connection.errors():
-            self.connection.client.decr(self.prefix + name)
 
     def finish(self, name: str) -> None:
         """Queue the deletion of ``name``'s counter; see ``StartCounter.finish``."""

@@ -53,8 +53,9 @@ class CrashLimit(Middleware):
     The other messages a worker process was running when a poison message killed it die with
     it, and come back with it. So that they are not blamed, a message with an unfinished start
     recorded (a suspect) runs only while no other suspect runs in the same process, and its
-    counter is deleted as soon as it finishes (one more round trip, for suspects only); one
-    that has to wait for its turn does not count as started while it waits.
+    counter is deleted as soon as it finishes (one more round trip, for suspects only). A
+    suspect's start is counted only once it has its turn (a second round trip, for suspects
+    only): the first one counts a start only where none is recorded.
 
     A counter whose deletion was still queued when the process died (at most one per worker
     thread that had just finished) counts one start too many if that message is delivered again
@@ -167,46 +168,47 @@ class CrashLimit(Middleware):
         try:
             counter = self._connect(broker)
             name = f"{message.message_id}.{message.options.get('retries', 0)}"
-            starts = counter.count(name, self.ttl)
+            # Counted here only if no unfinished start is recorded: a suspect is counted below,
+            # once it is its turn.
+            starts = counter.count(name, self.ttl, first=True)
         except Exception as e:
-            if not self._warned:
-                self._warned = True
-                self.logger.warning(
-                    "CrashLimit could not count the starts of message %s (%s); running it "
-                    "without the limit. Check that its Redis is reachable.",
-                    message.message_id,
-                    e if isinstance(e, ValueError) else type(e).__name__,
-                )
+            self._could_not_count(message, e)
             return
         self._warned = False
         self._local.counter = counter
         if starts > limit:
             self._dead_letter(message, counter, name, starts)
-        if starts > 1 and not self._suspects.acquire(blocking=False):
+        if starts > 1:
             # A suspect (it was running when a process died) runs only while no other suspect
             # runs in this process, so that the neighbours of a poison message, which die with
-            # it and come back with it, are not blamed for its crashes. Waiting does not count
-            # as a start: undo it, wait, and count again.
-            acquired = False
+            # it and come back with it, are not blamed for its crashes. It is counted only once
+            # it holds the turn: counted while waiting, it would be blamed if the suspect
+            # running then killed the process.
+            self._suspects.acquire()
             try:
-                counter.uncount(name)  # a rare extra round trip: only for a suspect that waits
-                acquired = self._suspects.acquire()
                 starts = counter.count(name, self.ttl)
             except Exception as e:
-                if acquired:
-                    self._suspects.release()
-                self.logger.warning(
-                    "CrashLimit could not count the starts of message %s again (%s); running "
-                    "it without the limit.",
-                    message.message_id,
-                    type(e).__name__,
-                )
-                return
-            if starts > limit:
                 self._suspects.release()
+                self._could_not_count(message, e)
+                return
+            if starts > limit or starts < 2:  # < 2: its counter expired meanwhile
+                self._suspects.release()
+            if starts > limit:
                 self._dead_letter(message, counter, name, starts)
         self._local.suspect = starts > 1
         self._local.name = name
+
+    def _could_not_count(self, message: MessageProxy, e: Exception) -> None:
+        """Warn (once until a count succeeds again) that ``message`` runs without the limit."""
+        if self._warned:
+            return
+        self._warned = True
+        self.logger.warning(
+            "CrashLimit could not count the starts of message %s (%s); running it without the "
+            "limit. Check that its Redis is reachable.",
+            message.message_id,
+            e if isinstance(e, ValueError) else type(e).__name__,
+        )
 
     def _dead_letter(
         self, message: MessageProxy, counter: StartCounter, name: str, starts: int

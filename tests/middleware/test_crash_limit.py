@@ -276,6 +276,78 @@ def test_a_suspects_counter_is_gone_as_soon_as_it_finishes(
     assert client.get(f"{namespace}:{message.message_id}.0") is None  # the worker still runs
 
 
+class RecordingCounter(RedisStartCounter):
+    """Real start counters that note, after each count of ``watched``, its value in Redis and
+    whether the test's other suspect was running then."""
+
+    def __init__(self, *args, watched: str, running: threading.Event, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.watched, self.running, self.seen = watched, running, []
+        self.counted = threading.Event()
+
+    def count(self, name, ttl, *, first=False):
+        starts = super().count(name, ttl, first=first)
+        if name == self.watched:
+            value = self.connection.client.get(self.prefix + name)
+            self.seen.append((int(value), self.running.is_set()))
+            self.counted.set()
+        return starts
+
+
+def test_a_suspect_waiting_for_its_turn_is_not_counted_while_another_suspect_runs(
+    redis_url, namespace, client
+):
+    """Were a waiting suspect counted, even for a moment, a poison pill that killed the process
+    in that moment would leave it blamed: a neighbour dead-lettered after fewer real crashes."""
+    broker = StubBroker()
+    poison, neighbour = (
+        MessageProxy(Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}))
+        for _ in range(2)
+    )
+    for message in (poison, neighbour):  # both were running when a process died once
+        client.set(f"{namespace}:{message.message_id}.0", 1)
+    running = threading.Event()
+    counter = RecordingCounter(
+        RedisConnection(redis_url),
+        f"{namespace}:",
+        watched=f"{neighbour.message_id}.0",
+        running=running,
+        owns_connection=True,
+    )
+    limit = CrashLimit(max_crashes=3, counter=counter)
+    finish = threading.Event()
+
+    def run_poison() -> None:
+        limit.before_process_message(broker, poison)
+        running.set()
+        finish.wait(30)
+        running.clear()
+        limit.after_process_message(broker, poison)
+
+    def run_neighbour() -> None:
+        limit.before_process_message(broker, neighbour)
+        limit.after_process_message(broker, neighbour)
+
+    first = threading.Thread(target=run_poison)
+    first.start()
+    assert running.wait(30)
+    second = threading.Thread(target=run_neighbour)
+    second.start()
+    try:
+        assert counter.counted.wait(30)  # the neighbour asked, and now waits for its turn
+    finally:
+        finish.set()
+        first.join(30)
+        second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+
+    # while the poison ran, the neighbour's counter kept its one real crash; counted after
+    assert counter.seen == [(1, True), (2, False)]
+    assert client.get(f"{namespace}:{neighbour.message_id}.0") is None
+    assert not neighbour.failed and not poison.failed
+    counter.close()
+
+
 class SignallingConnection(redis.Connection):
     """A real connection that sets ``sent`` once it has sent a command while armed."""
 
