@@ -265,34 +265,58 @@ def test_an_interrupt_at_any_step_of_run_coroutine_cancels_the_coroutine_and_pro
         raise ValueError("boom")
 
     coroutine_function = {"waits": waits, "returns": returns, "raises": raises}[ending]
-    previous_trace = sys.gettrace()
-    collecting = gc.isenabled()
-    gc.disable()  # a finalizer the collector ran in this thread would swallow the interrupt
-    try:
-        for n in itertools.count(1):
-            coro = coroutine_function()
-            step = InterruptAtStep(n)
-            sys.settrace(step)
-            try:
-                outcome: object = loop_thread.run_coroutine(coro)
-            except BaseException as error:
-                outcome = error
-            finally:
-                sys.settrace(previous_trace)
-            if step.fired_at is None:  # run_coroutine ended in fewer than n steps
-                break
-            assert type(outcome) is Interrupt, f"interrupted at {step.fired_at}: {outcome!r}"
-            assert unfinished_tasks(loop_thread) == [], f"interrupted at {step.fired_at}"
-            # Never started (the interrupt came before start() ran), or ended.
-            state = inspect.getcoroutinestate(coro)
-            assert state in {"CORO_CREATED", "CORO_CLOSED"}, f"interrupted at {step.fired_at}"
-            coro.close()
-            if step.repeated:  # a second round of the wait loop: nothing new from here on
-                break
-    finally:
-        if collecting:
-            gc.enable()
+    outcomes: list[tuple[int, InterruptAtStep, object]] = []
 
+    def run_all() -> None:
+        previous_trace = sys.gettrace()
+        collecting = gc.isenabled()
+        gc.disable()  # a finalizer the collector ran in this thread would swallow the interrupt
+        try:
+            for n in itertools.count(1):
+                coro = coroutine_function()
+                step = InterruptAtStep(n)
+                sys.settrace(step)
+                try:
+                    outcome: object = loop_thread.run_coroutine(coro)
+                except BaseException as error:
+                    outcome = error
+                finally:
+                    sys.settrace(previous_trace)
+                if step.fired_at is None:  # run_coroutine ended in fewer than n steps
+                    break
+                assert type(outcome) is Interrupt, f"interrupted at {step.fired_at}: {outcome!r}"
+                assert unfinished_tasks(loop_thread) == [], f"interrupted at {step.fired_at}"
+                # Never started (the interrupt came before start() ran), or ended.
+                state = inspect.getcoroutinestate(coro)
+                assert state in {"CORO_CREATED", "CORO_CLOSED"}, f"interrupted at {step.fired_at}"
+                coro.close()
+                if step.repeated:  # a second round of the wait loop: nothing new from here on
+                    break
+        finally:
+            if collecting:
+                gc.enable()
+
+        outcomes.append((n, step, outcome))
+
+    # In a thread of its own: an exception the tracer raises while another is being handled
+    # can leave CPython's record of the handled one behind in the thread (sys.exc_info() still
+    # holds the ValueError after the test), and every later test in that thread would carry it
+    # as the context of its own exceptions.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_all()
+        except BaseException as error:
+            errors.append(error)
+
+    runner = threading.Thread(target=run, name="interrupts")
+    runner.start()
+    runner.join(300)
+    assert not runner.is_alive()
+    if errors:
+        raise errors[0]
+    ((n, step, outcome),) = outcomes
     assert n > 100  # the interrupt really was tried at the steps run_coroutine takes
     if ending == "waits":
         assert step.repeated, f"run_coroutine ended though the coroutine waits: {outcome!r}"
