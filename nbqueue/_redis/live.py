@@ -22,13 +22,14 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from ..live.channel import CLOSE_TIMEOUT, get_publisher
 from ..live.status import LiveEvent, StatusRecord
-from ..live.transport import AbortListener, Transport, Write
+from ..live.transport import AbortListener, HeldWrite, Transport, Write
 from .client import RedisConnection, as_text, load_script
 from .group import group_commit
 from .keys import live_prefix
 
-__all__ = ["RedisTransport", "live_prefix", "shared_transport"]
+__all__ = ["RedisTransport", "claim_held", "live_prefix", "shared_transport"]
 
 logger = logging.getLogger("nbqueue.live")
 
@@ -75,6 +76,7 @@ class RedisTransport(Transport):
         self._listeners: list[AbortListener] = []
         self._lock = threading.Lock()
         self._watcher: _AbortWatcher | None = None
+        self._held: dict[str, HeldWrite] = {}
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.connection.where!r}, namespace={self.namespace!r})"
@@ -102,6 +104,41 @@ class RedisTransport(Transport):
         for kind, data in w.events:
             args += [kind, _dumps(data)]
         return args
+
+    def add_write(self, pipe: Any, w: Write) -> None:
+        """Add ``w``'s script call to ``pipe`` (a result store's round trip)."""
+        pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self._args(w))
+
+    def settle_write(self, w: Write, reply: Any) -> None:
+        """Handle the reply to a write sent by ``add_write``: sent again after the server lost
+        its scripts, logged (never raised) when it failed."""
+        if isinstance(reply, NoScriptError):
+            reply = self._write(keys=self.keys(w.message_id), args=self._args(w))
+        if isinstance(reply, Exception):
+            logger.warning(
+                "The live channel could not write the status of message %s (%s).",
+                w.message_id,
+                self.connection.scrub(str(reply)),
+            )
+
+    def hold(self, write: Write) -> bool:
+        """Hold ``write`` for the result store of this connection (``claim_held``); the
+        publisher writes it within a tick when no result store claims it."""
+        held = HeldWrite(write)
+        with self._lock:
+            self._held[write.message_id] = held
+        get_publisher(self).submit(held)
+        return True
+
+    def release(self, held: HeldWrite) -> None:
+        with self._lock:
+            if self._held.get(held.write.message_id) is held:
+                del self._held[held.write.message_id]
+
+    def take_held(self, message_id: str) -> HeldWrite | None:
+        """Remove and return the write held for ``message_id``, if any."""
+        with self._lock:
+            return self._held.pop(message_id, None)
 
     def write(self, writes: list[Write]) -> list[int]:
         if len(writes) == 1:
@@ -289,3 +326,29 @@ def shared_transport(
                 connection, namespace, max_events=max_events
             )
         return transport
+
+
+def claim_held(connection: RedisConnection, message_id: str) -> list[tuple[RedisTransport, Write]]:
+    """Return the live writes held for ``message_id`` on ``connection``'s transports, for a
+    result store to send first in its round trip.
+
+    A held write the publisher claimed first is waited for (up to ``CLOSE_TIMEOUT``) before this
+    returns, so the result the caller stores next is never visible before it.
+    """
+    by_namespace: dict[str, RedisTransport] = connection.__dict__.get("_nbq_live") or {}
+    claimed = []
+    for transport in list(by_namespace.values()):
+        held = transport.take_held(message_id)
+        if held is None:
+            continue
+        if held.claim():
+            claimed.append((transport, held.write))
+            held.done.set()  # nobody else waits on it: the publisher skips a claimed write
+        elif not held.done.wait(CLOSE_TIMEOUT):
+            logger.warning(
+                "The live status of message %s was not written within %.0f s; its result may be "
+                "visible before it.",
+                message_id,
+                CLOSE_TIMEOUT,
+            )
+    return claimed

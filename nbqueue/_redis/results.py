@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.exceptions import NoScriptError
 
 from ..encoder import Encoder
+from ..live.channel import get_publisher
 from ..results.backend import DEFAULT_TIMEOUT, Missing, ResultBackend
 from .client import RedisConnection, load_script, redis
 from .group import group_commit
-from .live import shared_transport
+from .live import claim_held, shared_transport
 
 if TYPE_CHECKING:
+    from ..broker import MessageProxy
     from ..live.transport import Transport
     from ..message import Message
 
@@ -95,6 +97,16 @@ class RedisBackend(ResultBackend):
         return self._decode(data)
 
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
+        self._commit(message_key, result, ttl, None)
+
+    def _store_for(
+        self, message: Message[Any] | MessageProxy, message_key: str, result: Any, ttl: int
+    ) -> None:
+        # The message's last live status and output, held by the Live middleware (which runs
+        # before Results), go first in the same round trip: whoever sees the result sees them.
+        self._commit(message_key, result, ttl, message.message_id)
+
+    def _commit(self, message_key: str, result: Any, ttl: int, message_id: str | None) -> None:
         if isinstance(result, dict) and isinstance(result.get("exn"), dict):
             # A failure's text may quote the URL it failed on: never store this server's password.
             exn = {
@@ -102,14 +114,27 @@ class RedisBackend(ResultBackend):
                 for k, v in result["exn"].items()
             }
             result = {**result, "exn": exn}
-        data = self.encoder.encode(result)
+        data = self.encoder.encode(result)  # first: a result that cannot be encoded raises here
+        live = [] if message_id is None else claim_held(self.connection, message_id)
         script = self._store_script
+
+        def add(pipe: Any) -> None:
+            for transport, write in live:
+                transport.add_write(pipe, write)
+            pipe.evalsha(script.sha, 1, message_key, data, ttl)
+
         # Worker threads storing at the same moment share one round trip (a group commit); the
         # call still returns only once this result is stored, so it is stored before the ack.
         with self.connection.errors():
-            (reply,) = group_commit(self.connection).execute(
-                lambda pipe: pipe.evalsha(script.sha, 1, message_key, data, ttl)
-            )
+            try:
+                replies = group_commit(self.connection).execute(add)
+            except BaseException:
+                for transport, write in live:  # the live writes get another chance
+                    get_publisher(transport).submit(write)
+                raise
+            for (transport, write), reply in zip(live, replies, strict=False):
+                transport.settle_write(write, reply)
+            reply = replies[-1]
             if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
                 script(keys=[message_key], args=[data, ttl])
             elif isinstance(reply, Exception):

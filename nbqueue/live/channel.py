@@ -24,7 +24,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .transport import Transport, Write
+from .transport import HeldWrite, Transport, Write
 
 __all__ = ["Channel", "Publisher", "get_publisher"]
 
@@ -210,7 +210,9 @@ class Channel:
         if flushed is not None:
             flushed.set()
 
-    def close(self, final: Write, *, timeout: float = CLOSE_TIMEOUT) -> None:
+    def close(
+        self, final: Write, *, timeout: float = CLOSE_TIMEOUT, with_result: bool = False
+    ) -> None:
         """Write what is left, then ``final`` (the status change that ends this attempt).
 
         In memory it is written before this returns (by the calling thread when the publisher
@@ -218,27 +220,39 @@ class Channel:
         says so. A network store gets it through the publisher, batched with other messages'
         writes, without waiting; ``Publisher.flush()`` (which ``status()`` and ``events()``
         call) waits for it in this process.
+
+        Parameters:
+          with_result: a result is stored next (``Results`` runs after ``Live``): a store that
+            can write the two in one round trip holds the final write for the result store
+            (``Transport.hold``), so that whoever sees the result sees every event written
+            before it; a store that cannot writes it before this returns.
         """
-        buffered = self.publisher.transport.buffered
+        transport = self.publisher.transport
+        buffered = transport.buffered
+        wait = not buffered or with_result
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._final = final
-            inline = not buffered and not self._scheduled and not self._writing
+            # Memory leaves a channel the publisher is about to write to the publisher; held
+            # for a result, the channel is drained here unless a write of it is still out.
+            inline = not self._writing and (with_result or not self._scheduled)
+            inline = inline and wait
             if inline:
                 self._scheduled = True  # keeps late schedulers away; drain() resets it
-            elif not buffered and self._flushed is None:
+            elif wait and self._flushed is None:
                 self._flushed = threading.Event()
             flushed = self._flushed
         if inline:
             write, _ = self.drain(time.monotonic())
             if write is not None:
-                self.publisher.write_now([write])
+                if not (buffered and transport.hold(write)):
+                    self.publisher.write_now([write])
                 self.after_write()
             return
         self.publisher.schedule(self, counted=True)
-        if buffered:
+        if not wait:
             return
         assert flushed is not None
         if not flushed.wait(timeout):
@@ -265,7 +279,7 @@ class Publisher:
         _publishers.add(self)
         self._cond = threading.Condition()
         self._channels: deque[Channel] = deque()
-        self._loose: list[Write] = []
+        self._loose: list[Write | HeldWrite] = []
         self._timers: list[tuple[float, int, Channel]] = []
         self._sequence = itertools.count()
         self._submitted = 0
@@ -301,8 +315,9 @@ class Publisher:
             if not self._gathering:
                 self._cond.notify()
 
-    def submit(self, write: Write) -> None:
-        """Queue a write that belongs to no channel (a producer's status change)."""
+    def submit(self, write: Write | HeldWrite) -> None:
+        """Queue a write that belongs to no channel (a producer's status change), or a held
+        final write, made unless a result store claims it first."""
         with self._cond:
             self._loose.append(write)
             self._submitted += 1
@@ -363,8 +378,17 @@ class Publisher:
                 self._channels.clear()
                 while self._timers and self._timers[0][0] <= now:
                     channels.append((heapq.heappop(self._timers)[2], True))
-                writes, self._loose = self._loose, []
+                loose, self._loose = self._loose, []
                 target = self._submitted
+            writes: list[Write] = []
+            held: list[HeldWrite] = []
+            for item in loose:
+                if type(item) is HeldWrite:
+                    if item.claim():
+                        held.append(item)
+                        writes.append(item.write)
+                else:
+                    writes.append(item)  # type: ignore[arg-type]
             drained = []
             seen: set[int] = set()
             for channel, timer in channels:
@@ -382,6 +406,9 @@ class Publisher:
                 self.write_now(writes)
             for channel in drained:
                 channel.after_write()
+            for item in held:
+                item.done.set()
+                self.transport.release(item)
             with self._cond:
                 self._written = max(self._written, target)
                 self._cond.notify_all()

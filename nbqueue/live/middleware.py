@@ -288,7 +288,14 @@ class Live(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         running = self._done(message)
-        if running is None or exception is None:
+        if running is None:
+            return
+        if exception is None:
+            if not message.failed:
+                # Final now, before Results stores the result (after-hooks run in reverse order):
+                # the status and the output go with the result, and are never visible after it.
+                running.status_written = True
+                self._finish(broker, message, running, "succeeded", "", with_result=True)
             return
         running.exception = exception
         if running.aborted or isinstance(exception, Abort):
@@ -297,19 +304,23 @@ class Live(Middleware):
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         running = self._done(message)
-        if running is not None:
-            running.skipped = True
+        if running is None:
+            return
+        running.skipped = True
+        if not message.failed and not running.aborted:
+            running.status_written = True  # before Results stores None for it
+            self._finish(broker, message, running, "skipped", "", with_result=True)
 
     def before_retry(self, broker: Broker, message: MessageProxy, delay: int) -> None:
         running = self._table.mine(message.message_id)
-        if running is None or running.aborted or running.retry_written:
+        if running is None or running.aborted or running.status_written:
             return
         # "retrying" goes out now, before Retries enqueues the next attempt, which may start
         # on another thread or process at once: written at the ack, after a short backoff the
         # next attempt's "running" could land first, the store would then drop "retrying" as
         # stale, and watchers would never see the transition.
         running.retry_delay = delay
-        running.retry_written = True
+        running.status_written = True
         self._finish(broker, message, running, "retrying", summary(running.exception))
         transport = self.transport(broker)
         if transport.buffered:
@@ -322,10 +333,10 @@ class Live(Middleware):
         if running is None:
             if self._option(broker, message, "live") is not False:
                 self._finish(broker, message, None, "skipped", "")
+        elif running.status_written:
+            return  # with the result, or before the next attempt was enqueued
         elif running.aborted:
             self._finish(broker, message, running, "aborted", summary(running.exception))
-        elif running.retry_written:
-            return  # "retrying" went out before the next attempt was enqueued
         elif running.exception is not None:
             status = "failed" if running.retry_delay is None else "retrying"
             self._finish(broker, message, running, status, summary(running.exception))
@@ -334,10 +345,13 @@ class Live(Middleware):
                 broker, message, running, "skipped" if running.skipped else "succeeded", ""
             )
 
-    def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        # Here rather than in after_dead_letter, which comes after Results' after_nack: the
+        # final status goes with the failure Results stores.
         running = self._table.forget(message.message_id)
         if running is None and self._option(broker, message, "live") is False:
             return
+        reason = message.dead_reason or "failed"
         exception = running.exception if running is not None else None
         if reason == "aborted" or (running is not None and running.aborted):
             status = "aborted"
@@ -351,7 +365,7 @@ class Live(Middleware):
         error = summary(exception)
         if status == "dead":
             error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
-        self._finish(broker, message, running, status, error)
+        self._finish(broker, message, running, status, error, with_result=True)
 
     def _finish(
         self,
@@ -360,6 +374,8 @@ class Live(Middleware):
         running: Running | None,
         status: str,
         error: str,
+        *,
+        with_result: bool = False,
     ) -> None:
         now = current_millis()
         attempt = running.attempt if running else int(message.options.get("retries") or 0) + 1
@@ -384,6 +400,6 @@ class Live(Middleware):
             backfill={"status": "enqueued"},
         )
         if running is not None and running.channel is not None:
-            running.channel.close(write)
+            running.channel.close(write, with_result=with_result)
         else:
             self._write(self.transport(broker), write)

@@ -85,7 +85,7 @@ class Running:
         "skipped",
         "exception",
         "retry_delay",
-        "retry_written",
+        "status_written",
     )
 
     def __init__(
@@ -104,7 +104,9 @@ class Running:
         self.skipped = False
         self.exception: BaseException | None = None
         self.retry_delay: int | None = None  # set when Retries enqueued the next attempt
-        self.retry_written = False  # its "retrying" status went out before that enqueue
+        # The status ending this attempt went out already: "retrying" before Retries enqueued the
+        # next attempt, or the final status with the result.
+        self.status_written = False
 
 
 class RunningTable:

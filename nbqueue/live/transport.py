@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 from typing import Any, Protocol
 
 from .status import FINISHED, LiveEvent, StatusRecord
@@ -30,6 +31,7 @@ __all__ = [
     "REQUESTED",
     "TOO_LATE",
     "AbortListener",
+    "HeldWrite",
     "Transport",
     "Write",
     "abort_outcome",
@@ -79,6 +81,32 @@ class Write:
     status_event: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
     handle: Any = None
+
+
+class HeldWrite:
+    """A message's last write of an attempt, held so that it goes out with the message's result.
+
+    Whoever claims it first writes it: the result store, in the round trip that stores the
+    result, or the publisher, within a tick, when no result is stored. A result store that finds
+    it claimed by the publisher waits for ``done`` before it stores the result, so the result is
+    never visible before the status and output written before it.
+    """
+
+    __slots__ = ("write", "done", "_claimed", "_lock")
+
+    def __init__(self, write: Write) -> None:
+        self.write = write
+        self.done = threading.Event()
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    def claim(self) -> bool:
+        """Take the write; return False when someone else took it first."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
 
 
 def decide(mode: str, status: str | None, attempt: int, abort: bool, new_attempt: int) -> int:
@@ -165,6 +193,17 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def unsubscribe(self, listener: AbortListener) -> None:
         """Stop delivering abort requests to ``listener``."""
+
+    def hold(self, write: Write) -> bool:
+        """Hold ``write`` (a message's last of an attempt) to go out with the message's result.
+
+        A store whose result backend writes in the same round trip (Redis) holds it, and writes
+        it soon without a result; the others return False and the caller writes it itself.
+        """
+        return False
+
+    def release(self, held: HeldWrite) -> None:  # noqa: B027 - optional
+        """Forget ``held``: the publisher wrote it (called after ``held.done`` is set)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the transport's threads and connections."""

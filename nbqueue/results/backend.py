@@ -210,7 +210,7 @@ class ResultBackend(Services):
         """
         key = self.build_message_key(message)
         try:
-            self._store(key, wrap_result(result), ttl)
+            self._store_for(message, key, wrap_result(result), ttl)
         except (TypeError, ValueError) as e:  # what encoders raise; EncodeError is both
             path, what = self._describe_unencodable(result, e)
             error = EncodeError(
@@ -219,7 +219,7 @@ class ResultBackend(Services):
                 f"an id, instead.",
                 path=path,
             )
-            self._store(key, wrap_exception(error), ttl)
+            self._store_for(message, key, wrap_exception(error), ttl)
             raise error from e
 
     def _describe_unencodable(self, result: Any, error: BaseException) -> tuple[str | None, str]:
@@ -242,7 +242,7 @@ class ResultBackend(Services):
           exception: what the actor raised.
           ttl: how long the failure is kept, in milliseconds.
         """
-        self._store(self.build_message_key(message), wrap_exception(exception), ttl)
+        self._store_for(message, self.build_message_key(message), wrap_exception(exception), ttl)
 
     def build_message_key(self, message: Message[Any] | MessageProxy) -> str:
         """Return the key under which the result of a message is stored.
@@ -271,6 +271,14 @@ class ResultBackend(Services):
             f"{type(self).__name__} does not implement _get(); result backends must implement "
             f"_get() and _store()."
         )
+
+    def _store_for(
+        self, message: Message[Any] | MessageProxy, message_key: str, result: Any, ttl: int
+    ) -> None:
+        """Store ``result`` for ``message``: ``_store``, unless a backend also writes what else
+        must be visible no later than the result (Redis: the message's last live status and
+        output, in the same round trip)."""
+        self._store(message_key, result, ttl)
 
     def _store(self, message_key: str, result: Any, ttl: int) -> None:
         """Encode and store ``result`` under ``message_key`` for ``ttl`` milliseconds.

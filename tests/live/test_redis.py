@@ -248,3 +248,34 @@ def test_with_another_broker_the_redis_result_backend_carries_the_channel(
     finally:
         delete_namespace(backend.client, namespace)
         backend.close()
+
+
+def test_whoever_sees_a_result_sees_every_event_the_job_wrote_and_its_final_status(
+    live_broker, worker_factory, redis_url, namespace
+):
+    """1,000 jobs that print and return, one at a time: right after another client's
+    get_result returned, that client's read of the events holds the output and the final status.
+
+    The reader has a connection and a transport of its own, so no flush of this process's
+    publisher helps it: what it reads is what Redis holds."""
+    from nbqueue._redis.client import RedisConnection
+    from nbqueue.results.backends import RedisBackend
+
+    @nbqueue.actor(store_results=True)
+    def job(i):
+        print(f"line {i}")
+        return i
+
+    worker_factory(live_broker, worker_threads=4)
+    results = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
+    reader = RedisTransport(RedisConnection(redis_url), live_broker.namespace)  # type: ignore[attr-defined]
+    wrong = []
+    for i in range(1000):
+        message = job.send(i)
+        assert results.get_result(message, block=True, timeout=60000) == i
+        events = reader.read(message.message_id, 0, block=None)
+        if text(events, "stdout") != f"line {i}\n" or statuses(events)[-1:] != ["succeeded"]:
+            wrong.append((i, text(events, "stdout"), statuses(events)))
+    results.close()
+    reader.connection.close()
+    assert wrong == []
