@@ -124,16 +124,24 @@ class Publisher(Link):
           ConnectionFailed: nothing was sent (no connection within the timeout).
           ConnectionBlocked: nothing was sent because the server blocks publishing.
         """
+        batch, waits = self.submit(items)
+        return self.wait(batch, timeout) if waits else batch
+
+    def submit(self, items: list[tuple[str, bytes, Any]]) -> tuple[Batch, bool]:
+        """Hand ``items`` to the I/O thread and return at once, with whether their confirms are
+        to be waited for (``wait``): not without confirms, where nothing would tell."""
         batch = Batch(items)
         if not items:
-            return batch
+            return batch, False
         fire_and_forget = not self.confirm and self._channel is not None and not self.blocked
         self.io.call(lambda: self._submit(batch))
-        if fire_and_forget:
-            # Without confirms nothing tells whether RabbitMQ took a message; like Dramatiq's
-            # unconfirmed mode, hand it to the open connection and return (flush() and close()
-            # wait for the hand-off).
-            return batch
+        # Without confirms nothing tells whether RabbitMQ took a message; like Dramatiq's
+        # unconfirmed mode, hand it to the open connection and return (flush() and close()
+        # wait for the hand-off).
+        return batch, not fire_and_forget
+
+    def wait(self, batch: Batch, timeout: float) -> Batch:
+        """Wait for the confirms of a submitted batch; see ``publish``."""
         progress = 0
         while not batch.event.wait(timeout):
             if batch.progress != progress:

@@ -268,7 +268,7 @@ def test_whoever_sees_a_result_sees_every_event_the_job_wrote_and_its_final_stat
 
     worker_factory(live_broker, worker_threads=4)
     results = RedisBackend(url=redis_url, namespace=namespace, use_namespace_prefix_keys=True)
-    reader = RedisTransport(RedisConnection(redis_url), live_broker.namespace)  # type: ignore[attr-defined]
+    reader = RedisTransport(RedisConnection(redis_url), live_broker.namespace)
     wrong = []
     for i in range(1000):
         message = job.send(i)

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -288,7 +289,7 @@ class RecordingCounter(RedisStartCounter):
     def count(self, name, ttl, *, first=False):
         starts = super().count(name, ttl, first=first)
         if name == self.watched:
-            value = self.connection.client.get(self.prefix + name)
+            value: Any = self.connection.client.get(self.prefix + name)
             self.seen.append((int(value), self.running.is_set()))
             self.counted.set()
         return starts
