@@ -5,7 +5,8 @@ the libraries never share a process, a global broker, threads or import state. P
 send/bulk/in-process children and the CLI children run in alternating rounds (the order of the
 implementations rotates each round) so that drifting background load hits all alike; the round
 trip runs in one child per implementation and the idle measurement in one child per
-implementation, those three side by side. The parent merges the samples, prints a table with
+implementation, those three side by side; memory growth (embedded broker only) runs in one child
+per implementation of its own, one after the other. The parent merges the samples, prints a table with
 ratios and targets, and writes JSON.
 
 Usage::
@@ -14,6 +15,7 @@ Usage::
     python benchmarks/bench.py --quick                  # smoke run, under 2 minutes
     python benchmarks/bench.py --broker redis --only process --rounds 5
     python benchmarks/bench.py --broker memory --only process --profile /tmp/prof   # py-spy
+    python benchmarks/bench.py --broker memory --only growth --growth-messages 1000000
 
 See benchmarks/README.md for what each figure means.
 """
@@ -52,11 +54,14 @@ from bench_adapters import (  # noqa: E402
 )
 from bench_report import build_table, figures, format_spread, format_table  # noqa: E402
 from bench_workloads import (  # noqa: E402
+    GROWTH,
     WORKLOAD_FUNCS,
     WORKLOADS,
     Config,
     Context,
     applicable,
+    growth_detail,
+    growth_samples,
     peak_rss_mib,
 )
 
@@ -66,19 +71,29 @@ ROUNDS = ("send", "bulk", "process")  # one child per implementation per round
 CLI = ("cli",)  # one child per implementation per round, on its own
 SERIAL = ("roundtrip",)  # one child per implementation
 PARALLEL = ("idle",)  # one child per implementation, all three at once
+ALONE = (GROWTH,)  # one child per implementation and workload, nothing else in it
 
 
 def run_child(impl: str, target: Target, config: Config, workloads: list[str]) -> dict[str, Any]:
-    """Run the chosen workloads on one implementation and return their samples."""
+    """Run the chosen workloads on one implementation and return their samples.
+
+    A memory growth child runs nothing else and builds no probe ``Adapter`` first: the broker
+    it measures is the only one in the process (``nbqueue.get_broker()`` for nbqueue).
+    """
     started = time.perf_counter()
     ctx = Context(impl, target, config)
     samples: dict[str, list[float]] = {}
     try:
-        probe = Adapter(impl, target)
-        version, middleware = probe.version(), probe.middleware_names()
-        probe.close()
-        for name in workloads:
-            samples.update(WORKLOAD_FUNCS[name](ctx))
+        if workloads == [GROWTH]:
+            detail = growth_detail(ctx)
+            samples.update(growth_samples(detail))
+            version, middleware = detail["version"], detail["middleware"]
+        else:
+            probe = Adapter(impl, target)
+            version, middleware = probe.version(), probe.middleware_names()
+            probe.close()
+            for name in workloads:
+                samples.update(WORKLOAD_FUNCS[name](ctx))
     finally:
         cleanup(target)
     return {
@@ -115,6 +130,9 @@ def plan(
         chosen = [w for w in workloads if w in group]
         if chosen:
             batches.append((kind, [(impl, chosen) for impl in impls]))
+    for workload in ALONE:
+        if workload in workloads:
+            batches.append(("serial", [(impl, [workload]) for impl in impls]))
     return batches
 
 
@@ -137,6 +155,8 @@ def spawn(
             command.append("--quick")
         if args.messages:
             command += ["--messages", str(args.messages)]
+        if args.growth_messages:
+            command += ["--growth-messages", str(args.growth_messages)]
         if profile_raw is not None:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             extra = ["--subprocesses"] if "cli" in workloads else []
@@ -239,6 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="alternating rounds (full: 3, quick: 1)")
     parser.add_argument("--messages", type=int, help="messages per workload (20000; quick 2000)")
+    parser.add_argument(
+        "--growth-messages",
+        type=int,
+        help="messages of the memory growth workload (1000000; quick 30000); RSS is first "
+        "sampled after 10000",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--rabbitmq-url", default=DEFAULT_RABBITMQ_URL)
     parser.add_argument(
@@ -266,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.growth_messages is not None and args.growth_messages < 1:
+        parser.error("--growth-messages must be at least 1")
     return args
 
 
@@ -346,7 +374,7 @@ def run_broker(
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark: as the parent by default, as one child with ``--child``."""
     args = parse_args(argv)
-    config = Config.make(args.quick, args.messages)
+    config = Config.make(args.quick, args.messages, args.growth_messages)
     workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
     if args.child:
         target = Target.from_json(args.child_target)

@@ -10,6 +10,9 @@ from bench_adapters import IMPLEMENTATIONS
 
 Samples = dict[str, list[float]]
 
+#: Samples kept only under ``samples``, never turned into a median (the memory growth curve).
+_CURVES = ("growth_curve_messages", "growth_curve_rss_mib")
+
 
 def percentile(samples: list[float], q: float) -> float:
     """Return the q-th percentile (0-100) of samples, interpolating linearly."""
@@ -21,18 +24,29 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def figures(children: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge the samples of one implementation's children on one broker; medians of rounds."""
+    """Merge the samples of one implementation's children on one broker; medians of rounds.
+
+    ``peak_rss_mib`` is the largest peak of the children other than the memory growth child,
+    whose own peak is ``growth_peak_rss_mib`` (and its middleware ``growth_middleware``).
+    """
     samples: Samples = {}
     for child in children:
         for key, values in child["samples"].items():
             samples.setdefault(key, []).extend(values)
+    others = [c for c in children if c["workloads"] != ["growth"]]
+    growth = [c for c in children if c["workloads"] == ["growth"]]
     out: dict[str, Any] = {
         "version": children[0]["version"],
-        "middleware": children[0]["middleware"],
+        "middleware": (others or children)[0]["middleware"],
         "children": len(children),
-        "peak_rss_mib": max(c["peak_rss_mib"] for c in children),
     }
+    if others:
+        out["peak_rss_mib"] = max(c["peak_rss_mib"] for c in others)
+    if growth:
+        out["growth_middleware"] = growth[0]["middleware"]
     for key, values in samples.items():
+        if key in _CURVES:
+            continue
         if key == "rt_ms":
             if values:
                 out.update(
@@ -73,6 +87,11 @@ ROWS = (
     Row("CPU per message, CLI (all procs)", "cli_cpu_us_per_message", "us", False, "{:.1f}"),
     Row("peak RSS (benchmark child)", "peak_rss_mib", "MiB", False, "{:.1f}"),
     Row("idle worker CPU, 8 threads", "idle_cpu_pct", "% core", False, "{:.3f}"),
+    # memory growth (issue #15); format_table puts the sizes into the labels
+    Row("growth: RSS after {first}", "growth_rss_first_mib", "MiB", False, "{:.1f}"),
+    Row("growth: RSS after {messages}", "growth_rss_last_mib", "MiB", False, "{:.1f}"),
+    Row("growth ratio, RSS {messages} / {first}", "growth_ratio", "x", False, "{:.2f}"),
+    Row("growth: send_many + process", "growth_rate", "msg/s", True, "{:,.0f}"),
 )
 
 
@@ -86,7 +105,9 @@ class Goal:
 
     def text(self, unit: str) -> str:
         sign = ">=" if self.at_least else "<="
-        return f"{sign}{self.bound:g}x" if self.on_ratio else f"{sign}{self.bound:,g} {unit}"
+        if self.on_ratio or unit == "x":
+            return f"{sign}{self.bound:g}x"
+        return f"{sign}{self.bound:,g} {unit}"
 
     def met(self, value: float | None, ratio_value: float | str | None) -> bool | None:
         subject = ratio_value if self.on_ratio else value
@@ -105,6 +126,8 @@ TARGETS: dict[tuple[str, str], Goal] = {
     ("memory", "rt_p50_ms"): Goal(False, 1, False),
     ("redis", "rt_p50_ms"): Goal(False, 2, False),
     ("redis", "bulk_rate"): Goal(False, 50000, True),
+    # issue #15: RSS after 1,000,000 no-op messages <= 1.5 x RSS after 10,000
+    ("memory", "growth_ratio"): Goal(False, 1.5, False),
 }
 
 
@@ -122,13 +145,18 @@ def build_table(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str,
     """Return one record per broker x figure with every implementation, ratios and target."""
     table = []
     for broker, by_impl in results.items():
+        sizes = next((f for f in by_impl.values() if "growth_messages" in f), {})
+        counts = {
+            "first": _count(sizes.get("growth_first")),
+            "messages": _count(sizes.get("growth_messages")),
+        }
         for row in ROWS:
             values = {impl: by_impl.get(impl, {}).get(row.key) for impl in IMPLEMENTATIONS}
             if all(v is None for v in values.values()):
                 continue
             record: dict[str, Any] = {
                 "broker": broker,
-                "workload": row.label,
+                "workload": row.label.format(**counts),
                 "key": row.key,
                 "unit": row.unit,
                 "better": "higher" if row.higher_is_better else "lower",
@@ -145,6 +173,18 @@ def build_table(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str,
                 }
             table.append(record)
     return table
+
+
+def _count(n: float | None) -> str:
+    """Return a message count as ``10k`` or ``1M`` (exact multiples), else with separators."""
+    if n is None:
+        return "N"
+    n = int(n)
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return f"{n:,}"
 
 
 def _verdict(met: bool | None) -> str:

@@ -19,7 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import rss_growth
 from bench_adapters import SPEC_ENV, WORKER_THREADS, Adapter, Target, library_of
 
 HERE = Path(__file__).resolve().parent
@@ -27,8 +29,10 @@ REPO = HERE.parent
 
 Samples = dict[str, list[float]]
 
-#: Workloads, in the order they run; ``cli`` needs a broker other processes can reach.
-WORKLOADS = ("send", "bulk", "process", "cli", "roundtrip", "idle")
+#: Workloads, in the order they run; ``cli`` needs a broker other processes can reach, and
+#: ``growth`` (memory growth, issue #15) runs on the embedded broker only, in a child of its own.
+WORKLOADS = ("send", "bulk", "process", "cli", "roundtrip", "idle", "growth")
+GROWTH = "growth"
 CLI_PROCESSES = 2
 CLI_POLL_S = 0.02
 
@@ -43,13 +47,16 @@ class Config:
     idle_s: float
     warmup: int
     cli_timeout_s: float
+    growth_messages: int  # memory growth: messages in all; RSS is first sampled after 10,000
 
     @classmethod
-    def make(cls, quick: bool, messages: int | None = None) -> Config:
+    def make(
+        cls, quick: bool, messages: int | None = None, growth_messages: int | None = None
+    ) -> Config:
         """Return the full or the quick configuration."""
         if quick:
-            return cls(messages or 2000, 100, 2.0, 3.0, 200, 60.0)
-        return cls(messages or 20000, 1000, 20.0, 10.0, 1000, 300.0)
+            return cls(messages or 2000, 100, 2.0, 3.0, 200, 60.0, growth_messages or 30_000)
+        return cls(messages or 20000, 1000, 20.0, 10.0, 1000, 300.0, growth_messages or 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -325,6 +332,38 @@ def idle(ctx: Context) -> Samples:
     return {"idle_cpu_pct": [cpu / elapsed * 100], "idle_threads": [threads]}
 
 
+def growth_detail(ctx: Context) -> dict[str, Any]:
+    """Run ``rss_growth.measure`` (memory growth, see that module) for this child's library.
+
+    The growth child builds its own broker as ``rss_growth`` does (``nbqueue.get_broker()`` for
+    nbqueue; no ``Results`` for nbqueue-matched and Dramatiq), not the ``Adapter``'s.
+    """
+    messages = ctx.config.growth_messages
+    first = min(rss_growth.FIRST_SAMPLE, messages)
+    return rss_growth.measure(ctx.impl, messages, first, rss_growth.BATCH)
+
+
+def growth_samples(detail: dict[str, Any]) -> Samples:
+    """Return the figures of a ``growth_detail`` result as samples (the curve as two lists)."""
+    return {
+        "growth_messages": [detail["messages"]],
+        "growth_first": [detail["first"]],
+        "growth_rss_start_mib": [detail["rss_start_mib"]],
+        "growth_rss_first_mib": [detail["rss_first_mib"]],
+        "growth_rss_last_mib": [detail["rss_last_mib"]],
+        "growth_ratio": [detail["growth_ratio"]],
+        "growth_rate": [detail["rate"]],
+        "growth_peak_rss_mib": [detail["peak_rss_mib"]],
+        "growth_curve_messages": [n for n, _ in detail["curve"]],
+        "growth_curve_rss_mib": [r for _, r in detail["curve"]],
+    }
+
+
+def growth(ctx: Context) -> Samples:
+    """Memory growth: RSS after 10,000 and after N no-op messages (``rss_growth``)."""
+    return growth_samples(growth_detail(ctx))
+
+
 WORKLOAD_FUNCS: dict[str, Callable[[Context], Samples]] = {
     "send": send_rate,
     "bulk": bulk_rate,
@@ -332,9 +371,13 @@ WORKLOAD_FUNCS: dict[str, Callable[[Context], Samples]] = {
     "cli": cli_processing,
     "roundtrip": roundtrip,
     "idle": idle,
+    "growth": growth,
 }
 
 
 def applicable(workload: str, broker: str) -> bool:
-    """Whether a workload makes sense on a broker (CLI workers cannot share an in-memory one)."""
+    """Whether a workload makes sense on a broker (CLI workers cannot share an in-memory one;
+    memory growth is about the embedded broker)."""
+    if workload == GROWTH:
+        return broker == "memory"
     return not (workload == "cli" and broker == "memory")

@@ -27,6 +27,8 @@ FIGURES = {
     "idle_cpu_pct",
 }
 CLI_FIGURES = {"cli_rate", "cli_rate_after_boot", "cli_boot_s", "cli_cpu_us_per_message"}
+#: Memory growth (issue #15), on the embedded broker only.
+GROWTH_FIGURES = {"growth_rss_first_mib", "growth_rss_last_mib", "growth_ratio", "growth_rate"}
 #: An idle worker may truly use no CPU tick in 3 s: zero is a measurement, not a failure.
 MAY_BE_ZERO = {"idle_cpu_pct"}
 
@@ -62,7 +64,7 @@ def test_quick_run_reports_every_workload_on_every_broker(tmp_path: Path) -> Non
     assert sorted(document["results"]) == ["memory", "rabbitmq", "redis"]
     rows = {(r["broker"], r["key"]): r for r in document["table"]}
     for broker, by_impl in document["results"].items():
-        expected = FIGURES | (CLI_FIGURES if broker != "memory" else set())
+        expected = FIGURES | (CLI_FIGURES if broker != "memory" else GROWTH_FIGURES)
         for impl in IMPLEMENTATIONS:
             figures = by_impl[impl]
             for key in expected:
@@ -72,6 +74,15 @@ def test_quick_run_reports_every_workload_on_every_broker(tmp_path: Path) -> Non
                 assert rows[(broker, key)][impl] == value
         for key in expected:
             assert rows[(broker, key)]["ratio"] is not None, (broker, key)
+    for impl in IMPLEMENTATIONS:
+        growth = document["results"]["memory"][impl]
+        assert growth["growth_messages"] == 30_000 and growth["growth_first"] == 10_000, impl
+        curve = growth["samples"]["growth_curve_messages"]
+        assert curve[0] == 10_000 and curve[-1] == 30_000, (impl, curve)
+        assert len(growth["samples"]["growth_curve_rss_mib"]) == len(curve), impl
+        assert growth["growth_middleware"], impl
+    assert "target_met" in rows[("memory", "growth_ratio")]
+    assert not any(k.startswith("growth_") for b, k in rows if b != "memory")
     assert "rt_p50_ms" in {k for b, k in rows if b == "redis"}
     assert document["meta"]["leftovers_deleted_by_parent"] == 0
     assert "broker" in proc.stdout and "dramatiq" in proc.stdout
