@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 from ..common import current_millis
@@ -54,9 +54,11 @@ class _Log:
         "text",
     )
 
-    def __init__(self, max_events: int, expires: float) -> None:
+    def __init__(self, expires: float) -> None:
         self.record: dict[str, Any] = {}
-        self.events: deque[LiveEvent] = deque(maxlen=max_events)
+        # A list, trimmed by _append: most jobs keep three events, and a deque takes a block
+        # of 64 slots (over 500 bytes) for any number; kept finished jobs number 10,000.
+        self.events: list[LiveEvent] = []
         self.seq = 0
         self.expires = expires
         self.condition: threading.Condition | None = None
@@ -116,13 +118,15 @@ class MemoryTransport(Transport):
     def _log(self, message_id: str, now: float, ttl: float) -> _Log:
         log = self._get(message_id, now)
         if log is None:
-            log = self._logs[message_id] = _Log(self.max_events, now + ttl)
+            log = self._logs[message_id] = _Log(now + ttl)
         return log
 
-    @staticmethod
-    def _append(log: _Log, kind: str, data: dict[str, Any], millis: int) -> None:
+    def _append(self, log: _Log, kind: str, data: dict[str, Any], millis: int) -> None:
         log.seq += 1
-        log.events.append(LiveEvent(log.seq, kind, data, millis))
+        events = log.events
+        events.append(LiveEvent(log.seq, kind, data, millis))
+        if len(events) > self.max_events:
+            del events[0]
 
     def write(self, writes: list[Write]) -> list[int]:
         results = []
