@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import threading
 import warnings
@@ -519,6 +520,26 @@ class Broker(Services, abc.ABC):
           The enqueued messages, as ``enqueue`` returns them.
         """
         return [self.enqueue(message, delay=delay) for message in messages]
+
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Within the block, sends from this thread may return before the server confirmed them;
+        leaving the block waits for every confirm and raises as the sends would have.
+
+        For a burst of ``send()`` calls from one thread to a broker that confirms each send (a
+        ``RabbitmqBroker`` with ``confirm_delivery``): the messages are published back to back
+        and their confirms arrive together, instead of one round trip each. A send whose
+        confirm fails is named in the error raised when the block ends (its ``messages``).
+        On brokers whose sends are complete when they return (memory, Redis) the block runs as
+        it is.
+
+        Example::
+
+            with broker.pipelined():
+                for kind in kinds:
+                    build_report.send(kind)
+        """
+        yield
 
     @abc.abstractmethod
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:

@@ -76,11 +76,13 @@ How it differs from Dramatiq's broker:
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -123,6 +125,17 @@ def _flush_at_exit(ref: weakref.ref[RabbitmqBroker]) -> None:
 def _resolve(future: Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A send of a pipelined block, waiting for its confirm."""
+
+    batch: Batch
+    waits: bool
+    items: list[tuple[str, bytes, Any]]
+    messages: list[Message[Any]]
+    delay: int | None
 
 
 class RabbitmqBroker(Broker):
@@ -204,6 +217,7 @@ class RabbitmqBroker(Broker):
         self._dead_errors: dict[str, BaseException] = {}
         self._properties: dict[int, Any] = {}
         self._priority_warned = False
+        self._pipelines = threading.local()  # .pending: this thread's pipelined sends
         self._blocking = ThreadConnections(
             self._params, self._where, self._secrets, confirm=confirm_delivery
         )
@@ -419,9 +433,66 @@ class RabbitmqBroker(Broker):
         """
         message, item = self._prepare(message, delay)
         self._ensure(q_name(item[0]))  # the first I/O: after the size and encoding checks
+        pending: list[_Pending] | None = getattr(self._pipelines, "pending", None)
+        if pending is not None:
+            batch, waits = self.publisher.submit([item])
+            pending.append(_Pending(batch, waits, [item], [message], delay))
+            return message
         self._publish([item], [message])
         self.emit_after("enqueue", message, delay)
         return message
+
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Within the block, this thread's sends return once handed to the I/O thread; leaving
+        it waits for their confirms; see ``Broker.pipelined``.
+
+        The ``after_enqueue`` hooks of a message (its live ``enqueued`` status) run once it is
+        confirmed, when the block ends. Nested blocks end with the outermost.
+
+        Raises:
+          BrokerError: as ``enqueue_many``, for every send of the block: ``messages`` lists
+            every message not confirmed (the others were enqueued). An exception raised in the
+            block wins; the confirms are waited for all the same.
+        """
+        if getattr(self._pipelines, "pending", None) is not None:
+            yield  # nested: the outer block waits
+            return
+        pending: list[_Pending] = []
+        self._pipelines.pending = pending
+        try:
+            yield
+        except BaseException:
+            self._pipelines.pending = None
+            try:
+                self._settle_pending(pending)
+            except BrokerError as e:
+                self.logger.error("%s", e)
+            raise
+        self._pipelines.pending = None
+        self._settle_pending(pending)
+
+    def _settle_pending(self, pending: list[_Pending]) -> None:
+        """Wait for the confirms of a pipelined block's sends; run the hooks of the confirmed
+        ones; raise for the others."""
+        timeout = self.confirm_timeout / 1000
+        combined = Batch([])
+        everyone: list[Message[Any]] = []
+        for entry in pending:
+            try:
+                batch = self.publisher.wait(entry.batch, timeout) if entry.waits else entry.batch
+                batch = self._resend_unroutable(batch, entry.items)
+                failed = dict(batch.errors)
+            except BrokerError as e:  # nothing more will be known of this batch
+                failed = dict.fromkeys(range(len(entry.items)), e)
+            for i, message in enumerate(entry.messages):
+                if i in failed:
+                    combined.errors.append((len(everyone), failed[i]))
+                else:
+                    self.emit_after("enqueue", message, entry.delay)
+                everyone.append(message)
+        if combined.errors:
+            self._raise(combined, everyone)
 
     def enqueue_many(
         self, messages: Iterable[Message[Any]], *, delay: int | None = None
@@ -442,30 +513,38 @@ class RabbitmqBroker(Broker):
             items.append(item)
         for canonical in dict.fromkeys(q_name(target) for target, _, _ in items):
             self._ensure(canonical)
+        pending: list[_Pending] | None = getattr(self._pipelines, "pending", None)
+        if pending is not None:
+            batch, waits = self.publisher.submit(items)
+            pending.append(_Pending(batch, waits, items, sent, delay))
+            return sent
         self._publish(items, sent)
         for message in sent:
             self.emit_after("enqueue", message, delay)
         return sent
 
     def _publish(self, items: list[tuple[str, bytes, Any]], messages: list[Message[Any]]) -> None:
-        timeout = self.confirm_timeout / 1000
-        batch = self.publisher.publish(items, timeout)
-        if not batch.errors:
-            return
+        batch = self.publisher.publish(items, self.confirm_timeout / 1000)
+        batch = self._resend_unroutable(batch, items)
+        if batch.errors:
+            self._raise(batch, messages)
+
+    def _resend_unroutable(self, batch: Batch, items: list[tuple[str, bytes, Any]]) -> Batch:
+        """Return ``batch``, or after declaring again the queues of its returned messages and
+        sending those once more, a batch of its errors that remain."""
         unroutable = [i for i, e in batch.errors if isinstance(e, PublishUnroutable)]
-        if unroutable:
-            # The queue was deleted under us: declare it again and send those once more.
-            for i in unroutable:
-                self._ensured.discard(q_name(items[i][0]))
-            for i in unroutable:
-                self._ensure(q_name(items[i][0]))
-            retry = self.publisher.publish([items[i] for i in unroutable], timeout)
-            others = [(i, e) for i, e in batch.errors if i not in set(unroutable)]
-            batch = Batch([])
-            batch.errors = others + [(unroutable[j], e) for j, e in retry.errors]
-            if not batch.errors:
-                return
-        self._raise(batch, messages)
+        if not unroutable:
+            return batch
+        # The queue was deleted under us: declare it again and send those once more.
+        for i in unroutable:
+            self._ensured.discard(q_name(items[i][0]))
+        for i in unroutable:
+            self._ensure(q_name(items[i][0]))
+        retry = self.publisher.publish([items[i] for i in unroutable], self.confirm_timeout / 1000)
+        others = [(i, e) for i, e in batch.errors if i not in set(unroutable)]
+        remaining = Batch([])
+        remaining.errors = others + [(unroutable[j], e) for j, e in retry.errors]
+        return remaining
 
     @staticmethod
     def _raise(batch: Batch, messages: list[Message[Any]]) -> None:

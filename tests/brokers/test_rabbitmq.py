@@ -23,6 +23,7 @@ from nbqueue.errors import (
     PublishUnroutable,
 )
 from tests.brokers import _rabbitmq
+from tests.brokers.recording import Enqueued
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -555,3 +556,58 @@ def test_an_unreachable_server_fails_broker_connection_without_the_password(name
             broker.channel  # noqa: B018
     finally:
         broker.close()
+
+
+def test_pipelined_sends_return_before_their_confirms_and_the_block_waits_for_all(
+    rabbit, namespace
+):
+    broker = rabbit()
+    recorder = Enqueued()
+    broker.add_middleware(recorder)
+    broker.declare_queue(namespace, ensure=True)
+    with broker.pipelined():
+        for i in range(200):
+            broker.enqueue(nbqueue.Message(namespace, "a", (i,), {}, {}))
+        with broker.pipelined():  # nested: ends with the outer block
+            broker.enqueue_many([nbqueue.Message(namespace, "a", (i,), {}, {}) for i in (200, 201)])
+        # Handed to the I/O thread, not yet confirmed: no hook has run.
+        assert recorder.seen == []
+    assert recorder.seen == list(range(202))  # all confirmed, hooks in the order of the sends
+    assert broker.get_queue_message_counts(namespace) == (202, 0, 0)
+    broker.enqueue(nbqueue.Message(namespace, "a", (202,), {}, {}))  # outside: confirmed at once
+    assert recorder.seen[-1] == 202
+
+
+def test_a_pipelined_block_names_every_send_that_was_refused(rabbit, rabbitmq_url, namespace):
+    name = f"{namespace}-nack"
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(
+            name, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
+        )
+    finally:
+        connection.close()
+    broker = rabbit()
+    recorder = Enqueued()
+    broker.add_middleware(recorder)
+    broker._ensured.add(name)  # a queue of its own making: do not declare Dramatiq's arguments
+    with pytest.raises(PublishNacked, match="5 of 10 messages") as info:
+        with broker.pipelined():
+            for i in range(10):
+                broker.enqueue(nbqueue.Message(name, "a", (i,), {}, {}))
+    assert sorted(m.args[0] for m in info.value.messages) == [5, 6, 7, 8, 9]
+    assert recorder.seen == [0, 1, 2, 3, 4]
+
+
+def test_an_error_in_a_pipelined_block_wins_and_the_sends_before_it_are_settled(rabbit, namespace):
+    broker = rabbit()
+    recorder = Enqueued()
+    broker.add_middleware(recorder)
+    broker.declare_queue(namespace, ensure=True)
+    with pytest.raises(KeyError):
+        with broker.pipelined():
+            for i in range(3):
+                broker.enqueue(nbqueue.Message(namespace, "a", (i,), {}, {}))
+            raise KeyError("in the block")
+    assert recorder.seen == [0, 1, 2]
+    assert broker.get_queue_message_counts(namespace) == (3, 0, 0)

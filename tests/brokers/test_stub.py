@@ -7,6 +7,7 @@ import pytest
 import nbqueue
 from nbqueue import Message, QueueNotFound
 from nbqueue.brokers.stub import StubBroker
+from tests.brokers.recording import Enqueued
 
 
 def _next(consumer):
@@ -124,3 +125,12 @@ def test_middleware_added_or_removed_in_place_still_runs_or_stops(stub_broker):
     stub_broker.remove_middleware(spy)
     stub_broker.enqueue(_message())
     assert len(seen) == 2
+
+
+def test_on_a_broker_whose_sends_are_complete_a_pipelined_block_runs_as_it_is(stub_broker):
+    recorder = Enqueued()
+    stub_broker.add_middleware(recorder)
+    stub_broker.declare_queue("default")
+    with stub_broker.pipelined():
+        stub_broker.enqueue(nbqueue.Message("default", "a", (1,), {}, {}))
+        assert recorder.seen == [1]
