@@ -151,14 +151,39 @@ class Live(Middleware):
 
     # -- producer ----------------------------------------------------------------------------
 
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        # A broker on the live store's server sends the status with the enqueue, in one round
+        # trip (and drops it if the enqueue fails); after_enqueue then has nothing to do.
+        transport = self._producer_transport(broker, message)
+        if transport is not None and transport.buffered and broker.carries_live_writes(transport):
+            broker.carry_live_write(transport, self._initial(broker, message, delay, transport))
+
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         running = self._table.mine(message.message_id)
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
-        if self._option(broker, message, "live") is False:
+        transport = self._producer_transport(broker, message)
+        if transport is None:
             return
-        transport = self.transport(broker)
+        if not transport.buffered:
+            self._write(transport, self._initial(broker, message, delay, transport))
+        elif not broker.carries_live_writes(transport):
+            get_publisher(transport).submit(self._initial(broker, message, delay, transport))
+
+    def _producer_transport(self, broker: Broker, message: Message[Any]) -> Transport | None:
+        """The transport a producer writes the status of ``message`` to, or ``None`` when it
+        writes none (a retry's enqueue, or an actor without the live channel)."""
+        if self._table.mine(message.message_id) is not None:
+            return None
+        if self._option(broker, message, "live") is False:
+            return None
+        return self.transport(broker)
+
+    def _initial(
+        self, broker: Broker, message: Message[Any], delay: int | None, transport: Transport
+    ) -> Write:
+        """The producer's ``enqueued`` or ``delayed`` write of ``message``."""
         now = current_millis()
         status = "delayed" if delay else "enqueued"
         fields: dict[str, Any] = {
@@ -169,7 +194,7 @@ class Live(Middleware):
         event: dict[str, Any] = {"status": status}
         if delay:
             fields["eta"] = event["eta"] = message.options.get("eta") or now + delay
-        write = Write(
+        return Write(
             message.message_id,
             self._ttl(broker, message) + (delay or 0),
             mode="initial",
@@ -179,10 +204,6 @@ class Live(Middleware):
             # memory keeps a job's records while the handle send() returns lives
             handle=None if transport.buffered else message,
         )
-        if transport.buffered:
-            get_publisher(transport).submit(write)
-        else:
-            self._write(transport, write)
 
     # -- worker ------------------------------------------------------------------------------
 
