@@ -49,6 +49,18 @@ def rabbit(rabbitmq_url, namespace):
     )
 
 
+def refusing_queue(url, name, length):
+    """Declare ``name`` holding at most ``length`` messages and refusing (nacking) the next."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(
+            name, arguments={"x-max-length": length, "x-overflow": "reject-publish"}
+        )
+    finally:
+        connection.close()
+    return name
+
+
 def _dramatiq_broker(url, **options):
     broker = DramatiqRabbitmqBroker(url=url, **options)
     return broker
@@ -201,14 +213,7 @@ def test_an_unroutable_publish_raises_its_own_error(rabbit, namespace):
 
 
 def test_a_nacked_publish_raises_its_own_error(rabbit, rabbitmq_url, namespace):
-    name = f"{namespace}-nack"
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        connection.channel().queue_declare(
-            name, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
-        )
-    finally:
-        connection.close()
+    name = refusing_queue(rabbitmq_url, f"{namespace}-nack", 0)
     broker = rabbit()
     with pytest.raises(PublishNacked, match="not enqueued"):
         broker._republish(b"{}", pika.BasicProperties(delivery_mode=2), name)
@@ -483,14 +488,7 @@ def test_dramatiq_style_helpers_declare_and_count(rabbit, namespace):
 def test_a_partly_refused_bulk_send_names_every_message_not_enqueued(
     rabbit, rabbitmq_url, namespace
 ):
-    name = f"{namespace}-nack"
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        connection.channel().queue_declare(
-            name, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
-        )
-    finally:
-        connection.close()
+    name = refusing_queue(rabbitmq_url, f"{namespace}-nack", 5)
     broker = rabbit()
     broker._ensured.add(name)  # a queue of its own making: do not declare Dramatiq's arguments
     messages = [nbqueue.Message(name, "a", (i,), {}, {}) for i in range(10)]
@@ -579,14 +577,7 @@ def test_pipelined_sends_return_before_their_confirms_and_the_block_waits_for_al
 
 
 def test_a_pipelined_block_names_every_send_that_was_refused(rabbit, rabbitmq_url, namespace):
-    name = f"{namespace}-nack"
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    try:
-        connection.channel().queue_declare(
-            name, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
-        )
-    finally:
-        connection.close()
+    name = refusing_queue(rabbitmq_url, f"{namespace}-nack", 5)
     broker = rabbit()
     recorder = Enqueued()
     broker.add_middleware(recorder)
