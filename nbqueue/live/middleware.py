@@ -154,31 +154,27 @@ class Live(Middleware):
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         # A broker on the live store's server sends the status with the enqueue, in one round
         # trip (and drops it if the enqueue fails); after_enqueue then has nothing to do.
-        transport = self._producer_transport(broker, message)
-        if transport is not None and transport.buffered and broker.carries_live_writes(transport):
-            broker.carry_live_write(transport, self._initial(broker, message, delay, transport))
+        transport = self._transport or self.transport(broker)
+        if not transport.buffered or not broker.carries_live_writes(transport):
+            return  # first, so that a send to the embedded broker pays for nothing more
+        if self._table.mine(message.message_id) is not None:
+            return  # Retries enqueues the next attempt: after_enqueue notes it
+        if self._option(broker, message, "live") is False:
+            return
+        broker.carry_live_write(transport, self._initial(broker, message, delay, transport))
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         running = self._table.mine(message.message_id)
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
-        transport = self._producer_transport(broker, message)
-        if transport is None:
+        if self._option(broker, message, "live") is False:
             return
+        transport = self._transport or self.transport(broker)
         if not transport.buffered:
             self._write(transport, self._initial(broker, message, delay, transport))
         elif not broker.carries_live_writes(transport):
             get_publisher(transport).submit(self._initial(broker, message, delay, transport))
-
-    def _producer_transport(self, broker: Broker, message: Message[Any]) -> Transport | None:
-        """The transport a producer writes the status of ``message`` to, or ``None`` when it
-        writes none (a retry's enqueue, or an actor without the live channel)."""
-        if self._table.mine(message.message_id) is not None:
-            return None
-        if self._option(broker, message, "live") is False:
-            return None
-        return self.transport(broker)
 
     def _initial(
         self, broker: Broker, message: Message[Any], delay: int | None, transport: Transport
