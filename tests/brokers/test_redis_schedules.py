@@ -17,6 +17,7 @@ import pytest
 import redis
 
 import nbqueue
+from nbqueue._redis.client import as_text
 from nbqueue.brokers.redis import RedisBroker
 from nbqueue.middleware import CurrentMessage
 from nbqueue.results import Results
@@ -114,13 +115,15 @@ class RunLog:
         while not done({at for at, _, _ in self.runs}):
             popped = self.client.blpop([self.key], timeout=timeout)
             assert popped is not None, f"no run within {timeout} s; runs so far: {self.runs}"
-            at, message_id, pid, _ = popped[1].decode().split()
-            self.runs.append((int(at), message_id, int(pid)))
+            self.add(popped[1])
 
     def drain(self) -> None:
         while (item := self.client.lpop(self.key)) is not None:
-            at, message_id, pid, _ = item.decode().split()
-            self.runs.append((int(at), message_id, int(pid)))
+            self.add(item)
+
+    def add(self, item: Any) -> None:
+        at, message_id, pid, _ = as_text(item).split()
+        self.runs.append((int(at), message_id, int(pid)))
 
 
 def test_three_worker_processes_send_each_tick_once_and_survive_a_kill_9(
