@@ -42,6 +42,7 @@ from .message import Message, get_encoder, set_encoder
 from .middleware import Middleware
 from .middleware import crash_limit as _crash_limit
 from .remote import publish_actor
+from .schedules import cron, every, schedule
 from .worker import ConsumerThread, Worker, WorkerThread
 
 __version__ = "0.1.0"
@@ -82,6 +83,8 @@ __all__ = [
     "__version__",
     "actor",
     "connect",
+    "cron",
+    "every",
     "get_broker",
     "get_encoder",
     "get_logger",
@@ -91,6 +94,7 @@ __all__ = [
     "pipeline",
     "progress",
     "publish_actor",
+    "schedule",
     "set_broker",
     "set_encoder",
     "stream",

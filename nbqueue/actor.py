@@ -15,6 +15,7 @@ from .common import QUEUE_NAME_RE
 from .context import stream
 from .logging import get_logger
 from .message import Message
+from .schedules import Rule, schedule
 
 __all__ = ["Actor", "ActorDecorator", "actor"]
 
@@ -291,11 +292,27 @@ def actor(
       queue_name: the queue its messages go to (default ``"default"``).
       priority: larger runs first.
       broker: defaults to ``get_broker()`` (in-memory unless configured).
-      options: middleware options; times are in milliseconds.
+      options: middleware options; times are in milliseconds. Two more are the scheduler's:
+        ``periodic=nbqueue.every(ms)`` or ``periodic=nbqueue.cron("0 9 * * 1-5", tz=...)``
+        sends the actor a message with no arguments at every tick (a schedule named after the
+        actor, see ``nbqueue.schedule``), and ``misfire_grace`` (ms) lets a missed tick that
+        old run once.
 
     Raises:
       ValueError: an option no middleware on the broker knows, or an invalid queue name.
     """
+    periodic = options.pop("periodic", None)
+    misfire_grace = options.pop("misfire_grace", None)
+    if periodic is not None and not isinstance(periodic, Rule):
+        raise TypeError(
+            f"periodic= takes a rule, got {periodic!r}; pass nbqueue.every(ms) or "
+            f"nbqueue.cron('*/5 * * * *')."
+        )
+    if misfire_grace is not None and periodic is None:
+        raise ValueError(
+            "misfire_grace only applies to a periodic actor; add periodic=nbqueue.every(ms) "
+            "or periodic=nbqueue.cron('...')."
+        )
 
     def decorator(fn: Callable[..., Any]) -> Actor[Any, Any]:
         target = broker or get_broker()
@@ -306,7 +323,7 @@ def actor(
                 f"The following actor options are undefined: {names}. "
                 f"Did you forget to add a middleware to your Broker?"
             )
-        return actor_class(
+        declared = actor_class(
             fn,
             actor_name=actor_name or fn.__name__,
             queue_name=queue_name,
@@ -314,6 +331,9 @@ def actor(
             broker=target,
             options=options,
         )
+        if periodic is not None:
+            schedule(declared, periodic, misfire_grace=misfire_grace or 0)
+        return declared
 
     if fn is None:
         return decorator

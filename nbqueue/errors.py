@@ -39,7 +39,9 @@ class is documented and importable besides here, and the ``__module__`` it repor
     │   ├── ResultMissing               the result is not stored (yet); the caller did not block
     │   ├── ResultTimeout               a blocking read of a result ran out of time
     │   └── ResultFailure               the actor failed; its exception is described, not raised
-    └── Retry                           control flow: raise inside an actor to retry it
+    ├── Retry                           control flow: raise inside an actor to retry it
+    └── SchedulesUnavailable            a worker has schedules but its broker no store to
+                                        claim their ticks in
 
 Interrupts are raised inside a running actor from another thread. They derive from
 ``BaseException``, so an actor's ``except Exception:`` does not swallow them::
@@ -98,6 +100,7 @@ __all__ = [
     "ResultMissing",
     "ResultTimeout",
     "Retry",
+    "SchedulesUnavailable",
     "Shutdown",
     "SkipMessage",
     "TimeLimitExceeded",
@@ -294,6 +297,11 @@ class LiveUnavailable(NbqueueError):
     Add ``nbqueue.live.Live()`` to the broker, with a ``Results`` middleware whose backend is a
     ``StubBackend`` (this process only) or a ``RedisBackend`` (any process).
     """
+
+
+class SchedulesUnavailable(NbqueueError):
+    """A worker takes part in schedules, but its broker offers no store to claim their ticks in
+    (``Services.tick_claims()`` answers ``None`` for it and its result backend)."""
 
 
 class MiddlewareError(NbqueueError):

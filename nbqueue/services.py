@@ -5,7 +5,9 @@ Features that need more than queues ask the broker or result backend that talks 
 * ``live_transport()``: where the live channel (status, progress, output, abort) is kept;
 * ``code_store()``: where notebook actors are published (``nbqueue.remote``);
 * ``live_namespace()``: the key namespace a broker wants its live records under;
-* ``start_counter()``: where ``CrashLimit`` counts the starts of attempts that never finished.
+* ``start_counter()``: where ``CrashLimit`` counts the starts of attempts that never finished;
+* ``tick_claims()``: where the workers of a fleet claim the ticks of schedules
+  (``nbqueue.scheduler``), so that each tick is sent once.
 
 ``Broker`` and ``ResultBackend`` inherit the no-op answers of ``Services`` (``None``: this
 server offers no such thing) and each server's classes override what their server has, in the
@@ -14,6 +16,8 @@ spirit of kombu's ``Transport.implements``. Nothing else names servers or compar
 ``CodeStore`` is the contract of a notebook-actor store; ``MemoryCodeStore`` is the in-memory
 broker's, and the server packages (``_redis``, ``_rabbitmq``) implement their own.
 ``StartCounter`` is the contract of the start counters; ``_redis`` implements it.
+``TickClaims`` is the contract of the tick claims; ``MemoryTickClaims`` is the in-memory
+broker's, ``_redis`` implements it for Redis brokers and Redis result backends.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ __all__ = [
     "ANY_ACTOR",
     "CodeStore",
     "MemoryCodeStore",
+    "MemoryTickClaims",
     "Published",
+    "ScheduleState",
     "Services",
     "StartCounter",
+    "TickClaims",
     "once",
 ]
 
@@ -98,6 +105,10 @@ class Services:
         Parameters:
           prefix: the start of every counter's key instead of the server's default.
         """
+        return None
+
+    def tick_claims(self) -> TickClaims | None:
+        """Return where the ticks of schedules are claimed on this server, or ``None``."""
         return None
 
 
@@ -251,3 +262,72 @@ class StartCounter(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the counter's own connections (not those of a broker it shares); flush first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleState:
+    """What the store records of a schedule: its last claimed tick, the tick after it (ms
+    since the epoch), and the worker that claimed the last one."""
+
+    last_run: int
+    next_run: int
+    worker_id: str
+
+
+class TickClaims(abc.ABC):
+    """Claims of schedule ticks in a store every worker of a fleet shares.
+
+    A tick is named by its schedule and its scheduled time (ms since the epoch). A claim
+    succeeds for one caller only, and never for a tick at or before the schedule's last
+    claimed one, so a fleet sends each tick once even when its workers disagree on which ticks
+    they missed. Every method that talks to a server has a deadline.
+    """
+
+    @abc.abstractmethod
+    def claim(self, name: str, tick: int, next_tick: int, worker_id: str) -> bool:
+        """Claim ``tick`` of the schedule ``name`` and record it as the last run; return
+        whether this call claimed it (one round trip).
+
+        Parameters:
+          name: the schedule.
+          tick: its scheduled time, in ms since the epoch.
+          next_tick: the tick after it (ms), recorded as the next run.
+          worker_id: who claims, recorded with the claim.
+
+        Raises:
+          BrokerConnectionError: the server could not be reached or did not answer in time
+            (the tick may have been claimed).
+          BrokerError: the server answered with an error.
+        """
+
+    @abc.abstractmethod
+    def state(self, name: str) -> ScheduleState | None:
+        """Return what the store records of the schedule ``name``, or ``None`` when it never
+        ran (or its record expired).
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``claim``.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the claims' own connections (not those of a broker they share)."""
+
+
+class MemoryTickClaims(TickClaims):
+    """The claims of the in-memory broker: shared by everything in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, ScheduleState] = {}
+
+    def claim(self, name: str, tick: int, next_tick: int, worker_id: str) -> bool:
+        with self._lock:
+            current = self._states.get(name)
+            if current is not None and current.last_run >= tick:
+                return False
+            self._states[name] = ScheduleState(tick, next_tick, worker_id)
+            return True
+
+    def state(self, name: str) -> ScheduleState | None:
+        with self._lock:
+            return self._states.get(name)

@@ -31,6 +31,7 @@ from .errors import (
 from .logging import get_logger
 from .middleware.base import Middleware, SkipMessage
 from .results import Results
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     from .broker import Broker, Consumer, MessageProxy
@@ -179,6 +180,9 @@ class Worker:
         self.workers: list[WorkerThread] = []
         self.work_queue = _WorkQueue()
         self.delay_scheduler = _DelayScheduler(self)
+        #: the thread that sends this worker's share of schedule ticks (``nbqueue.scheduler``);
+        #: ``None`` while stopped or when it takes part in no schedule
+        self.scheduler: Scheduler | None = None
         self.running = False
         self.paused = False
         self._pause_cond = threading.Condition()
@@ -195,9 +199,16 @@ class Worker:
         return f"Worker({self.broker!r}, worker_threads={self.worker_threads}, {state})"
 
     def start(self) -> None:
-        """Start the consumer, scheduler and worker threads; returns at once."""
+        """Start the consumer, delay-scheduler and worker threads, and the schedule thread when
+        the worker takes part in schedules (``nbqueue.schedule``); returns at once.
+
+        Raises:
+          SchedulesUnavailable: the worker has schedules and its broker no store to claim
+            their ticks in.
+        """
         if self.running:
             return
+        scheduler = Scheduler.for_worker(self)
         self.running = True
         self.work_queue = _WorkQueue()
         self.delay_scheduler = _DelayScheduler(self)
@@ -206,6 +217,9 @@ class Worker:
         self.broker.add_middleware(self._worker_middleware)
         for _ in range(self.worker_threads):
             self._add_worker()
+        if scheduler is not None:
+            self.scheduler = scheduler
+            scheduler.start()
         self.broker.emit_after("worker_boot", self)
 
     def __enter__(self) -> Worker:
@@ -253,6 +267,10 @@ class Worker:
         self.logger.info("Shutting down worker %s...", self.worker_id[:8])
         deadline = time.monotonic() + timeout / 1000
         self.broker.emit_before("worker_shutdown", self)
+        if self.scheduler is not None:
+            # First: no tick is sent by a worker on its way out.
+            self.scheduler.stop()
+            self.scheduler = None
         consumers = list(self.consumers.values())
         # First, so that no worker thread takes another message while the consumers stop.
         self.running = False

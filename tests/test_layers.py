@@ -34,6 +34,8 @@ RINGS: dict[str, float] = {
     "nbqueue.message": 1,
     "nbqueue.context": 1,
     "nbqueue.services": 1,
+    "nbqueue.schedules": 1,
+    "nbqueue.scheduler": 1,
     "nbqueue.worker": 1,
     "nbqueue.broker": 1,
     "nbqueue.actor": 1,

@@ -57,7 +57,7 @@ from ..common import dq_name, q_name
 from ..errors import BrokerError, DecodeError, NbqueueError, QueueJoinTimeout
 from ..message import FROM_ENVIRONMENT, Message, generate_unique_id, resolve_max_message_size
 from ..middleware.base import Middleware
-from ..services import CodeStore, StartCounter, once
+from ..services import CodeStore, StartCounter, TickClaims, once
 from .client import RedisConnection, as_text, load_scripts
 from .code_store import RedisCodeStore
 from .consumer import RedisConsumer
@@ -65,6 +65,7 @@ from .counters import RedisStartCounter
 from .keys import WAKE_CAP, WAKE_TTL, RedisKeys
 from .live import shared_transport
 from .service import BrokerService
+from .ticks import RedisTickClaims
 
 if TYPE_CHECKING:
     from ..live.transport import Transport, Write
@@ -261,6 +262,13 @@ class RedisBroker(Broker):
         start = self.keys.start_counters if prefix is None else prefix
         return once(
             self, f"_start_counter:{start}", lambda: RedisStartCounter(self.connection, start)
+        )
+
+    def tick_claims(self) -> TickClaims:
+        """Schedule ticks are claimed in keys under this broker's namespace
+        (``<ns>:__nbq__:schedules:<name>``), on its connection."""
+        return once(
+            self, "_tick_claims", lambda: RedisTickClaims(self.connection, self.keys.schedules)
         )
 
     def check_server(self) -> None:

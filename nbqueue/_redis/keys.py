@@ -3,8 +3,8 @@
 Dramatiq's keys keep Dramatiq's names (``ns:q``, ``ns:q.msgs``, ``ns:q.XQ``,
 ``ns:__acks__.<worker>.<queue>``, ``ns:__heartbeats__``); keys only nbqueue writes sit under
 ``ns:__nbq__:`` (``own_prefix``), so ``redis-cli --scan`` tells them apart: the broker's, the
-notebook-actor store's, the live channel's (``live_prefix``) and the crash counters'
-(``crashes_prefix``). Queue names cannot contain ``:``, so no queue's keys can collide with
+notebook-actor store's, the live channel's (``live_prefix``), the crash counters'
+(``crashes_prefix``) and the schedules' (``schedules_prefix``). Queue names cannot contain ``:``, so no queue's keys can collide with
 nbqueue's own.
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "crashes_prefix",
     "live_prefix",
     "own_prefix",
+    "schedules_prefix",
 ]
 
 #: The sub-prefix, under a namespace, of every key only nbqueue writes.
@@ -45,6 +46,12 @@ def crashes_prefix(namespace: str) -> str:
     return f"{own_prefix(namespace)}crashes:"
 
 
+def schedules_prefix(namespace: str) -> str:
+    """Return the start of every schedule's state key under ``namespace``: ``<this><name>`` is
+    a hash of its last claimed tick, the next one and the worker that claimed (``ticks.py``)."""
+    return f"{own_prefix(namespace)}schedules:"
+
+
 def _escape_glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -68,6 +75,8 @@ class RedisKeys:
         #: the start of CrashLimit's counters: ``<this><message id>.<retries>`` -> unfinished
         #: starts of that attempt (see ``counters.py``)
         self.start_counters = crashes_prefix(namespace)
+        #: the start of every schedule's state hash (see ``ticks.py``)
+        self.schedules = schedules_prefix(namespace)
 
     # Dramatiq's keys
     def queue(self, queue: str) -> str:

@@ -9,9 +9,12 @@ from redis.exceptions import NoScriptError
 from ..encoder import Encoder
 from ..live.channel import get_publisher
 from ..results.backend import DEFAULT_TIMEOUT, Missing, ResultBackend
+from ..services import TickClaims, once
 from .client import RedisConnection, load_script, redis
 from .group import group_commit
+from .keys import schedules_prefix
 from .live import claim_held, shared_transport
+from .ticks import RedisTickClaims
 
 if TYPE_CHECKING:
     from ..broker import MessageProxy
@@ -70,6 +73,16 @@ class RedisBackend(ResultBackend):
         """The live channel in this backend's Redis, under ``namespace`` (the broker's, when it
         has one) or this backend's own."""
         return shared_transport(self.connection, namespace or self.namespace, max_events=max_events)
+
+    def tick_claims(self) -> TickClaims:
+        """Schedule ticks are claimed under this backend's namespace
+        (``<ns>:__nbq__:schedules:<name>``): what lets a broker without a store of its own
+        (RabbitMQ) run schedules."""
+        return once(
+            self,
+            "_tick_claims",
+            lambda: RedisTickClaims(self.connection, schedules_prefix(self.namespace)),
+        )
 
     def get_result(
         self, message: Message[R], *, block: bool = False, timeout: int | None = None

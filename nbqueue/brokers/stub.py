@@ -23,7 +23,7 @@ from ..common import dq_name, q_name
 from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound, SkipMessage
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size, too_large_text
 from ..middleware.base import Middleware
-from ..services import CodeStore, MemoryCodeStore, once
+from ..services import CodeStore, MemoryCodeStore, MemoryTickClaims, TickClaims, once
 
 __all__ = ["StubBroker", "StubQueue"]
 
@@ -256,6 +256,10 @@ class StubBroker(Broker):
     def code_store(self) -> CodeStore:
         """Notebook actors published to this broker stay in this process."""
         return once(self, "_code_store", MemoryCodeStore)
+
+    def tick_claims(self) -> TickClaims:
+        """Schedule ticks are claimed in this process (its only worker fleet)."""
+        return once(self, "_tick_claims", MemoryTickClaims)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         """Return a consumer of a declared queue; ``timeout`` is in milliseconds.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..broker import Broker
 from ..common import redact_url
-from ..errors import BrokerConnectionError
+from ..errors import BrokerConnectionError, SchedulesUnavailable
 from ..worker import Worker
 from .boot import BootError, boot, configure_notebook_actors, log_boot
 from .forks import ForkGroup, middleware_forks
@@ -84,6 +84,12 @@ def serve(
         broker.check_server()
         worker = Worker(broker, queues=queues, worker_threads=options.threads)
         worker.start()
+        if worker.scheduler is not None:
+            for line in worker.scheduler.describe():
+                logger.info("schedules: %s", line)
+    except SchedulesUnavailable as e:
+        report_error(str(e), options)
+        return ExitCode.USAGE
     except BootError as e:
         if e.details:
             sys.stderr.write(redact(e.details, secrets_of(options)))
