@@ -36,6 +36,11 @@ def load_ipython_extension(ipython: Any) -> None:
     formatter.for_type(Message, lambda message: magics.job_view(message)._repr_mimebundle_())
     formatter.for_type(MessageList, lambda batch: magics.batch_view(batch)._repr_mimebundle_())
     formatter.for_type(group, lambda batch: magics.batch_view(batch)._repr_mimebundle_())
+    # IPython's own text/plain printer for lists outranks a mimebundle's text/plain: the
+    # batch's (stable) summary is registered there too.
+    plain = ipython.display_formatter.formatters["text/plain"]
+    plain.for_type(MessageList, _plain_batch)
+    plain.for_type(group, _plain_batch)
     _loaded[id(ipython)] = magics
 
 
@@ -58,6 +63,12 @@ def unload_ipython_extension(ipython: Any) -> None:
     ipython.magics_manager.registry.pop(type(magics).__name__, None)
     for shown in (Message, MessageList, group):
         ipython.display_formatter.mimebundle_formatter.pop(shown, None)
+    for shown in (MessageList, group):
+        ipython.display_formatter.formatters["text/plain"].pop(shown, None)
+
+
+def _plain_batch(batch: Any, printer: Any, cycle: bool) -> None:
+    printer.text(f"<nbqueue batch of {len(batch)} messages>")
 
 
 def loaded_magics(ipython: Any) -> NbqueueMagics | None:
