@@ -287,8 +287,10 @@ def as_completed(
 
     Parameters:
       messages: the messages (the list ``send_many()`` returns) and groups.
-      timeout: how long to wait for all of them, in **seconds** (as in concurrent.futures;
-        code moved from there passes seconds), counted from this call; ``None``: no limit.
+      timeout: how long to wait for all of them, in **seconds**, counted from this call;
+        ``None``: no limit. Seconds, unlike Dramatiq's ``get_result(timeout=)`` (milliseconds),
+        because the name and signature are concurrent.futures': code moved from there keeps
+        its numbers, where milliseconds would turn ``timeout=60`` into 60 ms.
       broker: the broker they were sent with (default: a group's, else the global broker).
 
     Raises:
