@@ -34,11 +34,21 @@ from .errors import (
     QueueNotFound,
     RateLimitExceeded,
     Retry,
+    WaitTimeout,
 )
 from .generic import GenericActor
-from .live import MessageStatus, progress, stream
+from .live import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    MessageStatus,
+    as_completed,
+    progress,
+    stream,
+    wait,
+)
 from .logging import get_logger
-from .message import Message, get_encoder, set_encoder
+from .message import Message, MessageList, get_encoder, set_encoder
 from .middleware import Middleware
 from .middleware import crash_limit as _crash_limit
 from .remote import publish_actor
@@ -53,6 +63,7 @@ _broker.default_broker_factory = _default_broker
 _crash_limit.redis_counter_factory = _start_counter_for
 
 __all__ = [
+    "ALL_COMPLETED",
     "Abort",
     "Actor",
     "ActorNotFound",
@@ -67,9 +78,12 @@ __all__ = [
     "DramatiqError",
     "EncodeError",
     "Encoder",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "GenericActor",
     "JSONEncoder",
     "Message",
+    "MessageList",
     "MessageProxy",
     "MessageStatus",
     "Middleware",
@@ -78,10 +92,12 @@ __all__ = [
     "QueueNotFound",
     "RateLimitExceeded",
     "Retry",
+    "WaitTimeout",
     "Worker",
     "WorkerThread",
     "__version__",
     "actor",
+    "as_completed",
     "connect",
     "cron",
     "every",
@@ -98,6 +114,7 @@ __all__ = [
     "set_broker",
     "set_encoder",
     "stream",
+    "wait",
 ]
 
 

@@ -14,7 +14,7 @@ from .broker import Broker, get_broker
 from .common import QUEUE_NAME_RE
 from .context import stream
 from .logging import get_logger
-from .message import Message
+from .message import Message, MessageList
 from .schedules import Rule, schedule
 
 __all__ = ["Actor", "ActorDecorator", "actor"]
@@ -184,7 +184,7 @@ class Actor(Generic[P, R]):
         *,
         delay: int | float | datetime.timedelta | None = None,
         **options: Any,
-    ) -> list[Message[R]]:
+    ) -> MessageList[R]:
         """Send one message per item, in one batch where the broker can (parameter sweeps).
 
         Each item is a tuple of positional arguments, a dict of keyword arguments, or any other
@@ -197,7 +197,8 @@ class Actor(Generic[P, R]):
           options: per-message options applied to every message, e.g. ``priority=``.
 
         Returns:
-          The enqueued messages, in order.
+          The enqueued messages, in order, as a list (``MessageList``, which a notebook shows
+          as one live view); follow them with ``nbqueue.as_completed()`` or ``nbqueue.wait()``.
 
         Raises:
           EncodeError: an argument cannot be sent as JSON; no message of the batch is sent.
@@ -232,7 +233,7 @@ class Actor(Generic[P, R]):
             if validate:
                 message.encode()  # fail before anything of the batch is sent
             messages.append(message)
-        return self.broker.enqueue_many(messages, delay=_delay_ms(delay))
+        return MessageList(self.broker.enqueue_many(messages, delay=_delay_ms(delay)))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function now, in this thread, with no middleware (useful in tests)."""

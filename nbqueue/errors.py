@@ -40,8 +40,9 @@ class is documented and importable besides here, and the ``__module__`` it repor
     │   ├── ResultTimeout               a blocking read of a result ran out of time
     │   └── ResultFailure               the actor failed; its exception is described, not raised
     ├── Retry                           control flow: raise inside an actor to retry it
-    └── SchedulesUnavailable            a worker has schedules but its broker no store to
-                                        claim their ticks in
+    ├── SchedulesUnavailable            a worker has schedules but its broker no store to
+    │                                   claim their ticks in
+    └── WaitTimeout (also TimeoutError) as_completed() or wait() ran out of time
 
 Interrupts are raised inside a running actor from another thread. They derive from
 ``BaseException``, so an actor's ``except Exception:`` does not swallow them::
@@ -104,6 +105,7 @@ __all__ = [
     "Shutdown",
     "SkipMessage",
     "TimeLimitExceeded",
+    "WaitTimeout",
 ]
 
 
@@ -469,3 +471,17 @@ def __getattr__(name: str) -> Any:
         )
         return BrokerConnectionError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class WaitTimeout(NbqueueError, TimeoutError):
+    """``nbqueue.as_completed()`` ran out of time before every message finished.
+
+    A ``TimeoutError``, as ``concurrent.futures.as_completed`` raises.
+
+    Attributes:
+      not_done: the messages that had not finished, in the order they were given.
+    """
+
+    def __init__(self, message: str, not_done: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.not_done: list[Any] = list(not_done or [])

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "FROM_ENVIRONMENT",
     "Message",
+    "MessageList",
     "check_message_size",
     "generate_unique_id",
     "get_encoder",
@@ -480,3 +481,11 @@ async def _await_result(message: Message[R]) -> R:
             return await loop.run_in_executor(None, wait)
         except ResultTimeout:
             continue
+
+
+class MessageList(list[Message[R]]):
+    """The list ``send_many()`` returns: a plain ``list`` of messages in every way (equal to a
+    list with the same messages, sliced into plain lists), of its own type only so that a
+    notebook (``%load_ext nbqueue``) displays it as one live view of the whole batch."""
+
+    __slots__ = ()

@@ -209,12 +209,20 @@ class RedisConnection:
             host = f"[{host}]"
         return f"{scheme}://{userinfo}{host}:{kwargs.get('port', 6379)}/{db}"
 
-    def dedicated(self) -> redis.Redis:
+    def dedicated(self, *, socket_timeout: float | None = None) -> redis.Redis:
         """Return a client with one connection of its own to the same server, for a blocking
-        command that should neither wait for nor hold a connection of the shared pool."""
+        command that should neither wait for nor hold a connection of the shared pool.
+
+        Parameters:
+          socket_timeout: replaces the pool's, in seconds (for a command that blocks longer
+            than ``block_limit``).
+        """
         pool = self.client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        if socket_timeout is not None:
+            kwargs["socket_timeout"] = socket_timeout
         own = redis.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs
+            connection_class=pool.connection_class, max_connections=1, **kwargs
         )
         return redis.Redis(connection_pool=own)
 

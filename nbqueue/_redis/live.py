@@ -18,18 +18,20 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from ..live import transport as _contract
 from ..live.channel import CLOSE_TIMEOUT, get_publisher
 from ..live.status import LiveEvent, StatusRecord
-from ..live.transport import AbortListener, HeldWrite, Transport, Write
-from .client import RedisConnection, as_text, load_script
+from ..live.transport import AbortListener, HeldWrite, Transport, Watch, Write
+from .client import SOCKET_TIMEOUT, RedisConnection, as_text, load_script
 from .group import group_commit
 from .keys import live_prefix
 
-__all__ = ["RedisTransport", "claim_held", "live_prefix", "shared_transport"]
+__all__ = ["RedisTransport", "RedisWatch", "claim_held", "live_prefix", "shared_transport"]
 
 logger = logging.getLogger("nbqueue.live")
 
@@ -41,6 +43,13 @@ ABORTS_MAXLEN = 1000
 
 #: How often a worker checks the abort flags of its running messages, in seconds.
 POLL_INTERVAL = 1.0
+
+#: How many event streams one ``XREAD BLOCK`` of a watch covers; a watch of more messages
+#: blocks on one connection (and thread) per chunk.
+WATCH_CHUNK = 1000
+
+#: How many records one round trip of ``statuses()`` reads.
+STATUS_CHUNK = 1000
 
 
 def _dumps(data: Any) -> str:
@@ -200,6 +209,24 @@ class RedisTransport(Transport):
             fields = self.client.hgetall(self.keys(message_id)[0])
         return StatusRecord.from_fields(message_id, fields) if fields else None
 
+    def statuses(self, message_ids: Sequence[str]) -> list[StatusRecord | None]:
+        records: list[StatusRecord | None] = []
+        for start in range(0, len(message_ids), STATUS_CHUNK):
+            chunk = message_ids[start : start + STATUS_CHUNK]
+            pipe = self.client.pipeline(transaction=False)
+            for message_id in chunk:
+                pipe.hgetall(self.prefix + message_id)
+            with self.connection.errors():
+                replies = pipe.execute()
+            records += [
+                StatusRecord.from_fields(m, fields) if fields else None
+                for m, fields in zip(chunk, replies, strict=True)
+            ]
+        return records
+
+    def watch(self, cursors: Mapping[str, int]) -> RedisWatch:
+        return RedisWatch(self, cursors)
+
     def abort(self, message_id: str, *, ttl: int, now: int) -> int:
         event = _dumps({"status": "aborted", "by": "abort()"})
         keys = [*self.keys(message_id), self.aborts_key]
@@ -247,6 +274,130 @@ class RedisTransport(Transport):
             self._listeners.clear()
         if watcher is not None:
             watcher.stop()
+
+
+class RedisWatch(Watch):
+    """Blocks with ``XREAD BLOCK`` on the event streams of many messages at once.
+
+    Up to ``WATCH_CHUNK`` streams, the reader's own thread blocks on one connection of the
+    watch's own. Beyond that, one thread per chunk blocks on its own connection and hands what
+    it reads to the reader. Every event of a watched message wakes the read (a stream cannot
+    be filtered by kind on the server); only messages whose new events include a status change
+    are reported. ``reads`` counts the ``XREAD`` calls made.
+    """
+
+    def __init__(self, transport: RedisTransport, cursors: Mapping[str, int]) -> None:
+        self.transport = transport
+        self.block = _contract.WAIT_BLOCK
+        self.reads = 0
+        self._ids: dict[str, str] = {}  # stream -> message id
+        self._cursor: dict[str, str] = {}
+        for message_id, offset in cursors.items():
+            stream = transport.keys(message_id)[1]
+            self._ids[stream] = message_id
+            self._cursor[stream] = f"{offset}-0"
+        self._active = set(self._ids)
+        streams = list(self._ids)
+        self._chunks = [
+            streams[start : start + WATCH_CHUNK] for start in range(0, len(streams), WATCH_CHUNK)
+        ]
+        # The connection blocks up to ``block`` seconds: its socket timeout must be longer.
+        self._timeout = self.block + (transport.connection.socket_timeout or SOCKET_TIMEOUT)
+        self._clients: list[Any] = []
+        self._pending: set[str] = set()
+        self._condition = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if len(self._chunks) > 1:
+            for chunk in self._chunks:
+                client = self._client()
+                thread = threading.Thread(
+                    target=self._run, args=(client, chunk), name="nbqueue-watch", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def __repr__(self) -> str:
+        return f"RedisWatch(messages={len(self._active)}, chunks={len(self._chunks)})"
+
+    def _client(self) -> Any:
+        client = self.transport.connection.dedicated(socket_timeout=self._timeout)
+        self._clients.append(client)
+        return client
+
+    def _read(self, client: Any, chunk: list[str], block: float) -> list[str]:
+        streams = {s: self._cursor[s] for s in chunk if s in self._active}
+        if not streams:
+            return []
+        block_ms = max(1, int(min(block, self.block) * 1000))
+        self.reads += 1
+        with self.transport.connection.errors():
+            reply: Any = client.xread(streams, count=100, block=block_ms)
+        changed = []
+        for stream, entries in reply or []:
+            name = as_text(stream, "replace")
+            status = False
+            for entry_id, fields in entries:
+                self._cursor[name] = as_text(entry_id, "replace")
+                kind = next((v for k, v in fields.items() if as_text(k, "replace") == "k"), b"")
+                status = status or as_text(kind, "replace") == "status"
+            if status and name in self._ids:
+                changed.append(self._ids[name])
+        return changed
+
+    def _run(self, client: Any, chunk: list[str]) -> None:
+        while not self._stopping.is_set():
+            try:
+                changed = self._read(client, chunk, self.block)
+            except Exception:
+                if self._stopping.is_set():
+                    break
+                logger.warning(
+                    "The live channel could not watch messages in Redis; retrying in a second.",
+                    exc_info=True,
+                )
+                self._stopping.wait(1.0)
+                continue
+            if not any(s in self._active for s in chunk):
+                break
+            if changed:
+                with self._condition:
+                    self._pending.update(changed)
+                    self._condition.notify()
+
+    def wait(self, block: float) -> list[str]:
+        if not self._threads:
+            if not self._clients:
+                self._client()
+            return self._read(self._clients[0], self._chunks[0] if self._chunks else [], block)
+        with self._condition:
+            if not self._pending and block > 0:
+                self._condition.wait(block)
+            changed = list(self._pending)
+            self._pending.clear()
+        return changed
+
+    def discard(self, message_id: str) -> None:
+        self._active.discard(self.transport.keys(message_id)[1])
+
+    def close(self) -> None:
+        """Stop the chunk threads (each within its ``XREAD BLOCK``, without waiting for
+        them) and close the connections once they are done with them."""
+        self._stopping.set()
+        self._active.clear()
+        if not self._threads:
+            for client in self._clients:
+                client.close()
+            return
+        clients, threads = list(self._clients), list(self._threads)
+
+        def close_later() -> None:
+            for thread in threads:
+                thread.join()
+            for client in clients:
+                client.close()
+
+        threading.Thread(target=close_later, name="nbqueue-watch-close", daemon=True).start()
 
 
 class _AbortWatcher(threading.Thread):

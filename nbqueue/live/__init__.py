@@ -30,9 +30,17 @@ from ..broker import get_broker
 from ..common import current_millis
 from ..context import progress, stream
 from ..errors import Abort, LiveUnavailable
-from .backends import resolve_transport
+from .batch import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Batch,
+    DoneAndNotDone,
+    as_completed,
+    wait,
+)
 from .events import EventStream
-from .middleware import DEFAULT_TTL, Live
+from .middleware import DEFAULT_TTL, Live, transport_for
 from .status import LiveEvent, MessageStatus, Progress, StatusRecord
 from .transport import TOO_LATE, Transport
 
@@ -41,39 +49,27 @@ if TYPE_CHECKING:
     from ..message import Message
 
 __all__ = [
+    "ALL_COMPLETED",
     "Abort",
+    "Batch",
+    "DoneAndNotDone",
     "EventStream",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "Live",
     "LiveEvent",
     "MessageStatus",
     "Progress",
     "StatusRecord",
     "abort",
+    "as_completed",
     "events",
     "progress",
     "status",
     "stream",
     "transport_for",
+    "wait",
 ]
-
-
-def transport_for(broker: Broker) -> Transport:
-    """Return the transport that holds the live channel of ``broker``'s messages.
-
-    Raises:
-      LiveUnavailable: the broker has no ``Live`` middleware and no ``RedisBackend``.
-    """
-    for middleware in broker.middleware:
-        if isinstance(middleware, Live):
-            return middleware.transport(broker)
-    transport = resolve_transport(broker)
-    if transport is None or not transport.buffered:
-        raise LiveUnavailable(
-            f"{broker!r} has no live channel; add one with "
-            f"broker.add_middleware(nbqueue.live.Live()), after a Results middleware with a "
-            f"StubBackend or RedisBackend."
-        )
-    return transport
 
 
 def _resolve(message: Message[Any] | str, broker: Broker | None) -> tuple[Transport, str]:

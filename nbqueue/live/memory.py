@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from ..common import current_millis
@@ -24,6 +25,7 @@ from .transport import (
     TOO_LATE,
     AbortListener,
     Transport,
+    Watch,
     Write,
     abort_outcome,
     decide,
@@ -92,6 +94,8 @@ class MemoryTransport(Transport):
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._held: dict[str, None] = {}
         self._next_held_check = 0.0
+        #: message id -> the watches waiting for its status to change
+        self._watches: dict[str, list[_MemoryWatch]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryTransport(messages={len(self._logs)})"
@@ -165,6 +169,8 @@ class MemoryTransport(Transport):
                             record.setdefault(key, value)
                         if w.status_event is not None:
                             self._append(log, "status", w.status_event, millis)
+                        if self._watches:
+                            self._changed(w.message_id)
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()
@@ -284,12 +290,23 @@ class MemoryTransport(Transport):
             if outcome == ABORTED_NOW:
                 record.update(status="aborted", finished_at=now)
                 self._append(log, "status", {"status": "aborted", "by": "abort()"}, now)
+                if self._watches:
+                    self._changed(message_id)
             if log.condition is not None:
                 log.condition.notify_all()
             listeners = list(self._listeners) if outcome == REQUESTED else []
         for listener in listeners:
             listener.on_abort(message_id)
         return outcome
+
+    def _changed(self, message_id: str) -> None:
+        """Wake the watches of a message whose status changed. Hold the lock."""
+        for watch in self._watches.get(message_id, ()):
+            watch.changed.add(message_id)
+            watch.condition.notify()
+
+    def watch(self, cursors: Mapping[str, int]) -> Watch:
+        return _MemoryWatch(self, cursors)
 
     def subscribe(self, listener: AbortListener) -> None:
         with self._lock:
@@ -309,6 +326,53 @@ class MemoryTransport(Transport):
             self._held.clear()
             if self.retention is not None:
                 self.retention.text_bytes = self.retention.kept = self.retention.held = 0
+
+
+class _MemoryWatch(Watch):
+    """Registered under each watched id; writers that change a watched status add the id to
+    ``changed`` and notify ``condition`` (on the transport's lock), so one wait covers any
+    number of messages."""
+
+    def __init__(self, transport: MemoryTransport, cursors: Mapping[str, int]) -> None:
+        self.transport = transport
+        self.changed: set[str] = set()
+        self.condition = threading.Condition(transport._lock)
+        self.ids: set[str] = set()
+        with transport._lock:
+            for message_id, offset in cursors.items():
+                transport._watches.setdefault(message_id, []).append(self)
+                self.ids.add(message_id)
+                log = transport._logs.get(message_id)
+                if log is not None and log.seq > offset:
+                    self.changed.add(message_id)  # changed between its read and now
+
+    def wait(self, block: float) -> list[str]:
+        with self.condition:
+            if not self.changed and block > 0:
+                self.condition.wait(block)
+            changed = list(self.changed)
+            self.changed.clear()
+        return changed
+
+    def _remove(self, message_id: str) -> None:
+        watches = self.transport._watches.get(message_id)
+        if watches is not None and self in watches:
+            watches.remove(self)
+            if not watches:
+                del self.transport._watches[message_id]
+
+    def discard(self, message_id: str) -> None:
+        with self.transport._lock:
+            if message_id in self.ids:
+                self.ids.discard(message_id)
+                self.changed.discard(message_id)
+                self._remove(message_id)
+
+    def close(self) -> None:
+        with self.transport._lock:
+            for message_id in self.ids:
+                self._remove(message_id)
+            self.ids.clear()
 
 
 _transports: weakref.WeakKeyDictionary[Any, MemoryTransport] = weakref.WeakKeyDictionary()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..common import current_millis, q_name
 from ..context import set_channel
-from ..errors import Abort
+from ..errors import Abort, LiveUnavailable
 from ..middleware.base import Middleware, SkipMessage
 from ..middleware.retries import Retries
 from . import capture
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..results import ResultBackend
     from ..worker import Worker
 
-__all__ = ["DEFAULT_TTL", "Live"]
+__all__ = ["DEFAULT_TTL", "Live", "transport_for"]
 
 logger = logging.getLogger("nbqueue.live")
 
@@ -420,3 +420,22 @@ class Live(Middleware):
             running.channel.close(write, with_result=with_result)
         else:
             self._write(self.transport(broker), write)
+
+
+def transport_for(broker: Broker) -> Transport:
+    """Return the transport that holds the live channel of ``broker``'s messages.
+
+    Raises:
+      LiveUnavailable: the broker has no ``Live`` middleware and no ``RedisBackend``.
+    """
+    for middleware in broker.middleware:
+        if isinstance(middleware, Live):
+            return middleware.transport(broker)
+    transport = resolve_transport(broker)
+    if transport is None or not transport.buffered:
+        raise LiveUnavailable(
+            f"{broker!r} has no live channel; add one with "
+            f"broker.add_middleware(nbqueue.live.Live()), after a Results middleware with a "
+            f"StubBackend or RedisBackend."
+        )
+    return transport

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from .status import FINISHED, LiveEvent, StatusRecord
@@ -30,9 +31,11 @@ __all__ = [
     "REJECTED",
     "REQUESTED",
     "TOO_LATE",
+    "WAIT_BLOCK",
     "AbortListener",
     "HeldWrite",
     "Transport",
+    "Watch",
     "Write",
     "abort_outcome",
     "decide",
@@ -44,6 +47,11 @@ APPLIED, REJECTED, ABORTED = 1, 0, -1
 #: What ``Transport.abort`` did: too late (finished), aborted at once (not running), or
 #: requested from the worker running it.
 TOO_LATE, ABORTED_NOW, REQUESTED = 0, 1, 2
+
+
+#: The longest one ``Watch.wait`` blocks, in seconds: callers loop, so that deadlines and
+#: Ctrl-C are honoured; a store may cap it lower (a socket timeout).
+WAIT_BLOCK = 1.0
 
 
 @dataclasses.dataclass
@@ -144,6 +152,53 @@ class AbortListener(Protocol):
         """Return the ids of the messages running here (transports may poll their flags)."""
 
 
+class Watch(abc.ABC):
+    """Waits for the first of many messages to change status; ``Transport.watch`` makes one.
+
+    Meant for one reader thread. A watch holds what its store needs to block on every watched
+    message at once (a condition in memory, ``XREAD BLOCK`` over many streams on Redis); close
+    it when done.
+    """
+
+    @abc.abstractmethod
+    def wait(self, block: float) -> list[str]:
+        """Return the ids of watched messages whose status may have changed since the watch
+        was made or the previous call, waiting up to ``block`` seconds for one.
+
+        Returning early with nothing is allowed; an id may come back without a change (the
+        caller reads the record to know).
+        """
+
+    @abc.abstractmethod
+    def discard(self, message_id: str) -> None:
+        """Stop watching ``message_id`` (it finished)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release what the watch holds (threads, connections)."""
+
+
+class _ReadWatch(Watch):
+    """The fallback for stores without a watch of their own: blocks on the events of the first
+    watched message and reports every watched message each time it wakes, so the others are
+    noticed at the latest ``block`` seconds after they change."""
+
+    def __init__(self, transport: Transport, cursors: Mapping[str, int]) -> None:
+        self.transport = transport
+        self.cursors = dict(cursors)
+
+    def wait(self, block: float) -> list[str]:
+        if not self.cursors:
+            return []
+        first = next(iter(self.cursors))
+        events = self.transport.read(first, self.cursors[first], block=block)
+        if events:
+            self.cursors[first] = events[-1].offset
+        return list(self.cursors)
+
+    def discard(self, message_id: str) -> None:
+        self.cursors.pop(message_id, None)
+
+
 class Transport(abc.ABC):
     """Base class for live-channel stores.
 
@@ -193,6 +248,22 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def unsubscribe(self, listener: AbortListener) -> None:
         """Stop delivering abort requests to ``listener``."""
+
+    def statuses(self, message_ids: Sequence[str]) -> list[StatusRecord | None]:
+        """Return the status records of several messages, in order (``None`` for none).
+
+        Stores that can read many in one round trip do.
+        """
+        return [self.status(message_id) for message_id in message_ids]
+
+    def watch(self, cursors: Mapping[str, int]) -> Watch:
+        """Return a watch that wakes when any of these messages changes status.
+
+        Parameters:
+          cursors: message id -> the offset of its record when read (``StatusRecord.offset``);
+            a change after it wakes the watch.
+        """
+        return _ReadWatch(self, cursors)
 
     def hold(self, write: Write) -> bool:
         """Hold ``write`` (a message's last of an attempt) to go out with the message's result.

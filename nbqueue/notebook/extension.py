@@ -1,6 +1,7 @@
 """``%load_ext nbqueue`` and ``%unload_ext nbqueue``.
 
-Loading registers the magics and shows every ``Message`` a cell returns as its live job view.
+Loading registers the magics and shows every ``Message`` a cell returns as its live job view,
+and the list ``send_many()`` returns (a ``MessageList``) and a ``group`` as one batch view.
 Unloading removes both and stops the embedded worker (IPython has no API to unregister magics,
 so their names are deleted from the magics manager's tables).
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..broker import get_broker
-from ..message import Message
+from ..composition import group
+from ..message import Message, MessageList
 from .magics import NbqueueMagics
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension"]
@@ -32,6 +34,13 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("post_run_cell", magics.post_run_cell)
     formatter = ipython.display_formatter.mimebundle_formatter
     formatter.for_type(Message, lambda message: magics.job_view(message)._repr_mimebundle_())
+    formatter.for_type(MessageList, lambda batch: magics.batch_view(batch)._repr_mimebundle_())
+    formatter.for_type(group, lambda batch: magics.batch_view(batch)._repr_mimebundle_())
+    # IPython's own text/plain printer for lists outranks a mimebundle's text/plain: the
+    # batch's (stable) summary is registered there too.
+    plain = ipython.display_formatter.formatters["text/plain"]
+    plain.for_type(MessageList, _plain_batch)
+    plain.for_type(group, _plain_batch)
     _loaded[id(ipython)] = magics
 
 
@@ -52,7 +61,14 @@ def unload_ipython_extension(ipython: Any) -> None:
         for name in names:
             table[kind].pop(name, None)
     ipython.magics_manager.registry.pop(type(magics).__name__, None)
-    ipython.display_formatter.mimebundle_formatter.pop(Message, None)
+    for shown in (Message, MessageList, group):
+        ipython.display_formatter.mimebundle_formatter.pop(shown, None)
+    for shown in (MessageList, group):
+        ipython.display_formatter.formatters["text/plain"].pop(shown, None)
+
+
+def _plain_batch(batch: Any, printer: Any, cycle: bool) -> None:
+    printer.text(f"<nbqueue batch of {len(batch)} messages>")
 
 
 def loaded_magics(ipython: Any) -> NbqueueMagics | None:

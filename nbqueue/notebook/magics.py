@@ -30,7 +30,7 @@ from ..live.retention import Retention
 from ..message import Message
 from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
-from .widgets import History, JobView, QueueMonitor, ResultsTable
+from .widgets import BatchView, History, JobView, QueueMonitor, ResultsTable
 
 __all__ = ["NbqueueMagics"]
 
@@ -442,6 +442,18 @@ class NbqueueMagics(Magics):
             (b for m, b in self.history.recent() if m.message_id == message.message_id), None
         )
         return self._new_view(message, broker)
+
+    def batch_view(self, messages: Any) -> BatchView:
+        """Return a live batch view of ``messages`` (the display of a ``MessageList`` and of a
+        ``group``)."""
+        broker = None
+        if isinstance(messages, list) and messages:
+            first = messages[0].message_id
+            broker = next((b for m, b in self.history.recent() if m.message_id == first), None)
+        view = BatchView(messages, broker=broker, idle=self.idle)
+        self.views.append(view)
+        del self.views[:-100]
+        return view
 
     def _new_view(self, message: Message[Any], broker: Broker | None) -> JobView:
         view = JobView(message, broker=broker, before_send=self.embedded.on_send, idle=self.idle)

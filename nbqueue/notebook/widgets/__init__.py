@@ -1,4 +1,5 @@
-"""The notebook's live views: a job view, a queue monitor and a results table (ipywidgets).
+"""The notebook's live views: a job view, a batch view, a queue monitor and a results table
+(ipywidgets).
 
 Every view renders from one daemon thread of its own, at most ten times a second, and displays
 with stable ``text/plain`` and ``text/html`` fallbacks for frontends without the widget manager
@@ -7,7 +8,16 @@ with stable ``text/plain`` and ``text/html`` fallbacks for frontends without the
 
 from __future__ import annotations
 
+from .batch import BatchState, BatchView
 from .job import JobState, JobView
 from .monitor import History, QueueMonitor, ResultsTable
 
-__all__ = ["History", "JobState", "JobView", "QueueMonitor", "ResultsTable"]
+__all__ = [
+    "BatchState",
+    "BatchView",
+    "History",
+    "JobState",
+    "JobView",
+    "QueueMonitor",
+    "ResultsTable",
+]
