@@ -114,6 +114,11 @@ class RedisTransport(Transport):
             args += [kind, _dumps(data)]
         return args
 
+    def write_args(self, w: Write) -> list[Any]:
+        """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
+        events."""
+        return self._args(w)
+
     def add_write(self, pipe: Any, w: Write) -> None:
         """Add ``w``'s script call to ``pipe`` (a result store's round trip)."""
         pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self._args(w))

@@ -65,6 +65,7 @@ class RedisBackend(ResultBackend):
         self.connection = RedisConnection(url, client=client, **parameters)
         self.client = self.connection.client
         self._store_script = load_script(self.client, "result_store")
+        self._store_live_script = load_script(self.client, "result_store_live")
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.connection.where!r}, namespace={self.namespace!r})"
@@ -129,12 +130,21 @@ class RedisBackend(ResultBackend):
             result = {**result, "exn": exn}
         data = self.encoder.encode(result)  # first: a result that cannot be encoded raises here
         live = [] if message_id is None else claim_held(self.connection, message_id)
-        script = self._store_script
+        script, keys = self._store_script, [message_key]
+        args: list[Any] = [data, ttl]
+        separate = live
+        if len(live) == 1:
+            # The usual case: the result and the message's last live write (status and output)
+            # in one script, atomic on the server, so whoever sees the one sees the other.
+            transport, write = live[0]
+            script, separate = self._store_live_script, []
+            keys += transport.keys(write.message_id)
+            args += transport.write_args(write)
 
         def add(pipe: Any) -> None:
-            for transport, write in live:
+            for transport, write in separate:  # several live stores: theirs go first
                 transport.add_write(pipe, write)
-            pipe.evalsha(script.sha, 1, message_key, data, ttl)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
 
         # Worker threads storing at the same moment share one round trip (a group commit); the
         # call still returns only once this result is stored, so it is stored before the ack.
@@ -145,11 +155,11 @@ class RedisBackend(ResultBackend):
                 for transport, write in live:  # the live writes get another chance
                     get_publisher(transport).submit(write)
                 raise
-            for (transport, write), reply in zip(live, replies, strict=False):
+            for (transport, write), reply in zip(separate, replies, strict=False):
                 transport.settle_write(write, reply)
             reply = replies[-1]
             if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                script(keys=[message_key], args=[data, ttl])
+                script(keys=keys, args=args)
             elif isinstance(reply, Exception):
                 raise reply
 

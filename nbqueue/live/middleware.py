@@ -247,22 +247,25 @@ class Live(Middleware):
         ttl = self._ttl(broker, message)
         running = self._table.start(message.message_id, attempt, now, ttl)
         wid = worker_id()
+        fields = {
+            "status": "running",
+            "attempt": attempt,
+            "worker_id": wid,
+            "started_at": now,
+            "progress": "",
+            "actor_name": message.actor_name,
+            "queue_name": q_name(message.queue_name),
+        }
+        if attempt > 1 or "eta" in message.options:
+            # What an earlier attempt or the delay left (a first attempt has neither: leaving
+            # the keys out keeps a memory record in the smaller of dict's table sizes).
+            fields["finished_at"] = fields["eta"] = ""
         start = Write(
             message.message_id,
             ttl,
             mode="start",
             attempt=attempt,
-            fields={
-                "status": "running",
-                "attempt": attempt,
-                "worker_id": wid,
-                "started_at": now,
-                "finished_at": "",
-                "eta": "",
-                "progress": "",
-                "actor_name": message.actor_name,
-                "queue_name": q_name(message.queue_name),
-            },
+            fields=fields,
             once={"enqueued_at": message.message_timestamp},
             status_event={"status": "running", "attempt": attempt, "worker_id": wid},
             backfill={"status": "enqueued"},

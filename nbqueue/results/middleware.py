@@ -13,6 +13,7 @@ from .errors import ResultError
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
+    from ..message import Message
 
 __all__ = ["DEFAULT_RESULT_TTL", "Results"]
 
@@ -77,7 +78,14 @@ class Results(Middleware):
         """``store_results`` and ``result_ttl`` (milliseconds)."""
         return {"store_results", "result_ttl"}
 
-    def _lookup_options(self, broker: Broker, message: MessageProxy) -> tuple[bool, int]:
+    def stores(self, broker: Broker, message: Message[Any] | MessageProxy) -> bool:
+        """Whether a result (or failure) of ``message`` is stored: its ``store_results``
+        option, then its actor's, then this middleware's."""
+        return self._lookup_options(broker, message)[0]
+
+    def _lookup_options(
+        self, broker: Broker, message: Message[Any] | MessageProxy
+    ) -> tuple[bool, int]:
         options = message.options
         try:
             actor_options = broker.actor_for(message).options

@@ -21,6 +21,7 @@ from ...common import q_name
 from ...errors import LiveUnavailable
 from ...live import LiveEvent, MessageStatus, Progress, transport_for
 from ...message import Message
+from ...results import Results
 from ...results.errors import ResultFailure, ResultMissing, ResultTimeout
 from .html import BAR_STYLES, badge, box, escape, format_duration, pre, short_repr
 
@@ -442,12 +443,17 @@ class JobView:
     def _finish(self, message: Message[Any], state: JobState) -> None:
         if state.status == "succeeded" or state.status == "failed":
             try:
-                state.result = message.get_result(backend=self.broker.get_results_backend())
+                backend = self.broker.get_results_backend()
+                # In memory the final status is written just before the result is stored;
+                # a stored result is then a moment away (on Redis the two land together).
+                results = next((m for m in self.broker.middleware if isinstance(m, Results)), None)
+                wait = results is not None and results.stores(self.broker, message)
+                state.result = message.get_result(backend=backend, block=wait, timeout=5000)
                 state.has_result = True
             except ResultFailure as e:
                 state.error = f"{e.orig_exc_type}: {e.orig_exc_msg}"
                 state.traceback = e.traceback
-            except (ResultMissing, RuntimeError):
+            except (ResultMissing, ResultTimeout, RuntimeError):
                 pass
         self._render(state)
 
