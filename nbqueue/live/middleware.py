@@ -311,9 +311,9 @@ class Live(Middleware):
         if running is None:
             return
         if exception is None:
-            if not message.failed:
+            if not message.failed and self._with_result(broker):
                 # Final now, before Results stores the result (after-hooks run in reverse order):
-                # the status and the output go with the result, and are never visible after it.
+                # the status and the output go with the result, in the same script.
                 running.status_written = True
                 self._finish(broker, message, running, "succeeded", "", with_result=True)
             return
@@ -327,9 +327,16 @@ class Live(Middleware):
         if running is None:
             return
         running.skipped = True
-        if not message.failed and not running.aborted:
+        if not message.failed and not running.aborted and self._with_result(broker):
             running.status_written = True  # before Results stores None for it
             self._finish(broker, message, running, "skipped", "", with_result=True)
+
+    def _with_result(self, broker: Broker) -> bool:
+        """Whether the last status of an attempt goes out before Results stores the result,
+        to be written with it: on a network store, whose result backend sends the two in one
+        atomic script. In memory it is written after the result (at the ack), so that whoever
+        sees a final status finds the result stored."""
+        return (self._transport or self.transport(broker)).buffered
 
     def before_retry(self, broker: Broker, message: MessageProxy, delay: int) -> None:
         running = self._table.mine(message.message_id)
@@ -366,8 +373,16 @@ class Live(Middleware):
             )
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
-        # Here rather than in after_dead_letter, which comes after Results' after_nack: the
-        # final status goes with the failure Results stores.
+        # On a network store here, before Results' after_nack, so that the final status goes
+        # with the failure Results stores; in memory after it (after_dead_letter).
+        if self._with_result(broker):
+            self._dead(broker, message)
+
+    def after_dead_letter(self, broker: Broker, message: MessageProxy, reason: str) -> None:
+        if not self._with_result(broker):
+            self._dead(broker, message)
+
+    def _dead(self, broker: Broker, message: MessageProxy) -> None:
         running = self._table.forget(message.message_id)
         if running is None and self._option(broker, message, "live") is False:
             return
@@ -385,7 +400,7 @@ class Live(Middleware):
         error = summary(exception)
         if status == "dead":
             error = f"dead-lettered ({reason})" + (f": {error}" if error else "")
-        self._finish(broker, message, running, status, error, with_result=True)
+        self._finish(broker, message, running, status, error, with_result=self._with_result(broker))
 
     def _finish(
         self,
