@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from .live.transport import Transport, Write
+    from .live.transport import Transport
 
 __all__ = [
     "ANY_ACTOR",
@@ -81,19 +81,6 @@ class Services:
         """Return the namespace under which this broker's live records are kept, or ``None``
         when it has none of its own (the result backend's is used then)."""
         return None
-
-    def carries_live_writes(self, transport: Transport) -> bool:
-        """Whether the enqueue of a message can carry ``transport``'s write of its ``enqueued``
-        status in the same round trip (``carry_live_write``); by default none does."""
-        return False
-
-    def carry_live_write(self, transport: Transport, write: Write) -> None:
-        """Send ``write`` (a producer's ``enqueued``/``delayed`` status) with the enqueue of its
-        message, in the same round trip, if the enqueue succeeds; drop it if it fails.
-
-        Called by ``Live`` from ``before_enqueue``, only where ``carries_live_writes`` says so.
-        """
-        raise NotImplementedError(f"{type(self).__name__} carries no live writes.")
 
     def code_store(self) -> CodeStore | None:
         """Return the store of published notebook actors on this server, or ``None``."""

@@ -41,7 +41,6 @@ script (``lua/``). Needs Redis 6.2 or newer.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -68,8 +67,7 @@ from .service import BrokerService
 from .ticks import RedisTickClaims
 
 if TYPE_CHECKING:
-    from ..live.transport import Transport, Write
-    from .live import RedisTransport
+    from ..live.transport import Transport
 
 __all__ = ["RedisBroker", "RedisKeys"]
 
@@ -180,9 +178,6 @@ class RedisBroker(Broker):
         self.poll_interval = poll_interval
         self.priorities = priorities
         self.scripts = load_scripts(self.client)
-        # message id -> the live write its enqueue carries (carry_live_write)
-        self._carried: dict[str, tuple[RedisTransport, Write]] = {}
-        self._carried_lock = threading.Lock()
         self.service = BrokerService(self)
 
     def __repr__(self) -> str:
@@ -207,46 +202,6 @@ class RedisBroker(Broker):
     def live_transport(self, *, namespace: str | None = None, max_events: int = 1000) -> Transport:
         """The live channel in this broker's Redis, under its namespace (see ``Services``)."""
         return shared_transport(self.connection, namespace or self.namespace, max_events=max_events)
-
-    def carries_live_writes(self, transport: Transport) -> bool:
-        """A live store on this broker's server (same address and database) gets the
-        ``enqueued`` status in the enqueue's round trip (see ``Services``)."""
-        connection = getattr(transport, "connection", None)
-        return getattr(connection, "where", None) == self.connection.where
-
-    def carry_live_write(self, transport: Transport, write: Write) -> None:
-        """Keep ``write`` for the enqueue of its message (see ``Services``)."""
-        with self._carried_lock:
-            self._carried[write.message_id] = (transport, write)  # type: ignore[assignment]
-
-    def _take_carried(self, messages: Iterable[Message[Any]]) -> list[tuple[RedisTransport, Write]]:
-        """Remove and return the live writes the enqueue of ``messages`` carries."""
-        if not self._carried:
-            return []
-        with self._carried_lock:
-            found = [self._carried.pop(m.message_id, None) for m in messages]
-        return [entry for entry in found if entry is not None]
-
-    def _send(
-        self, keys: list[str], frames: bytes, live: list[tuple[RedisTransport, Write]]
-    ) -> None:
-        """Run the enqueue script, with the live writes it carries in the same round trip."""
-        script = self.scripts["enqueue"]
-        args: list[Any] = [WAKE_CAP, WAKE_TTL, frames]
-        if not live:
-            script(keys=keys, args=args)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        for transport, write in live:
-            transport.add_write(pipe, write)
-        replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], redis.exceptions.NoScriptError):  # the server lost its scripts
-            script(keys=keys, args=args)
-        elif isinstance(replies[0], Exception):
-            raise replies[0]
-        for (transport, write), reply in zip(live, replies[1:], strict=True):
-            transport.settle_write(write, reply)
 
     def live_namespace(self) -> str:
         """Live records of this broker's messages are kept under its own namespace."""
@@ -318,14 +273,13 @@ class RedisBroker(Broker):
           MessageTooLarge: the encoded message is above ``max_message_size``; nothing was sent.
           ConnectionFailed, ConnectionClosed: Redis cannot be reached or did not answer.
         """
-        try:
-            message, target, data, priority = self._prepare(message, delay)
-            self.check_server()
-        finally:
-            live = self._take_carried([message])  # sent with the enqueue, or dropped with it
+        message, target, data, priority = self._prepare(message, delay)
+        self.check_server()
         frame = _frame(message.options["redis_message_id"], priority, data)
         with self.connection.errors():
-            self._send(self.keys.enqueue(target), frame, live)
+            self.scripts["enqueue"](
+                keys=self.keys.enqueue(target), args=[WAKE_CAP, WAKE_TTL, frame]
+            )
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -346,13 +300,8 @@ class RedisBroker(Broker):
         # of thousands skips two calls per message.
         hooks = bool(self._hooks_for("before_enqueue"))
         prepare = self._prepare
-        messages = list(messages)
-        try:
-            prepared = [prepare(message, delay, hooks=hooks) for message in messages]
-            self.check_server()
-        except BaseException:
-            self._take_carried(messages)  # nothing was sent: neither are their live writes
-            raise
+        prepared = [prepare(message, delay, hooks=hooks) for message in messages]
+        self.check_server()
         by_queue: dict[str, list[tuple[Message[Any], bytes, int]]] = {}
         for message, target, data, priority in prepared:
             by_queue.setdefault(target, []).append((message, data, priority))
@@ -362,23 +311,21 @@ class RedisBroker(Broker):
                 keys = self.keys.enqueue(target)
                 frames: list[bytes] = []
                 size = 0
-                chunk: list[Message[Any]] = []
                 for i, (message, data, priority) in enumerate(entries):
                     frames.append(_frame(message.options["redis_message_id"], priority, data))
-                    chunk.append(message)
                     size += len(data)
                     if (
                         len(frames) >= BATCH_MESSAGES
                         or size >= BATCH_BYTES
                         or i == len(entries) - 1
                     ):
-                        live = self._take_carried(chunk)
                         with self.connection.errors():
-                            self._send(keys, b"".join(frames), live)
+                            self.scripts["enqueue"](
+                                keys=keys, args=[WAKE_CAP, WAKE_TTL, b"".join(frames)]
+                            )
                         sent += len(frames)
-                        frames, size, chunk = [], 0, []
+                        frames, size = [], 0
         except BrokerError as e:
-            self._take_carried(m for m, _, _, _ in prepared)  # those not sent
             raise type(e)(f"{e} {sent} of {len(prepared)} messages were enqueued.") from e
         if self._hooks_for("after_enqueue"):
             for message, _, _, _ in prepared:

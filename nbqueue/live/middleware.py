@@ -151,18 +151,6 @@ class Live(Middleware):
 
     # -- producer ----------------------------------------------------------------------------
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        # A broker on the live store's server sends the status with the enqueue, in one round
-        # trip (and drops it if the enqueue fails); after_enqueue then has nothing to do.
-        transport = self._transport or self.transport(broker)
-        if not transport.buffered or not broker.carries_live_writes(transport):
-            return  # first, so that a send to the embedded broker pays for nothing more
-        if self._table.mine(message.message_id) is not None:
-            return  # Retries enqueues the next attempt: after_enqueue notes it
-        if self._option(broker, message, "live") is False:
-            return
-        broker.carry_live_write(transport, self._initial(broker, message, delay, transport))
-
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         running = self._table.mine(message.message_id)
         if running is not None:
@@ -170,16 +158,7 @@ class Live(Middleware):
             return
         if self._option(broker, message, "live") is False:
             return
-        transport = self._transport or self.transport(broker)
-        if not transport.buffered:
-            self._write(transport, self._initial(broker, message, delay, transport))
-        elif not broker.carries_live_writes(transport):
-            get_publisher(transport).submit(self._initial(broker, message, delay, transport))
-
-    def _initial(
-        self, broker: Broker, message: Message[Any], delay: int | None, transport: Transport
-    ) -> Write:
-        """The producer's ``enqueued`` or ``delayed`` write of ``message``."""
+        transport = self.transport(broker)
         now = current_millis()
         status = "delayed" if delay else "enqueued"
         fields: dict[str, Any] = {
@@ -190,7 +169,7 @@ class Live(Middleware):
         event: dict[str, Any] = {"status": status}
         if delay:
             fields["eta"] = event["eta"] = message.options.get("eta") or now + delay
-        return Write(
+        write = Write(
             message.message_id,
             self._ttl(broker, message) + (delay or 0),
             mode="initial",
@@ -200,6 +179,10 @@ class Live(Middleware):
             # memory keeps a job's records while the handle send() returns lives
             handle=None if transport.buffered else message,
         )
+        if transport.buffered:
+            get_publisher(transport).submit(write)
+        else:
+            self._write(transport, write)
 
     # -- worker ------------------------------------------------------------------------------
 
