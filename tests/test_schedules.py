@@ -52,13 +52,18 @@ class Runs:
             self.values.append((label, message.options["scheduled_at"]))
             self.changed.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[tuple[str, int]]], bool], timeout: float) -> None:
+    def wait_count(self, label: str, count: int, timeout: float = 30) -> None:
+        """Wait until ``label`` ran ``count`` times (the timeout is a safety net)."""
         with self.changed:
-            assert self.changed.wait_for(lambda: predicate(self.values), timeout), self.values
+            done = self.changed.wait_for(lambda: len(self._of(label)) >= count, timeout)
+            assert done, self.values
 
     def of(self, label: str) -> list[int]:
         with self.lock:
-            return [at for name, at in self.values if name == label]
+            return self._of(label)
+
+    def _of(self, label: str) -> list[int]:
+        return [at for name, at in self.values if name == label]
 
 
 def test_every_ticks_on_multiples_of_its_period() -> None:
@@ -167,7 +172,7 @@ def test_two_workers_on_the_memory_broker_send_each_tick_once(
     nbqueue.schedule(greet, nbqueue.every(100), args=("bob",), name="greet-bob")
     first, second = worker_factory(stub_broker), worker_factory(stub_broker)
     assert first.scheduler is not None and second.scheduler is not None
-    runs.wait_for(lambda values: len([v for v in values if v[0] == "beat"]) >= 6, timeout=30)
+    runs.wait_count("beat", 6)
     first.stop()
     second.stop()
     assert not any(worker.scheduler for worker in (first, second))

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from nbqueue.results.backends.redis import RedisBackend
 from nbqueue.scheduler import now_ms
 from nbqueue.worker import Worker
 from tests.brokers import _redis
+from tests.test_schedules import Runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,33 +169,12 @@ def test_three_worker_processes_send_each_tick_once_and_survive_a_kill_9(
     assert all("schedules: tick every(1000) next-run " in log for log in logs), logs[0]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.values: list[tuple[str, int]] = []
-        self.changed = threading.Condition()
-
-    def record(self, label: str) -> None:
-        message = CurrentMessage.get_current_message()
-        assert message is not None
-        with self.changed:
-            self.values.append((label, message.options["scheduled_at"]))
-            self.changed.notify_all()
-
-    def wait_for(self, label: str, count: int, timeout: float = 30) -> None:
-        with self.changed:
-            done = self.changed.wait_for(lambda: len(self.of(label)) >= count, timeout)
-            assert done, self.values
-
-    def of(self, label: str) -> list[int]:
-        return [at for name, at in self.values if name == label]
-
-
 def test_ticks_missed_while_no_worker_ran_are_skipped_unless_misfire_grace_allows_one(
     redis_url: str, namespace: str, client: redis.Redis
 ) -> None:
     broker = RedisBroker(url=redis_url, namespace=namespace)
     broker.add_middleware(CurrentMessage())
-    recorder = Recorder()
+    recorder = Runs()
     minute = 60000
 
     @nbqueue.actor(broker=broker)
@@ -218,8 +197,8 @@ def test_ticks_missed_while_no_worker_ran_are_skipped_unless_misfire_grace_allow
     worker = Worker(broker, worker_timeout=100, worker_threads=2)
     worker.start()
     try:
-        recorder.wait_for("marker", 1)
-        recorder.wait_for("grace", 1)
+        recorder.wait_count("marker", 1)
+        recorder.wait_count("grace", 1)
     finally:
         worker.stop(timeout=5000)
         broker.close()
@@ -262,7 +241,7 @@ def test_rabbitmq_claims_ticks_in_its_redis_result_backend(
     from tests.brokers import _rabbitmq
 
     broker = _rabbitmq.make_broker(rabbitmq_url, namespace)
-    recorder = Recorder()
+    recorder = Runs()
     try:
         broker.add_middleware(CurrentMessage())
 
@@ -276,7 +255,7 @@ def test_rabbitmq_claims_ticks_in_its_redis_result_backend(
         backend = RedisBackend(url=redis_url, namespace=namespace)
         broker.add_middleware(Results(backend=backend))
         with Worker(broker, worker_timeout=100, worker_threads=2):
-            recorder.wait_for("beat", 3)
+            recorder.wait_count("beat", 3)
         seen = sorted(recorder.of("beat"))
         assert len(seen) == len(set(seen))
         assert client.exists(f"{namespace}:__nbq__:schedules:beat")
