@@ -433,13 +433,7 @@ class RabbitmqBroker(Broker):
         """
         message, item = self._prepare(message, delay)
         self._ensure(q_name(item[0]))  # the first I/O: after the size and encoding checks
-        pending: list[_Pending] | None = getattr(self._pipelines, "pending", None)
-        if pending is not None:
-            batch, waits = self.publisher.submit([item])
-            pending.append(_Pending(batch, waits, [item], [message], delay))
-            return message
-        self._publish([item], [message])
-        self.emit_after("enqueue", message, delay)
+        self._send([item], [message], delay)
         return message
 
     @contextlib.contextmanager
@@ -513,15 +507,22 @@ class RabbitmqBroker(Broker):
             items.append(item)
         for canonical in dict.fromkeys(q_name(target) for target, _, _ in items):
             self._ensure(canonical)
+        self._send(items, sent, delay)
+        return sent
+
+    def _send(
+        self, items: list[tuple[str, bytes, Any]], messages: list[Message[Any]], delay: int | None
+    ) -> None:
+        """Publish and wait for the confirms, then run the ``after_enqueue`` hooks; inside a
+        pipelined block, publish and leave both to the block's end."""
         pending: list[_Pending] | None = getattr(self._pipelines, "pending", None)
         if pending is not None:
             batch, waits = self.publisher.submit(items)
-            pending.append(_Pending(batch, waits, items, sent, delay))
-            return sent
-        self._publish(items, sent)
-        for message in sent:
+            pending.append(_Pending(batch, waits, items, messages, delay))
+            return
+        self._publish(items, messages)
+        for message in messages:
             self.emit_after("enqueue", message, delay)
-        return sent
 
     def _publish(self, items: list[tuple[str, bytes, Any]], messages: list[Message[Any]]) -> None:
         batch = self.publisher.publish(items, self.confirm_timeout / 1000)

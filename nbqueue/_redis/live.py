@@ -95,7 +95,9 @@ class RedisTransport(Transport):
         record = self.prefix + message_id
         return [record, record + ":events"]
 
-    def _args(self, w: Write) -> list[Any]:
+    def write_args(self, w: Write) -> list[Any]:
+        """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
+        events."""
         header = {
             "ttl": w.ttl,
             "max": self.max_events,
@@ -114,20 +116,15 @@ class RedisTransport(Transport):
             args += [kind, _dumps(data)]
         return args
 
-    def write_args(self, w: Write) -> list[Any]:
-        """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
-        events."""
-        return self._args(w)
-
     def add_write(self, pipe: Any, w: Write) -> None:
         """Add ``w``'s script call to ``pipe`` (a result store's round trip)."""
-        pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self._args(w))
+        pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self.write_args(w))
 
     def settle_write(self, w: Write, reply: Any) -> None:
         """Handle the reply to a write sent by ``add_write``: sent again after the server lost
         its scripts, logged (never raised) when it failed."""
         if isinstance(reply, NoScriptError):
-            reply = self._write(keys=self.keys(w.message_id), args=self._args(w))
+            reply = self._write(keys=self.keys(w.message_id), args=self.write_args(w))
         if isinstance(reply, Exception):
             logger.warning(
                 "The live channel could not write the status of message %s (%s).",
@@ -159,7 +156,7 @@ class RedisTransport(Transport):
             # A worker's start write waits for its answer (was an abort requested?): worker
             # threads starting at the same moment share one round trip (a group commit).
             w = writes[0]
-            keys, args, sha = self.keys(w.message_id), self._args(w), self._write.sha
+            keys, args, sha = self.keys(w.message_id), self.write_args(w), self._write.sha
             with self.connection.errors():
                 (reply,) = group_commit(self.connection).execute(
                     lambda pipe: pipe.evalsha(sha, 2, *keys, *args)
@@ -173,13 +170,13 @@ class RedisTransport(Transport):
         # first, which would double the round trips of every batch.
         pipe = self.client.pipeline(transaction=False)
         for w in writes:
-            pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self._args(w))
+            pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self.write_args(w))
         with self.connection.errors():
             replies = pipe.execute(raise_on_error=False)
             results = []
             for w, reply in zip(writes, replies, strict=True):
                 if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                    reply = self._write(keys=self.keys(w.message_id), args=self._args(w))
+                    reply = self._write(keys=self.keys(w.message_id), args=self.write_args(w))
                 elif isinstance(reply, Exception):
                     raise reply
                 results.append(int(reply))

@@ -117,7 +117,7 @@ class RedisBackend(ResultBackend):
         self, message: Message[Any] | MessageProxy, message_key: str, result: Any, ttl: int
     ) -> None:
         # The message's last live status and output, held by the Live middleware (which runs
-        # before Results), go first in the same round trip: whoever sees the result sees them.
+        # before Results), are stored with the result in one script (see _commit).
         self._commit(message_key, result, ttl, message.message_id)
 
     def _commit(self, message_key: str, result: Any, ttl: int, message_id: str | None) -> None:

@@ -237,8 +237,7 @@ class Channel:
             self._final = final
             # Memory leaves a channel the publisher is about to write to the publisher; held
             # for a result, the channel is drained here unless a write of it is still out.
-            inline = not self._writing and (with_result or not self._scheduled)
-            inline = inline and wait
+            inline = wait and not self._writing and (with_result or not self._scheduled)
             if inline:
                 self._scheduled = True  # keeps late schedulers away; drain() resets it
             elif wait and self._flushed is None:

@@ -444,8 +444,9 @@ class JobView:
         if state.status == "succeeded" or state.status == "failed":
             try:
                 backend = self.broker.get_results_backend()
-                # In memory the final status is written just before the result is stored;
-                # a stored result is then a moment away (on Redis the two land together).
+                # Stores write the result with the final status (Redis) or before it (memory);
+                # should a Live placed before Results write the status first, a stored result
+                # is a moment away: wait for it when one is coming.
                 results = next((m for m in self.broker.middleware if isinstance(m, Results)), None)
                 wait = results is not None and results.stores(self.broker, message)
                 state.result = message.get_result(backend=backend, block=wait, timeout=5000)
