@@ -184,17 +184,22 @@ class PrivateRabbit:
         return [int(pid) for pid in out.split()]
 
     def beam_pid(self) -> int | None:
-        """The pid of the node's Erlang VM, from its pid file (``None`` before it wrote one)."""
+        """The pid of the node's running Erlang VM, from its pid file; ``None`` before it wrote
+        one, or when that pid is no longer this node's (a dead node's pid may be reused)."""
         try:
             with open(self.env["RABBITMQ_PID_FILE"]) as f:
-                return int(f.read().strip())
+                pid = int(f.read().strip())
+            # The VM has this node's environment (its command line does not name the node).
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                mine = f"RABBITMQ_NODENAME={self.node}\0".encode() in f.read()
         except (OSError, ValueError):
             return None
+        return pid if mine else None
 
     def kill_beam(self) -> int:
         """kill -9 the node's Erlang VM alone (found by its pid file); return its pid."""
         pid = self.beam_pid()
-        assert pid is not None, f"{self.node} wrote no pid file in {self.base}"
+        assert pid is not None, f"{self.node} has no running VM in its pid file ({self.base})"
         os.kill(pid, signal.SIGKILL)
         return pid
 
