@@ -1,6 +1,7 @@
 """Everything of nbqueue that talks to RabbitMQ, in one package (needs ``nbqueue[rabbitmq]``).
 
-* ``broker``: the ``RabbitmqBroker``; ``wire``: connection parameters, headers, dead letters;
+* ``broker``: the ``RabbitmqBroker``; ``wire``: connection parameters, URL settings, headers,
+  dead letters; ``layout``: the arguments of classic and quorum queues;
 * ``io``: the I/O thread that owns a pika connection; ``publisher``: confirmed publishing on it;
 * ``consumer``: the consumer, with its leases on held deliveries;
 * ``code_store``: published notebook actors, kept in queues;

@@ -34,6 +34,12 @@ How it differs from Dramatiq's broker:
   RabbitMQ dead-letters it by the queue arguments (reason ``rejected`` from ``x-death``).
   ``get_dead_letters()`` reads ``q.XQ`` without consuming it: it fetches up to ``limit``
   messages and rejects them back with requeue, which returns them to their place.
+* **Quorum queues, opt-in** (``queue_type="quorum"``, the URL's ``?queue_type=quorum`` or
+  ``NBQUEUE_RABBITMQ_QUEUE_TYPE``; RabbitMQ 3.10 or later): ``q``, ``q.DQ`` and ``q.XQ`` are
+  replicated quorum queues (see ``layout``). They have no priorities: ``max_priority`` is
+  refused, and priorities are ignored with a one-time warning. A message handed out more than
+  ``delivery_limit`` times (20 by default) is dead-lettered by RabbitMQ with the reason
+  ``delivery_limit``. A Dramatiq worker, whose brokers declare classic queues, cannot use them.
 * **A size limit** (``max_message_size``, 16 MiB by default; Dramatiq has none): a larger send
   raises ``MessageTooLarge`` before anything is sent or declared, and a larger delivery is
   dead-lettered ``too_large`` by its length, never decoded. The wire format is unchanged.
@@ -105,8 +111,22 @@ from ..services import CodeStore, once
 from .blocking import ThreadConnections
 from .code_store import RabbitmqCodeStore
 from .consumer import RabbitmqConsumer
+from .layout import (
+    DEFAULT_DELIVERY_LIMIT,
+    dead_letter_queue_arguments,
+    queue_arguments,
+    refused_declaration,
+    resolve_delivery_limit,
+    resolve_queue_type,
+)
 from .publisher import Batch, Publisher
-from .wire import ERROR_HEADER, REASON_HEADER, connection_parameters, dead_letter
+from .wire import (
+    ERROR_HEADER,
+    REASON_HEADER,
+    connection_parameters,
+    dead_letter,
+    split_url_options,
+)
 
 __all__ = ["RabbitmqBroker"]
 
@@ -145,14 +165,22 @@ class RabbitmqBroker(Broker):
 
     Parameters:
       url: an ``amqp://`` or ``amqps://`` URL, or several (a list, or separated by ``;``) to fail
-        over between; settings may go in the query (``?heartbeat=30``).
+        over between; settings may go in the query (``?heartbeat=30``), ``queue_type`` and
+        ``delivery_limit`` too (taken out before pika sees the URL).
       host: the server's host when no URL is given (default ``127.0.0.1``).
       port: the server's port when no URL is given (default 5672).
       confirm_delivery: wait for RabbitMQ's confirm in every send (default True; Dramatiq's
         default is False, which loses messages when the server dies).
       connection_attempts: attempts per connection, half a second apart (default 3).
       max_priority: declare queues with ``x-max-priority`` and publish priorities (1-255); must
-        match every producer and worker on the same queues, Dramatiq ones included.
+        match every producer and worker on the same queues, Dramatiq ones included. Classic
+        queues only.
+      queue_type: ``"classic"`` (Dramatiq's queues) or ``"quorum"`` (replicated; RabbitMQ 3.10
+        or later); default: the URL's ``queue_type``, else ``$NBQUEUE_RABBITMQ_QUEUE_TYPE``, else
+        classic. Every producer and worker of a queue must agree.
+      delivery_limit: quorum queues only: how many times a message may be handed back to the
+        queue (a worker died or stopped while holding it) before RabbitMQ dead-letters it to
+        ``q.XQ`` with the reason ``delivery_limit``; ``None`` or 0 for no limit (default 20).
       middleware: see ``Broker``.
       parameters: a list of dicts of pika connection parameters, one per server.
       confirm_timeout: the longest wait, in milliseconds, for a connection, a confirm or a
@@ -169,8 +197,9 @@ class RabbitmqBroker(Broker):
         ``heartbeat``, ``ssl_options``...).
 
     Raises:
-      ValueError: ``url`` together with other connection settings, a bad ``max_priority``, or
-        a ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) that is not a size.
+      ValueError: ``url`` together with other connection settings, a bad ``max_priority``,
+        ``queue_type`` or ``delivery_limit``, ``max_priority`` with quorum queues, or a
+        ``max_message_size`` (or ``NBQUEUE_MAX_MESSAGE_SIZE``) that is not a size.
     """
 
     #: ``enqueue_many`` prepares the whole batch before publishing any of it (see ``Broker``).
@@ -185,6 +214,8 @@ class RabbitmqBroker(Broker):
         confirm_delivery: bool = True,
         connection_attempts: int | None = None,
         max_priority: int | None = None,
+        queue_type: str | None = None,
+        delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
         middleware: list[Middleware] | None = None,
         parameters: list[dict[str, Any]] | None = None,
         confirm_timeout: int = 5000,
@@ -194,6 +225,19 @@ class RabbitmqBroker(Broker):
     ) -> None:
         if max_priority is not None and not 0 < max_priority <= 255:
             raise ValueError(f"max_priority must be between 1 and 255, got {max_priority!r}.")
+        url, url_options = split_url_options(url)
+        #: ``"classic"`` or ``"quorum"``: the type of every queue this broker declares
+        self.queue_type = resolve_queue_type(queue_type, url_options.get("queue_type"))
+        #: quorum queues: deliveries of a message before RabbitMQ dead-letters it (None: no limit)
+        self.delivery_limit = resolve_delivery_limit(
+            delivery_limit, url_options.get("delivery_limit")
+        )
+        if self.queue_type == "quorum" and max_priority:
+            raise ValueError(
+                f"Quorum queues have no priorities on RabbitMQ 3.10, so max_priority="
+                f"{max_priority} cannot be used with queue_type='quorum'; leave max_priority out "
+                "(messages then run in FIFO order) or use classic queues."
+            )
         #: the size limit in bytes (``None``: no limit); see the class docstring
         self.max_message_size = resolve_max_message_size(max_message_size)
         self._params, self._where = connection_parameters(
@@ -224,6 +268,8 @@ class RabbitmqBroker(Broker):
         super().__init__(middleware=middleware)
 
     def __repr__(self) -> str:
+        if self.queue_type == "quorum":
+            return f"RabbitmqBroker({self._where!r}, queue_type='quorum')"
         return f"RabbitmqBroker({self._where!r})"
 
     # -- connection -----------------------------------------------------------------------------
@@ -305,13 +351,9 @@ class RabbitmqBroker(Broker):
     # -- queues ---------------------------------------------------------------------------------
 
     def _queue_arguments(self, queue_name: str) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": xq_name(queue_name),
-        }
-        if self.max_priority:
-            arguments["x-max-priority"] = self.max_priority
-        return arguments
+        return queue_arguments(
+            self.queue_type, xq_name(queue_name), self.max_priority, self.delivery_limit
+        )
 
     def check_server(self) -> None:
         """Connect once and declare every queue declared so far, so that a wrong address,
@@ -354,16 +396,19 @@ class RabbitmqBroker(Broker):
         for name, arguments in (
             (canonical, self._queue_arguments(canonical)),
             (dq_name(canonical), self._queue_arguments(canonical)),
-            (xq_name(canonical), {"x-message-ttl": DEAD_MESSAGE_TTL}),
+            (xq_name(canonical), dead_letter_queue_arguments(self.queue_type, DEAD_MESSAGE_TTL)),
         ):
             try:
                 self._declare(name, arguments)
             except BrokerError as e:
                 if getattr(e, "reply_code", None) == 406:
-                    raise BrokerError(
-                        f"Queue {name!r} already exists on RabbitMQ with other arguments ({e}); "
-                        f"every producer and worker must use the same max_priority (this broker: "
-                        f"{self.max_priority}), or delete the queue."
+                    raise refused_declaration(
+                        name,
+                        canonical,
+                        e,
+                        self.queue_type,
+                        self.max_priority,
+                        self.delivery_limit,
                     ) from None
                 raise
         self._ensured.add(canonical)
@@ -389,7 +434,17 @@ class RabbitmqBroker(Broker):
     def _amqp_priority(self, message: Message[Any]) -> int:
         priority = self.message_priority(message)
         if not self.max_priority:
-            if priority and not self._priority_warned:
+            if priority and not self._priority_warned and self.queue_type == "quorum":
+                self._priority_warned = True
+                self.logger.warning(
+                    "Message %s has priority %d, but quorum queues have no priorities on "
+                    "RabbitMQ 3.10, so RabbitMQ delivers in FIFO order and priority only "
+                    "reorders messages a worker has prefetched; use classic queues with "
+                    "max_priority=N for queue priorities.",
+                    message.message_id,
+                    priority,
+                )
+            elif priority and not self._priority_warned:
                 self._priority_warned = True
                 self.logger.warning(
                     "Message %s has priority %d, but RabbitmqBroker was created without "

@@ -1,11 +1,11 @@
-"""What nbqueue puts on the wire to RabbitMQ beyond Dramatiq's layout: connection settings and
-the headers of dead letters.
+"""What nbqueue puts on the wire to RabbitMQ beyond Dramatiq's layout: connection settings, the
+broker's own URL settings, and the headers of dead letters.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika  # type: ignore[import-untyped]
 
@@ -14,7 +14,14 @@ from ..common import redact_url
 from ..errors import DecodeError
 from ..message import Message
 
-__all__ = ["ERROR_HEADER", "REASON_HEADER", "connection_parameters", "dead_letter"]
+__all__ = [
+    "ERROR_HEADER",
+    "REASON_HEADER",
+    "URL_OPTIONS",
+    "connection_parameters",
+    "dead_letter",
+    "split_url_options",
+]
 
 #: Headers nbqueue adds to a dead letter it moves to ``<queue>.XQ`` itself.
 REASON_HEADER = "x-nbqueue-reason"
@@ -28,6 +35,42 @@ _PIKA_DEFAULTS: dict[str, Any] = {
     "stack_timeout": 4.0,
     "blocked_connection_timeout": 30.0,
 }
+
+
+#: Query settings of an ``amqp://`` URL that configure the broker, not pika; they are taken out
+#: of the URL before pika parses it (pika refuses settings it does not know).
+URL_OPTIONS = ("queue_type", "delivery_limit")
+
+
+def split_url_options(url: str | list[str] | None) -> tuple[str | list[str] | None, dict[str, str]]:
+    """Take nbqueue's own settings (``URL_OPTIONS``) out of the query of one or more URLs.
+
+    Returns:
+      The URL(s) without them, in the form given, and the settings found.
+
+    Raises:
+      ValueError: two URLs of a failover list give the same setting different values.
+    """
+    if url is None:
+        return None, {}
+    urls = url.split(";") if isinstance(url, str) else list(url)
+    found: dict[str, str] = {}
+    cleaned = []
+    for one in urls:
+        parts = urlsplit(one.strip())
+        kept = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in URL_OPTIONS:
+                kept.append((name, value))
+            elif found.setdefault(name, value) != value:
+                raise ValueError(
+                    f"The broker URLs disagree on {name} ({found[name]!r} and {value!r}); "
+                    f"give it once, or the same value in every URL."
+                )
+        cleaned.append(urlunsplit(parts._replace(query=urlencode(kept))))
+    if not found:
+        return url, {}
+    return (";".join(cleaned) if isinstance(url, str) else cleaned), found
 
 
 def connection_parameters(

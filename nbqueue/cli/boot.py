@@ -136,6 +136,14 @@ def _broker_from_url(options: Options) -> Broker:
                 f"{redact_url(url)!r}; leave --namespace out.",
             )
         kwargs["namespace"] = options.namespace
+    if options.queue_type is not None:
+        if urlsplit(url).scheme.lower() not in ("amqp", "amqps"):
+            raise BootError(
+                ExitCode.USAGE,
+                f"--queue-type applies to RabbitMQ brokers only, but {options.broker_url_source} "
+                f"is {redact_url(url)!r}; leave --queue-type out.",
+            )
+        kwargs["queue_type"] = options.queue_type
     try:
         broker = broker_from_url(url, **kwargs)
     except BrokerUnavailable as e:
@@ -264,6 +272,12 @@ def boot(options: Options) -> Broker:
             "--namespace applies to a broker built from --broker or NBQUEUE_BROKER_URL; set the "
             "namespace in your module's RedisBroker(namespace=...) instead.",
         )
+    if options.queue_type is not None and (named or options.broker_url is None):
+        raise BootError(
+            ExitCode.USAGE,
+            "--queue-type applies to a broker built from --broker or NBQUEUE_BROKER_URL; pass "
+            "RabbitmqBroker(queue_type=...) in your module instead.",
+        )
 
     remaining = [module_name for module_name, _ in specs]
     if named:
@@ -304,6 +318,8 @@ def _describe_broker(broker: Broker, options: Options) -> str:
     namespace = getattr(broker, "namespace", None)
     if isinstance(namespace, str):
         where += f" (namespace {namespace!r})"
+    if getattr(broker, "queue_type", None) == "quorum":
+        where += " (quorum queues)"
     return name + where
 
 

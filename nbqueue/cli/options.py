@@ -116,6 +116,8 @@ class Options:
       broker_url: the broker URL from ``--broker`` or ``NBQUEUE_BROKER_URL``.
       broker_url_source: where ``broker_url`` came from, for messages.
       namespace: the Redis key namespace of a broker built from a URL.
+      queue_type: the RabbitMQ queue type of a broker built from a URL (``classic`` or
+        ``quorum``), or ``None`` for the URL's or the environment's.
       shutdown_timeout: milliseconds running messages get to finish at shutdown.
       notebook_actors: whether to run actors published from notebooks.
       secret_file: the file holding the shared secret of notebook actors (never the secret
@@ -142,6 +144,7 @@ class Options:
     broker_url: str | None = None
     broker_url_source: str = "--broker"
     namespace: str | None = None
+    queue_type: str | None = None
     shutdown_timeout: int = 600_000
     notebook_actors: bool = False
     secret_file: str | None = None
@@ -275,6 +278,12 @@ def make_argument_parser() -> argparse.ArgumentParser:
         "the same as %%nbqueue connect --namespace",
     )
     parser.add_argument(
+        "--queue-type",
+        choices=("classic", "quorum"),
+        help="RabbitMQ queue type of a broker built from a URL (default: the URL's ?queue_type=, "
+        "else $NBQUEUE_RABBITMQ_QUEUE_TYPE, else classic); every producer and worker must agree",
+    )
+    parser.add_argument(
         "--worker-shutdown-timeout",
         type=_non_negative_int,
         default=600_000,
@@ -388,6 +397,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         broker_url=broker_url,
         broker_url_source=source,
         namespace=ns.namespace,
+        queue_type=ns.queue_type,
         shutdown_timeout=ns.worker_shutdown_timeout,
         notebook_actors=ns.notebook_actors,
         secret_file=os.path.abspath(ns.secret_file) if ns.secret_file else None,

@@ -68,12 +68,23 @@ class PrivateRabbit:
       config: extra lines for its ``rabbitmq.conf`` (e.g. ``consumer_timeout = 5000``).
       advanced: Erlang terms for the ``rabbit`` application, e.g. ``{channel_tick_interval,
         500}`` (RabbitMQ 3.10 checks consumer_timeout on that tick, once a minute by default).
+      name: the node name before ``@localhost`` (default: a fresh ``nbqtest<hex>``).
+      port, dist_port: its AMQP and Erlang distribution ports (default: free ones).
     """
 
-    def __init__(self, config: str = "", advanced: str = "") -> None:
-        self.name = f"nbqtest{uuid.uuid4().hex[:8]}"
-        self.port = free_port()
-        self.dist_port = free_port()
+    def __init__(
+        self,
+        config: str = "",
+        advanced: str = "",
+        *,
+        name: str | None = None,
+        port: int | None = None,
+        dist_port: int | None = None,
+    ) -> None:
+        self.name = name or f"nbqtest{uuid.uuid4().hex[:8]}"
+        self.node = f"{self.name}@localhost"
+        self.port = port or free_port()
+        self.dist_port = dist_port or free_port()
         self.base = tempfile.mkdtemp(prefix="nbq-rabbit-")
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
@@ -172,8 +183,35 @@ class PrivateRabbit:
         ).stdout
         return [int(pid) for pid in out.split()]
 
+    def beam_pid(self) -> int | None:
+        """The pid of the node's running Erlang VM, from its pid file; ``None`` before it wrote
+        one, or when that pid is no longer this node's (a dead node's pid may be reused)."""
+        try:
+            with open(self.env["RABBITMQ_PID_FILE"]) as f:
+                pid = int(f.read().strip())
+            # The VM has this node's environment (its command line does not name the node).
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                mine = f"RABBITMQ_NODENAME={self.node}\0".encode() in f.read()
+        except (OSError, ValueError):
+            return None
+        return pid if mine else None
+
+    def kill_beam(self) -> int:
+        """kill -9 the node's Erlang VM alone (found by its pid file); return its pid."""
+        pid = self.beam_pid()
+        assert pid is not None, f"{self.node} has no running VM in its pid file ({self.base})"
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
     def kill(self) -> None:
-        """kill -9 the node (its whole process group) and wait for it to be gone."""
+        """kill -9 the node (its pid file's process and its whole process group) and wait for
+        it to be gone."""
+        pid = self.beam_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.process is None:
             return
         try:
