@@ -135,15 +135,22 @@ def list_schedules(broker: Broker | None = None) -> list[ScheduleInfo]:
 
 def pause_schedule(name: str, broker: Broker | None = None) -> None:
     """Pause the schedule ``name`` for every worker sharing the broker's store: no tick of it
-    is sent until ``resume_schedule``; the ticks in between are skipped.
+    is sent until ``resume_schedule``; the ticks in between are skipped. The schedule may be
+    one declared in another process of the fleet, if it ran already.
 
     Raises:
-      ValueError: no schedule of that name is declared here.
+      ValueError: no schedule of that name is declared here or recorded in the store.
       SchedulesUnavailable, BrokerConnectionError, BrokerError: see ``list_schedules``.
     """
-    target = broker or get_broker()
-    entry = _find(target, name)
-    _claims(target).set_paused(entry.name, True)
+    _set_paused(name, broker or get_broker(), True)
+
+
+def _set_paused(name: str, broker: Broker, paused: bool) -> None:
+    claims = _claims(broker)
+    if not any(entry.name == name for entry in schedules_of(broker)):
+        if claims.state(name) is None:
+            _find(broker, name)  # raises, naming the schedules declared here
+    claims.set_paused(name, paused)
 
 
 def resume_schedule(name: str, broker: Broker | None = None) -> None:
@@ -153,9 +160,7 @@ def resume_schedule(name: str, broker: Broker | None = None) -> None:
       ValueError, SchedulesUnavailable, BrokerConnectionError, BrokerError: as for
         ``pause_schedule``.
     """
-    target = broker or get_broker()
-    entry = _find(target, name)
-    _claims(target).set_paused(entry.name, False)
+    _set_paused(name, broker or get_broker(), False)
 
 
 def remove_schedule(

@@ -261,3 +261,88 @@ def test_rabbitmq_claims_ticks_in_its_redis_result_backend(
         assert client.exists(f"{namespace}:__nbq__:schedules:beat")
     finally:
         _rabbitmq.cleanup(broker, namespace)
+
+
+def test_redis_claims_take_over_an_unconfirmed_tick_and_refuse_a_paused_schedule(
+    redis_url: str, namespace: str
+) -> None:
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    try:
+        claims = broker.tick_claims()
+        t = nbqueue.every(1000).after(now_ms())
+        assert claims.claim("s", t, t + 1000, "a", message_id="m1", lease=60000)
+        lost = claims.claim("s", t, t + 1000, "b")
+        assert lost.outcome == "lost" and lost.retry_at is not None and lost.retry_at > now_ms()
+        state = claims.state("s")
+        assert state is not None and not state.confirmed and state.message_id == "m1"
+        claims.confirm("s", t)
+        state = claims.state("s")
+        assert state is not None and state.confirmed
+        assert claims.claim("s", t, t + 1000, "b").retry_at is None, "confirmed: nothing to wait"
+        # A claimant that died before it sent: its lease ends and the next asker takes over,
+        # even after a later tick was claimed.
+        assert claims.claim("s", t + 1000, t + 2000, "a", message_id="m2", lease=0)
+        assert claims.claim("s", t + 2000, t + 3000, "b", lease=60000)
+        taken = claims.claim("s", t + 1000, t + 2000, "c", lease=60000)
+        assert taken and taken.taken_over
+        assert claims.claim("s", t + 1000, t + 2000, "d").retry_at is not None
+        claims.set_paused("s", True)
+        assert claims.claim("s", t + 3000, t + 4000, "b").outcome == "paused"
+        key = f"{namespace}:__nbq__:schedules:s"
+        assert broker.client.pttl(key) == -1, "a paused schedule's record does not expire"
+        state = claims.state("s")
+        assert state is not None and state.paused
+        claims.set_paused("s", False)
+        assert broker.client.pttl(key) > 0
+        assert claims.claim("s", t + 3000, t + 4000, "b")
+        claims.forget("s")
+        assert claims.state("s") is None
+        claims.set_paused("never-ran", True)
+        state = claims.state("never-ran")
+        assert state is not None and state.paused and state.last_run == 0
+        claims.set_paused("never-ran", False)
+        assert claims.state("never-ran") is None
+    finally:
+        _redis.delete_namespace(broker.client, namespace)
+        broker.close()
+
+
+def test_a_pause_from_another_process_holds_for_every_worker_of_the_fleet(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    recorder = Runs()
+    fleet = []
+    for _ in range(2):  # two brokers on one namespace: what two worker processes have
+        broker = RedisBroker(url=redis_url, namespace=namespace)
+        broker.add_middleware(CurrentMessage())
+
+        @nbqueue.actor(broker=broker, actor_name="job")
+        def job(label: str) -> None:
+            recorder.record(label)
+
+        nbqueue.schedule(job, nbqueue.every(100), args=("beat",), name="beat")
+        nbqueue.schedule(job, nbqueue.every(100), args=("marker",), name="marker")
+        fleet.append(Worker(broker, worker_timeout=100, worker_threads=2))
+    notebook = RedisBroker(url=redis_url, namespace=namespace)  # declares no schedule
+    try:
+        for worker in fleet:
+            worker.start()
+        recorder.wait_count("beat", 2)
+        nbqueue.pause_schedule("beat", broker=notebook)
+        paused_at = now_ms()
+        seen = len(recorder.of("marker"))
+        recorder.wait_count("marker", seen + 5)
+        # A tick claimed as the pause was made may still run; none later than that.
+        assert [t for t in recorder.of("beat") if t > paused_at + 100] == []
+        with pytest.raises(ValueError, match="No schedule named 'nope'"):
+            nbqueue.pause_schedule("nope", broker=notebook)
+        nbqueue.resume_schedule("beat", broker=notebook)
+        count = len(recorder.of("beat"))
+        recorder.wait_count("beat", count + 2)
+    finally:
+        for worker in fleet:
+            worker.stop(timeout=5000)
+            worker.broker.close()
+        notebook.close()
+    beats = recorder.of("beat")
+    assert len(beats) == len(set(beats)), "each tick once across the two workers"
