@@ -52,6 +52,13 @@ from .message import Message, MessageList, get_encoder, set_encoder
 from .middleware import Middleware
 from .middleware import crash_limit as _crash_limit
 from .remote import publish_actor
+from .schedule_control import (
+    ScheduleInfo,
+    list_schedules,
+    pause_schedule,
+    remove_schedule,
+    resume_schedule,
+)
 from .schedules import cron, every, schedule
 from .worker import ConsumerThread, Worker, WorkerThread
 
@@ -92,6 +99,7 @@ __all__ = [
     "QueueNotFound",
     "RateLimitExceeded",
     "Retry",
+    "ScheduleInfo",
     "WaitTimeout",
     "Worker",
     "WorkerThread",
@@ -106,10 +114,14 @@ __all__ = [
     "get_logger",
     "group",
     "install_as_dramatiq",
+    "list_schedules",
     "middleware",
+    "pause_schedule",
     "pipeline",
     "progress",
     "publish_actor",
+    "remove_schedule",
+    "resume_schedule",
     "schedule",
     "set_broker",
     "set_encoder",

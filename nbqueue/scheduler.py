@@ -1,41 +1,60 @@
 """The scheduler thread of a worker: it sends the ticks of the schedules the worker takes part in.
 
 There is no scheduler process. Every ``Worker`` whose queues include a scheduled actor starts
-one ``Scheduler`` thread with its consumers and stops it with them. At each tick every such
-thread of the fleet asks the store (``TickClaims``, found through ``Services.tick_claims()``:
-the broker's, else its result backend's) to claim the tick; the one that wins sends the
-message, with the option ``scheduled_at`` (the tick, ms since the epoch).
+one ``Scheduler`` thread with its consumers and stops it with them; a worker started before
+its first schedule was declared (the notebook's embedded worker) starts it then: declaring,
+replacing or removing a schedule wakes the thread (``schedules.subscribe``), nothing polls.
+At each tick every such thread of the fleet asks the store (``TickClaims``, found through
+``Services.tick_claims()``: the broker's, else its result backend's) to claim the tick; the one
+that wins sends the message, with the option ``scheduled_at`` (the tick, ms since the epoch)
+and the message id ``tick_message_id(name, tick)``, then confirms the send.
+
+A claim holds for ``LEASE`` ms. A thread that lost a tick to a claimant that has not confirmed
+yet asks again when that lease ends; if the claimant still has not confirmed (it was killed
+between claim and send), the thread takes the tick over and sends it, under the same message
+id: a tick is not lost with its sender, and a sender that was only slow makes the same message
+twice, which at-least-once delivery allows anyway.
 
 Ticks missed (no worker alive, a suspended process) are skipped, except that the latest one
 within ``Schedule.misfire_grace`` ms runs once when a worker boots or wakes. A thread that
 wakes late still sends a tick up to ``LATENESS`` ms old: a busy machine delays, it does not
-lose ticks.
+lose ticks. A schedule paused in the store (``TickClaims.set_paused``) claims no tick, on any
+worker; its ticks are skipped, not caught up on resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import NbqueueError, SchedulesUnavailable
 from .logging import get_logger
-from .schedules import Schedule, schedules_of
+from .schedules import Schedule, schedules_of, tick_message_id
+from .services import LOST, PAUSED
 
 if TYPE_CHECKING:
     from .broker import Broker
     from .services import TickClaims
     from .worker import Worker
 
-__all__ = ["LATENESS", "Scheduler", "find_tick_claims"]
+__all__ = ["LATENESS", "LEASE", "Scheduler", "find_tick_claims", "schedules"]
 
 #: How late a live scheduler may send a tick, in milliseconds: a tick older than this (and than
 #: its schedule's misfire_grace) when the thread wakes is a missed tick.
 LATENESS = 5000
 
-#: The longest the thread sleeps between looks at the schedules, in seconds (a schedule
-#: declared or removed while the worker runs is noticed within this).
-POLL = 1.0
+#: How long a claim holds without a confirmed send, in milliseconds; then another worker may
+#: take the tick over.
+LEASE = 5000
+
+#: The longest the thread sleeps between looks at the clock, in seconds: the schedules wake it
+#: when they change, this only bounds the effect of a wall-clock jump.
+MAX_SLEEP = 60.0
+
+#: How soon the thread tries again after the store did not answer, in seconds.
+RETRY = 0.2
 
 #: How long ``stop()`` waits for the thread, in seconds; a broker call in flight keeps only its
 #: own (daemon) thread, never the worker's shutdown.
@@ -59,6 +78,15 @@ def find_tick_claims(broker: Broker) -> TickClaims | None:
     return backend.tick_claims()
 
 
+@dataclasses.dataclass
+class _Recheck:
+    """A tick lost to a claimant that had not confirmed: ask again at ``at`` (ms)."""
+
+    tick: int
+    at: int
+    attempts: int = 1
+
+
 class Scheduler(threading.Thread):
     """Sends the ticks of ``worker``'s schedules that this thread claims.
 
@@ -73,9 +101,14 @@ class Scheduler(threading.Thread):
         self.broker = worker.broker
         self.claims = claims
         self.logger = get_logger(__name__, type(self))
+        #: how long this thread's claims hold unconfirmed, in ms
+        self.lease = LEASE
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
         #: per schedule name: every tick at or before this (ms) is dealt with
         self._cursors: dict[str, int] = {}
+        #: per schedule name: the ticks lost to claims not confirmed yet, to ask about again
+        self._rechecks: dict[str, list[_Recheck]] = {}
 
     @classmethod
     def for_worker(cls, worker: Worker) -> Scheduler | None:
@@ -97,10 +130,15 @@ class Scheduler(threading.Thread):
             )
         return cls(worker, claims)
 
+    def wake(self) -> None:
+        """Look at the schedules now (one was declared, replaced or removed)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the thread; waits at most ``STOP_WAIT`` seconds."""
         self._stop_event.set()
-        if self.is_alive():
+        self._wake.set()
+        if self.is_alive() and self is not threading.current_thread():
             self.join(STOP_WAIT)
 
     def describe(self) -> list[str]:
@@ -111,45 +149,55 @@ class Scheduler(threading.Thread):
         lines = []
         now = now_ms()
         for entry in schedules(self.worker):
+            paused = ""
             try:
                 state = self.claims.state(entry.name)
-                last = _iso(state.last_run) if state is not None else "never"
+                last = _iso(state.last_run) if state is not None and state.last_run else "never"
+                paused = " paused" if state is not None and state.paused else ""
             except NbqueueError:
                 last = "unknown"
             lines.append(
-                f"{entry.name} {entry.rule} next-run {_iso(entry.rule.after(now))} last-run {last}"
+                f"{entry.name} {entry.rule} next-run {_iso(entry.rule.after(now))} "
+                f"last-run {last}{paused}"
             )
         return lines
 
     def run(self) -> None:
         while not self._stop_event.is_set():
+            self._wake.clear()  # before the step: a wake during it makes the next one at once
             try:
                 wait = self._step()
             except Exception:
                 self.logger.exception("The scheduler failed; it tries again in 1 s.")
-                wait = POLL
-            self._stop_event.wait(wait)
+                wait = 1.0
+            self._wake.wait(wait)
 
     def _step(self) -> float:
         """Send what is due; return how long to sleep, in seconds."""
         now = now_ms()
-        due = now + int(POLL * 1000)
+        due = now + int(MAX_SLEEP * 1000)
         current = schedules(self.worker)
         names = {entry.name for entry in current}
-        for name in [n for n in self._cursors if n not in names]:
-            del self._cursors[name]
+        for gone in (self._cursors, self._rechecks):
+            for name in [n for n in gone if n not in names]:
+                del gone[name]
         for entry in current:
+            waiting = self._rechecks.get(entry.name, [])
+            for recheck in [r for r in waiting if r.at <= now]:
+                waiting.remove(recheck)
+                if not self._claim(entry, recheck.tick, recheck.attempts + 1):
+                    waiting.append(recheck)
+                    return RETRY
             # A schedule first seen (at boot) has missed every tick before now, except those
             # its misfire_grace lets run.
             cursor = self._cursors.setdefault(entry.name, now - entry.misfire_grace)
             tick = entry.rule.after(cursor)
             if tick <= now:
-                if self._fire(entry, cursor, now):
-                    self._cursors[entry.name] = now
-                    tick = entry.rule.after(now)
-                else:
-                    return 0.2  # the store did not answer: try again soon
-            due = min(due, tick)
+                if not self._fire(entry, cursor, now):
+                    return RETRY  # the store did not answer: try again soon
+                self._cursors[entry.name] = now
+                tick = entry.rule.after(now)
+            due = min([due, tick, *(r.at for r in self._rechecks.get(entry.name, []))])
         if self._stop_event.is_set():
             return 0.0
         return max(0.0, (due - now_ms()) / 1000)
@@ -172,29 +220,74 @@ class Scheduler(threading.Thread):
             )
         if latest is None:
             return True
+        return self._claim(entry, latest, 1)
+
+    def _claim(self, entry: Schedule, tick: int, attempts: int) -> bool:
+        """Claim ``tick`` and send it if this thread wins; remember to ask again when it is
+        lost to an unconfirmed claim. Returns ``False`` when the store could not be asked."""
+        message_id = tick_message_id(entry.name, tick)
         try:
-            claimed = self.claims.claim(
-                entry.name, latest, entry.rule.after(latest), self.worker.worker_id
+            claim = self.claims.claim(
+                entry.name,
+                tick,
+                entry.rule.after(tick),
+                self.worker.worker_id,
+                message_id=message_id,
+                lease=self.lease,
             )
         except NbqueueError as e:
-            self.logger.warning("Schedule %r: could not claim tick %d: %s", entry.name, latest, e)
+            self.logger.warning("Schedule %r: could not claim tick %d: %s", entry.name, tick, e)
             return False
-        if claimed:
-            self._send(entry, latest)
-        return True
-
-    def _send(self, entry: Schedule, tick: int) -> None:
-        try:
-            actor: Any = self.broker.get_actor(entry.actor_name)
-            actor.send_with_options(args=entry.args, kwargs=entry.kwargs, scheduled_at=tick)
-        except Exception:
-            # The tick is claimed: no other worker sends it, so say plainly that it is lost.
-            self.logger.exception(
-                "Schedule %r: tick %s was claimed but its message could not be sent; it is "
-                "lost, the next tick runs as usual.",
+        if claim.outcome == LOST:
+            if claim.retry_at is not None and attempts < 20:
+                # At least 100 ms on: the store's clock may run behind this machine's.
+                at = max(claim.retry_at, now_ms() + 100) + 50
+                waiting = self._rechecks.setdefault(entry.name, [])
+                if len(waiting) < 100:
+                    waiting.append(_Recheck(tick, at, attempts))
+            return True
+        if claim.outcome == PAUSED:
+            return True
+        if claim.taken_over:
+            self.logger.warning(
+                "Schedule %r: tick %s was claimed by a worker that did not send it in %d ms; "
+                "this one sends it (message %s).",
                 entry.name,
                 _iso(tick),
+                self.lease,
+                message_id,
             )
+        if self._send(entry, tick, message_id):
+            try:
+                self.claims.confirm(entry.name, tick)
+            except NbqueueError as e:
+                self.logger.warning(
+                    "Schedule %r: tick %s was sent but not confirmed (%s); another worker may "
+                    "send it again as the same message.",
+                    entry.name,
+                    _iso(tick),
+                    e,
+                )
+        return True
+
+    def _send(self, entry: Schedule, tick: int, message_id: str) -> bool:
+        try:
+            actor: Any = self.broker.get_actor(entry.actor_name)
+            message = actor.message_with_options(
+                args=entry.args, kwargs=entry.kwargs, scheduled_at=tick
+            )
+            self.broker.enqueue(dataclasses.replace(message, message_id=message_id))
+            return True
+        except Exception:
+            # Unconfirmed: another worker takes the tick over once the lease ends.
+            self.logger.exception(
+                "Schedule %r: tick %s was claimed but its message could not be sent; another "
+                "worker sends it once the claim's lease (%d ms) ends.",
+                entry.name,
+                _iso(tick),
+                self.lease,
+            )
+            return False
 
 
 def schedules(worker: Worker) -> list[Schedule]:

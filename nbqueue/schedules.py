@@ -18,15 +18,38 @@ import abc
 import dataclasses
 import datetime
 import threading
+import uuid
 import weakref
 import zoneinfo
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .actor import Actor
     from .broker import Broker
 
-__all__ = ["Rule", "Schedule", "cron", "every", "schedule", "schedules_of", "unschedule"]
+__all__ = [
+    "Rule",
+    "Schedule",
+    "cron",
+    "every",
+    "rule_from_spec",
+    "schedule",
+    "schedules_of",
+    "subscribe",
+    "tick_message_id",
+    "unschedule",
+    "unsubscribe",
+]
+
+#: The namespace of the message ids of ticks (``tick_message_id``).
+_TICK_IDS = uuid.UUID("8a0f5c52-9a43-4c1e-9d0e-6b1f3c1b7e11")
+
+
+def tick_message_id(name: str, tick: int) -> str:
+    """Return the message id of the tick ``tick`` (ms) of the schedule ``name``: the same in
+    every process, so a tick sent again after its sender died is the same message."""
+    return str(uuid.uuid5(_TICK_IDS, f"{name}\x00{tick}"))
 
 
 class Rule(abc.ABC):
@@ -38,6 +61,26 @@ class Rule(abc.ABC):
 
     def __str__(self) -> str:
         return repr(self)
+
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """Return the rule as JSON data, what ``rule_from_spec`` reads back."""
+
+
+def rule_from_spec(spec: Any) -> Rule:
+    """Return the rule ``spec`` describes (``{"every": ms}`` or ``{"cron": expression, "tz":
+    zone}``, what ``Rule.spec`` returns).
+
+    Raises:
+      ValueError: ``spec`` describes no rule.
+    """
+    if isinstance(spec, dict) and set(spec) == {"every"}:
+        return every(spec["every"])
+    if isinstance(spec, dict) and set(spec) <= {"cron", "tz"} and isinstance(spec.get("cron"), str):
+        return cron(spec["cron"], tz=spec.get("tz"))
+    raise ValueError(
+        f"Not a schedule rule: {spec!r}; expected {{'every': ms}} or {{'cron': '...', 'tz': ...}}."
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -69,6 +112,9 @@ class every(Rule):  # noqa: N801 - named like a function, as periodiq's cron()
 
     def __repr__(self) -> str:
         return f"every({self.milliseconds})"
+
+    def spec(self) -> dict[str, Any]:
+        return {"every": self.milliseconds}
 
 
 class cron(Rule):  # noqa: N801 - periodiq's name and form
@@ -119,6 +165,11 @@ class cron(Rule):  # noqa: N801 - periodiq's name and form
         tick = next(self._cronsim.CronSim(self.expression, start))
         return int(tick.timestamp() * 1000)
 
+    def spec(self) -> dict[str, Any]:
+        if self.tz is datetime.timezone.utc:
+            return {"cron": self.expression}
+        return {"cron": self.expression, "tz": str(self.tz)}
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, cron) and (other.expression, str(other.tz)) == (
             self.expression,
@@ -154,6 +205,32 @@ class Schedule:
 
 _lock = threading.Lock()
 _registry: weakref.WeakKeyDictionary[Broker, dict[str, Schedule]] = weakref.WeakKeyDictionary()
+_listeners: weakref.WeakKeyDictionary[Broker, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def subscribe(broker: Broker, listener: Callable[[], None]) -> None:
+    """Call ``listener()`` (with no lock held, on the declaring thread) each time a schedule
+    of ``broker`` is declared, replaced or removed: how a running worker's scheduler learns of
+    schedules declared after it started."""
+    with _lock:
+        _listeners.setdefault(broker, []).append(listener)
+
+
+def unsubscribe(broker: Broker, listener: Callable[[], None]) -> None:
+    """Stop calling ``listener`` (see ``subscribe``)."""
+    with _lock:
+        listeners = _listeners.get(broker, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+
+def _changed(broker: Broker) -> None:
+    with _lock:
+        listeners = list(_listeners.get(broker, []))
+    for listener in listeners:
+        listener()
 
 
 def schedule(
@@ -202,13 +279,18 @@ def schedule(
     )
     with _lock:
         _registry.setdefault(actor.broker, {})[entry.name] = entry
+    _changed(actor.broker)
     return entry
 
 
-def unschedule(broker: Broker, name: str) -> None:
-    """Forget the schedule ``name`` on ``broker`` (its workers stop sending it within 1 s)."""
+def unschedule(broker: Broker, name: str) -> bool:
+    """Forget the schedule ``name`` on ``broker``: this process's workers stop sending it at
+    once. Returns whether there was one."""
     with _lock:
-        _registry.get(broker, {}).pop(name, None)
+        found = _registry.get(broker, {}).pop(name, None) is not None
+    if found:
+        _changed(broker)
+    return found
 
 
 def schedules_of(broker: Broker) -> list[Schedule]:

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY_ACTOR",
+    "CLAIMED",
+    "LOST",
+    "PAUSED",
+    "Claim",
     "CodeStore",
     "MemoryCodeStore",
     "MemoryTickClaims",
@@ -251,35 +255,89 @@ class StartCounter(abc.ABC):
         """Release the counter's own connections (not those of a broker it shares); flush first."""
 
 
+#: What a claim of a tick can answer (``Claim.outcome``).
+CLAIMED, LOST, PAUSED = "claimed", "lost", "paused"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The answer to ``TickClaims.claim``; true when the caller must send the tick.
+
+    Attributes:
+      outcome: ``"claimed"`` (send it, then ``confirm``), ``"lost"`` (another caller has it,
+        or a later tick was claimed) or ``"paused"`` (the schedule is paused in the store).
+      taken_over: the tick was claimed before by a caller that did not confirm its send
+        within its lease; this caller sends it again, under the same message id.
+      retry_at: when lost to a caller that has not confirmed yet, the end of its lease (ms
+        since the epoch, the store's clock): asking again after it takes the tick over if it
+        is still unconfirmed; ``None`` when there is nothing to wait for.
+    """
+
+    outcome: str
+    taken_over: bool = False
+    retry_at: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.outcome == CLAIMED
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleState:
-    """What the store records of a schedule: its last claimed tick, the tick after it (ms
-    since the epoch), and the worker that claimed the last one."""
+    """What the store records of a schedule (times in ms since the epoch).
+
+    Attributes:
+      last_run: its last claimed tick (0 when it never ran, e.g. paused before its first).
+      next_run: the tick after it.
+      worker_id: the worker that claimed the last one.
+      message_id: the id of the last tick's message (``tick_message_id``).
+      confirmed: whether that message was sent (its claimant confirmed).
+      paused: whether the schedule is paused fleet-wide: no tick is claimed while it is.
+    """
 
     last_run: int
     next_run: int
     worker_id: str
+    message_id: str = ""
+    confirmed: bool = True
+    paused: bool = False
 
 
 class TickClaims(abc.ABC):
     """Claims of schedule ticks in a store every worker of a fleet shares.
 
     A tick is named by its schedule and its scheduled time (ms since the epoch). A claim
-    succeeds for one caller only, and never for a tick at or before the schedule's last
-    claimed one, so a fleet sends each tick once even when its workers disagree on which ticks
-    they missed. Every method that talks to a server has a deadline.
+    succeeds for one caller only, and never for a tick before the schedule's last claimed one,
+    so a fleet sends each tick once even when its workers disagree on which ticks they missed.
+
+    Sending is two steps: ``claim``, then ``confirm`` once the message is sent. A claim holds
+    for ``lease`` ms; a tick whose claimant did not confirm in that time (killed between the
+    two) is taken over by the next caller that asks for it, which sends it again under the
+    same message id (``tick_message_id``), so a tick is never lost and at worst sent twice as
+    one message, as any message may be delivered twice. A paused schedule claims nothing.
+    Every method that talks to a server has a deadline.
     """
 
     @abc.abstractmethod
-    def claim(self, name: str, tick: int, next_tick: int, worker_id: str) -> bool:
-        """Claim ``tick`` of the schedule ``name`` and record it as the last run; return
-        whether this call claimed it (one round trip).
+    def claim(
+        self,
+        name: str,
+        tick: int,
+        next_tick: int,
+        worker_id: str,
+        *,
+        message_id: str = "",
+        lease: int = 5000,
+    ) -> Claim:
+        """Claim ``tick`` of the schedule ``name`` and record it as the last run (one round
+        trip); see ``Claim`` for the answers.
 
         Parameters:
           name: the schedule.
           tick: its scheduled time, in ms since the epoch.
           next_tick: the tick after it (ms), recorded as the next run.
           worker_id: who claims, recorded with the claim.
+          message_id: the id of the tick's message, recorded with the claim.
+          lease: how long the claim holds without a ``confirm``, in ms.
 
         Raises:
           BrokerConnectionError: the server could not be reached or did not answer in time
@@ -288,9 +346,34 @@ class TickClaims(abc.ABC):
         """
 
     @abc.abstractmethod
+    def confirm(self, name: str, tick: int) -> None:
+        """Record that the message of ``tick`` was sent: nobody takes the tick over now.
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``claim``.
+        """
+
+    @abc.abstractmethod
     def state(self, name: str) -> ScheduleState | None:
         """Return what the store records of the schedule ``name``, or ``None`` when it never
         ran (or its record expired).
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``claim``.
+        """
+
+    @abc.abstractmethod
+    def set_paused(self, name: str, paused: bool) -> None:
+        """Pause (or resume) the schedule ``name`` for every worker of the fleet; a paused
+        schedule's record does not expire.
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``claim``.
+        """
+
+    @abc.abstractmethod
+    def forget(self, name: str) -> None:
+        """Delete the record of the schedule ``name`` (a removed schedule): its pause too.
 
         Raises:
           BrokerConnectionError, BrokerError: as for ``claim``.
@@ -306,15 +389,58 @@ class MemoryTickClaims(TickClaims):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, ScheduleState] = {}
+        #: per schedule: the lease end (ms) of each claimed tick not confirmed yet
+        self._pending: dict[str, dict[int, int]] = {}
 
-    def claim(self, name: str, tick: int, next_tick: int, worker_id: str) -> bool:
+    def claim(
+        self,
+        name: str,
+        tick: int,
+        next_tick: int,
+        worker_id: str,
+        *,
+        message_id: str = "",
+        lease: int = 5000,
+    ) -> Claim:
+        now = time.time_ns() // 1_000_000
         with self._lock:
             current = self._states.get(name)
+            pending = self._pending.setdefault(name, {})
+            if current is not None and current.paused:
+                return Claim(PAUSED)
             if current is not None and current.last_run >= tick:
-                return False
-            self._states[name] = ScheduleState(tick, next_tick, worker_id)
-            return True
+                deadline = pending.get(tick)
+                if deadline is None:
+                    return Claim(LOST)
+                if deadline > now:
+                    return Claim(LOST, retry_at=deadline)
+                pending[tick] = now + lease
+                return Claim(CLAIMED, taken_over=True)
+            for old in [t for t, end in pending.items() if end + 60000 < now]:
+                del pending[old]
+            pending[tick] = now + lease
+            self._states[name] = ScheduleState(
+                tick, next_tick, worker_id, message_id, confirmed=False
+            )
+            return Claim(CLAIMED)
+
+    def confirm(self, name: str, tick: int) -> None:
+        with self._lock:
+            self._pending.get(name, {}).pop(tick, None)
+            current = self._states.get(name)
+            if current is not None and current.last_run == tick:
+                self._states[name] = dataclasses.replace(current, confirmed=True)
 
     def state(self, name: str) -> ScheduleState | None:
         with self._lock:
             return self._states.get(name)
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        with self._lock:
+            current = self._states.get(name) or ScheduleState(0, 0, "")
+            self._states[name] = dataclasses.replace(current, paused=paused)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._states.pop(name, None)
+            self._pending.pop(name, None)

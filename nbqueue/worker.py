@@ -27,11 +27,13 @@ from .errors import (
     QueueJoinTimeout,
     RateLimitExceeded,
     Retry,
+    SchedulesUnavailable,
 )
 from .logging import get_logger
 from .middleware.base import Middleware, SkipMessage
 from .results import Results
 from .scheduler import Scheduler
+from .schedules import subscribe, unsubscribe
 
 if TYPE_CHECKING:
     from .broker import Broker, Consumer, MessageProxy
@@ -183,6 +185,7 @@ class Worker:
         #: the thread that sends this worker's share of schedule ticks (``nbqueue.scheduler``);
         #: ``None`` while stopped or when it takes part in no schedule
         self.scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
         self.running = False
         self.paused = False
         self._pause_cond = threading.Condition()
@@ -210,6 +213,7 @@ class Worker:
             return
         scheduler = Scheduler.for_worker(self)
         self.running = True
+        subscribe(self.broker, self._schedules_changed)
         self.work_queue = _WorkQueue()
         self.delay_scheduler = _DelayScheduler(self)
         self.broker.emit_before("worker_boot", self)
@@ -218,9 +222,28 @@ class Worker:
         for _ in range(self.worker_threads):
             self._add_worker()
         if scheduler is not None:
-            self.scheduler = scheduler
-            scheduler.start()
+            with self._scheduler_lock:
+                self.scheduler = scheduler
+                scheduler.start()
         self.broker.emit_after("worker_boot", self)
+
+    def _schedules_changed(self) -> None:
+        """A schedule of the broker was declared, replaced or removed: wake the scheduler, or
+        start it if this is the first schedule the worker takes part in."""
+        with self._scheduler_lock:
+            if not self.running:
+                return
+            if self.scheduler is not None:
+                self.scheduler.wake()
+                return
+            try:
+                scheduler = Scheduler.for_worker(self)
+            except SchedulesUnavailable as e:
+                self.logger.error("%s", e)
+                return
+            if scheduler is not None:
+                self.scheduler = scheduler
+                scheduler.start()
 
     def __enter__(self) -> Worker:
         self.start()
@@ -267,10 +290,12 @@ class Worker:
         self.logger.info("Shutting down worker %s...", self.worker_id[:8])
         deadline = time.monotonic() + timeout / 1000
         self.broker.emit_before("worker_shutdown", self)
-        if self.scheduler is not None:
+        unsubscribe(self.broker, self._schedules_changed)
+        with self._scheduler_lock:
+            scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
             # First: no tick is sent by a worker on its way out.
-            self.scheduler.stop()
-            self.scheduler = None
+            scheduler.stop()
         consumers = list(self.consumers.values())
         # First, so that no worker thread takes another message while the consumers stop.
         self.running = False

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import html
 import inspect
 import io
 import re
 import shlex
 import threading
+import time
 import tokenize
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -29,6 +31,15 @@ from ..live.backends import find_results
 from ..live.retention import Retention
 from ..message import Message
 from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
+from ..schedule_control import (
+    ScheduleInfo,
+    list_schedules,
+    pause_schedule,
+    remove_schedule,
+    resume_schedule,
+)
+from ..scheduler import now_ms
+from ..schedules import Rule, cron, every, unschedule
 from .embedded import get_embedded_worker
 from .widgets import BatchView, History, JobView, QueueMonitor, ResultsTable
 
@@ -127,6 +138,53 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     return percent + rest if percent else usage
 
 
+_PERIOD = re.compile(r"(\d+)\s*(ms|s|m|h|d)?")
+_UNITS = {None: 1, "ms": 1, "s": 1000, "m": 60000, "h": 3600000, "d": 86400000}
+
+
+def _rule(args: argparse.Namespace) -> Rule | None:
+    """The schedule rule of ``%%actor --every/--cron/--tz``, or ``None`` without one.
+
+    Raises:
+      UsageError: a bad period, rule or zone, or options that do not go together.
+    """
+    for name in ("every", "cron", "tz"):  # IPython's argument split keeps the quotes
+        value = getattr(args, name)
+        if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] in "'\"":
+            setattr(args, name, value[1:-1])
+    if args.every is not None and args.cron is not None:
+        raise UsageError("Use --every or --cron, not both: a cell's actor has one schedule.")
+    if args.every is None and args.cron is None:
+        if args.tz is not None or args.misfire_grace is not None:
+            raise UsageError(
+                '--tz and --misfire-grace apply to a schedule; add --every PERIOD or --cron "RULE".'
+            )
+        return None
+    if args.misfire_grace is not None and args.misfire_grace < 0:
+        raise UsageError(f"--misfire-grace must not be negative, got {args.misfire_grace}.")
+    if args.every is not None:
+        if args.tz is not None:
+            raise UsageError("--tz applies to --cron only; --every ticks the same in any zone.")
+        match = _PERIOD.fullmatch(args.every.strip())
+        if match is None or int(match.group(1)) == 0:
+            raise UsageError(
+                f"--every {args.every!r} is not a period; write a positive number with a unit, "
+                f"500ms, 10s, 10m, 1h or 1d, or a number of milliseconds."
+            )
+        return every(int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return cron(args.cron, tz=args.tz)
+    except (ValueError, ImportError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _when(at: int | None) -> str:
+    """A time (ms since the epoch) for people: UTC, to the second."""
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at / 1000))
+
+
 def _kind(fn: Any) -> str:
     if inspect.isasyncgenfunction(fn):
         return " (async generator)"
@@ -151,6 +209,8 @@ class NbqueueMagics(Magics):
         self.embedded.autostart.on_sent = self.history.add  # every send, not only %send
         #: actor name -> (function, declaration options), re-declared after a connect
         self.declared: dict[str, tuple[Any, dict[str, Any]]] = {}
+        #: the actors whose %%actor cell declared a schedule (--every, --cron)
+        self.scheduled: set[str] = set()
         self.views: list[Any] = []
         #: views made by %send for the message it returns, until displayed
         self._prepared: dict[str, JobView] = {}
@@ -195,6 +255,24 @@ class NbqueueMagics(Magics):
     )
     @_arg("--no-store-results", dest="store_results", action="store_false")
     @_arg(
+        "--every",
+        metavar="PERIOD",
+        help="also send the actor a message every PERIOD: 500ms, 10s, 10m, 1h, 1d or a number "
+        "of milliseconds (the cell must define one function)",
+    )
+    @_arg(
+        "--cron",
+        metavar="RULE",
+        help='also send the actor a message at every tick of a cron rule, e.g. "0 9 * * 1-5"',
+    )
+    @_arg("--tz", metavar="ZONE", help="the time zone of --cron, e.g. Europe/Paris (default UTC)")
+    @_arg(
+        "--misfire-grace",
+        type=int,
+        metavar="MS",
+        help="how old a tick missed while no worker ran may be and still run once",
+    )
+    @_arg(
         "--remote",
         action="store_true",
         help="also publish the cell, signed with NBQUEUE_SECRET, for workers started with "
@@ -212,8 +290,15 @@ class NbqueueMagics(Magics):
         ``--remote`` publishes the whole cell (its imports and helpers run on the worker too) so
         that ``nbqueue worker --notebook-actors`` with the same ``NBQUEUE_SECRET`` runs it; each
         message runs the version of the cell it was sent with.
+
+        ``--every 10m`` or ``--cron "0 9 * * 1-5" [--tz Europe/Paris]`` also schedule the
+        actor (a schedule named after it, see ``%nbqueue schedules``): the embedded worker
+        sends it a message at every tick, or with ``--remote`` the ``--notebook-actors``
+        workers do, still after this notebook is closed. Re-running the cell replaces the
+        schedule; without the option, it ends it.
         """
         args = _parse(self.actor, line)
+        rule = _rule(args)
         secret = secret_from_env() if args.remote else None
         if args.remote and secret is None:
             raise UsageError(
@@ -239,6 +324,11 @@ class NbqueueMagics(Magics):
                 f"--name needs a cell that defines exactly one function, this one defines "
                 f"{len(names)}; drop --name or split the cell."
             )
+        if rule is not None and len(names) != 1:
+            raise UsageError(
+                f"--every and --cron need a cell that defines exactly one function, this one "
+                f"defines {len(names)}; split the cell."
+            )
         filename = self.ip.compile.cache(source)
         code = compile(source, filename, "exec")
         exec(code, self.ip.user_ns)
@@ -263,13 +353,23 @@ class NbqueueMagics(Magics):
         }
         if args.remote:
             declaration["_remote_source"] = source
+        if rule is not None:
+            declaration["periodic"] = rule
+            if args.misfire_grace is not None:
+                declaration["misfire_grace"] = args.misfire_grace
         registered = []
         for name in names:
             fn = self.ip.user_ns.get(name)
             if isinstance(fn, Actor) or not callable(fn):
                 continue  # already an actor (@nbqueue.actor in the cell), or rebound
             actor_name = args.name or name
+            if rule is None and actor_name in self.scheduled:
+                # The cell no longer schedules its actor: its schedule ends with this run.
+                self.scheduled.discard(actor_name)
+                unschedule(broker, actor_name)
             self.ip.user_ns[name] = self._declare(fn, actor_name, declaration, broker)
+            if rule is not None:
+                self.scheduled.add(actor_name)
             registered.append(f"{actor_name}{_kind(fn)}")
         if not registered:
             print("The cell defines no new function, so no actor was registered.")
@@ -284,6 +384,15 @@ class NbqueueMagics(Magics):
             f"Actors {', '.join(registered)} on queue {declaration['queue_name']!r} "
             f"({type(broker).__name__}, {results}{remote})."
         )
+        if rule is not None:
+            where = "--notebook-actors workers" if args.remote else "the embedded worker"
+            when = f"every {args.every}" if args.every is not None else f"cron {args.cron!r}"
+            if args.tz:
+                when += f" ({args.tz})"
+            print(
+                f"Schedule {registered[0].split(' ')[0]!r}: {when}, sent by {where}; next run "
+                f"{_when(rule.after(now_ms()))} (%nbqueue schedules lists it)."
+            )
 
     def _declare(
         self, fn: Any, actor_name: str, declaration: dict[str, Any], broker: Broker
@@ -475,6 +584,8 @@ class NbqueueMagics(Magics):
           %nbqueue worker stop          stop it (messages it holds go back to the broker)
           %nbqueue monitor              a live table of the queues
           %nbqueue results              a live table of the messages sent from here
+          %nbqueue schedules            the schedules: rule, next run, last run and its status
+          %nbqueue schedules pause NAME (or resume NAME, remove NAME) for the whole fleet
         """
         try:
             words = shlex.split(line)
@@ -514,10 +625,33 @@ class NbqueueMagics(Magics):
                 view = ResultsTable(self.history)
             self.views.append(view)  # closed by %unload_ext
             return view
+        if command == "schedules":
+            return self._schedules(rest)
         raise UsageError(
             f"Unknown %nbqueue command {line.strip()!r}; use connect URL, status, worker start, "
-            f"worker stop, monitor or results."
+            f"worker stop, monitor, results or schedules."
         )
+
+    def _schedules(self, rest: list[str]) -> ScheduleTable | None:
+        if not rest:
+            return ScheduleTable(list_schedules())
+        actions = {"pause": pause_schedule, "resume": resume_schedule, "remove": remove_schedule}
+        if len(rest) != 2 or rest[0] not in actions:
+            raise UsageError(
+                f"Unknown %nbqueue schedules command {' '.join(rest)!r}; use %nbqueue schedules, "
+                f"or %nbqueue schedules pause NAME (resume NAME, remove NAME)."
+            )
+        action, name = rest
+        try:
+            actions[action](name)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if action == "remove":
+            self.scheduled.discard(name)
+        done = {"pause": "paused", "resume": "resumed", "remove": "removed"}[action]
+        shared = "" if isinstance(get_broker(), StubBroker) else " for every worker of the fleet"
+        print(f"Schedule {name!r} {done}{shared}.")
+        return None
 
     def _connect(self, url: str, *, namespace: str | None = None) -> None:
         was_running = self.embedded.running
@@ -561,6 +695,60 @@ class NbqueueMagics(Magics):
             print("Recent worker log:")
             for line in recent:
                 print(f"  {line}")
+
+
+class ScheduleTable:
+    """What ``%nbqueue schedules`` shows: one row per schedule, as text and as an HTML table.
+
+    Parameters:
+      schedules: the rows (``nbqueue.list_schedules()``).
+    """
+
+    COLUMNS = ("name", "actor", "rule", "next run", "last run", "status")
+
+    def __init__(self, schedules: list[ScheduleInfo]) -> None:
+        self.schedules = schedules
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """The cells of each row, as text."""
+        rows: list[tuple[str, ...]] = []
+        for info in self.schedules:
+            where = " (remote)" if info.remote else ""
+            status = info.last_status or ("-" if info.last_run is None else "unknown")
+            rows.append(
+                (
+                    info.name,
+                    f"{info.actor_name}{where}",
+                    str(info.rule),
+                    "paused" if info.paused else _when(info.next_run),
+                    _when(info.last_run),
+                    status,
+                )
+            )
+        return rows
+
+    def __repr__(self) -> str:
+        if not self.schedules:
+            return "No schedules; declare one with %%actor --every 10m (or --cron ...)."
+        rows = [self.COLUMNS, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.COLUMNS))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+    def _repr_html_(self) -> str:
+        if not self.schedules:
+            return f"<p>{html.escape(repr(self))}</p>"
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            for row in self.rows()
+        )
+        return (
+            f'<table class="nbqueue-schedules"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>"
+        )
 
 
 def _retention_of(broker: Broker) -> Retention | None:

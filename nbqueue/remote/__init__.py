@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from .loader import CODE_OPTION, CodeLoader
 from .publish import NOTEBOOK_QUEUE, SECRET_ENV, RemoteActor, publish_actor, secret_from_env
 from .registry import UnknownActorRule
+from .schedules import RemoteSchedules
 from .signing import BadSignature
 from .store import store_for
 
@@ -73,7 +74,8 @@ def configure_worker(
 
     Installs the unknown-actor rule (capability registration while the worker runs, and the
     handler that re-enqueues messages for capable workers). With ``notebook_actors`` it also
-    installs the loader of published notebook actors.
+    installs the loader of published notebook actors and the schedules published with them
+    (``nbqueue.remote.schedules``).
 
     Parameters:
       notebook_actors: load and run published notebook actors.
@@ -107,6 +109,8 @@ def configure_worker(
         broker.actor_resolvers.append(loader.resolve)
         for queue_name in extra:
             broker.declare_queue(queue_name)
+        consumed = None if queues is None else [*queues, *extra]
+        broker.add_middleware(RemoteSchedules(broker, store, loader, secret, queues=consumed))
     rule = UnknownActorRule(
         broker,
         store,

@@ -133,6 +133,15 @@ class CodeLoader:
                 f"({CODE_OPTION}={str(code_hash)[:80]!r}); send it again from the notebook.",
                 actor_name=message.actor_name,
             )
+        return self.load(code_hash, message.actor_name)
+
+    def load(self, code_hash: str, actor_name: str) -> LoadedActor:
+        """Return the actor of the version ``code_hash``, fetched, verified and compiled the
+        first time (what a published schedule needs before its first message).
+
+        Raises:
+          BadSignature, CodeNotFound, CodeLoadFailed: as for ``resolve``.
+        """
         actor = self._actors.get(code_hash)
         if actor is not None:
             return actor
@@ -141,7 +150,7 @@ class CodeLoader:
         with lock:  # one fetch per version, however many threads want it
             actor = self._actors.get(code_hash)
             if actor is None:
-                actor = self._load(code_hash, message.actor_name)
+                actor = self._load(code_hash, actor_name)
         return actor
 
     def _load(self, code_hash: str, actor_name: str) -> LoadedActor:

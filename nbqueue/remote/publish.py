@@ -10,6 +10,7 @@ newer one is published.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
 import os
@@ -20,11 +21,19 @@ from ..actor import Actor
 from ..actor import actor as declare
 from ..broker import Broker, get_broker
 from ..common import current_millis
+from ..schedules import Rule, schedules_of, unschedule
 from .loader import CODE_OPTION
-from .signing import CodeRecord, python_version, seal
+from .signing import CodeRecord, python_version, seal, verify
 from .store import Published, store_for
 
-__all__ = ["NOTEBOOK_QUEUE", "SECRET_ENV", "RemoteActor", "publish_actor", "secret_from_env"]
+__all__ = [
+    "NOTEBOOK_QUEUE",
+    "SECRET_ENV",
+    "RemoteActor",
+    "publish_actor",
+    "secret_from_env",
+    "unpublish_schedule",
+]
 
 #: The environment variable holding the shared secret (text, UTF-8 encoded to bytes).
 SECRET_ENV = "NBQUEUE_SECRET"
@@ -83,7 +92,10 @@ def publish_actor(
         nothing else from the notebook. All of it runs on each worker once per version.
       secret: the shared secret; defaults to ``NBQUEUE_SECRET``.
       queue_name: defaults to ``"notebook"``, a queue only notebook-actor workers consume.
-      options: actor options such as ``max_retries`` or ``store_results``.
+      options: actor options such as ``max_retries`` or ``store_results``; ``periodic=`` (and
+        ``misfire_grace=``) publish the actor's schedule with it, so that every worker
+        started with ``--notebook-actors`` takes part in it, still after the notebook closed.
+        Publishing the actor again without ``periodic=`` ends that schedule on those workers.
 
     Returns:
       The actor; its messages carry the published version's hash.
@@ -111,6 +123,25 @@ def publish_actor(
             ) from None
     _check_defines(source, function)
     target = broker or get_broker()
+    periodic = options.pop("periodic", None)
+    misfire_grace = options.pop("misfire_grace", None)
+    schedule: dict[str, Any] | None = None
+    if periodic is not None:
+        if not isinstance(periodic, Rule):
+            raise ValueError(
+                f"periodic= takes a rule, got {periodic!r}; pass nbqueue.every(ms) or "
+                f"nbqueue.cron('*/5 * * * *')."
+            )
+        schedule = {
+            "name": actor_name or function,
+            "rule": periodic.spec(),
+            "misfire_grace": int(misfire_grace or 0),
+        }
+        options_schedule: dict[str, Any] = {"periodic": periodic}
+        if misfire_grace is not None:
+            options_schedule["misfire_grace"] = misfire_grace
+    else:
+        options_schedule = {} if misfire_grace is None else {"misfire_grace": misfire_grace}
     record = CodeRecord(
         actor_name=actor_name or function,
         queue_name=queue_name,
@@ -120,6 +151,7 @@ def publish_actor(
         source=source,
         python=python_version(),
         published_at=current_millis(),
+        schedule=schedule,
     )
     code_hash = record.code_hash  # raises on options JSON cannot carry
     remote = declare(
@@ -129,7 +161,11 @@ def publish_actor(
         priority=priority,
         broker=target,
         **options,
+        **options_schedule,
     )(original)
+    if periodic is None:
+        if any(s.name == record.actor_name for s in schedules_of(target)):
+            unschedule(target, record.actor_name)  # the cell's schedule ends with this version
     store_for(target).put(
         seal(record, key),
         Published(queue_name, record.actor_name, code_hash, record.published_at),
@@ -153,3 +189,36 @@ def _check_defines(source: str, function: str) -> None:
             f"The source to publish does not define {function!r} at top level; pass source= "
             f"with the code that defines it."
         )
+
+
+def unpublish_schedule(actor: RemoteActor, *, secret: bytes | str | None = None) -> None:
+    """Publish ``actor`` again without its schedule, so that the ``--notebook-actors`` workers
+    drop it; its messages name the new version from now on.
+
+    Raises:
+      ValueError: no secret, or the store no longer has the actor's version.
+      BadSignature: the stored version is not signed with this secret.
+    """
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    key = key or secret_from_env()
+    if not key:
+        raise ValueError(
+            f"Removing a published schedule republishes its actor and needs the shared "
+            f"secret: set {SECRET_ENV} or pass secret=."
+        )
+    store = store_for(actor.broker)
+    envelope = store.get(actor.code_hash)
+    if envelope is None:
+        raise ValueError(
+            f"The version of {actor.actor_name!r} is gone from the broker's store; re-run its "
+            f"%%actor --remote cell without --every."
+        )
+    record = verify(envelope, key, actor.code_hash)
+    if record.schedule is None:
+        return
+    bare = dataclasses.replace(record, schedule=None, published_at=current_millis())
+    code_hash = bare.code_hash
+    store.put(
+        seal(bare, key), Published(bare.queue_name, bare.actor_name, code_hash, bare.published_at)
+    )
+    actor.code_hash = code_hash

@@ -66,10 +66,17 @@ class CodeRecord:
     source: str
     python: str
     published_at: int = 0
+    #: the actor's schedule, published with it (``%%actor --remote --every``): ``{"name":
+    #: ..., "rule": Rule.spec(), "misfire_grace": ms}``, or ``None``
+    schedule: dict[str, Any] | None = None
 
     def content(self) -> dict[str, Any]:
-        """The fields the content hash covers."""
-        return {name: getattr(self, name) for name in _CONTENT}
+        """The fields the content hash covers (``schedule`` only when there is one, so that
+        the versions published before schedules keep their hash)."""
+        content = {name: getattr(self, name) for name in _CONTENT}
+        if self.schedule is not None:
+            content["schedule"] = self.schedule
+        return content
 
     @property
     def code_hash(self) -> str:
@@ -127,8 +134,13 @@ def verify(envelope: bytes, secret: bytes, code_hash: str) -> CodeRecord:
     # Signed by someone holding the secret: parsing the JSON is now safe to trust.
     try:
         data = json.loads(body)
+        schedule = data.get("schedule")
+        if schedule is not None and not isinstance(schedule, dict):
+            raise TypeError("schedule")
         record = CodeRecord(
-            **{name: data[name] for name in _CONTENT}, published_at=int(data["published_at"])
+            **{name: data[name] for name in _CONTENT},
+            published_at=int(data["published_at"]),
+            schedule=schedule,
         )
     except (ValueError, TypeError, KeyError):
         raise refuse("malformed record") from None

@@ -70,16 +70,26 @@ def client(redis_url: str, namespace: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-def start_fleet(tmp_path: Path, redis_url: str, namespace: str, n: int) -> list[Any]:
-    (tmp_path / "sched_fleet.py").write_text(textwrap.dedent(FLEET_MODULE))
+def start_fleet(
+    tmp_path: Path,
+    redis_url: str,
+    namespace: str,
+    n: int,
+    module: str = FLEET_MODULE,
+    extra: tuple[str, ...] = (),
+    **env_vars: str,
+) -> list[Any]:
+    (tmp_path / "sched_fleet.py").write_text(textwrap.dedent(module))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
     env.update(
         NBQUEUE_WORKER_TIMEOUT="100",
         SCHED_URL=redis_url,
         SCHED_NS=namespace,
         PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
+        **env_vars,
     )
     command = [sys.executable, "-m", "nbqueue", "worker", "sched_fleet:broker", "--threads", "2"]
+    command += list(extra)
     fleet = []
     for i in range(n):
         log = (tmp_path / f"worker-{i}.log").open("wb")
@@ -109,6 +119,8 @@ class RunLog:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client, self.key = client, f"{namespace}:test:runs"
         self.runs: list[tuple[int, str, int]] = []
+        #: per run: how late the actor started after its tick, in ms
+        self.lateness: list[float] = []
 
     def until(self, done: Any, timeout: float = 60) -> None:
         """Block until the runs so far satisfy ``done(set of scheduled_at)``."""
@@ -122,8 +134,16 @@ class RunLog:
             self.add(item)
 
     def add(self, item: Any) -> None:
-        at, message_id, pid, _ = as_text(item).split()
+        at, message_id, pid, started = as_text(item).split()
         self.runs.append((int(at), message_id, int(pid)))
+        self.lateness.append(int(started) / 1e6 - int(at))
+
+    def jitter(self) -> str:
+        """The tick jitter (scheduled time to actor start): p50 and p99 in ms."""
+        late = sorted(self.lateness)
+        p50 = late[len(late) // 2]
+        p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
+        return f"tick jitter over {len(late)} runs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
 def test_three_worker_processes_send_each_tick_once_and_survive_a_kill_9(
@@ -167,6 +187,7 @@ def test_three_worker_processes_send_each_tick_once_and_survive_a_kill_9(
     assert len({pid for _, _, pid in runs.runs}) >= 2, "the survivors ran the later ticks"
     logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(3)]
     assert all("schedules: tick every(1000) next-run " in log for log in logs), logs[0]
+    print(f"Redis {runs.jitter()}")
 
 
 def test_ticks_missed_while_no_worker_ran_are_skipped_unless_misfire_grace_allows_one(
@@ -261,3 +282,166 @@ def test_rabbitmq_claims_ticks_in_its_redis_result_backend(
         assert client.exists(f"{namespace}:__nbq__:schedules:beat")
     finally:
         _rabbitmq.cleanup(broker, namespace)
+
+
+def test_redis_claims_take_over_an_unconfirmed_tick_and_refuse_a_paused_schedule(
+    redis_url: str, namespace: str
+) -> None:
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    try:
+        claims = broker.tick_claims()
+        t = nbqueue.every(1000).after(now_ms())
+        assert claims.claim("s", t, t + 1000, "a", message_id="m1", lease=60000)
+        lost = claims.claim("s", t, t + 1000, "b")
+        assert lost.outcome == "lost" and lost.retry_at is not None and lost.retry_at > now_ms()
+        state = claims.state("s")
+        assert state is not None and not state.confirmed and state.message_id == "m1"
+        claims.confirm("s", t)
+        state = claims.state("s")
+        assert state is not None and state.confirmed
+        assert claims.claim("s", t, t + 1000, "b").retry_at is None, "confirmed: nothing to wait"
+        # A claimant that died before it sent: its lease ends and the next asker takes over,
+        # even after a later tick was claimed.
+        assert claims.claim("s", t + 1000, t + 2000, "a", message_id="m2", lease=0)
+        assert claims.claim("s", t + 2000, t + 3000, "b", lease=60000)
+        taken = claims.claim("s", t + 1000, t + 2000, "c", lease=60000)
+        assert taken and taken.taken_over
+        assert claims.claim("s", t + 1000, t + 2000, "d").retry_at is not None
+        claims.set_paused("s", True)
+        assert claims.claim("s", t + 3000, t + 4000, "b").outcome == "paused"
+        key = f"{namespace}:__nbq__:schedules:s"
+        assert broker.client.pttl(key) == -1, "a paused schedule's record does not expire"
+        state = claims.state("s")
+        assert state is not None and state.paused
+        claims.set_paused("s", False)
+        assert broker.client.pttl(key) > 0
+        assert claims.claim("s", t + 3000, t + 4000, "b")
+        claims.forget("s")
+        assert claims.state("s") is None
+        claims.set_paused("never-ran", True)
+        state = claims.state("never-ran")
+        assert state is not None and state.paused and state.last_run == 0
+        claims.set_paused("never-ran", False)
+        assert claims.state("never-ran") is None
+    finally:
+        _redis.delete_namespace(broker.client, namespace)
+        broker.close()
+
+
+def test_a_pause_from_another_process_holds_for_every_worker_of_the_fleet(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    recorder = Runs()
+    fleet = []
+    for _ in range(2):  # two brokers on one namespace: what two worker processes have
+        broker = RedisBroker(url=redis_url, namespace=namespace)
+        broker.add_middleware(CurrentMessage())
+
+        @nbqueue.actor(broker=broker, actor_name="job")
+        def job(label: str) -> None:
+            recorder.record(label)
+
+        nbqueue.schedule(job, nbqueue.every(100), args=("beat",), name="beat")
+        nbqueue.schedule(job, nbqueue.every(100), args=("marker",), name="marker")
+        fleet.append(Worker(broker, worker_timeout=100, worker_threads=2))
+    notebook = RedisBroker(url=redis_url, namespace=namespace)  # declares no schedule
+    try:
+        for worker in fleet:
+            worker.start()
+        recorder.wait_count("beat", 2)
+        nbqueue.pause_schedule("beat", broker=notebook)
+        paused_at = now_ms()
+        seen = len(recorder.of("marker"))
+        recorder.wait_count("marker", seen + 5)
+        # A tick claimed as the pause was made may still run; none later than that.
+        assert [t for t in recorder.of("beat") if t > paused_at + 100] == []
+        with pytest.raises(ValueError, match="No schedule named 'nope'"):
+            nbqueue.pause_schedule("nope", broker=notebook)
+        nbqueue.resume_schedule("beat", broker=notebook)
+        count = len(recorder.of("beat"))
+        recorder.wait_count("beat", count + 2)
+    finally:
+        for worker in fleet:
+            worker.stop(timeout=5000)
+            worker.broker.close()
+        notebook.close()
+    beats = recorder.of("beat")
+    assert len(beats) == len(set(beats)), "each tick once across the two workers"
+
+
+RABBIT_FLEET_MODULE = """
+import os
+import time
+
+import redis
+
+import nbqueue
+from nbqueue.brokers.rabbitmq import RabbitmqBroker
+from nbqueue.middleware import CurrentMessage
+from nbqueue.results import Results
+from nbqueue.results.backends.redis import RedisBackend
+
+URL, NS = os.environ["SCHED_URL"], os.environ["SCHED_NS"]
+client = redis.Redis.from_url(URL)
+broker = RabbitmqBroker(url=os.environ["SCHED_AMQP"], max_priority=10)
+broker.add_middleware(CurrentMessage())
+broker.add_middleware(Results(backend=RedisBackend(url=URL, namespace=NS)))
+
+
+class Announce(nbqueue.Middleware):
+    def after_worker_boot(self, broker, worker):
+        client.rpush(NS + ":test:booted", os.getpid())
+
+
+broker.add_middleware(Announce())
+
+
+@nbqueue.actor(broker=broker, queue_name=NS, periodic=nbqueue.every(1000))
+def tick():
+    started = time.time_ns()
+    message = CurrentMessage.get_current_message()
+    at = message.options["scheduled_at"]
+    client.rpush(NS + ":test:runs", f"{at} {message.message_id} {os.getpid()} {started}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(180)
+def test_three_rabbitmq_worker_processes_send_each_tick_once_claimed_in_redis(
+    tmp_path: Path, rabbitmq_url: str, redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    from tests.brokers import _rabbitmq
+
+    fleet = start_fleet(
+        tmp_path,
+        redis_url,
+        namespace,
+        3,
+        module=RABBIT_FLEET_MODULE,
+        extra=("--queues", namespace),
+        SCHED_AMQP=rabbitmq_url,
+    )
+    runs = RunLog(client, namespace)
+    try:
+        for _ in fleet:
+            assert client.blpop([f"{namespace}:test:booted"], timeout=60) is not None
+        start = nbqueue.every(1000).after(now_ms())
+        # Ten seconds of ticks, (start, start + 10 s], then one more so that every run of the
+        # window has arrived whichever worker ran it.
+        runs.until(lambda ticks: max(ticks, default=0) >= start + 11000)
+    finally:
+        stop_fleet(fleet)
+        cleaner = _rabbitmq.make_broker(rabbitmq_url, namespace)
+        cleaner.declare_queue(namespace)
+        _rabbitmq.cleanup(cleaner, namespace)
+    runs.drain()
+    window = [at for at, _, _ in runs.runs if start < at <= start + 10000]
+    assert 9 <= len(window) <= 11, window
+    assert len(window) == len(set(window)), "no tick ran twice"
+    per_tick: dict[int, set[str]] = {}
+    for at, message_id, _ in runs.runs:
+        per_tick.setdefault(at, set()).add(message_id)
+    assert all(len(ids) == 1 for ids in per_tick.values()), per_tick
+    assert len({pid for _, _, pid in runs.runs}) >= 2, "the ticks are spread over the fleet"
+    print(f"RabbitMQ {runs.jitter()}")
