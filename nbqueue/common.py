@@ -102,11 +102,17 @@ def getenv_int(name: str, default: int) -> int:
         ) from None
 
 
+#: Query options whose values are secrets (``?sentinel_password=...``).
+_SECRET_OPTION = re.compile(r"((?:^|&)[^=&]*(?:password|secret|token)[^=&]*=)[^&]*", re.I)
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe for reprs, logs and widgets.
 
-    ``redis://:secret@host:6379/0`` becomes ``redis://:***@host:6379/0``. Lists of URLs separated
-    by ``;`` (RabbitMQ failover) are redacted one by one.
+    ``redis://:secret@host:6379/0`` becomes ``redis://:***@host:6379/0``; so do passwords in the
+    query string (``?sentinel_password=***``), and URLs naming several hosts
+    (``redis+sentinel://:***@h1,h2/mymaster``). Lists of URLs separated by ``;`` (RabbitMQ
+    failover) are redacted one by one.
     """
     if ";" in url:
         return ";".join(redact_url(part) for part in url.split(";"))
@@ -114,20 +120,14 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    query = _SECRET_OPTION.sub(r"\1***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    userinfo = f"{parts.username or ''}:***"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 #: The server backends of ``results.backends`` and ``rate_limits.backends``, imported on first

@@ -37,6 +37,7 @@ from .results.backends.stub import StubBackend
 from .services import StartCounter
 
 __all__ = [
+    "REDIS_SCHEMES",
     "RESULTS_URL_ENV",
     "add_standard_middleware",
     "broker_from_url",
@@ -52,7 +53,8 @@ RESULTS_URL_ENV = "NBQUEUE_RESULTS_URL"
 #: The URL that chooses the global broker.
 BROKER_URL_ENV = "NBQUEUE_BROKER_URL"
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The schemes of Redis URLs (a broker's own store; what NBQUEUE_RESULTS_URL accepts).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 
 logger = logging.getLogger("nbqueue.connection")
 
@@ -61,6 +63,8 @@ _SCHEMES: dict[str, tuple[str, str, str]] = {
     "redis": ("nbqueue._redis.broker", "RedisBroker", "redis"),
     "rediss": ("nbqueue._redis.broker", "RedisBroker", "redis"),
     "unix": ("nbqueue._redis.broker", "RedisBroker", "redis"),
+    "redis+sentinel": ("nbqueue._redis.broker", "RedisBroker", "redis"),
+    "rediss+sentinel": ("nbqueue._redis.broker", "RedisBroker", "redis"),
     "amqp": ("nbqueue._rabbitmq.broker", "RabbitmqBroker", "rabbitmq"),
     "amqps": ("nbqueue._rabbitmq.broker", "RabbitmqBroker", "rabbitmq"),
 }
@@ -83,7 +87,8 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     """Create a broker for ``url``, with the standard middleware, without making it global.
 
     Parameters:
-      url: ``memory://``, ``redis://``, ``rediss://``, ``amqp://`` or ``amqps://``.
+      url: ``memory://``, ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+        ``rediss+sentinel://``, ``amqp://`` or ``amqps://``.
       options: passed to the broker's constructor.
 
     Raises:
@@ -110,7 +115,7 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     else:
         raise BrokerUnavailable(
             f"Unknown broker URL scheme {scheme!r} in {redact_url(url)!r}; "
-            "use memory://, redis://, rediss://, amqp:// or amqps://."
+            "use memory://, redis://, rediss://, redis+sentinel://, amqp:// or amqps://."
         )
     add_standard_middleware(broker, url)
     return broker
@@ -121,13 +126,14 @@ def results_url_for(url: str) -> str | None:
     ``None`` when there is none (``memory://`` keeps them in the process)."""
     override = os.environ.get(RESULTS_URL_ENV, "").strip()
     if override:
-        if urlsplit(override).scheme.lower() not in _REDIS_SCHEMES:
+        if urlsplit(override).scheme.lower() not in REDIS_SCHEMES:
             raise BrokerUnavailable(
-                f"{RESULTS_URL_ENV} must be a redis:// URL, got {redact_url(override)!r}; "
+                f"{RESULTS_URL_ENV} must be a redis:// (or redis+sentinel://) URL, got "
+                f"{redact_url(override)!r}; "
                 f"point it at the Redis server that keeps results."
             )
         return override
-    if urlsplit(url).scheme.lower() in _REDIS_SCHEMES:
+    if urlsplit(url).scheme.lower() in REDIS_SCHEMES:
         return url.split(";")[0]
     return None
 

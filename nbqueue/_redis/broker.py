@@ -36,6 +36,13 @@ script (``lua/``). Needs Redis 6.2 or newer.
   dead-lettered ``too_large`` without leaving Redis (fetch.lua checks ``HSTRLEN`` first), so a
   50 MB body costs the consumer no memory. The wire format is unchanged.
 * Every call has a deadline: a hung server fails a call within about 3 s (``socket_timeout``).
+* Through Redis Sentinel (``redis+sentinel://`` URLs, see ``sentinel.py``), a call that loses
+  its connection asks the sentinels for the master and retries for up to ``failover_wait``
+  (10 s), so sends and workers carry on through a failover.
+* ``min_replicas=N`` (Dramatiq has none): every enqueue is followed by ``WAIT N wait_timeout``
+  on the same connection, so ``send()`` returns only once N replicas hold the message, and
+  raises ``PublishOutcomeUnknown`` when fewer confirm in time. Replication stays asynchronous:
+  without it, a send acknowledged just before the master dies can be lost in a failover.
 """
 
 from __future__ import annotations
@@ -48,12 +55,19 @@ from typing import TYPE_CHECKING, Any
 
 try:
     import redis
+    from redis.exceptions import NoScriptError
 except ImportError as e:  # pragma: no cover - exercised with redis hidden
     raise ImportError("RedisBroker needs the redis package: pip install 'nbqueue[redis]'.") from e
 
 from ..broker import Broker, Consumer, DeadLetter, QueueStats
 from ..common import dq_name, q_name
-from ..errors import BrokerError, DecodeError, NbqueueError, QueueJoinTimeout
+from ..errors import (
+    BrokerError,
+    DecodeError,
+    NbqueueError,
+    PublishOutcomeUnknown,
+    QueueJoinTimeout,
+)
 from ..message import FROM_ENVIRONMENT, Message, generate_unique_id, resolve_max_message_size
 from ..middleware.base import Middleware
 from ..services import CodeStore, StartCounter, TickClaims, once
@@ -81,6 +95,9 @@ DEFAULT_POLL_INTERVAL = 1000
 #: Priorities are clamped to this range on Redis, so that their scores stay exact.
 MAX_PRIORITY = 1023
 
+#: How long an enqueue waits for ``min_replicas`` replicas to confirm it, in milliseconds.
+DEFAULT_WAIT_TIMEOUT = 1000
+
 #: How many messages one enqueue script call carries at most, and how many bytes.
 BATCH_MESSAGES, BATCH_BYTES = 1000, 1 << 20
 
@@ -93,12 +110,17 @@ class RedisBroker(Broker):
         broker = RedisBroker(url="redis://localhost:6379/0")
         broker = RedisBroker(host="localhost", port=6379, db=0,
                              connection_pool_kwargs={"max_connections": 20})
+        broker = RedisBroker(url="redis+sentinel://s1:26379,s2:26379,s3:26379/mymaster/0",
+                             min_replicas=1)
 
     Nothing connects until the broker is first used. The first use checks the server (Redis 6.2
     or newer) and logs a warning once if it has no persistence or may evict keys.
 
     Parameters:
-      url: ``redis://``, ``rediss://`` or ``unix://``; wins over ``host``, ``port``, ``db``.
+      url: ``redis://``, ``rediss://``, ``unix://``, or ``redis+sentinel://`` and
+        ``rediss+sentinel://`` (the master the sentinels name; the options of its query string
+        are listed in ``nbqueue/_redis/sentinel.py``); wins over ``host``, ``port``, ``db``.
+        Any of them may carry ``?min_replicas=N&wait_timeout=MS``.
       host, port, db, password: connection parameters when there is no URL.
       namespace: the prefix of every key; Dramatiq's default, so both see the same queues.
       connection_pool_kwargs: options for redis-py's connection pool.
@@ -119,6 +141,13 @@ class RedisBroker(Broker):
         dead-letters a larger body (``too_large``) without fetching it (fetch.lua checks its
         length with ``HSTRLEN``). The default is ``$NBQUEUE_MAX_MESSAGE_SIZE``, else 16 MiB;
         ``None`` or 0 disables it (Dramatiq has no limit).
+      min_replicas: after each enqueue (each batch of ``enqueue_many``), wait until this many
+        replicas hold it (Redis ``WAIT``): a send that returned then survives a failover to
+        one of them. ``None`` takes the URL's ``min_replicas``, else 0 (no wait).
+      wait_timeout: how long that wait lasts at most, in milliseconds (``None``: the URL's,
+        else 1000); it must stay below ``socket_timeout``. When fewer replicas confirm in
+        time, the send raises ``PublishOutcomeUnknown``: the master has the message, so it
+        most likely runs, but it may be lost if the master fails before replicating it.
       redis_kwargs: other ``redis.Redis`` options, e.g. ``socket_timeout=`` (3 s by default).
 
     Raises:
@@ -147,6 +176,8 @@ class RedisBroker(Broker):
         client: redis.Redis | None = None,
         maintenance_chance: int | None = None,
         max_message_size: int | None = FROM_ENVIRONMENT,
+        min_replicas: int | None = None,
+        wait_timeout: int | None = None,
         **redis_kwargs: Any,
     ) -> None:
         if heartbeat_timeout < 1000:
@@ -170,6 +201,26 @@ class RedisBroker(Broker):
             **redis_kwargs,
         )
         self.client = self.connection.client
+        url_options = self.connection.url_options
+        if min_replicas is None:
+            min_replicas = url_options.get("min_replicas", 0)
+        if wait_timeout is None:
+            wait_timeout = url_options.get("wait_timeout", DEFAULT_WAIT_TIMEOUT)
+        if min_replicas < 0:
+            raise ValueError(f"min_replicas must be 0 or more, got {min_replicas!r}.")
+        socket_timeout = self.connection.socket_timeout
+        if min_replicas and (
+            wait_timeout < 1 or (socket_timeout and wait_timeout >= socket_timeout * 1000)
+        ):
+            raise ValueError(
+                f"wait_timeout is in milliseconds and must be at least 1 and below the socket "
+                f"timeout ({socket_timeout} s), got {wait_timeout!r}; lower it or pass a larger "
+                f"socket_timeout=."
+            )
+        #: replicas each enqueue waits for (``WAIT``); 0 waits for none
+        self.min_replicas = min_replicas
+        #: how long that wait lasts at most, in milliseconds
+        self.wait_timeout = wait_timeout
         self.namespace = namespace
         self.keys = RedisKeys(namespace)
         self.broker_id = str(uuid.uuid4())
@@ -276,12 +327,41 @@ class RedisBroker(Broker):
         message, target, data, priority = self._prepare(message, delay)
         self.check_server()
         frame = _frame(message.options["redis_message_id"], priority, data)
-        with self.connection.errors():
-            self.scripts["enqueue"](
-                keys=self.keys.enqueue(target), args=[WAKE_CAP, WAKE_TTL, frame]
-            )
+        self._send(self.keys.enqueue(target), frame, [message])
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _send(self, keys: list[str], frames: bytes, messages: list[Message[Any]]) -> None:
+        """Run enqueue.lua once, then, with ``min_replicas``, WAIT on the same connection (WAIT
+        counts the replicas that have every write of its connection)."""
+        script = self.scripts["enqueue"]
+        args: list[bytes | int] = [WAKE_CAP, WAKE_TTL, frames]
+        if not self.min_replicas:
+            with self.connection.errors():
+                script(keys=keys, args=args)
+            return
+        with self.connection.errors():
+            for attempt in (1, 2):
+                pipe = self.client.pipeline(transaction=False)
+                script(keys=keys, args=args, client=pipe)
+                pipe.wait(self.min_replicas, self.wait_timeout)
+                try:
+                    _, confirmed = pipe.execute()
+                    break
+                except NoScriptError:
+                    # A failover between the pipeline's script check and its send: the new
+                    # master lacks the script and ran nothing; the next execute loads it.
+                    if attempt == 2:
+                        raise
+        if int(confirmed) < self.min_replicas:
+            raise PublishOutcomeUnknown(
+                f"Redis at {self.connection.where} confirmed {len(messages)} message(s) on "
+                f"{int(confirmed)} of the {self.min_replicas} replicas asked for within "
+                f"{self.wait_timeout} ms; the master holds them, so they most likely run, but "
+                f"they are lost if it fails before replicating them: check the replicas (INFO "
+                f"replication) and send again if you must (a resend may run them twice).",
+                messages,
+            )
 
     def enqueue_many(
         self, messages: Iterable[Message[Any]], *, delay: int | None = None
@@ -311,20 +391,25 @@ class RedisBroker(Broker):
                 keys = self.keys.enqueue(target)
                 frames: list[bytes] = []
                 size = 0
+                batch: list[Message[Any]] = []
                 for i, (message, data, priority) in enumerate(entries):
                     frames.append(_frame(message.options["redis_message_id"], priority, data))
+                    batch.append(message)
                     size += len(data)
                     if (
                         len(frames) >= BATCH_MESSAGES
                         or size >= BATCH_BYTES
                         or i == len(entries) - 1
                     ):
-                        with self.connection.errors():
-                            self.scripts["enqueue"](
-                                keys=keys, args=[WAKE_CAP, WAKE_TTL, b"".join(frames)]
-                            )
+                        self._send(keys, b"".join(frames), batch)
                         sent += len(frames)
-                        frames, size = [], 0
+                        frames, size, batch = [], 0, []
+        except PublishOutcomeUnknown as e:
+            raise PublishOutcomeUnknown(
+                f"{e} The {sent} messages before them were confirmed, and none after them "
+                f"was sent.",
+                e.messages,
+            ) from e
         except BrokerError as e:
             raise type(e)(f"{e} {sent} of {len(prepared)} messages were enqueued.") from e
         if self._hooks_for("after_enqueue"):

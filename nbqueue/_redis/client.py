@@ -13,23 +13,35 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
     import redis
     from redis.backoff import NoBackoff
     from redis.commands.core import Script
     from redis.retry import Retry
+    from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 except ImportError as e:  # pragma: no cover - exercised with redis hidden
     raise ImportError(
         "nbqueue's Redis support needs the redis package: pip install 'nbqueue[redis]'."
     ) from e
 
 from ..errors import BrokerError, ConnectionClosed, ConnectionFailed
+from .sentinel import BROKER_OPTIONS, dedicated_pool, is_sentinel_url, parse_sentinel_url
+from .sentinel import sentinel_pool as make_sentinel_pool
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
 
-__all__ = ["RedisConnection", "as_text", "load_script", "load_scripts", "redis", "script_names"]
+__all__ = [
+    "RedisConnection",
+    "as_text",
+    "load_script",
+    "load_scripts",
+    "redis",
+    "script_names",
+    "split_broker_options",
+]
 
 #: How long a command may take before it fails, in seconds (redis-py's default is 5 s with up to
 #: ten retries, which lets a paused server hold a call for about a minute).
@@ -120,6 +132,30 @@ def load_scripts(client: redis.Redis, names: Iterable[str] = BROKER_SCRIPTS) -> 
     return {name: load_script(client, name) for name in names}
 
 
+def split_broker_options(url: str) -> tuple[str, dict[str, int]]:
+    """Take the broker's own options (``min_replicas``, ``wait_timeout``) out of a URL's query
+    string: return the URL without them, and them as integers.
+
+    Raises:
+      ValueError: one of them is not a whole number.
+    """
+    parts = urlsplit(url) if "?" in url else None
+    if parts is None or not any(name in parts.query for name in BROKER_OPTIONS):
+        return url, {}
+    kept, taken = [], {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in BROKER_OPTIONS:
+            kept.append((name, value))
+            continue
+        if not value.isdigit():
+            raise ValueError(
+                f"The URL option {name} must be a whole number, got {value!r}; for example "
+                f"?min_replicas=1&wait_timeout=1000."
+            )
+        taken[name] = int(value)
+    return urlunsplit(parts._replace(query=urlencode(kept))), taken
+
+
 def connection_defaults() -> dict[str, Any]:
     """Return the connection options nbqueue uses unless told otherwise.
 
@@ -139,7 +175,10 @@ class RedisConnection:
     """A redis-py client with bounded deadlines, plus what is needed to report its errors.
 
     Parameters:
-      url: ``redis://``, ``rediss://`` or ``unix://``; wins over ``host``/``port``/``db``.
+      url: ``redis://``, ``rediss://``, ``unix://``, or ``redis+sentinel://`` and
+        ``rediss+sentinel://`` (see ``sentinel.py``); wins over ``host``/``port``/``db``. The
+        broker's options in its query string (``min_replicas``, ``wait_timeout``) are taken
+        out and kept in ``url_options``.
       client: a ready client; used as is (its own timeouts apply) and never closed here.
       host, port, db, password: connection parameters when there is no URL.
       pool_kwargs: options for the connection pool, e.g. ``{"max_connections": 20}``; with a
@@ -161,6 +200,13 @@ class RedisConnection:
         **redis_kwargs: Any,
     ) -> None:
         self.owns_client = client is None
+        #: the broker's options found in the URL (``min_replicas``, ``wait_timeout``)
+        self.url_options: dict[str, int] = {}
+        self.sentinel: Sentinel | None = None
+        secrets: list[str] = []
+        where: str | None = None
+        if url:
+            url, self.url_options = split_broker_options(url)
         if client is None:
             options = connection_defaults()
             explicit = {"host": host, "port": port, "db": db, "password": password}
@@ -173,15 +219,22 @@ class RedisConnection:
             if options.get("max_connections"):
                 pool_class = redis.BlockingConnectionPool
                 options.setdefault("timeout", options.get("socket_timeout") or SOCKET_TIMEOUT)
-            if url:
+            pool: redis.ConnectionPool
+            if url and is_sentinel_url(url):
+                parsed = parse_sentinel_url(url)
+                self.sentinel, pool = make_sentinel_pool(parsed, options, pool_class)
+                secrets, where = parsed.secrets, parsed.masked()
+            elif url:
                 pool = pool_class.from_url(url, **options)
             else:
                 pool = pool_class(**options)
             client = redis.Redis(connection_pool=pool)
         self.client: redis.Redis = client
         kwargs = client.connection_pool.connection_kwargs
-        self._secret: str | None = kwargs.get("password") or None
-        self.where = self._describe(client)
+        password = kwargs.get("password")
+        #: the passwords to scrub from error texts (the server's, the sentinels')
+        self._secrets = [s for s in {*secrets, password} if isinstance(s, str) and s]
+        self.where = where or self._describe(client)
         timeout = kwargs.get("socket_timeout")
         #: the longest one blocking command may block, in seconds
         self.block_limit = MAX_BLOCK if not timeout else min(MAX_BLOCK, timeout / 2)
@@ -218,6 +271,9 @@ class RedisConnection:
             than ``block_limit``).
         """
         pool = self.client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            overrides = {} if socket_timeout is None else {"socket_timeout": socket_timeout}
+            return redis.Redis(connection_pool=dedicated_pool(pool, **overrides))
         kwargs = dict(pool.connection_kwargs)
         if socket_timeout is not None:
             kwargs["socket_timeout"] = socket_timeout
@@ -291,9 +347,9 @@ class RedisConnection:
             )
 
     def scrub(self, text: str) -> str:
-        """Return ``text`` with the password, if it appears, replaced by ``***``."""
-        if self._secret and self._secret in text:
-            return text.replace(self._secret, "***")
+        """Return ``text`` with the passwords, if they appear, replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     @contextlib.contextmanager
@@ -318,6 +374,12 @@ class RedisConnection:
                 f"({self.scrub(str(e))}); check that the server is running and not paused, "
                 f"or pass a larger socket_timeout= (a write that timed out may still take "
                 f"effect when the server resumes)."
+            ) from None
+        except MasterNotFoundError as e:
+            raise ConnectionFailed(
+                f"The sentinels of {self.where} named no master that is up "
+                f"({self.scrub(str(e))}); check that the sentinels are running, that they "
+                f"monitor that master name, and whether a failover is still under way."
             ) from None
         except redis.ConnectionError as e:
             text = self.scrub(str(e))
@@ -351,3 +413,5 @@ class RedisConnection:
         if self.owns_client:
             self.client.close()
             self.client.connection_pool.disconnect()
+            if self.sentinel is not None:
+                self.sentinel.close()

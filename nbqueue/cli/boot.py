@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from ..broker import Broker, get_broker, set_broker
 from ..brokers.stub import StubBroker
 from ..common import redact_url
-from ..connection import broker_from_url
+from ..connection import REDIS_SCHEMES, broker_from_url
 from ..errors import BrokerConnectionError, BrokerUnavailable
 from ..live import Live
 from ..results import Results
@@ -129,7 +129,7 @@ def _broker_from_url(options: Options) -> Broker:
     assert url is not None
     kwargs: dict[str, Any] = {}
     if options.namespace is not None:
-        if urlsplit(url).scheme.lower() not in ("redis", "rediss", "unix"):
+        if urlsplit(url).scheme.lower() not in REDIS_SCHEMES:
             raise BootError(
                 ExitCode.USAGE,
                 f"--namespace applies to Redis brokers only, but {options.broker_url_source} is "
