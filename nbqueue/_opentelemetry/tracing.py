@@ -58,6 +58,12 @@ class _Processing:
     skipped: bool = False
 
 
+def _retries(message: MessageProxy) -> int:
+    """The ``retries`` option: how many attempts came before (0 when missing or not a number)."""
+    retries = message.options.get("retries", 0)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
+
+
 def _qualified_name(kind: type[BaseException]) -> str:
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
@@ -156,7 +162,6 @@ class Tracing:
         self._abandon()
         parent = self._extract(message)
         queue_name = q_name(message.queue_name)
-        retries = message.options.get("retries", 0)
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
@@ -164,7 +169,7 @@ class Tracing:
             "messaging.destination.name": queue_name,
             "messaging.message.id": message.message_id,
             "nbqueue.actor.name": message.actor_name,
-            "nbqueue.message.retries": retries if isinstance(retries, int) else 0,
+            "nbqueue.message.retries": _retries(message),
         }
         span = self.tracer.start_span(
             f"process {queue_name}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
@@ -209,7 +214,7 @@ class Tracing:
             "nbqueue.retry",
             {
                 "nbqueue.retry.delay": int(delay),
-                "nbqueue.message.retries": int(message.options.get("retries", 0)),
+                "nbqueue.message.retries": _retries(message),
             },
         )
 
