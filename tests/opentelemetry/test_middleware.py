@@ -8,9 +8,12 @@ import json
 import sys
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 import nbqueue
+from nbqueue._opentelemetry import tracing
+from nbqueue.broker import MessageProxy
 from nbqueue.brokers.stub import StubBroker
 from nbqueue.common import current_millis
 from nbqueue.middleware import AsyncIO, Middleware, SkipMessage
@@ -319,3 +322,33 @@ def test_without_opentelemetry_the_error_names_the_extra(monkeypatch) -> None:
     monkeypatch.delitem(sys.modules, "nbqueue._opentelemetry.tracing", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'nbqueue\[opentelemetry\]'"):
         OpenTelemetry()
+
+
+def test_sends_that_never_completed_are_ended_past_a_bound(spans, monkeypatch):
+    monkeypatch.setattr(tracing, "MAX_PENDING_SENDS", 2)
+    middleware = spans.middleware()
+    broker = StubBroker(middleware=[middleware])
+    messages = [nbqueue.Message("q", "a", (), {}, {}) for _ in range(3)]
+    for message in messages:  # as if each enqueue raised before its after_enqueue
+        middleware.before_enqueue(broker, message, None)
+    (ended,) = spans.finished()
+    assert dict(ended.attributes or {})["messaging.message.id"] == messages[0].message_id
+    for message in messages:
+        middleware.after_enqueue(broker, message, None)
+    assert len(spans.named("send q")) == 3
+
+
+def test_a_span_left_open_ends_when_its_thread_moves_on_or_stops(spans):
+    middleware = spans.middleware()
+    broker = StubBroker(middleware=[middleware])
+    first, second = (MessageProxy(nbqueue.Message("q", "a", (), {}, {})) for _ in range(2))
+    # settling the first raised, so no after_ack came: the next message ends its span
+    middleware.before_process_message(broker, first)
+    middleware.before_process_message(broker, second)
+    assert [dict(s.attributes or {})["messaging.message.id"] for s in spans.finished()] == [
+        first.message_id
+    ]
+    middleware.before_worker_thread_shutdown(broker, None)
+    assert len(spans.named("process q")) == 2
+    # the thread's context is back to what it was
+    assert not trace.get_current_span().get_span_context().is_valid
