@@ -12,6 +12,10 @@ brokers). An ``amqp://`` broker without ``NBQUEUE_RESULTS_URL`` stores no result
 live channel across processes. ``memory://`` keeps both in the process, and stores every
 result by default (``store_results=True``).
 
+Tracing is off unless asked for: ``NBQUEUE_TRACING=opentelemetry`` puts the ``OpenTelemetry``
+middleware (the ``opentelemetry`` extra) first in the stack of every broker built from a URL
+(``add_tracing``); ``nbqueue worker --tracing`` adds it to whichever broker the worker serves.
+
 This is the composition root: the one module that names the servers (``_SCHEMES``) and builds
 the standard middleware stack, for ``connect()``, the default broker, ``nbqueue worker --broker``
 and ``%nbqueue connect``.
@@ -25,6 +29,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._opentelemetry import OpenTelemetry
 from .broker import Broker, set_broker
 from .brokers.stub import StubBroker
 from .common import redact_url
@@ -39,12 +44,15 @@ from .services import StartCounter
 __all__ = [
     "REDIS_SCHEMES",
     "RESULTS_URL_ENV",
+    "TRACING_ENV",
     "add_standard_middleware",
+    "add_tracing",
     "broker_from_url",
     "connect",
     "default_broker",
     "results_url_for",
     "start_counter_for",
+    "tracing_from_environment",
 ]
 
 #: The ``redis://`` URL where results and live status go when the broker is not Redis.
@@ -55,6 +63,11 @@ BROKER_URL_ENV = "NBQUEUE_BROKER_URL"
 
 #: The schemes of Redis URLs (a broker's own store; what NBQUEUE_RESULTS_URL accepts).
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+#: Turns tracing on for brokers built from a URL: ``opentelemetry``; unset (or ``none``) is off.
+TRACING_ENV = "NBQUEUE_TRACING"
+
+_TRACING_OFF = ("", "none", "off", "0", "false", "no")
 
 logger = logging.getLogger("nbqueue.connection")
 
@@ -172,19 +185,62 @@ def start_counter_for(redis: Any, prefix: str | None, timeout: float) -> StartCo
     return RedisStartCounter.at(redis, prefix=prefix, timeout=timeout)
 
 
+def tracing_from_environment() -> bool:
+    """Return whether ``NBQUEUE_TRACING`` asks for OpenTelemetry tracing.
+
+    Raises:
+      BrokerUnavailable: ``NBQUEUE_TRACING`` holds another value.
+    """
+    value = os.environ.get(TRACING_ENV, "").strip().lower()
+    if value in _TRACING_OFF:
+        return False
+    if value in ("opentelemetry", "otel"):
+        return True
+    raise BrokerUnavailable(
+        f"{TRACING_ENV} must be 'opentelemetry', got {value!r}; set it to opentelemetry to trace "
+        f"messages, or unset it."
+    )
+
+
+def add_tracing(broker: Broker) -> bool:
+    """Put an ``OpenTelemetry`` middleware first on ``broker``, unless it has one already.
+
+    First, so that its span covers what the other middleware do around the actor and sees the
+    messages that ``AgeLimit`` skips.
+
+    Returns:
+      Whether a middleware was added.
+
+    Raises:
+      BrokerUnavailable: opentelemetry-api is not installed (the error names the extra).
+    """
+    if any(isinstance(m, OpenTelemetry) for m in broker.middleware):
+        return False
+    try:
+        middleware = OpenTelemetry()
+    except ImportError as e:
+        raise BrokerUnavailable(str(e)) from e
+    first = broker.middleware[0] if broker.middleware else None
+    broker.add_middleware(middleware, before=type(first) if first is not None else None)
+    return True
+
+
 def add_standard_middleware(broker: Broker, url: str) -> list[str]:
     """Give a broker built from ``url`` the middleware every URL-built broker has.
 
     Adds ``AsyncIO``, and with a results store (see the module docstring) ``Results`` and
     ``Live``, each unless the broker already has one of that type. ``Live`` comes last, so that
-    it runs right around the actor (status, output, abort).
+    it runs right around the actor (status, output, abort). With ``NBQUEUE_TRACING`` set,
+    ``OpenTelemetry`` goes first (``add_tracing``).
 
     Returns:
       The names of the middleware added.
 
     Raises:
-      BrokerUnavailable: ``NBQUEUE_RESULTS_URL`` is not a Redis URL.
+      BrokerUnavailable: ``NBQUEUE_RESULTS_URL`` is not a Redis URL, ``NBQUEUE_TRACING`` holds
+        an unknown value, or it asks for tracing and opentelemetry-api is not installed.
     """
+    tracing = tracing_from_environment()
     present = {type(m) for m in broker.middleware}
     has_store = urlsplit(url).scheme.lower() == "memory" or results_url_for(url) is not None
     added: list[Middleware] = []
@@ -198,7 +254,10 @@ def add_standard_middleware(broker: Broker, url: str) -> list[str]:
         added.append(Live())
     for middleware in added:
         broker.add_middleware(middleware)
-    return [type(m).__name__ for m in added]
+    names = [type(m).__name__ for m in added]
+    if tracing and add_tracing(broker):
+        names.insert(0, OpenTelemetry.__name__)
+    return names
 
 
 def connect(url: str | None = None, **options: Any) -> Broker:

@@ -4,7 +4,7 @@ Every import statement of every file under ``nbqueue/`` counts: at module level,
 functions and under ``TYPE_CHECKING``. A file's ring comes from its path (``RINGS``); a file may
 import its own ring and the rings below it, servers never import each other, and the files of
 rings 0 and 1 import no optional extra (``redis``, ``pika``, ``pylibmc``, ``prometheus_client``,
-``IPython``, ``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named
+``opentelemetry``, ``IPython``, ``ipywidgets``, ``django``) at all. The few upward imports kept on purpose are named
 in ``ALLOWED``, each with its reason; an entry that no longer matches an import fails too, so the
 list only shrinks.
 """
@@ -51,6 +51,7 @@ RINGS: dict[str, float] = {
     "nbqueue._rabbitmq": 2,
     "nbqueue._memcached": 2,
     "nbqueue._prometheus": 2,
+    "nbqueue._opentelemetry": 2,
     # 2' features built on the core
     "nbqueue.remote": 2.5,
     # 3 the face: the composition root and the package itself
@@ -74,6 +75,7 @@ SHIMS: dict[str, str] = {
     "nbqueue.results.backends.memcached": "nbqueue._memcached",
     "nbqueue.rate_limits.backends.memcached": "nbqueue._memcached",
     "nbqueue.middleware.prometheus": "nbqueue._prometheus",
+    "nbqueue.middleware.opentelemetry": "nbqueue._opentelemetry",
 }
 
 #: Optional extras that rings 0 and 1 never import, at any level.
@@ -82,6 +84,7 @@ EXTRAS = (
     "pika",
     "pylibmc",
     "prometheus_client",
+    "opentelemetry",
     "IPython",
     "ipywidgets",
     "django",
@@ -132,6 +135,7 @@ def server_of(module: str) -> str | None:
         "nbqueue._rabbitmq",
         "nbqueue._memcached",
         "nbqueue._prometheus",
+        "nbqueue._opentelemetry",
     ):
         if module == server or module.startswith(server + "."):
             return server

@@ -18,6 +18,10 @@ How the broker is chosen, first match wins:
 3. otherwise the global broker after importing the first module (in-memory unless that module
    configures one).
 
+``--tracing`` (or ``NBQUEUE_TRACING=opentelemetry``) puts the ``OpenTelemetry`` middleware first on
+the broker, however it was chosen; each process's spans go to the tracer provider its modules
+(or ``opentelemetry-instrument``) configure.
+
 The broker's ``after_process_boot`` hook runs after the broker is known and before the remaining
 modules are imported, as in Dramatiq. Then ``nbqueue.remote.configure_worker`` installs the rule
 for messages of actors this worker lacks and, with ``--notebook-actors``, the loader of actors
@@ -64,7 +68,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .boot import BootError, add_paths, check_notebook_actors, split_spec
+from .boot import BootError, add_paths, check_notebook_actors, check_tracing, split_spec
 from .logs import LOG_FORMAT, report_error, setup_logging
 from .options import (
     EXIT_CODES,
@@ -138,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.USAGE)
     try:
         check_notebook_actors(options)
+        check_tracing(options)
         check_watch(options)
         if options.pid_file is not None:
             write_pid_file(options.pid_file)

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._opentelemetry import OpenTelemetry
 from ..broker import Broker, get_broker, set_broker
 from ..brokers.stub import StubBroker
 from ..common import redact_url
-from ..connection import REDIS_SCHEMES, broker_from_url
+from ..connection import REDIS_SCHEMES, add_tracing, broker_from_url, tracing_from_environment
 from ..errors import BrokerConnectionError, BrokerUnavailable
 from ..live import Live
 from ..results import Results
@@ -28,6 +29,7 @@ __all__ = [
     "add_paths",
     "boot",
     "check_notebook_actors",
+    "check_tracing",
     "configure_notebook_actors",
     "log_boot",
     "split_spec",
@@ -222,6 +224,26 @@ def check_notebook_actors(options: Options) -> bytes | None:
     return secret
 
 
+def check_tracing(options: Options) -> bool:
+    """Return whether to trace with OpenTelemetry (``--tracing`` or ``NBQUEUE_TRACING``),
+    checked before any process starts.
+
+    Raises:
+      BootError: ``NBQUEUE_TRACING`` holds an unknown value, or tracing is asked for and
+        opentelemetry-api is not installed.
+    """
+    try:
+        tracing = options.tracing or tracing_from_environment()
+    except BrokerUnavailable as e:
+        raise BootError(ExitCode.USAGE, str(e)) from e
+    if tracing:
+        try:
+            OpenTelemetry()
+        except ImportError as e:
+            raise BootError(ExitCode.USAGE, str(e)) from None
+    return tracing
+
+
 def configure_notebook_actors(broker: Broker, options: Options) -> list[str]:
     """Install the unknown-actor rule (always) and, with ``--notebook-actors``, the loader of
     notebook actors; declare and return the extra queues this worker must consume."""
@@ -306,6 +328,11 @@ def boot(options: Options) -> Broker:
         broker.close()
         broker = current
         broker.emit_after("process_boot")
+    if check_tracing(options):
+        try:
+            add_tracing(broker)
+        except BrokerUnavailable as e:
+            raise BootError(ExitCode.USAGE, str(e)) from e
     return broker
 
 

@@ -62,6 +62,7 @@ examples:
   nbqueue worker tasks --watch .          reload the worker processes when a .py file changes
   nbqueue worker tasks --pid-file /tmp/nbqueue.pid --log-file /tmp/nbqueue.log
   nbqueue worker tasks -f metrics:serve   also run metrics.serve() in a process of its own
+  nbqueue worker tasks --tracing          trace messages with OpenTelemetry
   NBQUEUE_SECRET=... nbqueue worker tasks --broker redis://... --notebook-actors
 
 processes:
@@ -80,6 +81,12 @@ notebook actors:
   --notebook-actors also runs actors published from notebooks (%%actor --remote). Their code is
   signed: give the shared secret in NBQUEUE_SECRET or in a file with --secret-file, never on
   the command line (other users can read it there).
+
+tracing:
+  --tracing (or NBQUEUE_TRACING=opentelemetry) puts the OpenTelemetry middleware first on the
+  broker the worker serves, however it was chosen (needs pip install 'nbqueue[opentelemetry]');
+  each message's span is a child of its sender's. Configure the SDK and an exporter in your
+  modules or with opentelemetry-instrument; off by default.
 
 fork functions:
   --fork-function MODULE:FUNCTION (repeatable) and the `forks` of the broker's middleware run
@@ -134,6 +141,7 @@ class Options:
       watch_include: glob patterns of files that reload (``**.py`` always among them).
       watch_exclude: glob patterns of files that never reload.
       use_spawn: ``--use-spawn`` was given (nbqueue always spawns).
+      tracing: ``--tracing`` was given: trace messages with OpenTelemetry.
     """
 
     modules: tuple[str, ...]
@@ -159,6 +167,7 @@ class Options:
     watch_include: tuple[str, ...] = ("**.py",)
     watch_exclude: tuple[str, ...] = ()
     use_spawn: bool = False
+    tracing: bool = False
 
 
 def version() -> str:
@@ -368,6 +377,12 @@ def make_argument_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="with --watch, files that never reload (repeatable)",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="trace messages with OpenTelemetry (needs pip install 'nbqueue[opentelemetry]'; "
+        "the same as NBQUEUE_TRACING=opentelemetry)",
+    )
     parser.add_argument("--verbose", "-v", action="count", default=0, help="log debug messages too")
     parser.add_argument("--version", action="version", version=f"nbqueue {version()}")
     return parser
@@ -412,4 +427,5 @@ def parse_options(argv: Sequence[str]) -> Options:
         watch_include=tuple(ns.include_patterns),
         watch_exclude=tuple(ns.exclude_patterns),
         use_spawn=ns.use_spawn,
+        tracing=ns.tracing,
     )
