@@ -178,6 +178,7 @@ class Live(Middleware):
             status_event=event,
             # memory keeps a job's records while the handle send() returns lives
             handle=None if transport.buffered else message,
+            history=message if transport.keeps_history else None,
         )
         if transport.buffered:
             get_publisher(transport).submit(write)
