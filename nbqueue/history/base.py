@@ -298,12 +298,13 @@ class HistoryJob:
 
 @dataclasses.dataclass(frozen=True)
 class JobQuery:
-    """Which jobs to list: every given filter must match (``q`` is a message id prefix)."""
+    """Which jobs to list: every given filter must match (``q`` is a message id prefix;
+    ``notebooks`` the paths a notebook may be recorded under, relative or absolute)."""
 
     status: str | None = None
     actor: str | None = None
     queue: str | None = None
-    notebook: str | None = None
+    notebooks: tuple[str, ...] = ()
     q: str | None = None
     limit: int = 200
 
@@ -313,7 +314,7 @@ class JobQuery:
             (not self.status or job.status == self.status)
             and (not self.actor or job.actor == self.actor)
             and (not self.queue or job.queue == self.queue)
-            and (not self.notebook or job.notebook == self.notebook)
+            and (not self.notebooks or job.notebook in self.notebooks)
             and (not self.q or job.id.startswith(self.q))
         )
 

@@ -43,6 +43,9 @@ BUSY_TIMEOUT = 10.0
 #: How often a kernel's writer thread looks for commands, in seconds (at most).
 COMMAND_INTERVAL = 1.0
 
+#: How often a kernel that serves commands says it is alive, in seconds.
+HEARTBEAT_INTERVAL = 5.0
+
 #: How long a command waits for its kernel before it is dropped, in milliseconds.
 COMMAND_TTL = 60_000
 
@@ -81,6 +84,7 @@ CREATE TABLE IF NOT EXISTS commands (
     done_at INTEGER,
     outcome TEXT
 );
+CREATE TABLE IF NOT EXISTS kernels (id TEXT PRIMARY KEY, pid INTEGER, seen_at INTEGER NOT NULL);
 """
 
 _UPSERT = """
@@ -177,9 +181,7 @@ class SQLiteHistory(History):
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-        self._queue: queue.Queue[tuple[str, dict[str, Any], Any, str | None] | None] = (
-            queue.Queue()
-        )
+        self._queue: queue.Queue[tuple[str, dict[str, Any], Any, str | None] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._commands: Command | None = None
@@ -262,7 +264,7 @@ class SQLiteHistory(History):
             thread.join(timeout)
 
     def _run(self) -> None:
-        next_commands = 0.0
+        next_commands = next_heartbeat = 0.0
         while True:
             block = None
             if self._commands is not None:
@@ -288,18 +290,43 @@ class SQLiteHistory(History):
                 try:
                     self._write(batch)
                 except Exception:
-                    logger.warning("The job history could not write to %s.", self.path, exc_info=True)
+                    logger.warning(
+                        "The job history could not write to %s.", self.path, exc_info=True
+                    )
                 with self._flushed:
                     self._pending -= len(batch)
                     self._flushed.notify_all()
             if self._commands is not None and time.monotonic() >= next_commands:
                 next_commands = time.monotonic() + COMMAND_INTERVAL
                 try:
+                    if time.monotonic() >= next_heartbeat:
+                        next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
+                        self._heartbeat(alive=True)
                     self._run_commands(self._commands)
                 except Exception:
                     logger.warning("The job history could not run commands.", exc_info=True)
             if stop:
+                if self._commands is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._heartbeat(alive=False)
                 return
+
+    def _heartbeat(self, *, alive: bool) -> None:
+        if not self.kernel:
+            return
+        with self._transaction() as db:
+            if alive:
+                db.execute(
+                    "INSERT OR REPLACE INTO kernels (id, pid, seen_at) VALUES (?, ?, ?)",
+                    (self.kernel, os.getpid(), current_millis()),
+                )
+            else:
+                db.execute("DELETE FROM kernels WHERE id = ?", (self.kernel,))
+
+    def kernel_seen(self, kernel: str) -> int | None:
+        """When the kernel ``kernel`` last said it serves commands (ms), or ``None``."""
+        row = self._db().execute("SELECT seen_at FROM kernels WHERE id = ?", (kernel,)).fetchone()
+        return None if row is None else int(row[0])
 
     def _row(
         self, message_id: str, fields: dict[str, Any], message: Any, output: str | None
@@ -365,7 +392,9 @@ class SQLiteHistory(History):
                 "INSERT INTO commands (kernel, kind, job, new_id, created_at) VALUES (?, ?, ?, ?, ?)",
                 (job.kernel, kind, job.id, new_id, current_millis()),
             )
-            db.execute("DELETE FROM commands WHERE created_at < ?", (current_millis() - 86_400_000,))
+            db.execute(
+                "DELETE FROM commands WHERE created_at < ?", (current_millis() - 86_400_000,)
+            )
         return int(cursor.lastrowid or 0)
 
     def command_outcome(self, seq: int) -> str | None:
@@ -423,16 +452,19 @@ class SQLiteHistory(History):
 
     def jobs(self, query: JobQuery | None = None) -> list[HistoryJob]:
         query = query or JobQuery()
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (
             ("status", query.status),
             ("actor", query.actor),
             ("queue", query.queue),
-            ("notebook", query.notebook),
         ):
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if query.notebooks:
+            where.append(f"notebook IN ({', '.join('?' * len(query.notebooks))})")
+            params += list(query.notebooks)
         if query.q:
             where.append("substr(id, 1, ?) = ?")
             params += [len(query.q), query.q]

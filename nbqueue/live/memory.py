@@ -107,6 +107,10 @@ class MemoryTransport(Transport):
     def keeps_history(self) -> bool:
         return self.recorder is not None
 
+    def record_to(self, recorder: Recorder | None) -> bool:
+        self.recorder = recorder
+        return True
+
     def __repr__(self) -> str:
         return f"MemoryTransport(messages={len(self._logs)})"
 

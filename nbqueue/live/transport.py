@@ -242,6 +242,11 @@ class Transport(abc.ABC):
         because this store keeps a job history."""
         return False
 
+    def record_to(self, recorder: Recorder | None) -> bool:
+        """Hand every status change to ``recorder`` (``None``: stop); return False when this
+        store keeps its own history (or none) and takes no recorder."""
+        return False
+
     def history(self) -> History | None:
         """Return the job history this store keeps itself, or ``None`` (memory: its recorder
         keeps it, if any)."""

@@ -25,11 +25,14 @@ from ..broker import Broker, get_broker
 from ..brokers.stub import StubBroker
 from ..common import QUEUE_NAME_RE, redact_url
 from ..connection import RESULTS_URL_ENV, connect
+from ..errors import NbqueueError
+from ..history.lookup import attach
 from ..live.backends import find_results
 from ..live.retention import Retention
 from ..message import Message
 from ..remote import NOTEBOOK_QUEUE, SECRET_ENV, publish_actor, secret_from_env
 from .embedded import get_embedded_worker
+from .jobs import LocalHistory, recent_jobs
 from .widgets import BatchView, History, JobView, QueueMonitor, ResultsTable
 
 __all__ = ["NbqueueMagics"]
@@ -152,6 +155,8 @@ class NbqueueMagics(Magics):
         #: actor name -> (function, declaration options), re-declared after a connect
         self.declared: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.views: list[Any] = []
+        #: the local job history (set by the extension; ``None`` when off)
+        self.local: LocalHistory | None = None
         #: views made by %send for the message it returns, until displayed
         self._prepared: dict[str, JobView] = {}
         #: set while no cell runs (see JobView's ``idle``)
@@ -475,6 +480,9 @@ class NbqueueMagics(Magics):
           %nbqueue worker stop          stop it (messages it holds go back to the broker)
           %nbqueue monitor              a live table of the queues
           %nbqueue results              a live table of the messages sent from here
+          %nbqueue jobs [--limit N]     this notebook's recent jobs, from the job history
+          %nbqueue attach ID            the live view of a job from the history (by id or
+                                        prefix), e.g. one a worker still runs after a restart
         """
         try:
             words = shlex.split(line)
@@ -505,6 +513,21 @@ class NbqueueMagics(Magics):
                 "Embedded worker stopped; %send no longer starts it (%nbqueue worker start does)."
             )
             return None
+        if command == "jobs":
+            parser = _Parser(prog="%nbqueue jobs", add_help=False)
+            parser.add_argument("--limit", type=int, default=20)
+            opts = parser.parse_args(rest)
+            store = self.local.store if self.local is not None else None
+            return recent_jobs(store, limit=max(1, opts.limit))
+        if command == "attach":
+            if len(rest) != 1:
+                raise UsageError("Usage: %nbqueue attach ID (a job id or its first characters).")
+            store = self.local.store if self.local is not None else None
+            try:
+                message = attach(rest[0], local=store)
+            except NbqueueError as e:
+                raise UsageError(str(e)) from None
+            return message
         if command in ("monitor", "results") and not rest:
             embedded = self.embedded
             view: QueueMonitor | ResultsTable
@@ -516,7 +539,7 @@ class NbqueueMagics(Magics):
             return view
         raise UsageError(
             f"Unknown %nbqueue command {line.strip()!r}; use connect URL, status, worker start, "
-            f"worker stop, monitor or results."
+            f"worker stop, monitor, results, jobs or attach ID."
         )
 
     def _connect(self, url: str, *, namespace: str | None = None) -> None:
