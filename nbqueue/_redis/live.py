@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from ..history.base import Limits, origin
+from ..history.base import Limits
 from ..live import transport as _contract
 from ..live.channel import CLOSE_TIMEOUT, get_publisher
 from ..live.status import LiveEvent, StatusRecord
@@ -63,9 +63,10 @@ class _Default:
 _DEFAULT = _Default()
 
 
-def history_entry(message: Any) -> str:
-    """The history's entry of a message sent from here: its JSON and where it came from."""
-    notebook, kernel = origin()
+def history_entry(sent: tuple[Any, str | None, str | None]) -> str:
+    """The history's entry of a message (``Write.history``): its JSON and where it came
+    from."""
+    message, notebook, kernel = sent
     return _dumps({"message": message.asdict(), "notebook": notebook, "kernel": kernel})
 
 

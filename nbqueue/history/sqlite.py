@@ -115,6 +115,9 @@ _COLUMNS = (
     "worker, error, notebook, kernel"
 )
 
+#: What wakes the writer thread without a change to write.
+_WAKE: Any = ()
+
 #: What a kernel does with a command: (kind, job id, new id) -> an outcome word.
 Command = Callable[[str, str, "str | None"], str]
 
@@ -239,6 +242,7 @@ class SQLiteHistory(History):
         self._commands = handler
         if handler is not None:
             self._ensure_thread()
+            self._queue.put(_WAKE)  # a writer blocked with no commands to serve
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -272,7 +276,7 @@ class SQLiteHistory(History):
             try:
                 first = self._queue.get(timeout=block) if block is not None else self._queue.get()
             except queue.Empty:
-                first = ()  # type: ignore[assignment]
+                first = _WAKE
             batch: list[tuple[str, dict[str, Any], Any, str | None]] = []
             stop = first is None
             if first:
@@ -284,7 +288,7 @@ class SQLiteHistory(History):
                     break
                 if item is None:
                     stop = True
-                else:
+                elif item:
                     batch.append(item)
             if batch:
                 try:

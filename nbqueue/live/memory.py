@@ -188,7 +188,8 @@ class MemoryTransport(Transport):
                         if self._watches:
                             self._changed(w.message_id)
                         if recorder is not None:
-                            notes.append(self._note(w.message_id, log, w.history))
+                            sent = w.history[0] if w.history is not None else None
+                            notes.append(self._note(w.message_id, log, sent))
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()

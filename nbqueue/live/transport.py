@@ -80,8 +80,10 @@ class Write:
         ``enqueued`` write landed records ``enqueued`` itself, so every log starts alike.
       handle: the ``Message`` that ``send()`` returned, on a producer's write to a store that
         bounds what it keeps (memory): it keeps the message's records while it lives (weakly).
-      history: the ``Message`` sent, on a producer's first write to a store that keeps a job
-        history (``Transport.keeps_history``): the history stores its JSON, to send it again.
+      history: ``(message, notebook, kernel)``, the ``Message`` sent and where from
+        (``nbqueue.history.origin()``), on a producer's first write to a store that keeps a
+        job history (``Transport.keeps_history``): the history stores its JSON, to send it
+        again.
     """
 
     message_id: str

@@ -47,22 +47,26 @@ end
 -- 4 the version counter, 5 the changes stream (what the Jupyter server blocks on).
 -- New entries trim the history to hist.max jobs and hist.age ms.
 local function history_note(record, message_id, hk, hist, now)
+    if hist.entry == '' and redis.call('HEXISTS', hk[2], message_id) == 0 then
+        return
+    end
+    local version = redis.call('INCR', hk[4])
     if hist.entry ~= '' then
-        redis.call('ZADD', hk[1], 'NX', now, message_id)
+        -- Scored by time, ties (sends in the same millisecond) in version order: a fraction
+        -- of 1/4096 steps, which a double holds exactly beside epoch milliseconds.
+        local score = string.format('%.4f', now + (version % 4096) / 4096)
+        redis.call('ZADD', hk[1], 'NX', score, message_id)
         redis.call('HSET', hk[2], message_id, hist.entry)
         local old = redis.call('ZRANGEBYSCORE', hk[1], '-inf', '(' .. (now - hist.age),
             'LIMIT', 0, 1000)
         if #old > 0 then history_drop(hk, old) end
         local excess = redis.call('ZCARD', hk[1]) - hist.max
         if excess > 0 then history_drop(hk, redis.call('ZRANGE', hk[1], 0, excess - 1)) end
-    elseif redis.call('HEXISTS', hk[2], message_id) == 0 then
-        return
     end
     local flat = redis.call('HGETALL', record)
     local copy = {}
     for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
     redis.call('HSET', hk[3], message_id, cjson.encode(copy))
-    local version = redis.call('INCR', hk[4])
     redis.call('XADD', hk[5], 'MAXLEN', '~', 100, '*', 'v', version, 'id', message_id)
 end
 
