@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -180,10 +181,31 @@ class LabState:
                 logger.debug("nbqueue: closing %s failed", source.url, exc_info=True)
 
 
+#: The password of a URL anywhere in a text: ``scheme://user:PASSWORD@``.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***\3", text) if "://" in text else text
+
+
+def scrub(value: Any) -> Any:
+    """``value`` (JSON data) with every string scrubbed: jobs' arguments, output, errors and
+    results may quote a URL with its password, and no response carries one."""
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
 def _scrub(error: BaseException) -> str:
     """An error's text without any password a URL in it carries."""
     text = f"{type(error).__name__}: {error}"
-    return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
+    return scrub_text(" ".join(redact_url(w) if "://" in w else w for w in text.split(" ")))
 
 
 class BaseHandler(APIHandler):
@@ -197,7 +219,7 @@ class BaseHandler(APIHandler):
     def answer(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, default=repr))
+        self.finish(json.dumps(scrub(body), default=lambda v: scrub_text(repr(v))))
 
     def refuse(self, status: int, message: str) -> None:
         self.answer({"message": message}, status)
@@ -248,7 +270,10 @@ class JobHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def get(self, message_id: str) -> None:
-        detail = await self.state.run(self.state.detail, message_id)
+        try:
+            detail = await self.state.run(self.state.detail, message_id)
+        except Exception as e:
+            return self.refuse(503, f"Job {message_id} cannot be read now: {_scrub(e)}")
         if detail is None:
             return self.refuse(404, f"No job {message_id!r} in the history.")
         self.answer(detail)
@@ -260,7 +285,10 @@ class ActionHandler(BaseHandler):
     @tornado.web.authenticated
     async def post(self, message_id: str, action: str) -> None:
         state = self.state
-        found = await state.run(state.find, message_id)
+        try:
+            found = await state.run(state.find, message_id)
+        except Exception as e:
+            return self.refuse(503, f"Job {message_id} cannot be read now: {_scrub(e)}")
         if found is None:
             return self.refuse(404, f"No job {message_id!r} in the history.")
         source, job = found

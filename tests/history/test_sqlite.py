@@ -9,10 +9,17 @@ from nbqueue.brokers.stub import StubBroker
 from nbqueue.common import current_millis
 from nbqueue.history import JobQuery, Limits, SQLiteHistory
 from nbqueue.live.middleware import transport_for
+from nbqueue.results.backends import StubBackend
 
 
 def _fields(status: str, enqueued_at: int, **extra: Any) -> dict[str, Any]:
-    return {"status": status, "actor_name": "add", "queue_name": "default", "enqueued_at": enqueued_at, **extra}
+    return {
+        "status": status,
+        "actor_name": "add",
+        "queue_name": "default",
+        "enqueued_at": enqueued_at,
+        **extra,
+    }
 
 
 def _message(message_id: str, *args: Any) -> nbqueue.Message[Any]:
@@ -24,7 +31,7 @@ def test_a_memory_broker_records_its_jobs_with_message_output_and_origin(
 ) -> None:
     store = SQLiteHistory(str(tmp_path / "h.sqlite3"), kernel="k-1", notebook="a/b.ipynb")
     broker = StubBroker()
-    broker.add_middleware(nbqueue.results.Results(backend=nbqueue.results.backends.StubBackend()))
+    broker.add_middleware(nbqueue.results.Results(backend=StubBackend()))
     broker.add_middleware(nbqueue.live.Live())
     assert transport_for(broker).record_to(store)
 
@@ -77,7 +84,9 @@ def test_filters_and_id_prefix_search(tmp_path: pathlib.Path) -> None:
     store = SQLiteHistory(str(tmp_path / "h.sqlite3"), notebook="x.ipynb", kernel="k")
     now = current_millis()
     store.record("abc-1", _fields("failed", now, error="ValueError: no"), _message("abc-1"), None)
-    store.record("abd-2", {**_fields("running", now + 1), "actor_name": "mul"}, _message("abd-2"), None)
+    store.record(
+        "abd-2", {**_fields("running", now + 1), "actor_name": "mul"}, _message("abd-2"), None
+    )
     assert store.flush()
     assert [j.id for j in store.jobs(JobQuery(q="abc"))] == ["abc-1"]
     assert [j.id for j in store.jobs(JobQuery(q="ab"))] == ["abd-2", "abc-1"]

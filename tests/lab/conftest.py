@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pytest_jupyter.jupyter_server import *  # noqa: F403
 from traitlets.config import Config
 
 import nbqueue
-from pytest_jupyter.jupyter_server import *  # noqa: F403
-
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def history_path(tmp_path: pathlib.Path) -> str:
     return str(tmp_path / "history.sqlite3")
 
 
-@pytest.fixture
+@pytest.fixture  # type: ignore[no-redef]
 def jp_server_config(redis_url: str, namespace: str, history_path: str) -> Config:
     return Config(
         {

@@ -83,6 +83,7 @@ async def test_list_filter_search_and_detail(
     with pytest.raises(HTTPClientError) as missing:
         await jp_fetch("nbqueue", "api", "jobs", "no-such-job")
     assert missing.value.code == 404
+    assert missing.value.response is not None
     assert "no-such-job" in json.loads(missing.value.response.body)["message"]
 
 
