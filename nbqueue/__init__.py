@@ -37,6 +37,7 @@ from .errors import (
     WaitTimeout,
 )
 from .generic import GenericActor
+from .history.lookup import attach
 from .live import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -106,6 +107,7 @@ __all__ = [
     "__version__",
     "actor",
     "as_completed",
+    "attach",
     "connect",
     "cron",
     "every",

@@ -589,6 +589,21 @@ class Broker(Services, abc.ABC):
     def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
         """Return the dead letters of a queue, oldest first, each with its reason."""
 
+    def requeue_dead_letter(self, queue_name: str, message_id: str) -> Message[Any] | None:
+        """Move a dead letter back to its queue, to run again (its options unchanged).
+
+        Returns:
+          The message as enqueued, or ``None`` when the queue has no dead letter of that id
+          (of two callers moving the same letter, one gets it).
+
+        Raises:
+          NotImplementedError: this broker cannot take one letter out of its dead letters.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot requeue one dead letter; read them with "
+            f"get_dead_letters({queue_name!r}) and send the message again."
+        )
+
 
 def _with_options(
     message: Message[Any], options: dict[str, Any], queue_name: str | None

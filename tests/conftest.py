@@ -70,11 +70,16 @@ def memcached_server() -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop broker configuration from the environment for the duration of each test."""
+def clean_environ(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Drop broker configuration from the environment for the duration of each test; the
+    local job history goes to a file of the test's own, never the user's."""
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES) and not name.startswith("NBQUEUE_TEST_"):
             monkeypatch.delenv(name)
+    history = tmp_path_factory.mktemp("history") / "history.sqlite3"
+    monkeypatch.setenv("NBQUEUE_HISTORY_PATH", str(history))
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,7 @@ RINGS: dict[str, float] = {
     "nbqueue.results": 1,
     "nbqueue.rate_limits": 1,
     "nbqueue.live": 1,
+    "nbqueue.history": 1,
     "nbqueue.brokers": 1,
     # 2 servers: one package per server, never importing each other
     "nbqueue._redis": 2,
@@ -61,6 +62,7 @@ RINGS: dict[str, float] = {
     # 4 apps
     "nbqueue.notebook": 4,
     "nbqueue.cli": 4,
+    "nbqueue.lab": 4,
     "nbqueue.django": 4,
     "nbqueue.__main__": 4,
 }
@@ -89,6 +91,8 @@ EXTRAS = (
     "ipywidgets",
     "django",
     "django_dramatiq",
+    "jupyter_server",
+    "tornado",
 )
 
 #: Core files that still import an extra, until they move to their server package.

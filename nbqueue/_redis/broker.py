@@ -574,6 +574,40 @@ class RedisBroker(Broker):
             letters.append(DeadLetter(q_name(queue_name), body, reason, message, error))
         return letters
 
+    def requeue_dead_letter(self, queue_name: str, message_id: str) -> Message[Any] | None:
+        """Move a dead letter back to its queue (see ``Broker.requeue_dead_letter``).
+
+        The letter is taken out first, atomically (one of two callers gets it), then enqueued
+        under a fresh ``redis_message_id``; if the enqueue fails it is put back.
+        """
+        canonical = q_name(queue_name)
+        letter = next(
+            (
+                d
+                for d in self.get_dead_letters(canonical)
+                if d.message is not None and d.message.message_id == message_id
+            ),
+            None,
+        )
+        if letter is None or letter.message is None:
+            return None
+        rid = str(letter.message.options.get("redis_message_id") or "")
+        keys = self.keys.dead_letters(canonical)
+        with self.connection.errors():
+            body = self.scripts["requeue_dead"](keys=keys, args=[rid])
+        if not body:
+            return None
+        message = Message.decode(body if isinstance(body, bytes) else str(body).encode())
+        try:
+            return self.enqueue(message)
+        except Exception:
+            with self.connection.errors():
+                pipe = self.client.pipeline(transaction=True)
+                pipe.zadd(keys[0], {rid: time.time() * 1000})
+                pipe.hset(keys[1], rid, body)
+                pipe.execute()
+            raise
+
 
 def _frame(rid: str, priority: int, data: bytes) -> bytes:
     """Frame one message for enqueue.lua: id (36 bytes), priority, body length, body."""

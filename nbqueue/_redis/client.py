@@ -59,6 +59,7 @@ BROKER_SCRIPTS = (
     "ack",
     "bury",
     "dead_letters",
+    "requeue_dead",
     "enqueue",
     "fetch",
     "leave",

@@ -18,6 +18,7 @@ __all__ = [
     "WAKE_TTL",
     "RedisKeys",
     "crashes_prefix",
+    "history_keys",
     "live_prefix",
     "own_prefix",
     "schedules_prefix",
@@ -39,6 +40,15 @@ def own_prefix(namespace: str) -> str:
 def live_prefix(namespace: str) -> str:
     """Return the start of every live-channel key under ``namespace`` (see ``live.py``)."""
     return f"{own_prefix(namespace)}live:"
+
+
+def history_keys(namespace: str) -> list[str]:
+    """Return the job history's keys under ``namespace`` (see ``history.py``): the index (zset
+    of message ids by enqueue time), the entries (hash: id -> message JSON and origin), the
+    record copies (hash: id -> status record JSON), the version counter and the changes
+    stream."""
+    index = f"{own_prefix(namespace)}history"
+    return [index, index + ":entries", index + ":records", index + ":version", index + ":changes"]
 
 
 def crashes_prefix(namespace: str) -> str:

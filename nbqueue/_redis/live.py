@@ -19,17 +19,21 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
+from ..history.base import Limits
 from ..live import transport as _contract
 from ..live.channel import CLOSE_TIMEOUT, get_publisher
 from ..live.status import LiveEvent, StatusRecord
 from ..live.transport import AbortListener, HeldWrite, Transport, Watch, Write
 from .client import SOCKET_TIMEOUT, RedisConnection, as_text, load_script
 from .group import group_commit
-from .keys import live_prefix
+from .keys import history_keys, live_prefix
+
+if TYPE_CHECKING:
+    from .history import RedisHistory
 
 __all__ = ["RedisTransport", "RedisWatch", "claim_held", "live_prefix", "shared_transport"]
 
@@ -52,6 +56,20 @@ WATCH_CHUNK = 1000
 STATUS_CHUNK = 1000
 
 
+class _Default:
+    pass
+
+
+_DEFAULT = _Default()
+
+
+def history_entry(sent: tuple[Any, str | None, str | None]) -> str:
+    """The history's entry of a message (``Write.history``): its JSON and where it came
+    from."""
+    message, notebook, kernel = sent
+    return _dumps({"message": message.asdict(), "notebook": notebook, "kernel": kernel})
+
+
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
@@ -72,9 +90,17 @@ class RedisTransport(Transport):
     buffered = True
 
     def __init__(
-        self, connection: RedisConnection, namespace: str, *, max_events: int = 1000
+        self,
+        connection: RedisConnection,
+        namespace: str,
+        *,
+        max_events: int = 1000,
+        history: Limits | None | _Default = _DEFAULT,
     ) -> None:
         super().__init__(max_events=max_events)
+        #: the job history's bounds (``None``: no history), from the environment by default
+        self.history_limits = Limits.from_env() if isinstance(history, _Default) else history
+        self.history_keys = history_keys(namespace) if self.history_limits else []
         self.connection = connection
         self.client = connection.client
         self.namespace = namespace
@@ -90,10 +116,23 @@ class RedisTransport(Transport):
     def __repr__(self) -> str:
         return f"RedisTransport({self.connection.where!r}, namespace={self.namespace!r})"
 
+    @property
+    def keeps_history(self) -> bool:
+        return self.history_limits is not None
+
+    def history(self) -> RedisHistory | None:
+        """The job history kept beside the live records (``history.py``), or ``None``."""
+        if self.history_limits is None:
+            return None
+        from .history import RedisHistory  # history.py builds on this module
+
+        return RedisHistory(self)
+
     def keys(self, message_id: str) -> list[str]:
-        """Return the record and events keys of a message."""
+        """Return the keys a write of a message touches: its record and events, then the job
+        history's, when it keeps one."""
         record = self.prefix + message_id
-        return [record, record + ":events"]
+        return [record, record + ":events", *self.history_keys]
 
     def write_args(self, w: Write) -> list[Any]:
         """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
@@ -111,6 +150,14 @@ class RedisTransport(Transport):
             "fields": {k: _field(v) for k, v in w.fields.items() if v is not None},
             "once": {k: _field(v) for k, v in w.once.items() if v is not None},
         }
+        limits = self.history_limits
+        if limits is not None:
+            header["hist"] = {
+                "id": w.message_id,
+                "max": limits.max_jobs,
+                "age": limits.max_age,
+                "entry": "" if w.history is None else history_entry(w.history),
+            }
         args: list[Any] = [_dumps(header)]
         for kind, data in w.events:
             args += [kind, _dumps(data)]
@@ -118,7 +165,8 @@ class RedisTransport(Transport):
 
     def add_write(self, pipe: Any, w: Write) -> None:
         """Add ``w``'s script call to ``pipe`` (a result store's round trip)."""
-        pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self.write_args(w))
+        keys = self.keys(w.message_id)
+        pipe.evalsha(self._write.sha, len(keys), *keys, *self.write_args(w))
 
     def settle_write(self, w: Write, reply: Any) -> None:
         """Handle the reply to a write sent by ``add_write``: sent again after the server lost
@@ -159,7 +207,7 @@ class RedisTransport(Transport):
             keys, args, sha = self.keys(w.message_id), self.write_args(w), self._write.sha
             with self.connection.errors():
                 (reply,) = group_commit(self.connection).execute(
-                    lambda pipe: pipe.evalsha(sha, 2, *keys, *args)
+                    lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
                 )
                 if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
                     reply = self._write(keys=keys, args=args)
@@ -170,7 +218,8 @@ class RedisTransport(Transport):
         # first, which would double the round trips of every batch.
         pipe = self.client.pipeline(transaction=False)
         for w in writes:
-            pipe.evalsha(self._write.sha, 2, *self.keys(w.message_id), *self.write_args(w))
+            keys = self.keys(w.message_id)
+            pipe.evalsha(self._write.sha, len(keys), *keys, *self.write_args(w))
         with self.connection.errors():
             replies = pipe.execute(raise_on_error=False)
             results = []
@@ -231,7 +280,8 @@ class RedisTransport(Transport):
 
     def abort(self, message_id: str, *, ttl: int, now: int) -> int:
         event = _dumps({"status": "aborted", "by": "abort()"})
-        keys = [*self.keys(message_id), self.aborts_key]
+        record, stream, *history = self.keys(message_id)
+        keys = [record, stream, self.aborts_key, *history]
         args: list[Any] = [now, ttl, self.max_events, message_id, event, ABORTS_TTL, ABORTS_MAXLEN]
         with self.connection.errors():
             return int(self._abort(keys=keys, args=args))

@@ -360,6 +360,27 @@ class StubBroker(Broker):
         with self._lock:
             return list(self._dead[q_name(queue_name)])
 
+    def requeue_dead_letter(self, queue_name: str, message_id: str) -> Message[Any] | None:
+        """Move a dead letter back to its queue (see ``Broker.requeue_dead_letter``)."""
+        canonical = q_name(queue_name)
+        with self._lock:
+            letters = self._dead[canonical]
+            found = next(
+                (
+                    d
+                    for d in letters
+                    if d.message is not None and d.message.message_id == message_id
+                ),
+                None,
+            )
+            if found is None or found.message is None:
+                return None
+            letters.remove(found)
+            self._dead_exceptions.pop(id(found), None)
+            proxies = self.dead_letters_by_queue[canonical]
+            proxies[:] = [p for p in proxies if p.message_id != message_id]
+        return self.enqueue(found.message)
+
     # called by consumers, with data the consumer fetched
     def _settle(self, queue: StubQueue) -> None:
         queue.in_flight -= 1

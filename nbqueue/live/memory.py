@@ -24,6 +24,7 @@ from .transport import (
     REQUESTED,
     TOO_LATE,
     AbortListener,
+    Recorder,
     Transport,
     Watch,
     Write,
@@ -41,6 +42,9 @@ PLACEHOLDER_TTL = 60.0
 
 #: How often finished jobs kept for a live handle are checked again, in seconds.
 HELD_CHECK_INTERVAL = 5.0
+
+#: The longest output tail handed to a recorder when a job finishes, in characters.
+OUTPUT_TAIL = 65536
 
 
 class _Log:
@@ -96,6 +100,16 @@ class MemoryTransport(Transport):
         self._next_held_check = 0.0
         #: message id -> the watches waiting for its status to change
         self._watches: dict[str, list[_MemoryWatch]] = {}
+        #: where status changes also go, for a history that outlives this process
+        self.recorder: Recorder | None = None
+
+    @property
+    def keeps_history(self) -> bool:
+        return self.recorder is not None
+
+    def record_to(self, recorder: Recorder | None) -> bool:
+        self.recorder = recorder
+        return True
 
     def __repr__(self) -> str:
         return f"MemoryTransport(messages={len(self._logs)})"
@@ -137,6 +151,8 @@ class MemoryTransport(Transport):
         now, millis = time.monotonic(), current_millis()
         retention = self.retention
         released: list[Job] = []
+        recorder = self.recorder
+        notes: list[tuple[str, dict[str, Any], Any, str | None]] = []
         with self._lock:
             for w in writes:
                 log = self._log(w.message_id, now, w.ttl / 1000)
@@ -171,6 +187,9 @@ class MemoryTransport(Transport):
                             self._append(log, "status", w.status_event, millis)
                         if self._watches:
                             self._changed(w.message_id)
+                        if recorder is not None:
+                            sent = w.history[0] if w.history is not None else None
+                            notes.append(self._note(w.message_id, log, sent))
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()
@@ -195,7 +214,21 @@ class MemoryTransport(Transport):
         if released:  # outside the lock: the result backend takes its own
             assert retention is not None
             retention.release_results(released)
+        if recorder is not None:
+            for note in notes:
+                recorder.record(*note)
         return results
+
+    @staticmethod
+    def _note(
+        message_id: str, log: _Log, message: Any
+    ) -> tuple[str, dict[str, Any], Any, str | None]:
+        """What a recorder is told of a status change. Hold the lock."""
+        record = log.record
+        output = None
+        if record.get("status") in FINISHED:
+            output = "".join(e.text for e in log.events if e.kind == "output")[-OUTPUT_TAIL:]
+        return message_id, dict(record), message, output
 
     def _release(self, now: float) -> list[Job]:
         """Release finished messages past the retention's limits, oldest first, except those
@@ -287,14 +320,19 @@ class MemoryTransport(Transport):
             if outcome == TOO_LATE:
                 return outcome
             record["abort"] = now
+            note = None
             if outcome == ABORTED_NOW:
                 record.update(status="aborted", finished_at=now)
                 self._append(log, "status", {"status": "aborted", "by": "abort()"}, now)
                 if self._watches:
                     self._changed(message_id)
+                if self.recorder is not None:
+                    note = self._note(message_id, log, None)
             if log.condition is not None:
                 log.condition.notify_all()
             listeners = list(self._listeners) if outcome == REQUESTED else []
+        if note is not None and self.recorder is not None:
+            self.recorder.record(*note)
         for listener in listeners:
             listener.on_abort(message_id)
         return outcome

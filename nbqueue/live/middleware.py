@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..common import current_millis, q_name
 from ..context import set_channel
 from ..errors import Abort, LiveUnavailable
+from ..history.base import origin
 from ..middleware.base import Middleware, SkipMessage
 from ..middleware.retries import Retries
 from . import capture
@@ -178,6 +179,8 @@ class Live(Middleware):
             status_event=event,
             # memory keeps a job's records while the handle send() returns lives
             handle=None if transport.buffered else message,
+            # the origin now: the publisher thread writes later, maybe after it changed
+            history=(message, *origin()) if transport.keeps_history else None,
         )
         if transport.buffered:
             get_publisher(transport).submit(write)

@@ -20,9 +20,12 @@ import abc
 import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .status import FINISHED, LiveEvent, StatusRecord
+
+if TYPE_CHECKING:
+    from ..history.base import History
 
 __all__ = [
     "ABORTED",
@@ -31,6 +34,7 @@ __all__ = [
     "REJECTED",
     "REQUESTED",
     "TOO_LATE",
+    "Recorder",
     "WAIT_BLOCK",
     "AbortListener",
     "HeldWrite",
@@ -76,6 +80,10 @@ class Write:
         ``enqueued`` write landed records ``enqueued`` itself, so every log starts alike.
       handle: the ``Message`` that ``send()`` returned, on a producer's write to a store that
         bounds what it keeps (memory): it keeps the message's records while it lives (weakly).
+      history: ``(message, notebook, kernel)``, the ``Message`` sent and where from
+        (``nbqueue.history.origin()``), on a producer's first write to a store that keeps a
+        job history (``Transport.keeps_history``): the history stores its JSON, to send it
+        again.
     """
 
     message_id: str
@@ -89,6 +97,23 @@ class Write:
     status_event: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
     handle: Any = None
+    history: Any = None
+
+
+class Recorder(Protocol):
+    """What a memory store hands every status change to, for a history kept elsewhere (the
+    embedded broker's SQLite history, ``nbqueue.history.sqlite``). Called outside the store's
+    lock; it must not block (it queues)."""
+
+    def record(
+        self, message_id: str, fields: dict[str, Any], message: Any, output: str | None
+    ) -> None:
+        """Note that ``message_id``'s status record is now ``fields``.
+
+        Parameters:
+          message: the ``Message`` sent, on its first write, else ``None``.
+          output: the tail of its output, once it finished, else ``None``.
+        """
 
 
 class HeldWrite:
@@ -212,6 +237,22 @@ class Transport(abc.ABC):
 
     def __init__(self, *, max_events: int) -> None:
         self.max_events = max_events
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether producers should pass the message in their first write (``Write.history``),
+        because this store keeps a job history."""
+        return False
+
+    def record_to(self, recorder: Recorder | None) -> bool:
+        """Hand every status change to ``recorder`` (``None``: stop); return False when this
+        store keeps its own history (or none) and takes no recorder."""
+        return False
+
+    def history(self) -> History | None:
+        """Return the job history this store keeps itself, or ``None`` (memory: its recorder
+        keeps it, if any)."""
+        return None
 
     @abc.abstractmethod
     def write(self, writes: list[Write]) -> list[int]:

@@ -8,11 +8,15 @@ so their names are deleted from the magics manager's tables).
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
 from ..broker import get_broker
 from ..composition import group
+from ..history.base import Limits
 from ..message import Message, MessageList
+from .jobs import LocalHistory
 from .magics import NbqueueMagics
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension"]
@@ -21,6 +25,8 @@ _MAGICS = {"line": ("send", "nbqueue"), "cell": ("actor",)}
 
 _loaded: dict[int, NbqueueMagics] = {}
 
+logger = logging.getLogger("nbqueue.notebook")
+
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics on ``ipython`` and the job view as the display of messages."""
@@ -28,6 +34,9 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     magics = NbqueueMagics(ipython)
     magics.embedded.attach(get_broker())  # the in-memory default unless configured
+    magics.local = _local_history()
+    if magics.local is not None:
+        magics.local.attach(get_broker())  # the embedded broker's jobs outlive the kernel
     magics.embedded.log.install()
     ipython.register_magics(magics)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
@@ -50,6 +59,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.embedded.close()
+    if magics.local is not None:
+        magics.local.detach()
     magics.embedded.autostart.on_sent = None
     magics.embedded.log.uninstall()
     ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
@@ -65,6 +76,17 @@ def unload_ipython_extension(ipython: Any) -> None:
         ipython.display_formatter.mimebundle_formatter.pop(shown, None)
     for shown in (MessageList, group):
         ipython.display_formatter.formatters["text/plain"].pop(shown, None)
+
+
+def _local_history() -> LocalHistory | None:
+    """The kernel's local history, unless turned off or its file cannot be opened."""
+    try:
+        if Limits.from_env() is None:
+            return None
+        return LocalHistory()
+    except (OSError, sqlite3.Error, ValueError) as e:
+        logger.warning("nbqueue: the local job history is off: %s", e)
+        return None
 
 
 def _plain_batch(batch: Any, printer: Any, cycle: bool) -> None:

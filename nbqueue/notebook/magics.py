@@ -27,6 +27,8 @@ from ..broker import Broker, get_broker
 from ..brokers.stub import StubBroker
 from ..common import QUEUE_NAME_RE, redact_url
 from ..connection import RESULTS_URL_ENV, connect
+from ..errors import NbqueueError
+from ..history.lookup import attach
 from ..live.backends import find_results
 from ..live.retention import Retention
 from ..message import Message
@@ -41,6 +43,7 @@ from ..schedule_control import (
 from ..scheduler import now_ms
 from ..schedules import Rule, cron, every, unschedule
 from .embedded import get_embedded_worker
+from .jobs import LocalHistory, recent_jobs
 from .widgets import BatchView, History, JobView, QueueMonitor, ResultsTable
 
 __all__ = ["NbqueueMagics"]
@@ -212,6 +215,8 @@ class NbqueueMagics(Magics):
         #: the actors whose %%actor cell declared a schedule (--every, --cron)
         self.scheduled: set[str] = set()
         self.views: list[Any] = []
+        #: the local job history (set by the extension; ``None`` when off)
+        self.local: LocalHistory | None = None
         #: views made by %send for the message it returns, until displayed
         self._prepared: dict[str, JobView] = {}
         #: set while no cell runs (see JobView's ``idle``)
@@ -586,6 +591,9 @@ class NbqueueMagics(Magics):
           %nbqueue results              a live table of the messages sent from here
           %nbqueue schedules            the schedules: rule, next run, last run and its status
           %nbqueue schedules pause NAME (or resume NAME, remove NAME) for the whole fleet
+          %nbqueue jobs [--limit N]     this notebook's recent jobs, from the job history
+          %nbqueue attach ID            the live view of a job from the history (by id or
+                                        prefix), e.g. one a worker still runs after a restart
         """
         try:
             words = shlex.split(line)
@@ -616,6 +624,21 @@ class NbqueueMagics(Magics):
                 "Embedded worker stopped; %send no longer starts it (%nbqueue worker start does)."
             )
             return None
+        if command == "jobs":
+            parser = _Parser(prog="%nbqueue jobs", add_help=False)
+            parser.add_argument("--limit", type=int, default=20)
+            opts = parser.parse_args(rest)
+            store = self.local.store if self.local is not None else None
+            return recent_jobs(store, limit=max(1, opts.limit))
+        if command == "attach":
+            if len(rest) != 1:
+                raise UsageError("Usage: %nbqueue attach ID (a job id or its first characters).")
+            store = self.local.store if self.local is not None else None
+            try:
+                message = attach(rest[0], local=store)
+            except NbqueueError as e:
+                raise UsageError(str(e)) from None
+            return message
         if command in ("monitor", "results") and not rest:
             embedded = self.embedded
             view: QueueMonitor | ResultsTable
@@ -629,7 +652,7 @@ class NbqueueMagics(Magics):
             return self._schedules(rest)
         raise UsageError(
             f"Unknown %nbqueue command {line.strip()!r}; use connect URL, status, worker start, "
-            f"worker stop, monitor, results or schedules."
+            f"worker stop, monitor, results, schedules, jobs or attach ID."
         )
 
     def _schedules(self, rest: list[str]) -> ScheduleTable | None:

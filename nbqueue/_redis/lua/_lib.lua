@@ -30,12 +30,53 @@ local function signal_if_drained(messages, delayed_messages, drained, cap, ttl)
     end
 end
 
+-- Remove jobs from the job history: their index entries, messages and record copies.
+local function history_drop(hk, ids)
+    for i = 1, #ids, 500 do
+        local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+        redis.call('ZREM', hk[1], unpack(chunk))
+        redis.call('HDEL', hk[2], unpack(chunk))
+        redis.call('HDEL', hk[3], unpack(chunk))
+    end
+end
+
+-- Note a status change in the job history (see history.py), when the message is in it or
+-- this write brings it (hist.entry: its message and origin, as JSON). hk holds the history's
+-- keys: 1 the index (zset: id by enqueue time), 2 the entries (hash: id -> JSON),
+-- 3 the record copies (hash: id -> the status record as JSON, so it outlives the record),
+-- 4 the version counter, 5 the changes stream (what the Jupyter server blocks on).
+-- New entries trim the history to hist.max jobs and hist.age ms.
+local function history_note(record, message_id, hk, hist, now)
+    if hist.entry == '' and redis.call('HEXISTS', hk[2], message_id) == 0 then
+        return
+    end
+    local version = redis.call('INCR', hk[4])
+    if hist.entry ~= '' then
+        -- Scored by time, ties (sends in the same millisecond) in version order: a fraction
+        -- of 1/4096 steps, which a double holds exactly beside epoch milliseconds.
+        local score = string.format('%.4f', now + (version % 4096) / 4096)
+        redis.call('ZADD', hk[1], 'NX', score, message_id)
+        redis.call('HSET', hk[2], message_id, hist.entry)
+        local old = redis.call('ZRANGEBYSCORE', hk[1], '-inf', '(' .. (now - hist.age),
+            'LIMIT', 0, 1000)
+        if #old > 0 then history_drop(hk, old) end
+        local excess = redis.call('ZCARD', hk[1]) - hist.max
+        if excess > 0 then history_drop(hk, redis.call('ZRANGE', hk[1], 0, excess - 1)) end
+    end
+    local flat = redis.call('HGETALL', record)
+    local copy = {}
+    for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
+    redis.call('HSET', hk[3], message_id, cjson.encode(copy))
+    redis.call('XADD', hk[5], 'MAXLEN', '~', 100, '*', 'v', version, 'id', message_id)
+end
+
 -- Apply one write of the live channel to a message's status record (hash) and events stream:
 -- append its events, then update the record unless the write is stale. argv[first] is the
--- write's JSON header (ttl, max, now, mode, attempt, status, progress, backfill, fields, once),
--- followed by event kind and data pairs. Returns 1 when written, 0 when the record already
+-- write's JSON header (ttl, max, now, mode, attempt, status, progress, backfill, fields, once,
+-- and hist when the store keeps a job history), followed by event kind and data pairs. hk: the
+-- history's keys (see history_note), or nil. Returns 1 when written, 0 when the record already
 -- moved past this write, -1 when a start finds an abort requested.
-local function live_write(record, stream, argv, first)
+local function live_write(record, stream, argv, first, hk)
     local h = cjson.decode(argv[first])
     local now = h.now
 
@@ -76,6 +117,11 @@ local function live_write(record, stream, argv, first)
     end
     redis.call('PEXPIRE', record, h.ttl)
     redis.call('PEXPIRE', stream, h.ttl)
+    -- A new entry goes in even when its write is stale: a worker may have started the
+    -- message before the producer's (batched) first write landed.
+    if hk and h.hist and (h.hist.entry ~= '' or (result == 1 and h.mode ~= '')) then
+      history_note(record, h.hist.id, hk, h.hist, now)
+    end
     return result
 end
 

@@ -1,6 +1,7 @@
 -- Request that a message be aborted.
 --
--- KEYS: 1 the status record (hash), 2 the events stream, 3 the aborts stream
+-- KEYS: 1 the status record (hash), 2 the events stream, 3 the aborts stream, 4-8 the job
+--       history's keys (see history_note in _lib.lua), when the store keeps one
 -- ARGV: 1 now (ms), 2 ttl (ms), 3 events kept, 4 message id, 5 the status event (JSON),
 --       6 the aborts stream's ttl (ms), 7 the aborts stream's length
 -- Returns 0 when the message has finished, 2 when it is running (its worker is told through
@@ -27,4 +28,8 @@ if pttl < 0 then
   redis.call('PEXPIRE', record, pttl)
 end
 redis.call('PEXPIRE', stream, pttl)
+if #KEYS >= 8 then
+  history_note(record, message_id, {KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]},
+    {entry = ''}, tonumber(now))
+end
 return 1
