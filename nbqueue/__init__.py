@@ -53,7 +53,8 @@ from .middleware import Middleware
 from .middleware import crash_limit as _crash_limit
 from .remote import publish_actor
 from .schedules import cron, every, schedule
-from .worker import ConsumerThread, Worker, WorkerThread
+from .services import RunningMessage, WorkerInfo
+from .worker import ConsumerThread, Worker, WorkerThread, workers
 
 __version__ = "0.1.0"
 
@@ -92,8 +93,10 @@ __all__ = [
     "QueueNotFound",
     "RateLimitExceeded",
     "Retry",
+    "RunningMessage",
     "WaitTimeout",
     "Worker",
+    "WorkerInfo",
     "WorkerThread",
     "__version__",
     "actor",
@@ -115,6 +118,7 @@ __all__ = [
     "set_encoder",
     "stream",
     "wait",
+    "workers",
 ]
 
 

@@ -23,7 +23,15 @@ from ..common import dq_name, q_name
 from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound, SkipMessage
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size, too_large_text
 from ..middleware.base import Middleware
-from ..services import CodeStore, MemoryCodeStore, MemoryTickClaims, TickClaims, once
+from ..services import (
+    CodeStore,
+    MemoryCodeStore,
+    MemoryTickClaims,
+    MemoryWorkerRegistry,
+    TickClaims,
+    WorkerRegistry,
+    once,
+)
 
 __all__ = ["StubBroker", "StubQueue"]
 
@@ -260,6 +268,10 @@ class StubBroker(Broker):
     def tick_claims(self) -> TickClaims:
         """Schedule ticks are claimed in this process (its only worker fleet)."""
         return once(self, "_tick_claims", MemoryTickClaims)
+
+    def worker_registry(self) -> WorkerRegistry:
+        """The workers of this broker run in this process, and are registered here."""
+        return once(self, "_worker_registry", MemoryWorkerRegistry)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         """Return a consumer of a declared queue; ``timeout`` is in milliseconds.
