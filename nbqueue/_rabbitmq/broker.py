@@ -775,8 +775,9 @@ class RabbitmqBroker(Broker):
             )
         return stats
 
-    def get_dead_letters(self, queue_name: str, *, limit: int = 1000) -> list[DeadLetter]:
-        """Return up to ``limit`` dead letters of a queue, oldest first, without removing them.
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = 1000) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of a queue (``None``: all), oldest first, without
+        removing them.
 
         The messages are fetched and rejected back with requeue, so they keep their place.
         """
@@ -797,7 +798,7 @@ class RabbitmqBroker(Broker):
                 fetch()
 
             def fetch() -> None:
-                if len(got) >= limit:
+                if limit is not None and len(got) >= limit:
                     finish()
                 else:
                     channel.basic_get(name, on_get)

@@ -367,10 +367,14 @@ class StubBroker(Broker):
                 )
         return stats
 
-    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
-        """Return the dead letters of a queue, oldest first, each with its reason."""
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = None) -> list[DeadLetter]:
+        """Return the dead letters of a queue, oldest first, each with its reason.
+
+        Parameters:
+          limit: return at most this many.
+        """
         with self._lock:
-            return list(self._dead[q_name(queue_name)])
+            return list(self._dead[q_name(queue_name)][:limit])
 
     # called by consumers, with data the consumer fetched
     def _settle(self, queue: StubQueue) -> None:

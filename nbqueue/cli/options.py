@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 
 from .. import __version__
+from ..worker import MIN_HEARTBEAT_TTL
 
 __all__ = [
     "EXIT_CODES",
@@ -62,6 +63,7 @@ examples:
   nbqueue worker tasks --watch .          reload the worker processes when a .py file changes
   nbqueue worker tasks --pid-file /tmp/nbqueue.pid --log-file /tmp/nbqueue.log
   nbqueue worker tasks -f metrics:serve   also run metrics.serve() in a process of its own
+  nbqueue status --broker redis://...     list the live workers and the queues (--help there)
   NBQUEUE_SECRET=... nbqueue worker tasks --broker redis://... --notebook-actors
 
 processes:
@@ -132,6 +134,8 @@ class Options:
       watch_include: glob patterns of files that reload (``**.py`` always among them).
       watch_exclude: glob patterns of files that never reload.
       use_spawn: ``--use-spawn`` was given (nbqueue always spawns).
+      heartbeat_ttl: milliseconds a worker's record in the worker registry lives after its
+        last heartbeat (``None``: ``NBQUEUE_WORKER_HEARTBEAT_TTL`` or 30000).
     """
 
     modules: tuple[str, ...]
@@ -156,6 +160,7 @@ class Options:
     watch_include: tuple[str, ...] = ("**.py",)
     watch_exclude: tuple[str, ...] = ()
     use_spawn: bool = False
+    heartbeat_ttl: int | None = None
 
 
 def version() -> str:
@@ -180,6 +185,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _heartbeat_ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if value < MIN_HEARTBEAT_TTL:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_HEARTBEAT_TTL} ms, got {value}")
     return value
 
 
@@ -280,6 +295,13 @@ def make_argument_parser() -> argparse.ArgumentParser:
         default=600_000,
         metavar="MS",
         help="milliseconds running messages get to finish after the first signal (default: 600000)",
+    )
+    parser.add_argument(
+        "--heartbeat-ttl",
+        type=_heartbeat_ttl,
+        metavar="MS",
+        help="milliseconds a worker stays listed by nbqueue status after its last heartbeat; it "
+        "beats every third of that (default: $NBQUEUE_WORKER_HEARTBEAT_TTL or 30000)",
     )
     parser.add_argument(
         "--notebook-actors",
@@ -402,4 +424,5 @@ def parse_options(argv: Sequence[str]) -> Options:
         watch_include=tuple(ns.include_patterns),
         watch_exclude=tuple(ns.exclude_patterns),
         use_spawn=ns.use_spawn,
+        heartbeat_ttl=ns.heartbeat_ttl,
     )
