@@ -61,7 +61,8 @@ from .schedule_control import (
     resume_schedule,
 )
 from .schedules import cron, every, schedule
-from .worker import ConsumerThread, Worker, WorkerThread
+from .services import RunningMessage, WorkerInfo
+from .worker import ConsumerThread, Worker, WorkerThread, workers
 
 __version__ = "0.1.0"
 
@@ -100,9 +101,11 @@ __all__ = [
     "QueueNotFound",
     "RateLimitExceeded",
     "Retry",
+    "RunningMessage",
     "ScheduleInfo",
     "WaitTimeout",
     "Worker",
+    "WorkerInfo",
     "WorkerThread",
     "__version__",
     "actor",
@@ -129,6 +132,7 @@ __all__ = [
     "set_encoder",
     "stream",
     "wait",
+    "workers",
 ]
 
 

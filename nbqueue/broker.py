@@ -586,8 +586,13 @@ class Broker(Services, abc.ABC):
         """Return ready, delayed, in-flight and dead counts for each declared queue."""
 
     @abc.abstractmethod
-    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
-        """Return the dead letters of a queue, oldest first, each with its reason."""
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = None) -> list[DeadLetter]:
+        """Return the dead letters of a queue, oldest first, each with its reason.
+
+        Parameters:
+          limit: return at most this many (``None``: the broker's default, every letter on
+            the in-memory and Redis brokers).
+        """
 
     def requeue_dead_letter(self, queue_name: str, message_id: str) -> Message[Any] | None:
         """Move a dead letter back to its queue, to run again (its options unchanged).

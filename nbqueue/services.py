@@ -7,7 +7,9 @@ Features that need more than queues ask the broker or result backend that talks 
 * ``live_namespace()``: the key namespace a broker wants its live records under;
 * ``start_counter()``: where ``CrashLimit`` counts the starts of attempts that never finished;
 * ``tick_claims()``: where the workers of a fleet claim the ticks of schedules
-  (``nbqueue.scheduler``), so that each tick is sent once.
+  (``nbqueue.scheduler``), so that each tick is sent once;
+* ``worker_registry()``: where live workers publish what they are and what they run, on a
+  heartbeat (``nbqueue.workers()``, ``nbqueue status``).
 
 ``Broker`` and ``ResultBackend`` inherit the no-op answers of ``Services`` (``None``: this
 server offers no such thing) and each server's classes override what their server has, in the
@@ -26,8 +28,8 @@ import abc
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from .live.transport import Transport
@@ -41,12 +43,17 @@ __all__ = [
     "CodeStore",
     "MemoryCodeStore",
     "MemoryTickClaims",
+    "MemoryWorkerRegistry",
     "Published",
+    "RunningMessage",
     "ScheduleState",
     "Services",
     "StartCounter",
     "TickClaims",
+    "WorkerInfo",
+    "WorkerRegistry",
     "once",
+    "sort_workers",
 ]
 
 T = TypeVar("T")
@@ -100,6 +107,10 @@ class Services:
 
     def tick_claims(self) -> TickClaims | None:
         """Return where the ticks of schedules are claimed on this server, or ``None``."""
+        return None
+
+    def worker_registry(self) -> WorkerRegistry | None:
+        """Return where live workers are registered on this server, or ``None``."""
         return None
 
 
@@ -444,3 +455,139 @@ class MemoryTickClaims(TickClaims):
         with self._lock:
             self._states.pop(name, None)
             self._pending.pop(name, None)
+
+
+class RunningMessage(NamedTuple):
+    """A message a worker is running now: ``(message id, actor name)``."""
+
+    message_id: str
+    actor_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """What a live worker publishes about itself on each heartbeat.
+
+    Attributes:
+      id: the worker's id (``Worker.worker_id``).
+      host: the name of the machine it runs on.
+      pid: its process id on that machine.
+      processes: how many worker processes the command that started it runs (each publishes
+        its own record); 1 for a ``Worker`` started by hand.
+      threads: its worker threads (how many actors it may run at once).
+      queues: the queues it consumes now, sorted, without their delay queues.
+      running: the messages its actors run now, as ``(message id, actor name)``.
+      started_at: when it started, in ms since the epoch (its own clock).
+      last_seen: its last heartbeat, in ms since the epoch (the server's clock where the
+        server has one: Redis; the worker's otherwise).
+      ttl: how long the record lives after ``last_seen`` without another heartbeat, in ms.
+    """
+
+    id: str
+    host: str
+    pid: int
+    processes: int
+    threads: int
+    queues: tuple[str, ...]
+    running: tuple[RunningMessage, ...]
+    started_at: int
+    last_seen: int
+    ttl: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as JSON-ready data (``running`` as ``[id, actor]`` pairs)."""
+        data = dataclasses.asdict(self)
+        data["queues"] = list(self.queues)
+        data["running"] = [list(pair) for pair in self.running]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **changes: Any) -> WorkerInfo:
+        """Build a record from ``to_dict()`` data, with ``changes`` overriding fields.
+
+        Raises:
+          ValueError, KeyError, TypeError: the data is not such a record.
+        """
+        fields: dict[str, Any] = {**data, **changes}
+        running = tuple(RunningMessage(str(i), str(a)) for i, a in fields["running"])
+        queues = fields["queues"]
+        if isinstance(queues, str):
+            raise TypeError("queues must be a list of names")
+        return cls(
+            id=str(fields["id"]),
+            host=str(fields["host"]),
+            pid=int(fields["pid"]),
+            processes=int(fields["processes"]),
+            threads=int(fields["threads"]),
+            queues=tuple(str(q) for q in queues),
+            running=running,
+            started_at=int(fields["started_at"]),
+            last_seen=int(fields["last_seen"]),
+            ttl=int(fields["ttl"]),
+        )
+
+
+class WorkerRegistry(abc.ABC):
+    """The live workers of a fleet, each kept by its heartbeats, in a store they all share.
+
+    A worker calls ``beat`` every ``ttl / 3`` ms; a record whose worker stopped beating (a
+    killed process) is gone once ``ttl`` ms passed since its last beat, and ``remove`` drops
+    one at once (a clean stop). Every method that talks to a server has a deadline.
+    """
+
+    @abc.abstractmethod
+    def beat(self, info: WorkerInfo) -> None:
+        """Publish or refresh ``info`` for ``info.ttl`` ms more (one round trip); the store
+        sets ``last_seen`` where it has a clock of its own.
+
+        Raises:
+          BrokerConnectionError: the server could not be reached or did not answer in time.
+          BrokerError: the server answered with an error.
+        """
+
+    @abc.abstractmethod
+    def remove(self, worker_id: str) -> None:
+        """Drop the record of ``worker_id`` now.
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``beat``.
+        """
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Return the records of the live workers, sorted by host, pid and id.
+
+        Raises:
+          BrokerConnectionError, BrokerError: as for ``beat``.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the registry's own connections (not those of a broker it shares)."""
+
+
+def sort_workers(records: Iterable[WorkerInfo]) -> list[WorkerInfo]:
+    """Return ``records`` in the order ``WorkerRegistry.workers`` promises."""
+    return sorted(records, key=lambda info: (info.host, info.pid, info.id))
+
+
+class MemoryWorkerRegistry(WorkerRegistry):
+    """The registry of the in-memory broker: the workers of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, tuple[WorkerInfo, float]] = {}
+
+    def beat(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._records[info.id] = (info, time.monotonic() + info.ttl / 1000)
+
+    def remove(self, worker_id: str) -> None:
+        with self._lock:
+            self._records.pop(worker_id, None)
+
+    def workers(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        with self._lock:
+            for worker_id in [w for w, (_, expiry) in self._records.items() if expiry <= now]:
+                del self._records[worker_id]
+            return sort_workers(info for info, _ in self._records.values())

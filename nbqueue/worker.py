@@ -4,6 +4,12 @@ One consumer thread per queue (and one per delay queue) fetches messages and put
 shared priority queue, from which ``worker_threads`` worker threads take them: larger priority
 first, then oldest first. Delayed messages are held by one scheduler thread that sleeps until the
 next one is due, then moves it to its queue; nothing polls.
+
+A heartbeat thread publishes the worker's record (``WorkerInfo``: id, host, pid, processes x
+threads, queues, the messages running now) to the broker's worker registry every
+``heartbeat_ttl / 3`` ms, then calls the middleware's ``after_worker_heartbeat``; a clean stop
+removes the record, and the record of a killed worker expires ``heartbeat_ttl`` ms after its
+last heartbeat.
 """
 
 from __future__ import annotations
@@ -13,17 +19,20 @@ import heapq
 import itertools
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .broker import get_broker
 from .common import current_millis, getenv_int, q_name
 from .errors import (
     Abort,
     ActorNotFound,
     BrokerConnectionError,
+    BrokerError,
     QueueJoinTimeout,
     RateLimitExceeded,
     Retry,
@@ -34,11 +43,12 @@ from .middleware.base import Middleware, SkipMessage
 from .results import Results
 from .scheduler import Scheduler
 from .schedules import subscribe, unsubscribe
+from .services import RunningMessage, WorkerInfo, WorkerRegistry
 
 if TYPE_CHECKING:
     from .broker import Broker, Consumer, MessageProxy
 
-__all__ = ["ConsumerThread", "Worker", "WorkerThread"]
+__all__ = ["ConsumerThread", "Worker", "WorkerThread", "workers"]
 
 #: How long ``stop()`` waits for each consumer thread to hand back its messages and close, at
 #: least, in seconds (more than a broker call's deadline).
@@ -74,7 +84,39 @@ DELAY_QUEUE_PREFETCH = _env_int(
 #: gets no ``worker_timeout``. From ``NBQUEUE_WORKER_TIMEOUT``, else ``dramatiq_worker_timeout``.
 WORKER_TIMEOUT = _env_int("NBQUEUE_WORKER_TIMEOUT", "dramatiq_worker_timeout", default=1000)
 
+#: How long a worker's record lives in the worker registry after its last heartbeat (ms), when
+#: ``Worker`` gets no ``heartbeat_ttl``; it beats every third of that. From
+#: ``NBQUEUE_WORKER_HEARTBEAT_TTL`` (default 30000).
+HEARTBEAT_TTL = _env_int("NBQUEUE_WORKER_HEARTBEAT_TTL", default=30000)
+
+#: The smallest ``heartbeat_ttl`` a worker accepts, in milliseconds.
+MIN_HEARTBEAT_TTL = 300
+
 _STOP = object()
+
+
+def workers(broker: Broker | None = None) -> list[WorkerInfo]:
+    """Return the live workers of a broker's fleet, by heartbeat, sorted by host, pid and id.
+
+    Every ``Worker`` on the broker's server (in this process or another, on any machine)
+    publishes a ``WorkerInfo`` every ``heartbeat_ttl / 3`` ms; one that stopped is gone at once,
+    one that died is gone ``heartbeat_ttl`` ms after its last heartbeat.
+
+    Parameters:
+      broker: the broker whose server to ask; the global broker by default.
+
+    Raises:
+      BrokerError: the broker's server keeps no worker registry.
+      BrokerConnectionError: the server could not be reached or did not answer in time.
+    """
+    broker = broker if broker is not None else get_broker()
+    registry = broker.worker_registry()
+    if registry is None:
+        raise BrokerError(
+            f"{type(broker).__name__} keeps no worker registry; use a StubBroker, RedisBroker "
+            f"or RabbitmqBroker to list live workers."
+        )
+    return registry.workers()
 
 
 class _WorkItem:
@@ -156,6 +198,11 @@ class Worker:
       worker_timeout: how long threads block waiting for work before checking for a stop or a
         pause, in milliseconds.
       worker_threads: how many actors may run at once.
+      heartbeat_ttl: how long the worker's record in the broker's worker registry lives after
+        its last heartbeat, in milliseconds; it beats every third of that
+        (``NBQUEUE_WORKER_HEARTBEAT_TTL``, default 30000).
+      processes: how many worker processes the command that made this worker runs, for the
+        registry's record (an nbqueue addition, set by ``nbqueue worker --processes``).
 
     ``with Worker(broker):`` starts the worker and stops it gracefully at the end of the block.
     """
@@ -167,15 +214,30 @@ class Worker:
         queues: Iterable[str] | None = None,
         worker_timeout: int | None = None,
         worker_threads: int = 8,
+        heartbeat_ttl: int | None = None,
+        processes: int = 1,
     ) -> None:
         if worker_threads < 1:
             raise ValueError(f"worker_threads must be at least 1, got {worker_threads}.")
+        heartbeat_ttl = HEARTBEAT_TTL if heartbeat_ttl is None else heartbeat_ttl
+        if heartbeat_ttl < MIN_HEARTBEAT_TTL:
+            raise ValueError(
+                f"heartbeat_ttl is in milliseconds and must be at least {MIN_HEARTBEAT_TTL}, "
+                f"got {heartbeat_ttl}."
+            )
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}.")
         self.logger = get_logger(__name__, type(self))
         self.broker = broker
         self.worker_id = uuid.uuid4().hex
         self.consumer_whitelist = set(queues) if queues is not None else None
         self.worker_timeout = worker_timeout if worker_timeout is not None else WORKER_TIMEOUT
         self.worker_threads = worker_threads
+        self.heartbeat_ttl = heartbeat_ttl
+        self.processes = processes
+        #: when the worker last started, in ms since the epoch (``None`` before ``start()``)
+        self.started_at: int | None = None
+        self._heartbeat: _Heartbeat | None = None
         self.queue_prefetch = QUEUE_PREFETCH or min(worker_threads * 2, 65535)
         self.delay_prefetch = DELAY_QUEUE_PREFETCH or min(worker_threads * 1000, 65535)
         self.consumers: dict[str, ConsumerThread] = {}
@@ -225,6 +287,9 @@ class Worker:
             with self._scheduler_lock:
                 self.scheduler = scheduler
                 scheduler.start()
+        self.started_at = current_millis()
+        self._heartbeat = _Heartbeat(self, self.broker.worker_registry())
+        self._heartbeat.start()
         self.broker.emit_after("worker_boot", self)
 
     def _schedules_changed(self) -> None:
@@ -333,6 +398,9 @@ class Worker:
         with self._idle:
             self._pending = 0
             self._idle.notify_all()
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop()
         self.broker.emit_after("worker_shutdown", self)
         self.logger.info("Worker %s stopped.", self.worker_id[:8])
 
@@ -382,6 +450,28 @@ class Worker:
                         f"The worker still had {self._pending} messages pending after {timeout} ms."
                     )
                 self._idle.wait(remaining)
+
+    def info(self) -> WorkerInfo:
+        """Return this worker's record as its next heartbeat publishes it (``last_seen`` is
+        now, by this machine's clock)."""
+        running = []
+        for thread in self.workers:
+            message = thread.current
+            if message is not None:
+                running.append(RunningMessage(message.message_id, message.actor_name))
+        now = current_millis()
+        return WorkerInfo(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            processes=self.processes,
+            threads=self.worker_threads,
+            queues=tuple(sorted({q_name(name) for name in list(self.consumers)})),
+            running=tuple(running),
+            started_at=self.started_at if self.started_at is not None else now,
+            last_seen=now,
+            ttl=self.heartbeat_ttl,
+        )
 
     @property
     def pending(self) -> int:
@@ -680,6 +770,8 @@ class WorkerThread(_PausableThread):
         self.worker = worker
         self.broker = worker.broker
         self.logger = get_logger(__name__, "WorkerThread")
+        #: the message this thread runs now, read by the heartbeat
+        self.current: MessageProxy | None = None
 
     def run(self) -> None:
         worker = self.worker
@@ -696,10 +788,13 @@ class WorkerThread(_PausableThread):
             if item.message is _STOP:
                 break
             assert item.consumer is not None
+            self.current = item.message
             try:
                 self._guarded(self.process_message, item.message)
+                self.current = None
                 self._guarded(worker.post_process_message, item.message, item.consumer)
             finally:
+                self.current = None
                 worker._track(-1)
         self.broker.emit_before("worker_thread_shutdown", self)
 
@@ -858,3 +953,57 @@ class _DelayScheduler(threading.Thread):
         if self.is_alive():
             self.join(5)
         return held
+
+
+class _Heartbeat(threading.Thread):
+    """Publishes the worker's record every ``heartbeat_ttl / 3`` ms, the first at once, and
+    calls ``after_worker_heartbeat`` after each; removes the record when stopped."""
+
+    def __init__(self, worker: Worker, registry: WorkerRegistry | None) -> None:
+        super().__init__(name="nbqueue-worker-heartbeat", daemon=True)
+        self.worker = worker
+        self.registry = registry
+        self.logger = get_logger(__name__, "Heartbeat")
+        self._halt = threading.Event()
+        self._failing = False
+
+    def run(self) -> None:
+        worker = self.worker
+        interval = worker.heartbeat_ttl / 3000
+        while True:
+            if self.registry is not None:
+                try:
+                    self.registry.beat(worker.info())
+                    if self._failing:
+                        self.logger.info("The worker registry answers again.")
+                    self._failing = False
+                except Exception:
+                    # Once per streak: a broker that is down says so through its consumers too.
+                    if not self._failing:
+                        self.logger.warning(
+                            "Could not publish this worker's heartbeat; retrying every %.1f s.",
+                            interval,
+                            exc_info=True,
+                        )
+                    self._failing = True
+            worker.broker.emit_after("worker_heartbeat", worker)
+            if self._halt.wait(interval):
+                return
+
+    def stop(self) -> None:
+        """Stop beating, then remove the worker's record (a broker call with its deadline)."""
+        self._halt.set()
+        # A beat in flight ends within its broker call's deadline; one that outlives this wait
+        # may publish again after the removal, and that record expires by its ttl.
+        self.join(CONSUMER_CLOSE_TIMEOUT)
+        if self.registry is None:
+            return
+        try:
+            self.registry.remove(self.worker.worker_id)
+        except Exception:
+            self.logger.warning(
+                "Could not remove this worker from the worker registry; its record expires in "
+                "%d ms.",
+                self.worker.heartbeat_ttl,
+                exc_info=True,
+            )

@@ -44,7 +44,7 @@ class ListBroker(Broker):
     def queue_stats(self) -> dict[str, QueueStats]:
         return {}
 
-    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = None) -> list[DeadLetter]:
         return []
 
 

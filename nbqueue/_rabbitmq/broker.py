@@ -107,7 +107,7 @@ from ..errors import (
 )
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size
 from ..middleware.base import Middleware
-from ..services import CodeStore, once
+from ..services import WorkerRegistry, once
 from .blocking import ThreadConnections
 from .code_store import RabbitmqCodeStore
 from .consumer import RabbitmqConsumer
@@ -127,6 +127,7 @@ from .wire import (
     dead_letter,
     split_url_options,
 )
+from .workers import RabbitmqWorkerRegistry
 
 __all__ = ["RabbitmqBroker"]
 
@@ -328,15 +329,24 @@ class RabbitmqBroker(Broker):
     def channel(self) -> None:
         self._blocking.discard_channel()
 
-    def code_store(self) -> CodeStore:
+    def code_store(self) -> RabbitmqCodeStore:
         """Notebook actors are kept in queues of their own (RabbitMQ has no key-value store)."""
         return once(self, "_code_store", lambda: RabbitmqCodeStore(self))
+
+    def worker_registry(self) -> WorkerRegistry:
+        """Live workers are registered in a queue of their own, ``nbqueue.workers``, through
+        the notebook-actor store's connection (``nbqueue._rabbitmq.workers``)."""
+        store = self.code_store()  # outside once(): its lock is not reentrant
+        return once(self, "_worker_registry", lambda: RabbitmqWorkerRegistry(store))
 
     def close(self) -> None:
         """Close every connection this broker opened, ``broker.connection`` of every thread
         included; sends after this reconnect."""
         for consumer in list(self._consumers):
             consumer.close()
+        store = self.__dict__.get("_code_store")
+        if store is not None:
+            store.close()  # its connection and thread; the next call reconnects
         self._blocking.close()
         with self._lock:
             publisher, self._publisher = self._publisher, None
@@ -820,8 +830,9 @@ class RabbitmqBroker(Broker):
             )
         return stats
 
-    def get_dead_letters(self, queue_name: str, *, limit: int = 1000) -> list[DeadLetter]:
-        """Return up to ``limit`` dead letters of a queue, oldest first, without removing them.
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = 1000) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of a queue (``None``: all), oldest first, without
+        removing them.
 
         The messages are fetched and rejected back with requeue, so they keep their place.
         """
@@ -842,7 +853,7 @@ class RabbitmqBroker(Broker):
                 fetch()
 
             def fetch() -> None:
-                if len(got) >= limit:
+                if limit is not None and len(got) >= limit:
                     finish()
                 else:
                     channel.basic_get(name, on_get)

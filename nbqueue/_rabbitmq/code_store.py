@@ -13,6 +13,8 @@ Names start with a prefix (``nbqueue`` unless given):
   passive ``queue_declare``, is the number of live capable workers, and RabbitMQ drops the
   consumers of a dead connection by itself, so no heartbeat is needed.
 
+The worker registry (``workers.py``) shares this store's connection and I/O thread (``call``).
+
 pika is not thread-safe: one daemon thread owns this store's connection (two channels: one for
 the capability consumers, one for reads and writes, which a 404 may close). Callers hand it work
 and wait at most ``timeout`` seconds, the deadline of every call; the thread pumps the
@@ -81,7 +83,10 @@ class RabbitmqCodeStore(CodeStore):
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connection: Any = None
-        self._ops: Any = None
+        #: the channel for reads and writes, used on the I/O thread only
+        self.ops: Any = None
+        #: counts the connections made, so that users know when to declare again
+        self.generation = 0
         self._caps: Any = None
         self._wanted: set[str] = set()
         self._consumers: dict[str, str] = {}  # capability queue -> consumer tag
@@ -113,26 +118,26 @@ class RabbitmqCodeStore(CodeStore):
         def put() -> None:
             persistent = pika.BasicProperties(delivery_mode=2, content_type="application/json")
             name = self.code_queue(entry.code_hash)
-            self._ops.queue_declare(name, durable=True, arguments={"x-max-length": 1})
-            self._ops.basic_publish("", name, envelope, persistent, mandatory=True)
-            self._ops.queue_declare(
+            self.ops.queue_declare(name, durable=True, arguments={"x-max-length": 1})
+            self.ops.basic_publish("", name, envelope, persistent, mandatory=True)
+            self.ops.queue_declare(
                 self.index_queue, durable=True, arguments={"x-max-length": self.index_length}
             )
-            self._ops.basic_publish("", self.index_queue, pointer, persistent, mandatory=True)
+            self.ops.basic_publish("", self.index_queue, pointer, persistent, mandatory=True)
 
-        self._call(put)
+        self.call(put)
 
     def get(self, code_hash: str) -> bytes | None:
         name = self.code_queue(code_hash)
 
         def get() -> bytes | None:
-            if self._passive(name) is None:
+            if self.passive(name) is None:
                 return None
             deadline = time.monotonic() + READ_RETRY
             while True:
-                method, _properties, body = self._ops.basic_get(name, auto_ack=False)
+                method, _properties, body = self.ops.basic_get(name, auto_ack=False)
                 if method is not None:
-                    self._ops.basic_nack(method.delivery_tag, requeue=True)
+                    self.ops.basic_nack(method.delivery_tag, requeue=True)
                     return bytes(body)
                 if time.monotonic() > deadline:
                     raise BrokerError(
@@ -141,27 +146,27 @@ class RabbitmqCodeStore(CodeStore):
                     )
                 self._connection.process_data_events(time_limit=0.05)
 
-        return self._call(get)
+        return self.call(get)
 
     def published(self) -> list[Published]:
         def read() -> list[bytes]:
-            declared = self._passive(self.index_queue)
+            declared = self.passive(self.index_queue)
             if declared is None:
                 return []
             bodies: list[bytes] = []
             last = None
             for _ in range(declared.method.message_count):
-                method, _properties, body = self._ops.basic_get(self.index_queue, auto_ack=False)
+                method, _properties, body = self.ops.basic_get(self.index_queue, auto_ack=False)
                 if method is None:
                     break
                 last = method.delivery_tag
                 bodies.append(bytes(body))
             if last is not None:
-                self._ops.basic_nack(last, multiple=True, requeue=True)
+                self.ops.basic_nack(last, multiple=True, requeue=True)
             return bodies
 
         latest: dict[tuple[str, str], Published] = {}
-        for body in self._call(read):
+        for body in self.call(read):
             try:
                 data = json.loads(body)
                 entry = Published(
@@ -183,13 +188,13 @@ class RabbitmqCodeStore(CodeStore):
             changed = wanted != self._wanted
             self._wanted = wanted
         if changed:
-            self._call(self._sync_consumers)
+            self.call(self._sync_consumers)
 
     def unregister(self, worker_id: str) -> None:
         with self._lock:
             self._wanted = set()
         if self._consumers:
-            self._call(self._sync_consumers)
+            self.call(self._sync_consumers)
 
     def capable(self, queue_name: str, actor_names: Iterable[str], *, exclude: str) -> int:
         names = [self.capability_queue(queue_name, a) for a in actor_names]
@@ -197,14 +202,14 @@ class RabbitmqCodeStore(CodeStore):
         def count() -> int:
             total = 0
             for name in names:
-                declared = self._passive(name)
+                declared = self.passive(name)
                 if declared is not None:
                     # Our own consumer is this worker: it asked because it cannot run the actor.
                     own = 1 if name in self._consumers else 0
                     total += max(0, declared.method.consumer_count - own)
             return total
 
-        return self._call(count)
+        return self.call(count)
 
     def close(self) -> None:
         self._stopping.set()
@@ -214,7 +219,13 @@ class RabbitmqCodeStore(CodeStore):
 
     # -- the I/O thread -------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], _T]) -> _T:
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the I/O thread and return what it returns, within ``timeout`` seconds.
+
+        Raises:
+          ConnectionClosed: no answer in time, or the connection failed during ``fn``.
+          ConnectionFailed: RabbitMQ could not be reached.
+        """
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -239,16 +250,25 @@ class RabbitmqCodeStore(CodeStore):
                 f"the server is running."
             ) from None
 
-    def _passive(self, name: str) -> Any:
-        """``queue_declare(passive=True)``, or ``None`` when the queue does not exist."""
+    def passive(self, name: str) -> Any:
+        """``queue_declare(passive=True)``, or ``None`` when the queue does not exist (on the
+        I/O thread)."""
         try:
-            return self._ops.queue_declare(name, passive=True)
+            return self.ops.queue_declare(name, passive=True)
         except pika.exceptions.ChannelClosedByBroker as e:
             if e.reply_code != 404:
                 raise
-            self._ops = self._connection.channel()
-            self._ops.confirm_delivery()
+            self.reopen()
             return None
+
+    def reopen(self) -> None:
+        """Replace the read-and-write channel, after the server closed it (on the I/O thread)."""
+        self.ops = self._connection.channel()
+        self.ops.confirm_delivery()
+
+    def pump(self, seconds: float) -> None:
+        """Process the connection's events for up to ``seconds`` (on the I/O thread)."""
+        self._connection.process_data_events(time_limit=seconds)
 
     def _sync_consumers(self) -> None:
         with self._lock:
@@ -261,8 +281,9 @@ class RabbitmqCodeStore(CodeStore):
 
     def _connect(self) -> None:
         self._connection = pika.BlockingConnection(self._params)
-        self._ops = self._connection.channel()
-        self._ops.confirm_delivery()
+        self.generation += 1
+        self.ops = self._connection.channel()
+        self.ops.confirm_delivery()
         self._caps = self._connection.channel()
         self._consumers = {}
         self._sync_consumers()

@@ -70,7 +70,7 @@ from ..errors import (
 )
 from ..message import FROM_ENVIRONMENT, Message, generate_unique_id, resolve_max_message_size
 from ..middleware.base import Middleware
-from ..services import CodeStore, StartCounter, TickClaims, once
+from ..services import CodeStore, StartCounter, TickClaims, WorkerRegistry, once
 from .client import RedisConnection, as_text, load_scripts
 from .code_store import RedisCodeStore
 from .consumer import RedisConsumer
@@ -79,6 +79,7 @@ from .keys import WAKE_CAP, WAKE_TTL, RedisKeys
 from .live import shared_transport
 from .service import BrokerService
 from .ticks import RedisTickClaims
+from .workers import RedisWorkerRegistry
 
 if TYPE_CHECKING:
     from ..live.transport import Transport
@@ -275,6 +276,13 @@ class RedisBroker(Broker):
         (``<ns>:__nbq__:schedules:<name>``), on its connection."""
         return once(
             self, "_tick_claims", lambda: RedisTickClaims(self.connection, self.keys.schedules)
+        )
+
+    def worker_registry(self) -> WorkerRegistry:
+        """Live workers are registered in keys under this broker's namespace
+        (``<ns>:__nbq__:workers``), on its connection."""
+        return once(
+            self, "_worker_registry", lambda: RedisWorkerRegistry(self.connection, self.keys)
         )
 
     def check_server(self) -> None:

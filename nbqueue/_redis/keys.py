@@ -4,7 +4,8 @@ Dramatiq's keys keep Dramatiq's names (``ns:q``, ``ns:q.msgs``, ``ns:q.XQ``,
 ``ns:__acks__.<worker>.<queue>``, ``ns:__heartbeats__``); keys only nbqueue writes sit under
 ``ns:__nbq__:`` (``own_prefix``), so ``redis-cli --scan`` tells them apart: the broker's, the
 notebook-actor store's, the live channel's (``live_prefix``), the crash counters'
-(``crashes_prefix``) and the schedules' (``schedules_prefix``). Queue names cannot contain ``:``, so no queue's keys can collide with
+(``crashes_prefix``), the schedules' (``schedules_prefix``) and the worker registry's
+(``ns:__nbq__:workers``, ``ns:__nbq__:workers.expiry``). Queue names cannot contain ``:``, so no queue's keys can collide with
 nbqueue's own.
 """
 
@@ -87,6 +88,10 @@ class RedisKeys:
         self.start_counters = crashes_prefix(namespace)
         #: the start of every schedule's state hash (see ``ticks.py``)
         self.schedules = schedules_prefix(namespace)
+        #: hash: worker id -> JSON record of a live worker (see ``workers.py``)
+        self.workers = f"{self._own}workers"
+        #: sorted set: worker id -> when its record expires (ms, server clock)
+        self.workers_expiry = f"{self._own}workers.expiry"
 
     # Dramatiq's keys
     def queue(self, queue: str) -> str:

@@ -23,7 +23,15 @@ from ..common import dq_name, q_name
 from ..errors import DecodeError, QueueJoinTimeout, QueueNotFound, SkipMessage
 from ..message import FROM_ENVIRONMENT, Message, resolve_max_message_size, too_large_text
 from ..middleware.base import Middleware
-from ..services import CodeStore, MemoryCodeStore, MemoryTickClaims, TickClaims, once
+from ..services import (
+    CodeStore,
+    MemoryCodeStore,
+    MemoryTickClaims,
+    MemoryWorkerRegistry,
+    TickClaims,
+    WorkerRegistry,
+    once,
+)
 
 __all__ = ["StubBroker", "StubQueue"]
 
@@ -261,6 +269,10 @@ class StubBroker(Broker):
         """Schedule ticks are claimed in this process (its only worker fleet)."""
         return once(self, "_tick_claims", MemoryTickClaims)
 
+    def worker_registry(self) -> WorkerRegistry:
+        """The workers of this broker run in this process, and are registered here."""
+        return once(self, "_worker_registry", MemoryWorkerRegistry)
+
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         """Return a consumer of a declared queue; ``timeout`` is in milliseconds.
 
@@ -355,10 +367,14 @@ class StubBroker(Broker):
                 )
         return stats
 
-    def get_dead_letters(self, queue_name: str) -> list[DeadLetter]:
-        """Return the dead letters of a queue, oldest first, each with its reason."""
+    def get_dead_letters(self, queue_name: str, *, limit: int | None = None) -> list[DeadLetter]:
+        """Return the dead letters of a queue, oldest first, each with its reason.
+
+        Parameters:
+          limit: return at most this many.
+        """
         with self._lock:
-            return list(self._dead[q_name(queue_name)])
+            return list(self._dead[q_name(queue_name)][:limit])
 
     def requeue_dead_letter(self, queue_name: str, message_id: str) -> Message[Any] | None:
         """Move a dead letter back to its queue (see ``Broker.requeue_dead_letter``)."""

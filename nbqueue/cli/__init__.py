@@ -1,4 +1,8 @@
-"""The ``nbqueue`` command: run workers outside the notebook.
+"""The ``nbqueue`` command: run workers outside the notebook, and check on them.
+
+``nbqueue status --broker URL [--json] [--queues Q ...]`` lists the live workers, the queue
+depths and the dead letters, with exit codes for orchestrators (``nbqueue.cli.status``; a
+module named ``status`` is run with ``nbqueue worker status``).
 
 ``nbqueue worker MODULE[:BROKER]... [options]`` (or just ``nbqueue MODULE...``, or
 ``python -m nbqueue ...``) imports the modules that declare your actors and runs a worker for
@@ -86,6 +90,7 @@ from .options import (
 from .pidfile import remove_pid_file, write_pid_file
 from .serve import Reload, run_single, serve
 from .signals import Killed, SignalCatcher, flush_and_exit, signal_name, termination_signals
+from .status import main as status_main
 from .supervisor import run_processes
 from .watch import check_watch
 
@@ -129,8 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit code (see ``ExitCode`` and the module docstring).
     """
     own_process = argv is None
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["status"]:
+        return status_main(args[1:])
     try:
-        options = parse_options(sys.argv[1:] if argv is None else argv)
+        options = parse_options(args)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else ExitCode.USAGE
     if threading.current_thread() is not threading.main_thread():

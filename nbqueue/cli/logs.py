@@ -17,7 +17,14 @@ from urllib.parse import unquote, urlsplit
 from ..common import redact_url
 from .options import RESULTS_URL_ENV, Options
 
-__all__ = ["LOG_FORMAT", "redact", "report_error", "secrets_of", "setup_logging"]
+__all__ = [
+    "LOG_FORMAT",
+    "redact",
+    "report_error",
+    "secrets_of",
+    "setup_logging",
+    "url_secrets",
+]
 
 #: Dramatiq's log line layout, so log tooling written for Dramatiq keeps working.
 LOG_FORMAT = (
@@ -30,7 +37,9 @@ MIN_SECRET_LENGTH = 4
 SECRET_ENV = "NBQUEUE_SECRET"
 
 
-def _url_secrets(url: str | None) -> list[tuple[str, str]]:
+def url_secrets(url: str | None) -> list[tuple[str, str]]:
+    """Return (text, replacement) pairs that hide the password of ``url`` (of each of its
+    ``;``-separated parts), and the whole URL by its redacted form."""
     if not url:
         return []
     pairs = [(url, redact_url(url))]
@@ -60,8 +69,8 @@ def read_secret(options: Options) -> bytes | None:
 
 def secrets_of(options: Options) -> list[tuple[str, str]]:
     """Return (text, replacement) pairs that hide every secret of ``options`` in any output."""
-    pairs = _url_secrets(options.broker_url)
-    pairs += _url_secrets(os.environ.get(RESULTS_URL_ENV, "").strip() or None)
+    pairs = url_secrets(options.broker_url)
+    pairs += url_secrets(os.environ.get(RESULTS_URL_ENV, "").strip() or None)
     try:
         secret = read_secret(options)
     except OSError:

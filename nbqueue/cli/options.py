@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 
 from .. import __version__
+from ..worker import MIN_HEARTBEAT_TTL
 
 __all__ = [
     "EXIT_CODES",
@@ -63,6 +64,7 @@ examples:
   nbqueue worker tasks --pid-file /tmp/nbqueue.pid --log-file /tmp/nbqueue.log
   nbqueue worker tasks -f metrics:serve   also run metrics.serve() in a process of its own
   nbqueue worker tasks --tracing          trace messages with OpenTelemetry
+  nbqueue status --broker redis://...     list the live workers and the queues (--help there)
   NBQUEUE_SECRET=... nbqueue worker tasks --broker redis://... --notebook-actors
 
 processes:
@@ -142,6 +144,8 @@ class Options:
       watch_exclude: glob patterns of files that never reload.
       use_spawn: ``--use-spawn`` was given (nbqueue always spawns).
       tracing: ``--tracing`` was given: trace messages with OpenTelemetry.
+      heartbeat_ttl: milliseconds a worker's record in the worker registry lives after its
+        last heartbeat (``None``: ``NBQUEUE_WORKER_HEARTBEAT_TTL`` or 30000).
     """
 
     modules: tuple[str, ...]
@@ -168,6 +172,7 @@ class Options:
     watch_exclude: tuple[str, ...] = ()
     use_spawn: bool = False
     tracing: bool = False
+    heartbeat_ttl: int | None = None
 
 
 def version() -> str:
@@ -192,6 +197,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _heartbeat_ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if value < MIN_HEARTBEAT_TTL:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_HEARTBEAT_TTL} ms, got {value}")
     return value
 
 
@@ -298,6 +313,13 @@ def make_argument_parser() -> argparse.ArgumentParser:
         default=600_000,
         metavar="MS",
         help="milliseconds running messages get to finish after the first signal (default: 600000)",
+    )
+    parser.add_argument(
+        "--heartbeat-ttl",
+        type=_heartbeat_ttl,
+        metavar="MS",
+        help="milliseconds a worker stays listed by nbqueue status after its last heartbeat; it "
+        "beats every third of that (default: $NBQUEUE_WORKER_HEARTBEAT_TTL or 30000)",
     )
     parser.add_argument(
         "--notebook-actors",
@@ -428,4 +450,5 @@ def parse_options(argv: Sequence[str]) -> Options:
         watch_exclude=tuple(ns.exclude_patterns),
         use_spawn=ns.use_spawn,
         tracing=ns.tracing,
+        heartbeat_ttl=ns.heartbeat_ttl,
     )

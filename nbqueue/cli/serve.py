@@ -82,7 +82,13 @@ def serve(
         # A wrong address or password is a boot failure (exit 3), not a consumer that retries
         # forever: the Redis and RabbitMQ brokers check their server here.
         broker.check_server()
-        worker = Worker(broker, queues=queues, worker_threads=options.threads)
+        worker = Worker(
+            broker,
+            queues=queues,
+            worker_threads=options.threads,
+            heartbeat_ttl=options.heartbeat_ttl,
+            processes=options.processes,
+        )
         worker.start()
         if worker.scheduler is not None:
             for line in worker.scheduler.describe():

@@ -9,7 +9,8 @@ after importing the broker), ``before_worker_boot``, ``after_worker_boot`` and, 
 A worker's consumer sees a delayed message: ``before_delay_message``. A worker thread runs it:
 ``before_process_message`` (which may raise ``SkipMessage``), the actor, then
 ``after_process_message`` or ``after_skip_message``, then ``before_ack``/``after_ack`` or
-``before_nack``/``after_nack``. Shutdown: ``before_worker_shutdown``, per thread
+``before_nack``/``after_nack``. While a worker runs, its heartbeat thread calls
+``after_worker_heartbeat`` every ``heartbeat_ttl / 3`` ms. Shutdown: ``before_worker_shutdown``, per thread
 ``before_worker_thread_shutdown``/``before_consumer_thread_shutdown``, ``after_worker_shutdown``.
 
 ``before_*`` hooks run in the broker's middleware order, ``after_*`` hooks in reverse order. An
@@ -98,6 +99,12 @@ class Middleware:
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Called after a worker stopped all of its threads."""
+
+    def after_worker_heartbeat(self, broker: Broker, worker: Worker) -> None:
+        """Called on the worker's heartbeat thread after each heartbeat (every
+        ``worker.heartbeat_ttl / 3`` ms while it runs, the first at start), once the worker's
+        record was published to the broker's worker registry (an nbqueue addition: Dramatiq
+        has no such hook)."""
 
     def after_consumer_thread_boot(self, broker: Broker, thread: Any) -> None:
         """Called on a consumer thread when it starts."""

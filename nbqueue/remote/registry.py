@@ -4,7 +4,9 @@ Each worker registers, in the broker's store, the (queue, actor) pairs it can ru
 actors on the queues it consumes, plus ``(queue, "*")`` for each queue whose published notebook
 actors it loads. Registrations live while the worker runs: on Redis they expire ``ttl`` ms after
 the last heartbeat (every ``ttl / 3``), on RabbitMQ they are consumers that die with their
-connection, in memory they expire like on Redis.
+connection, in memory they expire like on Redis. The heartbeat is the worker's own
+(``after_worker_heartbeat``) when it beats at least that often (its ``heartbeat_ttl`` is at most
+``ttl``, as by default); otherwise the rule beats on a thread of its own.
 
 When a worker fetches a message it has no actor for, ``UnknownActorRule.handle`` decides:
 
@@ -87,6 +89,7 @@ class UnknownActorRule(Middleware):
         self.max_backoff = max_backoff
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_beats = False  # refreshed on the worker's heartbeats instead of a thread
         self._workers = 0
         self._lock = threading.Lock()
 
@@ -111,13 +114,16 @@ class UnknownActorRule(Middleware):
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         with self._lock:
             self._workers += 1
-            if self._thread is not None:
+            if self._thread is not None or self._on_beats:
                 return
             self._stop.clear()
             try:
                 self.register()
             except Exception:
                 logger.warning("Could not register this worker's actors yet.", exc_info=True)
+            if worker.heartbeat_ttl <= self.ttl:
+                self._on_beats = True
+                return
             self._thread = threading.Thread(
                 target=self._beat, name="nbqueue-remote-heartbeat", daemon=True
             )
@@ -126,15 +132,25 @@ class UnknownActorRule(Middleware):
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         with self._lock:
             self._workers -= 1
-            if self._workers > 0 or self._thread is None:
+            if self._workers > 0 or (self._thread is None and not self._on_beats):
                 return
             thread, self._thread = self._thread, None
+            self._on_beats = False
             self._stop.set()
-        thread.join(5)
+        if thread is not None:
+            thread.join(5)
         try:
             self.store.unregister(self.worker_id)
         except Exception:
             logger.warning("Could not unregister this worker's actors.", exc_info=True)
+
+    def after_worker_heartbeat(self, broker: Broker, worker: Any) -> None:
+        if not self._on_beats:
+            return
+        try:
+            self.register()
+        except Exception:
+            logger.warning("Could not refresh this worker's actors.", exc_info=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3000):
