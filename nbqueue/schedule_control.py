@@ -22,11 +22,13 @@ from .live import status as live_status
 from .remote import RemoteActor
 from .remote.publish import unpublish_schedule
 from .scheduler import find_tick_claims, now_ms
-from .schedules import Rule, Schedule, schedules_of, tick_message_id, unschedule
+from .schedules import Rule, Schedule, rule_from_spec, schedules_of, tick_message_id, unschedule
 from .services import TickClaims
+from .worker import workers
 
 __all__ = [
     "ScheduleInfo",
+    "fleet_schedules",
     "list_schedules",
     "pause_schedule",
     "remove_schedule",
@@ -95,42 +97,88 @@ def list_schedules(broker: Broker | None = None) -> list[ScheduleInfo]:
         return []
     claims = _claims(target)
     now = now_ms()
-    found = []
-    for entry in declared:
-        state = claims.state(entry.name)
-        paused = state is not None and state.paused
-        last = state.last_run if state is not None and state.last_run else None
-        message_id = None
-        status = None
-        if last is not None and state is not None:
-            message_id = state.message_id or tick_message_id(entry.name, last)
-            try:
-                record = live_status(message_id, broker=target)
-            except LiveUnavailable:
-                record = None
-            if record is not None:
-                status = record.status.value
-            elif not state.confirmed:
-                status = "claimed"
-        actor = target.actors.get(entry.actor_name)
-        found.append(
-            ScheduleInfo(
-                name=entry.name,
-                actor_name=entry.actor_name,
-                queue_name=entry.queue_name,
-                rule=entry.rule,
-                args=entry.args,
-                kwargs=dict(entry.kwargs),
-                misfire_grace=entry.misfire_grace,
-                next_run=None if paused else entry.rule.after(now),
-                last_run=last,
-                last_message_id=message_id,
-                last_status=status,
-                paused=paused,
-                remote=isinstance(actor, RemoteActor),
-            )
+    return [
+        _describe(
+            entry,
+            claims,
+            target,
+            now,
+            remote=isinstance(target.actors.get(entry.actor_name), RemoteActor),
         )
-    return found
+        for entry in declared
+    ]
+
+
+def fleet_schedules(broker: Broker | None = None) -> list[ScheduleInfo]:
+    """Describe the schedules the live workers of ``broker``'s fleet take part in, by name,
+    from their heartbeat records (``nbqueue.workers()``): what a process that declares no
+    schedule itself shows, the Jobs sidebar's server for one. Last runs and pauses are read from
+    the store the fleet shares; ``remote`` is ``False`` (a heartbeat does not say).
+
+    Raises:
+      BrokerError: the broker keeps no worker registry.
+      SchedulesUnavailable: the workers have schedules and the broker no store for them.
+      BrokerConnectionError: the registry or the store could not be read.
+    """
+    target = broker or get_broker()
+    declared: dict[str, Schedule] = {}
+    for info in workers(target):
+        for ref in info.schedules:
+            if ref.name in declared:
+                continue
+            try:
+                rule = rule_from_spec(ref.rule)
+            except (TypeError, ValueError):
+                continue  # a rule this version cannot read: shown by the workers that can
+            declared[ref.name] = Schedule(
+                name=ref.name,
+                actor_name=ref.actor_name,
+                queue_name=ref.queue_name,
+                rule=rule,
+                args=tuple(ref.args),
+                kwargs=dict(ref.kwargs),
+                misfire_grace=ref.misfire_grace,
+            )
+    if not declared:
+        return []
+    claims = _claims(target)
+    now = now_ms()
+    return [_describe(entry, claims, target, now, remote=False) for entry in declared.values()]
+
+
+def _describe(
+    entry: Schedule, claims: TickClaims, broker: Broker, now: int, *, remote: bool
+) -> ScheduleInfo:
+    state = claims.state(entry.name)
+    paused = state is not None and state.paused
+    last = state.last_run if state is not None and state.last_run else None
+    message_id = None
+    status = None
+    if last is not None and state is not None:
+        message_id = state.message_id or tick_message_id(entry.name, last)
+        try:
+            record = live_status(message_id, broker=broker)
+        except LiveUnavailable:
+            record = None
+        if record is not None:
+            status = record.status.value
+        elif not state.confirmed:
+            status = "claimed"
+    return ScheduleInfo(
+        name=entry.name,
+        actor_name=entry.actor_name,
+        queue_name=entry.queue_name,
+        rule=entry.rule,
+        args=entry.args,
+        kwargs=dict(entry.kwargs),
+        misfire_grace=entry.misfire_grace,
+        next_run=None if paused else entry.rule.after(now),
+        last_run=last,
+        last_message_id=message_id,
+        last_status=status,
+        paused=paused,
+        remote=remote,
+    )
 
 
 def pause_schedule(name: str, broker: Broker | None = None) -> None:

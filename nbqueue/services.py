@@ -464,6 +464,42 @@ class RunningMessage(NamedTuple):
     actor_name: str
 
 
+class ScheduleRef(NamedTuple):
+    """A schedule a worker takes part in, as its heartbeat publishes it (JSON data only), so
+    that a process which declares no schedule (the Jobs sidebar's server, ``nbqueue status``)
+    can describe the fleet's.
+
+    Attributes:
+      name, actor_name, queue_name, args, kwargs, misfire_grace: the schedule's declaration.
+      rule: its rule as ``Rule.spec()`` data (``nbqueue.schedules.rule_from_spec`` rebuilds it).
+    """
+
+    name: str
+    actor_name: str
+    queue_name: str
+    rule: dict[str, Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}  # shared default, never mutated (from_dict copies)
+    misfire_grace: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self._asdict()
+        data["args"] = list(self.args)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleRef:
+        return cls(
+            name=str(data["name"]),
+            actor_name=str(data["actor_name"]),
+            queue_name=str(data["queue_name"]),
+            rule=dict(data["rule"]),
+            args=tuple(data.get("args", ())),
+            kwargs=dict(data.get("kwargs", {})),
+            misfire_grace=int(data.get("misfire_grace", 0)),
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerInfo:
     """What a live worker publishes about itself on each heartbeat.
@@ -481,6 +517,7 @@ class WorkerInfo:
       last_seen: its last heartbeat, in ms since the epoch (the server's clock where the
         server has one: Redis; the worker's otherwise).
       ttl: how long the record lives after ``last_seen`` without another heartbeat, in ms.
+      schedules: the schedules it takes part in (records of older workers have none).
     """
 
     id: str
@@ -493,12 +530,14 @@ class WorkerInfo:
     started_at: int
     last_seen: int
     ttl: int
+    schedules: tuple[ScheduleRef, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as JSON-ready data (``running`` as ``[id, actor]`` pairs)."""
         data = dataclasses.asdict(self)
         data["queues"] = list(self.queues)
         data["running"] = [list(pair) for pair in self.running]
+        data["schedules"] = [entry.to_dict() for entry in self.schedules]
         return data
 
     @classmethod
@@ -524,6 +563,7 @@ class WorkerInfo:
             started_at=int(fields["started_at"]),
             last_seen=int(fields["last_seen"]),
             ttl=int(fields["ttl"]),
+            schedules=tuple(ScheduleRef.from_dict(s) for s in fields.get("schedules", ())),
         )
 
 

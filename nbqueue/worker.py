@@ -42,8 +42,9 @@ from .logging import get_logger
 from .middleware.base import Middleware, SkipMessage
 from .results import Results
 from .scheduler import Scheduler
+from .scheduler import schedules as scheduled
 from .schedules import subscribe, unsubscribe
-from .services import RunningMessage, WorkerInfo, WorkerRegistry
+from .services import RunningMessage, ScheduleRef, WorkerInfo, WorkerRegistry
 
 if TYPE_CHECKING:
     from .broker import Broker, Consumer, MessageProxy
@@ -471,6 +472,18 @@ class Worker:
             started_at=self.started_at if self.started_at is not None else now,
             last_seen=now,
             ttl=self.heartbeat_ttl,
+            schedules=tuple(
+                ScheduleRef(
+                    name=entry.name,
+                    actor_name=entry.actor_name,
+                    queue_name=entry.queue_name,
+                    rule=entry.rule.spec(),
+                    args=entry.args,
+                    kwargs=dict(entry.kwargs),
+                    misfire_grace=entry.misfire_grace,
+                )
+                for entry in scheduled(self)
+            ),
         )
 
     @property

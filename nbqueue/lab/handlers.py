@@ -163,10 +163,15 @@ class LabState:
         return {**self.relative(job.to_json()), **source.details(job)}
 
     def queues(self) -> list[dict[str, Any]]:
+        return self.gather("queues")
+
+    def gather(self, what: str) -> list[dict[str, Any]]:
+        """Every source's rows of ``what`` (``queues``, ``workers``, ``schedules``); a source
+        that fails records its error (in ``sources``) and adds none."""
         rows: list[dict[str, Any]] = []
         for source in self.sources:
             try:
-                rows += source.queues()
+                rows += getattr(source, what)()
             except Exception as e:
                 source.error = _scrub(e)
         return rows
@@ -315,29 +320,30 @@ class ActionHandler(BaseHandler):
 class QueuesHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.answer({"queues": await self.state.run(self.state.queues)})
+        state = self.state
+        rows = await state.run(state.gather, "queues")
+        self.answer({"queues": rows, "sources": [s.describe() for s in state.sources]})
 
 
 class WorkersHandler(BaseHandler):
-    """``GET workers``: no worker registry exists yet, so the list is empty (same shape)."""
+    """``GET workers``: the live workers of each source, by heartbeat."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.answer(
-            {
-                "workers": [],
-                "sources": [source.describe() for source in self.state.sources],
-            }
-        )
+        state = self.state
+        rows = await state.run(state.gather, "workers")
+        self.answer({"workers": rows, "sources": [s.describe() for s in state.sources]})
 
 
 class SchedulesHandler(BaseHandler):
-    """``GET schedules``: schedules are declared in worker processes; the server has none to
-    list until they are recorded in a store (the same shape, empty)."""
+    """``GET schedules``: the schedules the live workers of each source take part in, with
+    their last runs and pauses from the store the fleet shares."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.answer({"schedules": []})
+        state = self.state
+        rows = await state.run(state.gather, "schedules")
+        self.answer({"schedules": rows, "sources": [s.describe() for s in state.sources]})
 
 
 class SettingsHandler(BaseHandler):

@@ -17,6 +17,8 @@ from ..history.base import History, HistoryJob, JobQuery
 from ..history.sqlite import SQLiteHistory
 from ..live.middleware import transport_for
 from ..message import Message, generate_unique_id
+from ..schedule_control import fleet_schedules
+from ..worker import workers
 
 __all__ = ["ActionRefused", "LocalSource", "RedisSource", "Source"]
 
@@ -62,6 +64,15 @@ class Source:
         }
 
     def queues(self) -> list[dict[str, Any]]:
+        return []
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The contract's ``workers`` rows (the embedded workers of kernels publish to their
+        own process only: a local source has none to show)."""
+        return []
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The contract's ``schedules`` rows: those the source's live workers take part in."""
         return []
 
     def cancel(self, job: HistoryJob) -> None:
@@ -179,6 +190,36 @@ class RedisSource(Source):
                 "source": self.name,
             }
             for name, s in sorted(stats.items())
+        ]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": info.id,
+                "host": info.host,
+                "pid": info.pid,
+                "processes": info.processes,
+                "threads": info.threads,
+                "queues": list(info.queues),
+                "running": [{"id": m.message_id, "actor": m.actor_name} for m in info.running],
+                "last_seen": info.last_seen,
+                "source": self.name,
+            }
+            for info in workers(self.broker)
+        ]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": entry.name,
+                "actor": entry.actor_name,
+                "rule": str(entry.rule),
+                "next_run": entry.next_run,
+                "last_run": entry.last_run,
+                "last_status": entry.last_status,
+                "paused": entry.paused,
+            }
+            for entry in fleet_schedules(self.broker)
         ]
 
     def cancel(self, job: HistoryJob) -> None:

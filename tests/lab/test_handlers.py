@@ -190,18 +190,56 @@ async def test_a_request_without_the_token_is_refused(
     assert xsrf.value.code == 403
 
 
-async def test_settings_workers_and_schedules_keep_their_shape(
-    jp_fetch: Any, lab_redis: nbqueue.Broker
-) -> None:
+async def test_settings(jp_fetch: Any, lab_redis: nbqueue.Broker) -> None:
     settings = body(await jp_fetch("nbqueue", "api", "settings"))
     assert settings == {
         "notify_after_ms": 10000,
         "history_max_jobs": 10000,
         "history_max_age_days": 7.0,
     }
-    workers = body(await jp_fetch("nbqueue", "api", "workers"))
-    assert workers["workers"] == []
-    assert body(await jp_fetch("nbqueue", "api", "schedules")) == {"schedules": []}
+
+
+class Heartbeats(nbqueue.Middleware):
+    def __init__(self) -> None:
+        self.beat = threading.Event()
+
+    def after_worker_heartbeat(self, broker: nbqueue.Broker, worker: nbqueue.Worker) -> None:
+        self.beat.set()
+
+
+async def test_workers_and_schedules_come_from_the_fleet_heartbeats(
+    jp_fetch: Any, lab_redis: nbqueue.Broker, worker_factory: Any, namespace: str
+) -> None:
+    ran = threading.Event()
+
+    @nbqueue.actor(queue_name=f"{namespace}-q")
+    def tick() -> None:
+        ran.set()
+
+    name = f"{namespace}-every-second"
+    nbqueue.schedule(tick, nbqueue.every(1000), name=name)  # on the actor's broker
+    beats = Heartbeats()
+    lab_redis.add_middleware(beats)
+    worker = worker_factory(lab_redis)
+    assert await asyncio.to_thread(beats.beat.wait, 30)
+    assert await asyncio.to_thread(ran.wait, 30)
+
+    listed = body(await jp_fetch("nbqueue", "api", "workers"))
+    (row,) = [w for w in listed["workers"] if w["id"] == worker.worker_id]
+    assert row["threads"] == 2 and row["processes"] == 1 and row["source"] == "redis"
+    assert f"{namespace}-q" in row["queues"]
+    assert {s["name"]: s["ok"] for s in listed["sources"]} == {"local": True, "redis": True}
+
+    found = body(await jp_fetch("nbqueue", "api", "schedules"))["schedules"]
+    (entry,) = [s for s in found if s["name"] == name]
+    assert entry["actor"] == "tick" and entry["rule"] == str(nbqueue.every(1000))
+    assert entry["paused"] is False and entry["next_run"] is not None
+    assert entry["last_run"] is not None and entry["last_status"] is not None
+
+    nbqueue.pause_schedule(name, broker=lab_redis)
+    found = body(await jp_fetch("nbqueue", "api", "schedules"))["schedules"]
+    (entry,) = [s for s in found if s["name"] == name]
+    assert entry["paused"] is True and entry["next_run"] is None
 
 
 async def test_the_long_poll_answers_when_a_job_changes(
