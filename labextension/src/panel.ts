@@ -430,14 +430,23 @@ export class NbqueueSidebar extends Widget {
         )
       );
       if (job.error) {
-        children.push(el('div', { class: 'nbq-detail-heading' }, `${job.error.type}: ${job.error.message}`));
+        children.push(
+          el(
+            'div',
+            { class: 'nbq-detail-heading nbq-detail-exception', 'data-testid': 'nbq-error' },
+            `${job.error.type}: ${job.error.message}`
+          )
+        );
         children.push(
           el('pre', { class: 'nbq-detail-traceback', 'data-testid': 'nbq-traceback' }, job.error.traceback)
         );
       } else if (job.status === 'succeeded') {
         children.push(el('div', { class: 'nbq-detail-heading' }, 'result'));
         const text =
-          job.result_repr ?? (job.result === undefined ? '' : JSON.stringify(job.result, null, 2));
+          job.result_repr ??
+          (job.result === null || job.result === undefined
+            ? '(no result stored)'
+            : JSON.stringify(job.result, null, 2));
         children.push(el('pre', { class: 'nbq-detail-result', 'data-testid': 'nbq-result' }, text));
       }
     }
