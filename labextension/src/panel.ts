@@ -15,6 +15,7 @@ import {
   ISource,
   IWorker,
   STATUSES,
+  ApiError,
   describeApiError,
   isFinal,
   requestAPI
@@ -40,6 +41,10 @@ export class NbqueueSidebar extends Widget {
   private detailId: string | null = null;
   private detail: IJobDetail | null = null;
   private detailMessage: { text: string; kind: 'error' | 'info' } | null = null;
+  /** Why the open job's detail did not load (cleared by the next load that works). */
+  private loadError: string | null = null;
+  /** A message Retry just sent: the history may not list it yet, so a 404 is waited out. */
+  private justSent: string | null = null;
   private detailTimer: number | undefined;
   private paneTimer: number | undefined;
   private searchTimer: number | undefined;
@@ -88,6 +93,8 @@ export class NbqueueSidebar extends Widget {
     this.detailId = id;
     this.detail = null;
     this.detailMessage = null;
+    this.loadError = null;
+    this.justSent = null;
     this.selectTab('jobs');
     this.renderDetail();
     void this.loadDetail();
@@ -364,11 +371,14 @@ export class NbqueueSidebar extends Widget {
         return;
       }
       this.detail = detail;
+      this.loadError = null;
+      this.justSent = null;
     } catch (error) {
       if (request !== this.detailRequest || id !== this.detailId) {
         return;
       }
-      this.detailMessage = { text: (error as Error).message, kind: 'error' };
+      const notYet = error instanceof ApiError && error.status === 404 && id === this.justSent;
+      this.loadError = notYet ? null : (error as Error).message;
     }
     this.renderDetail();
     if (this.isVisible && (!this.detail || !isFinal(this.detail.status))) {
@@ -437,9 +447,15 @@ export class NbqueueSidebar extends Widget {
             `${job.error.type}: ${job.error.message}`
           )
         );
-        children.push(
-          el('pre', { class: 'nbq-detail-traceback', 'data-testid': 'nbq-traceback' }, job.error.traceback)
-        );
+        if (job.error.traceback) {
+          children.push(
+            el(
+              'pre',
+              { class: 'nbq-detail-traceback', 'data-testid': 'nbq-traceback' },
+              job.error.traceback
+            )
+          );
+        }
       } else if (job.status === 'succeeded') {
         children.push(el('div', { class: 'nbq-detail-heading' }, 'result'));
         const text =
@@ -449,6 +465,13 @@ export class NbqueueSidebar extends Widget {
             : JSON.stringify(job.result, null, 2));
         children.push(el('pre', { class: 'nbq-detail-result', 'data-testid': 'nbq-result' }, text));
       }
+    }
+    if (this.loadError) {
+      children.splice(
+        1,
+        0,
+        el('div', { class: 'nbq-detail-error', 'data-testid': 'nbq-detail-error' }, this.loadError)
+      );
     }
     if (this.detailMessage) {
       children.splice(
@@ -513,8 +536,8 @@ export class NbqueueSidebar extends Widget {
       this.detailMessage = { text, kind: 'info' };
       this.hub.refresh();
       if (action === 'retry' && reply.id) {
-        const newId = reply.id;
-        this.detailId = newId;
+        this.detailId = reply.id;
+        this.justSent = reply.id;
         this.detail = null;
         this.renderDetail();
       }
