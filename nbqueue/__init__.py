@@ -152,6 +152,15 @@ def unload_ipython_extension(ipython: Any) -> None:
     unload(ipython)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds nbqueue's prebuilt frontend extension (the Jobs sidebar).
+
+    Read by ``jupyter labextension develop .``; a wheel installs the same files under
+    ``share/jupyter/labextensions/nbqueue-labextension``.
+    """
+    return [{"src": "labextension", "dest": "nbqueue-labextension"}]
+
+
 def __getattr__(name: str) -> Any:
     if name == "ConnectionError":
         # Dramatiq's name shadows the builtin, so it is served on demand, not star-imported.
