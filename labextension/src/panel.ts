@@ -45,6 +45,8 @@ export class NbqueueSidebar extends Widget {
   private loadError: string | null = null;
   /** A message Retry just sent: the history may not list it yet, so a 404 is waited out. */
   private justSent: string | null = null;
+  /** How many detail loads waited for the history to list ``justSent``. */
+  private justSentWaits = 0;
   private detailTimer: number | undefined;
   private paneTimer: number | undefined;
   private searchTimer: number | undefined;
@@ -365,6 +367,15 @@ export class NbqueueSidebar extends Widget {
     }
     const request = ++this.detailRequest;
     window.clearTimeout(this.detailTimer);
+    // A copy Retry just sent is fetched once the list shows it (the kernel or the server sends
+    // it within a second or two), so that no request is answered 404 meanwhile; after a few
+    // rounds it is fetched anyway (a filter may hide it from the list).
+    if (id === this.justSent && !this.jobs.some(job => job.id === id) && this.justSentWaits < 10) {
+      this.justSentWaits += 1;
+      this.renderDetail();
+      this.detailTimer = window.setTimeout(() => void this.loadDetail(), DETAIL_REFRESH_MS);
+      return;
+    }
     try {
       const detail = await requestAPI<IJobDetail>(`jobs/${encodeURIComponent(id)}`);
       if (request !== this.detailRequest || id !== this.detailId) {
@@ -538,6 +549,7 @@ export class NbqueueSidebar extends Widget {
       if (action === 'retry' && reply.id) {
         this.detailId = reply.id;
         this.justSent = reply.id;
+        this.justSentWaits = 0;
         this.detail = null;
         this.renderDetail();
       }

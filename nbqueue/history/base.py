@@ -193,6 +193,8 @@ class HistoryJob:
       message: the message as sent (its JSON dict), or ``None`` when the store has none.
       error: the one-line summary of the latest failure (or the dead-letter reason).
       output: the tail of the job's printed and streamed output, where the store kept it.
+      result: the value a succeeded job returned, as JSON text, where the store kept it.
+      traceback: the traceback of a failed job, where the store kept it.
     """
 
     id: str
@@ -212,6 +214,8 @@ class HistoryJob:
     error: str | None = None
     message: dict[str, Any] | None = None
     output: str | None = None
+    result: str | None = None
+    traceback: str | None = None
 
     @property
     def duration_ms(self) -> int | None:

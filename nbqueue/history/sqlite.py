@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     notebook TEXT,
     kernel TEXT,
     message TEXT,
-    output TEXT
+    output TEXT,
+    result TEXT,
+    traceback TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (enqueued_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -89,9 +91,11 @@ CREATE TABLE IF NOT EXISTS kernels (id TEXT PRIMARY KEY, pid INTEGER, seen_at IN
 
 _UPSERT = """
 INSERT INTO jobs (id, status, actor, queue, args, progress, enqueued_at, started_at,
-                  finished_at, attempt, worker, error, notebook, kernel, message, output)
+                  finished_at, attempt, worker, error, notebook, kernel, message, output, result,
+                  traceback)
 VALUES (:id, :status, :actor, :queue, :args, :progress, :enqueued_at, :started_at,
-        :finished_at, :attempt, :worker, :error, :notebook, :kernel, :message, :output)
+        :finished_at, :attempt, :worker, :error, :notebook, :kernel, :message, :output,
+        :result, :traceback)
 ON CONFLICT (id) DO UPDATE SET
     status = excluded.status,
     actor = COALESCE(excluded.actor, actor),
@@ -107,8 +111,14 @@ ON CONFLICT (id) DO UPDATE SET
     notebook = COALESCE(notebook, excluded.notebook),
     kernel = COALESCE(kernel, excluded.kernel),
     message = COALESCE(message, excluded.message),
-    output = COALESCE(excluded.output, output)
+    output = COALESCE(excluded.output, output),
+    result = COALESCE(excluded.result, result),
+    traceback = CASE WHEN excluded.status = 'succeeded' THEN NULL
+                     ELSE COALESCE(excluded.traceback, traceback) END
 """
+
+#: Columns added after the first release of the file, with their types (added on open).
+_ADDED = (("result", "TEXT"), ("traceback", "TEXT"))
 
 _COLUMNS = (
     "id, status, actor, queue, args, progress, enqueued_at, started_at, finished_at, attempt, "
@@ -184,6 +194,11 @@ class SQLiteHistory(History):
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED:
+                if column not in present:
+                    with contextlib.suppress(sqlite3.OperationalError):  # another process did
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._queue: queue.Queue[tuple[str, dict[str, Any], Any, str | None] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -258,6 +273,12 @@ class SQLiteHistory(History):
         """Wait until every queued change is written; return False on timeout."""
         with self._flushed:
             return self._flushed.wait_for(lambda: self._pending == 0, timeout)
+
+    def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds, checked now and after each transaction this
+        process's writer commits; return False on timeout."""
+        with self._flushed:
+            return self._flushed.wait_for(predicate, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued and stop the writer thread."""
@@ -363,6 +384,8 @@ class SQLiteHistory(History):
             "kernel": self.kernel if message is not None else None,
             "message": body,
             "output": output,
+            "result": _text(fields.get("result")),
+            "traceback": _text(fields.get("traceback")),
         }
 
     def _write(self, batch: list[tuple[str, dict[str, Any], Any, str | None]]) -> None:
@@ -482,14 +505,17 @@ class SQLiteHistory(History):
     def job(self, message_id: str) -> HistoryJob | None:
         row = (
             self._db()
-            .execute(f"SELECT {_COLUMNS}, message, output FROM jobs WHERE id = ?", (message_id,))
+            .execute(
+                f"SELECT {_COLUMNS}, message, output, result, traceback FROM jobs WHERE id = ?",
+                (message_id,),
+            )
             .fetchone()
         )
         if row is None:
             return None
         job = self._job(row)
         job.message = json.loads(row[14]) if row[14] else None
-        job.output = row[15]
+        job.output, job.result, job.traceback = row[15], row[16], row[17]
         return job
 
     def count(self) -> int:

@@ -5,6 +5,7 @@ Every method here blocks (SQLite, Redis); the handlers call them off the IOLoop.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -23,6 +24,9 @@ from ..worker import workers
 __all__ = ["ActionRefused", "LocalSource", "RedisSource", "Source"]
 
 logger = logging.getLogger("nbqueue.lab")
+
+#: The longest ``result_repr``, in characters.
+RESULT_REPR = 4096
 
 #: How long a kernel counts as running after its last heartbeat in the history, in ms.
 KERNEL_ALIVE = 15_000
@@ -55,11 +59,17 @@ class Source:
 
     def details(self, job: HistoryJob) -> dict[str, Any]:
         """The detail fields beyond ``Job``: output tail, result, error."""
+        result = None
+        if job.result is not None:
+            try:
+                result = json.loads(job.result)
+            except ValueError:
+                result = None
         return {
             "output": job.output or "",
-            "result": None,
-            "result_repr": None,
-            "error": _error(job),
+            "result": result,
+            "result_repr": None if job.result is None else _repr(result),
+            "error": _error(job, job.traceback),
             "events_truncated": False,
         }
 
@@ -87,6 +97,11 @@ class Source:
     def close(self) -> None:
         if self.history is not None:
             self.history.close()
+
+
+def _repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= RESULT_REPR else text[: RESULT_REPR - 1] + "\u2026"
 
 
 def _error(job: HistoryJob, traceback: str | None = None) -> dict[str, Any] | None:
@@ -170,8 +185,7 @@ class RedisSource(Source):
             }
             return found
         found["result"] = value
-        text = repr(value)
-        found["result_repr"] = text if len(text) <= 4096 else text[:4095] + "\u2026"
+        found["result_repr"] = _repr(value)
         return found
 
     def queues(self) -> list[dict[str, Any]]:

@@ -5,17 +5,19 @@ sidebar's commands, ``%nbqueue jobs`` and ``nbqueue.attach()``.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 from typing import Any
 
 from ..broker import Broker
-from ..errors import NbqueueError
+from ..errors import NbqueueError, ResultFailure
 from ..history import actions
 from ..history.base import HistoryJob, JobQuery, origin, set_origin
 from ..history.lookup import histories
 from ..history.sqlite import SQLiteHistory
 from ..live.middleware import transport_for
+from ..message import Message
 
 __all__ = ["JobsTable", "LocalHistory", "kernel_id", "recent_jobs"]
 
@@ -53,7 +55,7 @@ class LocalHistory:
             transport = transport_for(broker)
         except NbqueueError:
             return False
-        if not transport.record_to(self.store):
+        if not transport.record_to(_Outcomes(self.store, broker)):
             return False
         self.broker = broker
         self.store.serve_commands(self.command)
@@ -86,6 +88,55 @@ class LocalHistory:
                 else "gone"
             )
         return "unknown"
+
+
+#: The largest result the history keeps as JSON, in bytes; a larger one is kept as the start
+#: of its repr.
+RESULT_LIMIT = 64 * 1024
+
+
+class _Outcomes:
+    """The recorder the embedded broker's live channel writes to: the history, told each
+    finished job's result or traceback too, read from the broker's result backend (in memory,
+    the result is stored before the final status is recorded)."""
+
+    def __init__(self, store: SQLiteHistory, broker: Broker) -> None:
+        self.store = store
+        self.broker = broker
+
+    def record(
+        self, message_id: str, fields: dict[str, Any], message: Any, output: str | None
+    ) -> None:
+        if fields.get("status") in ("succeeded", "failed", "dead"):
+            fields = {**fields, **self._outcome(message_id, fields)}
+        self.store.record(message_id, fields, message, output)
+
+    def _outcome(self, message_id: str, fields: dict[str, Any]) -> dict[str, str]:
+        try:
+            backend = self.broker.get_results_backend()
+        except RuntimeError:
+            return {}
+        key: Message[Any] = Message(
+            queue_name=str(fields.get("queue_name") or "default"),
+            actor_name=str(fields.get("actor_name") or ""),
+            args=(),
+            kwargs={},
+            options={},
+            message_id=message_id,
+        )
+        try:
+            value = backend.get_result(key, block=False)
+        except ResultFailure as failure:
+            return {"traceback": failure.traceback} if failure.traceback else {}
+        except Exception:  # missing (not stored), or unreadable: the status alone is recorded
+            return {}
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = ""
+        if not text or len(text) > RESULT_LIMIT:
+            text = json.dumps(repr(value)[:4096], ensure_ascii=False)
+        return {"result": text}
 
 
 def _full(message: dict[str, Any], job: HistoryJob) -> dict[str, Any]:

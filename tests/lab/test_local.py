@@ -76,6 +76,41 @@ async def test_a_local_job_is_listed_and_cancelled_through_its_kernel(
     assert detail["status"] == "aborted"
 
 
+async def test_a_local_job_shows_its_result_and_a_failed_one_its_traceback(
+    jp_fetch: Any, kernel: tuple[StubBroker, LocalHistory], worker_factory: Any
+) -> None:
+    broker, local = kernel
+
+    @nbqueue.actor(broker=broker, max_retries=0, store_results=True)
+    def triple(x: int) -> dict[str, Any]:
+        return {"value": 3 * x, "unit": "m"}
+
+    @nbqueue.actor(broker=broker, max_retries=0, store_results=True)
+    def explode() -> None:
+        raise KeyError("missing-column")
+
+    worker_factory(broker)
+    good, bad = triple.send(20), explode.send()
+    finals = {good.message_id: "succeeded", bad.message_id: "failed"}
+
+    def written() -> bool:
+        return all(
+            (job := local.store.job(i)) is not None and job.status == status
+            for i, status in finals.items()
+        )
+
+    assert local.store.until(written, 20)
+    detail = body(await jp_fetch("nbqueue", "api", "jobs", good.message_id))
+    assert detail["result"] == {"value": 60, "unit": "m"}
+    assert detail["result_repr"] == "{'value': 60, 'unit': 'm'}"
+    assert detail["error"] is None
+    detail = body(await jp_fetch("nbqueue", "api", "jobs", bad.message_id))
+    assert detail["result"] is None
+    assert detail["error"]["type"] == "KeyError"
+    assert "missing-column" in detail["error"]["traceback"]
+    assert 'raise KeyError("missing-column")' in detail["error"]["traceback"]
+
+
 async def test_a_job_of_a_kernel_that_is_gone_is_refused(
     jp_fetch: Any, kernel: tuple[StubBroker, LocalHistory], worker_factory: Any
 ) -> None:
