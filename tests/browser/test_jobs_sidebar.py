@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -282,6 +283,19 @@ def _run_all(page: Page, lab: Lab, name: str) -> None:
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
+def _api(lab: Lab, path: str, method: str = "GET") -> Any:
+    """A Jupyter server REST call with the token (``path``: under nbqueue/api/, or absolute)."""
+    url = lab.base + (path if path.startswith("/") else f"/nbqueue/api/{path}")
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"Authorization": f"token {lab.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read() or b"null")
+
+
 def _row(sidebar: Any, actor: str, status: str, notebook: str | None = None) -> Any:
     selector = f".nbq-jobs-row[data-status='{status}']"
     rows = sidebar.locator(selector).filter(
@@ -368,8 +382,13 @@ def test_the_sidebar_follows_jobs_of_two_notebooks_and_acts_on_them(
         assert redis_done.get_attribute("data-source") == "redis"
         local_done = _row(sidebar, "stepper", "succeeded", "embedded.ipynb")
         local_done.wait_for()
+        seen_at = page.evaluate("Date.now()")
         assert local_done.get_attribute("data-source") == "local"
         session.shot("sidebar-jobs.png")
+        # measured, not asserted: from the job's end in its kernel to the row showing it
+        local_id = local_done.get_attribute("data-job-id")
+        finished = _api(lab, f"jobs/{local_id}")["finished_at"]
+        latency["status_to_sidebar_ms"] = seen_at - finished
 
         # a long job's end (6 steps, 1.8 s > notifyAfterSeconds) is announced, with a link
         toast = page.locator(".Toastify__toast", has_text="stepper(6) succeeded").first
@@ -386,9 +405,14 @@ def test_the_sidebar_follows_jobs_of_two_notebooks_and_acts_on_them(
         # Cancel stops the running spinner
         _row(sidebar, "spinner", "running").click()
         detail = sidebar.locator("[data-testid='nbq-detail']")
+        clicked_at = page.evaluate("Date.now()")
         detail.locator(".nbq-action[data-action='cancel']").click()
         sidebar.locator("[data-testid='nbq-detail-info']", has_text="cancel requested").wait_for()
         sidebar.locator("[data-testid='nbq-detail'][data-status='aborted']").wait_for()
+        spinner_id = detail.get_attribute("data-job-id")
+        aborted = _api(lab, f"jobs/{spinner_id}")
+        assert aborted["status"] == "aborted"
+        latency["cancel_click_to_stopped_ms"] = aborted["finished_at"] - clicked_at
         assert detail.locator(".nbq-action[data-action='cancel']").count() == 0
         detail.locator("[data-testid='nbq-back']").click()
 
@@ -435,4 +459,40 @@ def test_the_sidebar_follows_jobs_of_two_notebooks_and_acts_on_them(
         unexpected = [e for e in session.errors if "nbqueue" in e or "page error" in e]
         assert unexpected == [], unexpected
 
+        # the embedded notebook's kernel restarts: its jobs stay listed (the history outlives it)
+        sidebar.locator(".nbq-tab[data-tab='jobs']").click()
+        sidebar.locator("[data-testid='nbq-filter-notebook']").select_option("embedded.ipynb")
+        for job_id in (local_id, spinner_id):
+            sidebar.locator(f".nbq-jobs-row[data-job-id='{job_id}']").wait_for()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbq-jobs-row .nbq-col-notebook')]"
+            ".every(c => c.textContent === 'embedded.ipynb')"
+        )
+        before = {
+            row.get_attribute("data-job-id") for row in sidebar.locator(".nbq-jobs-row").all()
+        }
+        assert local_id in before and spinner_id in before
+        (kernel,) = [
+            s["kernel"]["id"] for s in _api(lab, "/api/sessions") if s["path"] == "embedded.ipynb"
+        ]
+        _api(lab, f"/api/kernels/{kernel}/restart", method="POST")
+        page.reload()
+        page.wait_for_function("() => window.jupyterapp?.commands.hasCommand('nbqueue:open-jobs')")
+        # (the restored layout may have the sidebar open already: the command only opens it)
+        page.evaluate("window.jupyterapp.commands.execute('nbqueue:open-jobs')")
+        sidebar = page.locator("[data-testid='nbq-sidebar']")
+        sidebar.wait_for(state="visible")
+        sidebar.locator(".nbq-tab[data-tab='jobs']").click()
+        sidebar.locator("[data-testid='nbq-filter-notebook']").select_option("embedded.ipynb")
+        sidebar.locator(
+            f".nbq-jobs-row[data-job-id='{local_id}'][data-status='succeeded']"
+        ).wait_for()
+        after = {row.get_attribute("data-job-id") for row in sidebar.locator(".nbq-jobs-row").all()}
+        assert before <= after
+        session.shot("sidebar-after-restart.png")
+
+    latency: dict[str, int] = {}
     _browse(chromium, test, "sidebar-jobs")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "sidebar-latency.json").write_text(json.dumps(latency))
+    print("sidebar latency (ms):", latency)
