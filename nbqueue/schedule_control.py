@@ -65,6 +65,18 @@ class ScheduleInfo:
     paused: bool
     remote: bool
 
+    def to_json(self) -> dict[str, Any]:
+        """The Jobs sidebar's ``schedules`` row (``nbqueue/lab/API.md``)."""
+        return {
+            "name": self.name,
+            "actor": self.actor_name,
+            "rule": str(self.rule),
+            "next_run": self.next_run,
+            "last_run": self.last_run,
+            "last_status": self.last_status,
+            "paused": self.paused,
+        }
+
 
 def _claims(broker: Broker) -> TickClaims:
     claims = find_tick_claims(broker)

@@ -86,7 +86,9 @@ CREATE TABLE IF NOT EXISTS commands (
     done_at INTEGER,
     outcome TEXT
 );
-CREATE TABLE IF NOT EXISTS kernels (id TEXT PRIMARY KEY, pid INTEGER, seen_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS kernels (
+    id TEXT PRIMARY KEY, pid INTEGER, seen_at INTEGER NOT NULL, schedules TEXT
+);
 """
 
 _UPSERT = """
@@ -117,8 +119,12 @@ ON CONFLICT (id) DO UPDATE SET
                      ELSE COALESCE(excluded.traceback, traceback) END
 """
 
-#: Columns added after the first release of the file, with their types (added on open).
-_ADDED = (("result", "TEXT"), ("traceback", "TEXT"))
+#: Columns added after the first release of the file: (table, column, type), added on open.
+_ADDED = (
+    ("jobs", "result", "TEXT"),
+    ("jobs", "traceback", "TEXT"),
+    ("kernels", "schedules", "TEXT"),
+)
 
 _COLUMNS = (
     "id, status, actor, queue, args, progress, enqueued_at, started_at, finished_at, attempt, "
@@ -194,15 +200,16 @@ class SQLiteHistory(History):
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in _ADDED:
+            for table, column, kind in _ADDED:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in present:
                     with contextlib.suppress(sqlite3.OperationalError):  # another process did
-                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._queue: queue.Queue[tuple[str, dict[str, Any], Any, str | None] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._commands: Command | None = None
+        self._schedules: Callable[[], list[dict[str, Any]]] | None = None
         self._closed = False
         #: how many transactions the writer committed (tests wait on ``flush``)
         self.commits = 0
@@ -250,6 +257,12 @@ class SQLiteHistory(History):
             self._pending += 1
         self._queue.put((message_id, fields, message, output))
         self._ensure_thread()
+
+    def publish_schedules(self, describe: Callable[[], list[dict[str, Any]]] | None) -> None:
+        """Record, with each heartbeat of this kernel (see ``serve_commands``), the rows
+        ``describe()`` returns: the contract's ``schedules`` rows of the kernel's own
+        schedules, as of that heartbeat."""
+        self._schedules = describe
 
     def serve_commands(self, handler: Command | None) -> None:
         """Carry out the commands the server leaves for this kernel with ``handler`` (checked
@@ -339,14 +352,39 @@ class SQLiteHistory(History):
     def _heartbeat(self, *, alive: bool) -> None:
         if not self.kernel:
             return
+        schedules = None
+        if alive and self._schedules is not None:
+            try:
+                schedules = json.dumps(self._schedules(), separators=(",", ":"))
+            except Exception:
+                logger.warning("The kernel's schedules could not be described.", exc_info=True)
         with self._transaction() as db:
             if alive:
                 db.execute(
-                    "INSERT OR REPLACE INTO kernels (id, pid, seen_at) VALUES (?, ?, ?)",
-                    (self.kernel, os.getpid(), current_millis()),
+                    "INSERT OR REPLACE INTO kernels (id, pid, seen_at, schedules) "
+                    "VALUES (?, ?, ?, ?)",
+                    (self.kernel, os.getpid(), current_millis(), schedules),
                 )
             else:
                 db.execute("DELETE FROM kernels WHERE id = ?", (self.kernel,))
+        with self._flushed:
+            self._flushed.notify_all()  # (``until`` re-checks)
+
+    def kernel_schedules(self, alive_within: int) -> list[dict[str, Any]]:
+        """The schedules the kernels seen in the last ``alive_within`` ms recorded with their
+        last heartbeat (see ``publish_schedules``), each with its ``kernel``."""
+        rows = self._db().execute(
+            "SELECT id, schedules FROM kernels WHERE seen_at >= ? AND schedules IS NOT NULL",
+            (current_millis() - alive_within,),
+        )
+        found: list[dict[str, Any]] = []
+        for kernel, text in rows.fetchall():
+            try:
+                entries = json.loads(text)
+            except ValueError:
+                continue
+            found += [{**entry, "kernel": kernel} for entry in entries if isinstance(entry, dict)]
+        return found
 
     def kernel_seen(self, kernel: str) -> int | None:
         """When the kernel ``kernel`` last said it serves commands (ms), or ``None``."""

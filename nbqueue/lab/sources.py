@@ -148,6 +148,11 @@ class LocalSource(Source):
         self._alive(job)
         self.local.command("requeue", job)
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """The schedules of the running kernels' embedded workers, as of each kernel's last
+        heartbeat (every few seconds)."""
+        return self.local.kernel_schedules(KERNEL_ALIVE)
+
 
 class RedisSource(Source):
     """A Redis namespace's jobs: its history, live records, results and queues. Actions go
@@ -223,18 +228,7 @@ class RedisSource(Source):
         ]
 
     def schedules(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": entry.name,
-                "actor": entry.actor_name,
-                "rule": str(entry.rule),
-                "next_run": entry.next_run,
-                "last_run": entry.last_run,
-                "last_status": entry.last_status,
-                "paused": entry.paused,
-            }
-            for entry in fleet_schedules(self.broker)
-        ]
+        return [entry.to_json() for entry in fleet_schedules(self.broker)]
 
     def cancel(self, job: HistoryJob) -> None:
         if not actions.cancel(self.broker, job.message or _bare(job)):

@@ -18,6 +18,7 @@ from ..history.lookup import histories
 from ..history.sqlite import SQLiteHistory
 from ..live.middleware import transport_for
 from ..message import Message
+from ..schedule_control import list_schedules
 
 __all__ = ["JobsTable", "LocalHistory", "kernel_id", "recent_jobs"]
 
@@ -58,8 +59,17 @@ class LocalHistory:
         if not transport.record_to(_Outcomes(self.store, broker)):
             return False
         self.broker = broker
+        self.store.publish_schedules(self.schedules)
         self.store.serve_commands(self.command)
         return True
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The contract's ``schedules`` rows of the embedded broker's schedules (recorded with
+        each heartbeat of this kernel, for the Jobs sidebar)."""
+        broker = self.broker
+        if broker is None:
+            return []
+        return [entry.to_json() for entry in list_schedules(broker)]
 
     def detach(self) -> None:
         broker, self.broker = self.broker, None

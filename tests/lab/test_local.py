@@ -71,7 +71,12 @@ async def test_a_local_job_is_listed_and_cancelled_through_its_kernel(
     # the kernel's writer thread picks the command up (within a second) and aborts the job
     statuses = [e.data.get("status") for e in message.events(broker=broker, timeout=20000)]
     assert statuses[-1] == "aborted"
-    assert local.store.flush()
+    assert local.store.until(
+        lambda: (
+            (found := local.store.job(message.message_id)) is not None and found.status == "aborted"
+        ),
+        10,
+    )
     detail = body(await jp_fetch("nbqueue", "api", "jobs", message.message_id))
     assert detail["status"] == "aborted"
 
@@ -109,6 +114,37 @@ async def test_a_local_job_shows_its_result_and_a_failed_one_its_traceback(
     assert detail["error"]["type"] == "KeyError"
     assert "missing-column" in detail["error"]["traceback"]
     assert 'raise KeyError("missing-column")' in detail["error"]["traceback"]
+
+
+async def test_the_schedules_of_a_running_kernel_are_listed(
+    jp_fetch: Any, history_path: str
+) -> None:
+    previous = origin()
+    set_origin("lab/nb.ipynb", "kernel-with-schedules")
+    broker = StubBroker()
+    broker.add_middleware(nbqueue.results.Results(backend=StubBackend()))
+    broker.add_middleware(nbqueue.live.Live())
+    broker.emit_after("process_boot")
+
+    @nbqueue.actor(broker=broker)
+    def report() -> None:
+        pass
+
+    nbqueue.schedule(report, nbqueue.every(3_600_000), name="hourly-report")
+    local = LocalHistory(history_path)
+    try:
+        assert local.attach(broker)
+        assert local.store.until(lambda: local.store.kernel_schedules(60_000) != [], 20)
+        found = body(await jp_fetch("nbqueue", "api", "schedules"))["schedules"]
+        (row,) = [r for r in found if r["name"] == "hourly-report"]
+        assert row["actor"] == "report" and row["rule"] == str(nbqueue.every(3_600_000))
+        assert row["paused"] is False and row["last_run"] is None
+        assert row["next_run"] > time.time() * 1000
+        assert row["kernel"] == "kernel-with-schedules"
+    finally:
+        local.detach()
+        broker.close()
+        set_origin(*previous)
 
 
 async def test_a_job_of_a_kernel_that_is_gone_is_refused(

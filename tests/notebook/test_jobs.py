@@ -18,8 +18,12 @@ def test_nbqueue_jobs_lists_this_kernels_jobs_from_the_history(ip: Any, magics: 
     ip.run_cell("m = add.send(2, 3)\nr = m.get_result(block=True, timeout=10000)")
     assert ip.user_ns["r"] == 5
     assert magics.local is not None
-    nbqueue.get_broker().join("default", timeout=10000)
-    assert magics.local.store.flush()
+    store = magics.local.store
+    message_id = ip.user_ns["m"].message_id
+    # the final status is recorded right after the ack, by the worker thread: wait for its write
+    assert store.until(
+        lambda: (found := store.job(message_id)) is not None and found.status == "succeeded", 10
+    )
     table = ip.run_line_magic("nbqueue", "jobs")
     message_id = ip.user_ns["m"].message_id
     text = repr(table)
