@@ -330,6 +330,7 @@ def lab_with_jobs(tmp_path: Path, redis_namespace: str) -> Iterator[Lab]:
         "%load_ext nbqueue",
         ACTORS,
         STALE,
+        "%%actor --every 1h\ndef hourly_report():\n    return 'report'",
         "done = %send stepper 6",
         "failing = %send boom",
         "spinning = %send spinner",
@@ -455,7 +456,15 @@ def test_the_sidebar_follows_jobs_of_two_notebooks_and_acts_on_them(
         # (whether a kernel's embedded worker is listed is the server's call: the table is here)
         sidebar.locator(".nbq-tab[data-tab='workers']").click()
         sidebar.locator("[data-testid='nbq-workers']").wait_for()
+        # the Redis notebook's embedded worker, by its heartbeat in the namespace's registry
+        sidebar.locator(".nbq-workers-row").first.wait_for()
         session.shot("sidebar-workers.png")
+        # the embedded notebook's schedule, from its kernel's heartbeat in the history
+        sidebar.locator(".nbq-tab[data-tab='schedules']").click()
+        schedule = sidebar.locator(".nbq-schedules-row[data-schedule='hourly_report']")
+        schedule.wait_for()
+        assert schedule.get_attribute("data-paused") == "false"
+        session.shot("sidebar-schedules.png")
         unexpected = [e for e in session.errors if "nbqueue" in e or "page error" in e]
         assert unexpected == [], unexpected
 
