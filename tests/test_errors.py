@@ -35,6 +35,12 @@ ALLOWED_ELSEWHERE: dict[str, str] = {
     # Raised by run_single after a SIGHUP stopped its worker and caught by the CLI's main(),
     # which then re-executes the command.
     "nbqueue.cli.serve.Reload": "the CLI's reload control flow",
+    # Raised while `nbqueue status` reads its arguments and caught by its own main(), which
+    # prints the line and exits 2.
+    "nbqueue.cli.status._Usage": "the status command's usage control flow",
+    # Raised by a Jobs sidebar source when an action does not apply to a job and caught by the
+    # handler in nbqueue/lab/handlers.py, which answers 409 with its text.
+    "nbqueue.lab.sources.ActionRefused": "the sidebar server's 409 control flow",
 }
 
 
