@@ -4,16 +4,17 @@ Keys, under the namespace ``ns`` (``keys.history_keys``)::
 
     ns:__nbq__:history           zset: message ids by first enqueue time (ms)
     ns:__nbq__:history:entries   hash: id -> {"message": the message's dict, "notebook", "kernel"}
-    ns:__nbq__:history:records   hash: id -> the status record as of its last status change
+    ns:__nbq__:history:records   hash: id -> the status record as of its final status
     ns:__nbq__:history:version   counter, incremented on every change
     ns:__nbq__:history:changes   stream (about 100 entries): one per change, for blocking readers
 
 Nothing here adds a round trip to a send: the producer's first live write (already batched by
 the publisher thread) carries the entry, and ``live_write`` (``_lib.lua``) adds it, trims the
-history to its bounds, and copies the record at every status change of a message it holds, in
-the same script. The record copy outlives the live record (which expires with the result), so
-a finished job stays listed with its status, times and worker; its output and result last as
-long as the live channel and result backend keep them.
+history to its bounds, and copies the record when a message it holds reaches a final status, in
+the same script (readers read an unfinished job's live record). The record copy outlives the
+live record (which expires with the result), so a finished job stays listed with its status,
+times and worker; its output and result last as long as the live channel and result backend
+keep them.
 """
 
 from __future__ import annotations
@@ -71,9 +72,8 @@ class RedisHistory(History):
         return f"RedisHistory({self.connection.where!r}, namespace={self.transport.namespace!r})"
 
     def _build(self, message_id: str, entry: Any, record: Any) -> HistoryJob | None:
-        return HistoryJob.from_parts(
-            message_id, _json(record) or {}, _json(entry), source=self.source
-        )
+        values = record if isinstance(record, dict) else (_json(record) or {})
+        return HistoryJob.from_parts(message_id, values, _json(entry), source=self.source)
 
     def jobs(self, query: JobQuery | None = None) -> list[HistoryJob]:
         query = query or JobQuery()
@@ -91,7 +91,17 @@ class RedisHistory(History):
             pipe.hmget(self.records_key, chunk)
             with self.connection.errors():
                 entries, records = pipe.execute()
+            unfinished = [i for i, record in zip(chunk, records, strict=True) if record is None]
+            live: dict[str, Any] = {}
+            if unfinished:  # no copy before a final status: their live records
+                pipe = self.client.pipeline(transaction=False)
+                for message_id in unfinished:
+                    pipe.hgetall(self.transport.prefix + message_id)
+                with self.connection.errors():
+                    live = dict(zip(unfinished, pipe.execute(), strict=True))
             for message_id, entry, record in zip(chunk, entries, records, strict=True):
+                if record is None:
+                    record = live.get(message_id) or None
                 job = self._build(message_id, entry, record)
                 if job is not None and query.matches(job):
                     found.append(job)

@@ -46,7 +46,9 @@ end
 -- 3 the record copies (hash: id -> the status record as JSON, so it outlives the record),
 -- 4 the version counter, 5 the changes stream (what the Jupyter server blocks on).
 -- New entries trim the history to hist.max jobs and hist.age ms.
-local function history_note(record, message_id, hk, hist, now)
+local FINISHED = {succeeded = true, failed = true, skipped = true, aborted = true, dead = true}
+
+local function history_note(record, message_id, hk, hist, now, final)
     if hist.entry == '' and redis.call('HEXISTS', hk[2], message_id) == 0 then
         return
     end
@@ -63,10 +65,14 @@ local function history_note(record, message_id, hk, hist, now)
         local excess = redis.call('ZCARD', hk[1]) - hist.max
         if excess > 0 then history_drop(hk, redis.call('ZRANGE', hk[1], 0, excess - 1)) end
     end
-    local flat = redis.call('HGETALL', record)
-    local copy = {}
-    for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
-    redis.call('HSET', hk[3], message_id, cjson.encode(copy))
+    -- The record is copied when it reaches a final status, to outlive it; until then readers
+    -- read the live record itself (history.py), which spares the hot path two copies.
+    if final then
+        local flat = redis.call('HGETALL', record)
+        local copy = {}
+        for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
+        redis.call('HSET', hk[3], message_id, cjson.encode(copy))
+    end
     redis.call('XADD', hk[5], 'MAXLEN', '~', 100, '*', 'v', version, 'id', message_id)
 end
 
@@ -120,7 +126,8 @@ local function live_write(record, stream, argv, first, hk)
     -- A new entry goes in even when its write is stale: a worker may have started the
     -- message before the producer's (batched) first write landed.
     if hk and h.hist and (h.hist.entry ~= '' or (result == 1 and h.mode ~= '')) then
-      history_note(record, h.hist.id, hk, h.hist, now)
+      local status = h.fields and h.fields.status
+      history_note(record, h.hist.id, hk, h.hist, now, result == 1 and FINISHED[status] ~= nil)
     end
     return result
 end
