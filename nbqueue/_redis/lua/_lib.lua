@@ -48,7 +48,7 @@ end
 -- New entries trim the history to hist.max jobs and hist.age ms.
 local FINISHED = {succeeded = true, failed = true, skipped = true, aborted = true, dead = true}
 
-local function history_note(record, message_id, hk, hist, now, final)
+local function history_note(record, message_id, hk, hist, now)
     if hist.entry == '' and redis.call('HEXISTS', hk[2], message_id) == 0 then
         return
     end
@@ -65,9 +65,10 @@ local function history_note(record, message_id, hk, hist, now, final)
         local excess = redis.call('ZCARD', hk[1]) - hist.max
         if excess > 0 then history_drop(hk, redis.call('ZRANGE', hk[1], 0, excess - 1)) end
     end
-    -- The record is copied when it reaches a final status, to outlive it; until then readers
-    -- read the live record itself (history.py), which spares the hot path two copies.
-    if final then
+    -- The record is copied once it has a final status (this write's, or an earlier one's when
+    -- a producer's batched first write lands after a short job ended), to outlive it; until
+    -- then readers read the live record itself (history.py): the hot path makes one copy.
+    if FINISHED[redis.call('HGET', record, 'status') or ''] then
         local flat = redis.call('HGETALL', record)
         local copy = {}
         for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
@@ -126,8 +127,7 @@ local function live_write(record, stream, argv, first, hk)
     -- A new entry goes in even when its write is stale: a worker may have started the
     -- message before the producer's (batched) first write landed.
     if hk and h.hist and (h.hist.entry ~= '' or (result == 1 and h.mode ~= '')) then
-      local status = h.fields and h.fields.status
-      history_note(record, h.hist.id, hk, h.hist, now, result == 1 and FINISHED[status] ~= nil)
+      history_note(record, h.hist.id, hk, h.hist, now)
     end
     return result
 end

@@ -30,6 +30,6 @@ end
 redis.call('PEXPIRE', stream, pttl)
 if #KEYS >= 8 then
   history_note(record, message_id, {KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]},
-    {entry = ''}, tonumber(now), redis.call('HGET', record, 'status') == 'aborted')
+    {entry = ''}, tonumber(now))
 end
 return 1
