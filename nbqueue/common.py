@@ -20,6 +20,8 @@ __all__ = [
     "compute_backoff",
     "current_millis",
     "dq_name",
+    "field_int",
+    "field_text",
     "getenv_int",
     "iter_queue",
     "join_all",
@@ -58,6 +60,25 @@ def xq_name(queue_name: str) -> str:
     if queue_name.endswith(".XQ"):
         return queue_name
     return q_name(queue_name) + ".XQ"
+
+
+def field_int(value: Any) -> int | None:
+    """A stored field (str, bytes or a number: a Redis hash's, a JSON record's) as an int, or
+    ``None`` when it is missing, empty or not a number."""
+    if value is None or value == "" or value == b"":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def field_text(value: Any) -> str | None:
+    """A stored field (str or bytes) as text, or ``None`` when it is missing or empty."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text or None
 
 
 def compute_backoff(

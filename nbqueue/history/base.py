@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..common import current_millis
+from ..common import current_millis, field_int, field_text
 
 __all__ = [
     "DEFAULT_MAX_AGE_DAYS",
@@ -145,22 +145,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "\u2026"
 
 
-def _int(value: Any) -> int | None:
-    if value is None or value in ("", b""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _str(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text or None
-
-
 def _worker(worker_id: str | None) -> str | None:
     """``host:pid`` of a live record's ``host:pid:worker``."""
     if not worker_id:
@@ -270,32 +254,33 @@ class HistoryJob:
     ) -> HistoryJob | None:
         """Build a job from a live status record's fields and a history entry (the message's
         dict with ``notebook`` and ``kernel``); ``None`` when neither says anything."""
-        values = {_str(k): v for k, v in (record or {}).items()}
+        values = {field_text(k): v for k, v in (record or {}).items()}
         entry = entry or {}
         message = entry.get("message")
         message = message if isinstance(message, dict) else None
-        status = _str(values.get("status")) or ("enqueued" if message else None)
+        status = field_text(values.get("status")) or ("enqueued" if message else None)
         if status is None:
             return None
-        attempt = _int(values.get("attempt")) or 0
+        attempt = field_int(values.get("attempt")) or 0
         options = (message or {}).get("options") or {}
         retries = max(attempt - 1, 0) if attempt else int(options.get("retries") or 0)
         return cls(
             id=message_id,
             status=status,
-            actor=_str(values.get("actor_name")) or (message or {}).get("actor_name"),
-            queue=_str(values.get("queue_name")) or (message or {}).get("queue_name"),
+            actor=field_text(values.get("actor_name")) or (message or {}).get("actor_name"),
+            queue=field_text(values.get("queue_name")) or (message or {}).get("queue_name"),
             args=args_summary(message.get("args"), message.get("kwargs")) if message else "",
             progress=_progress(values.get("progress")),
-            enqueued_at=_int(values.get("enqueued_at")) or (message or {}).get("message_timestamp"),
-            started_at=_int(values.get("started_at")),
-            finished_at=_int(values.get("finished_at")),
-            worker=_worker(_str(values.get("worker_id"))),
-            notebook=_str(entry.get("notebook")),
-            kernel=_str(entry.get("kernel")),
+            enqueued_at=field_int(values.get("enqueued_at"))
+            or (message or {}).get("message_timestamp"),
+            started_at=field_int(values.get("started_at")),
+            finished_at=field_int(values.get("finished_at")),
+            worker=_worker(field_text(values.get("worker_id"))),
+            notebook=field_text(entry.get("notebook")),
+            kernel=field_text(entry.get("kernel")),
             source=source,
             retries=retries,
-            error=_str(values.get("error")),
+            error=field_text(values.get("error")),
             message=message,
         )
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..common import current_millis
+from ..common import current_millis, field_int, field_text
 from .base import History, HistoryJob, JobQuery, Limits, args_summary, origin
 
 __all__ = ["PATH_ENV", "Command", "SQLiteHistory", "default_path"]
@@ -152,19 +152,6 @@ def default_path() -> str:
     except ImportError:
         data = os.path.join(os.path.expanduser("~"), ".local", "share", "jupyter")
     return os.path.join(data, "nbqueue", "history.sqlite3")
-
-
-def _int(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
 
 
 class SQLiteHistory(History):
@@ -404,26 +391,26 @@ class SQLiteHistory(History):
                 body = None  # sent with a custom encoder: listed, not retried from here
             summary = args_summary(data.get("args"), data.get("kwargs"))
         progress = fields.get("progress")
-        worker = _text(fields.get("worker_id"))
+        worker = field_text(fields.get("worker_id"))
         return {
             "id": message_id,
             "status": str(fields.get("status") or "enqueued"),
-            "actor": _text(fields.get("actor_name")),
-            "queue": _text(fields.get("queue_name")),
+            "actor": field_text(fields.get("actor_name")),
+            "queue": field_text(fields.get("queue_name")),
             "args": summary,
             "progress": json.dumps(progress) if isinstance(progress, dict) else None,
-            "enqueued_at": _int(fields.get("enqueued_at")),
-            "started_at": _int(fields.get("started_at")),
-            "finished_at": _int(fields.get("finished_at")),
-            "attempt": _int(fields.get("attempt")) or 0,
+            "enqueued_at": field_int(fields.get("enqueued_at")),
+            "started_at": field_int(fields.get("started_at")),
+            "finished_at": field_int(fields.get("finished_at")),
+            "attempt": field_int(fields.get("attempt")) or 0,
             "worker": ":".join(worker.split(":")[:2]) if worker else None,
-            "error": _text(fields.get("error")),
+            "error": field_text(fields.get("error")),
             "notebook": self.notebook if message is not None else None,
             "kernel": self.kernel if message is not None else None,
             "message": body,
             "output": output,
-            "result": _text(fields.get("result")),
-            "traceback": _text(fields.get("traceback")),
+            "result": field_text(fields.get("result")),
+            "traceback": field_text(fields.get("traceback")),
         }
 
     def _write(self, batch: list[tuple[str, dict[str, Any], Any, str | None]]) -> None:

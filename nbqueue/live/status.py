@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..common import current_millis
+from ..common import current_millis, field_int, field_text
 
 __all__ = [
     "FINISHED",
@@ -86,22 +86,6 @@ class Progress:
         )
 
 
-def _int(value: Any) -> int | None:
-    if value is None or value == "" or value == b"":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _str(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text or None
-
-
 @dataclasses.dataclass(frozen=True)
 class StatusRecord:
     """A message's status record, as ``message.status()`` returns it.
@@ -163,9 +147,9 @@ class StatusRecord:
         Returns:
           The record, or ``None`` when the fields hold no status.
         """
-        values = {_str(k): v for k, v in fields.items()}
+        values = {field_text(k): v for k, v in fields.items()}
         try:
-            status = MessageStatus(_str(values.get("status")))
+            status = MessageStatus(field_text(values.get("status")))
         except ValueError:
             return None
         progress = values.get("progress")
@@ -177,18 +161,18 @@ class StatusRecord:
         return cls(
             message_id=message_id,
             status=status,
-            actor_name=_str(values.get("actor_name")),
-            queue_name=_str(values.get("queue_name")),
-            enqueued_at=_int(values.get("enqueued_at")),
-            started_at=_int(values.get("started_at")),
-            finished_at=_int(values.get("finished_at")),
-            attempt=_int(values.get("attempt")) or 0,
-            worker_id=_str(values.get("worker_id")),
-            error=_str(values.get("error")),
-            eta=_int(values.get("eta")),
+            actor_name=field_text(values.get("actor_name")),
+            queue_name=field_text(values.get("queue_name")),
+            enqueued_at=field_int(values.get("enqueued_at")),
+            started_at=field_int(values.get("started_at")),
+            finished_at=field_int(values.get("finished_at")),
+            attempt=field_int(values.get("attempt")) or 0,
+            worker_id=field_text(values.get("worker_id")),
+            error=field_text(values.get("error")),
+            eta=field_int(values.get("eta")),
             progress=Progress.from_data(progress),
-            abort_requested=bool(_str(values.get("abort"))),
-            offset=_int(values.get("seq")) or 0,
+            abort_requested=bool(field_text(values.get("abort"))),
+            offset=field_int(values.get("seq")) or 0,
         )
 
 
