@@ -12,9 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import secrets
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .test_quickstart_browser import CHROMIUM, CHROMIUM_ARGS, Lab, _free_port, _unavailable
+from .test_quickstart_browser import CHROMIUM, CHROMIUM_ARGS, Lab, _unavailable, start_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT = ROOT / "nbqueue" / "labextension"
@@ -57,55 +54,16 @@ def _start_lab(
     config = tmp_path / "config"
     config.mkdir()
     (config / "jupyter_server_config.json").write_text(json.dumps(server_config))
-    settings = tmp_path / "settings"
-    apputils = settings / "@jupyterlab" / "apputils-extension"
-    apputils.mkdir(parents=True)
-    # Otherwise the news toast covers the screenshots (and asks the network).
-    (apputils / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
     if lab_settings is not None:
-        ours = settings / "nbqueue-labextension"
-        ours.mkdir()
+        ours = tmp_path / "settings" / "nbqueue-labextension"
+        ours.mkdir(parents=True)
         (ours / "plugin.jupyterlab-settings").write_text(json.dumps(lab_settings))
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_CONFIG_DIR=str(config),
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-        JUPYTER_PATH=os.pathsep.join(filter(None, [str(jupyter_path), env.get("JUPYTER_PATH")])),
-        IPYTHONDIR=str(tmp_path / "ipython"),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=str(ROOT),
-        **(env_extra or {}),
+    jupyter_paths = [str(jupyter_path), os.environ.get("JUPYTER_PATH", "")]
+    return start_lab(
+        tmp_path,
+        root,
+        {"JUPYTER_PATH": os.pathsep.join(filter(None, jupyter_paths)), **(env_extra or {})},
     )
-    env.pop("NBQUEUE_BROKER_URL", None)  # the kernels start on the embedded broker
-    port, token = _free_port(), secrets.token_hex(16)
-    log = tmp_path / "jupyterlab.log"
-    args = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",
-        f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
-    ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        args.append("--allow-root")
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Lab(process, port, token, log)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 def _write_notebook(path: Path, cells: list[str]) -> None:

@@ -101,18 +101,15 @@ class Lab:
             self.process.wait(10)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """JupyterLab on 127.0.0.1 (a free port, a token) serving a copy of the quickstart."""
-    if importlib.util.find_spec("jupyterlab") is None:
-        _unavailable("jupyterlab is not installed (pip install -e '.[test]')")
-    root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy(QUICKSTART, root / QUICKSTART.name)
+def start_lab(tmp_path: Path, root: Path, env_changes: dict[str, str]) -> Lab:
+    """Start JupyterLab on 127.0.0.1 (a free port, a token) serving ``root``, with its own
+    settings (no news toast), workspaces and runtime directories under ``tmp_path``, with
+    ``env_changes`` over this process's environment and no ``NBQUEUE_BROKER_URL`` (the kernels
+    start on the embedded broker); return it once it answers."""
     settings = tmp_path / "settings"
     notifications = settings / "@jupyterlab" / "apputils-extension"
-    notifications.mkdir(parents=True)
-    # Otherwise the news toast covers the screenshot (and asks the network).
+    notifications.mkdir(parents=True, exist_ok=True)
+    # Otherwise the news toast covers the screenshots (and asks the network).
     (notifications / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
@@ -124,7 +121,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(ROOT),
     )
-    env.pop("NBQUEUE_BROKER_URL", None)  # the quickstart runs on the embedded broker
+    env.update(env_changes)
+    env.pop("NBQUEUE_BROKER_URL", None)
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
     args = [
@@ -149,6 +147,22 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     server = Lab(process, port, token, log)
     try:
         server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """JupyterLab serving a copy of the quickstart."""
+    if importlib.util.find_spec("jupyterlab") is None:
+        _unavailable("jupyterlab is not installed (pip install -e '.[test]')")
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(QUICKSTART, root / QUICKSTART.name)
+    server = start_lab(tmp_path, root, {})
+    try:
         yield server
     finally:
         server.stop()
