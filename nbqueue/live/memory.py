@@ -21,6 +21,7 @@ from .status import FINISHED, LiveEvent, StatusRecord
 from .transport import (
     ABORTED_NOW,
     APPLIED,
+    REJECTED,
     REQUESTED,
     TOO_LATE,
     AbortListener,
@@ -43,6 +44,10 @@ PLACEHOLDER_TTL = 60.0
 HELD_CHECK_INTERVAL = 5.0
 
 
+#: An event as a log keeps it: (offset, kind, data, time in milliseconds).
+_Event = tuple[int, str, dict[str, Any], int]
+
+
 class _Log:
     __slots__ = (
         "record",
@@ -59,8 +64,10 @@ class _Log:
     def __init__(self, expires: float) -> None:
         self.record: dict[str, Any] = {}
         # A list, trimmed by _append: most jobs keep three events, and a deque takes a block
-        # of 64 slots (over 500 bytes) for any number; kept finished jobs number 10,000.
-        self.events: list[LiveEvent] = []
+        # of 64 slots (over 500 bytes) for any number; kept finished jobs number 10,000. Each
+        # is an (offset, kind, data, time) tuple, made a LiveEvent only when read: most events
+        # are never read, and a frozen dataclass costs ten times a tuple to build.
+        self.events: list[_Event] = []
         self.seq = 0
         self.expires = expires
         self.condition: threading.Condition | None = None
@@ -126,9 +133,9 @@ class MemoryTransport(Transport):
         return log
 
     def _append(self, log: _Log, kind: str, data: dict[str, Any], millis: int) -> None:
-        log.seq += 1
+        seq = log.seq = log.seq + 1
         events = log.events
-        events.append(LiveEvent(log.seq, kind, data, millis))
+        events.append((seq, kind, data, millis))
         if len(events) > self.max_events:
             del events[0]
 
@@ -136,12 +143,21 @@ class MemoryTransport(Transport):
         results = []
         now, millis = time.monotonic(), current_millis()
         retention = self.retention
+        max_events = self.max_events
         released: list[Job] = []
         with self._lock:
+            logs = self._logs
             for w in writes:
-                log = self._log(w.message_id, now, w.ttl / 1000)
+                message_id = w.message_id
+                log = logs.get(message_id)
+                if log is not None and log.expires <= now and not log.waiters:
+                    self._forget(message_id, log)
+                    log = None
+                if log is None:
+                    log = logs[message_id] = _Log(now + w.ttl / 1000)
                 if w.handle is not None:
                     log.handle = weakref.ref(w.handle)
+                events = log.events
                 for kind, data in w.events:
                     self._append(log, kind, data, millis)
                     if retention is not None and kind == "output":
@@ -153,35 +169,42 @@ class MemoryTransport(Transport):
                 if w.progress is not None:
                     record["progress"] = w.progress
                 result = APPLIED
-                if w.mode:
-                    result = decide(
-                        w.mode,
-                        record.get("status"),
-                        record.get("attempt", 0),
-                        bool(record.get("abort")),
-                        w.attempt,
-                    )
+                mode = w.mode
+                if mode:
+                    status = record.get("status")
+                    # decide(), inlined for a producer's first write and a worker's write
+                    if mode == "worker" and status != "aborted":
+                        if w.attempt < record.get("attempt", 0):
+                            result = REJECTED
+                    elif mode != "initial" or status is not None:
+                        result = decide(
+                            mode,
+                            status,
+                            record.get("attempt", 0),
+                            bool(record.get("abort")),
+                            w.attempt,
+                        )
                     if result == APPLIED:
-                        if w.backfill is not None and record.get("status") is None:
+                        if status is None and w.backfill is not None:
                             self._append(log, "status", w.backfill, millis)
                         record.update(w.fields)
-                        for key, value in w.once.items():
-                            record.setdefault(key, value)
+                        if w.once:
+                            for key, value in w.once.items():
+                                record.setdefault(key, value)
                         if w.status_event is not None:
-                            self._append(log, "status", w.status_event, millis)
+                            seq = log.seq = log.seq + 1
+                            events.append((seq, "status", w.status_event, millis))
+                            if len(events) > max_events:
+                                del events[0]
                         if self._watches:
-                            self._changed(w.message_id)
+                            self._changed(message_id)
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()
                 results.append(result)
-                if (
-                    retention is not None
-                    and not log.finished
-                    and log.record.get("status") in FINISHED
-                ):
+                if retention is not None and not log.finished and record.get("status") in FINISHED:
                     log.finished = True
-                    self._finished[w.message_id] = None
+                    self._finished[message_id] = None
                     retention.kept += 1
                     limit = retention.max_jobs
                     if (
@@ -266,8 +289,11 @@ class MemoryTransport(Transport):
                     log.condition.wait(remaining)
                 if not log.events:
                     return []
-                start = max(0, offset + 1 - log.events[0].offset)
-                return list(itertools.islice(log.events, start, start + count))
+                start = max(0, offset + 1 - log.events[0][0])
+                return [
+                    LiveEvent(*event)
+                    for event in itertools.islice(log.events, start, start + count)
+                ]
             finally:
                 log.waiters -= 1
 
