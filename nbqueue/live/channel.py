@@ -234,15 +234,23 @@ class Channel:
             if self._closed:
                 return
             self._closed = True
-            self._final = final
             # Memory leaves a channel the publisher is about to write to the publisher; held
             # for a result, the channel is drained here unless a write of it is still out.
             inline = wait and not self._writing and (with_result or not self._scheduled)
+            alone = False
             if inline:
                 self._scheduled = True  # keeps late schedulers away; drain() resets it
+                # Most actors print nothing: then the final write goes out alone, undrained.
+                alone = not self._pending and self._progress is None and not self._dropped
             elif wait and self._flushed is None:
                 self._flushed = threading.Event()
+            if not (inline and alone):
+                self._final = final
             flushed = self._flushed
+        if inline and alone:
+            if not (buffered and transport.hold(final)):
+                self.publisher.write_now([final])
+            return
         if inline:
             write, _ = self.drain(time.monotonic())
             if write is not None:
