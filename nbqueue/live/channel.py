@@ -210,6 +210,25 @@ class Channel:
         if flushed is not None:
             flushed.set()
 
+    def close_empty(self) -> bool:
+        """Close the channel if it holds nothing and nothing of it is being written, and
+        return True: the caller then writes the final status itself, inline (a store in this
+        process). Return False, leaving the channel open, otherwise: ``close()`` it then.
+        """
+        with self._lock:
+            if (
+                self._closed
+                or self._pending
+                or self._progress is not None
+                or self._dropped
+                or self._scheduled
+                or self._writing
+            ):
+                return False
+            self._closed = True
+            self._scheduled = True  # keeps late schedulers away
+            return True
+
     def close(
         self, final: Write, *, timeout: float = CLOSE_TIMEOUT, with_result: bool = False
     ) -> None:

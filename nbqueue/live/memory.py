@@ -203,22 +203,114 @@ class MemoryTransport(Transport):
                     log.condition.notify_all()
                 results.append(result)
                 if retention is not None and not log.finished and record.get("status") in FINISHED:
-                    log.finished = True
-                    self._finished[message_id] = None
-                    retention.kept += 1
-                    limit = retention.max_jobs
-                    if (
-                        (limit is not None and retention.kept > limit + limit // 10)
-                        or retention.over_bytes()
-                        or (self._held and now >= self._next_held_check)
-                    ):
-                        released += self._release(now)
+                    released += self._count_finished(message_id, log, now)
             if now >= self._next_sweep:
                 self._sweep(now)
         if released:  # outside the lock: the result backend takes its own
             assert retention is not None
             retention.release_results(released)
         return results
+
+    def write_status(
+        self,
+        message_id: str,
+        ttl: int,
+        mode: str,
+        fields: dict[str, Any],
+        status_event: dict[str, Any],
+        *,
+        attempt: int = 0,
+        once: dict[str, Any] | None = None,
+        backfill: dict[str, Any] | None = None,
+        handle: Any = None,
+        millis: int | None = None,
+    ) -> int:
+        # The three status changes of most messages, applied here without a Write: a
+        # producer's first write (no log yet), and a worker's start or end of an attempt on a
+        # live log that has a status, no abort, and no later attempt. The rest (and any
+        # retention release) take write(), whose rules (decide()) these cases follow.
+        now = time.monotonic()
+        if millis is None:
+            millis = current_millis()
+        retention = self.retention
+        released: list[Job] = []
+        with self._lock:
+            log = self._logs.get(message_id)
+            fast = False
+            if log is None:
+                if mode == "initial":
+                    log = self._logs[message_id] = _Log(now + ttl / 1000)
+                    if once:
+                        fields.update(once)
+                    log.record = fields
+                    fast = True
+            elif log.expires > now:
+                record = log.record
+                status = record.get("status")
+                if (
+                    status is not None
+                    and status != "aborted"
+                    and mode != "initial"
+                    and not (mode == "start" and record.get("abort"))
+                    and attempt >= record.get("attempt", 0)
+                ):
+                    record.update(fields)
+                    if once:
+                        for key, value in once.items():
+                            record.setdefault(key, value)
+                    fast = True
+            if fast:
+                assert log is not None
+                if handle is not None:
+                    log.handle = weakref.ref(handle)
+                seq = log.seq = log.seq + 1
+                events = log.events
+                events.append((seq, "status", status_event, millis))
+                if len(events) > self.max_events:
+                    del events[0]
+                log.expires = now + ttl / 1000
+                if self._watches:
+                    self._changed(message_id)
+                if log.condition is not None:
+                    log.condition.notify_all()
+                if retention is not None and not log.finished and fields["status"] in FINISHED:
+                    released = self._count_finished(message_id, log, now)
+                if now >= self._next_sweep:
+                    self._sweep(now)
+        if fast:
+            if released:  # outside the lock: the result backend takes its own
+                assert retention is not None
+                retention.release_results(released)
+            return APPLIED
+        return super().write_status(
+            message_id,
+            ttl,
+            mode,
+            fields,
+            status_event,
+            attempt=attempt,
+            once=once,
+            backfill=backfill,
+            handle=handle,
+            millis=millis,
+        )
+
+    def _count_finished(self, message_id: str, log: _Log, now: float) -> list[Job]:
+        """Count a log that just got a final status among the retention's finished jobs;
+        return the jobs released to make room (in batches). Hold the lock."""
+        retention = self.retention
+        assert retention is not None
+        log.finished = True
+        self._finished[message_id] = None
+        retention.kept += 1
+        limit = retention.max_jobs
+        if (
+            (limit is not None and retention.kept > limit + limit // 10)
+            or retention.over_bytes()
+            or (self._held and now >= self._next_held_check)
+        ):
+            return self._release(now)
+        return []
 
     def _release(self, now: float) -> list[Job]:
         """Release finished messages past the retention's limits, oldest first, except those

@@ -141,6 +141,26 @@ class Live(Middleware):
             ttl = results.result_ttl if results is not None else None
         return int(ttl or DEFAULT_TTL)
 
+    def _settings(
+        self, broker: Broker, message: Message[Any] | MessageProxy
+    ) -> tuple[Any, Any, int]:
+        """Return the message's ``live`` and ``capture_output`` options (message, then actor)
+        and its TTL (as ``_ttl``), looking the actor up once."""
+        options = message.options
+        actor = broker.actors.get(message.actor_name)
+        actor_options = actor.options if actor is not None else {}
+        live = options.get("live")
+        if live is None:
+            live = actor_options.get("live")
+        capture_output = options.get("capture_output")
+        if capture_output is None:
+            capture_output = actor_options.get("capture_output")
+        ttl = self.ttl or options.get("result_ttl") or actor_options.get("result_ttl")
+        if not ttl:
+            results = self._results.get(broker)
+            ttl = results.result_ttl if results is not None else None
+        return live, capture_output, int(ttl or DEFAULT_TTL)
+
     def _write(self, transport: Transport, write: Write) -> int:
         try:
             results = transport.write([write])
@@ -156,9 +176,10 @@ class Live(Middleware):
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
-        if self._option(broker, message, "live") is False:
+        live, _, ttl = self._settings(broker, message)
+        if live is False:
             return
-        transport = self.transport(broker)
+        transport = self._transport or self.transport(broker)
         now = current_millis()
         status = "delayed" if delay else "enqueued"
         fields: dict[str, Any] = {
@@ -169,20 +190,32 @@ class Live(Middleware):
         event: dict[str, Any] = {"status": status}
         if delay:
             fields["eta"] = event["eta"] = message.options.get("eta") or now + delay
-        write = Write(
-            message.message_id,
-            self._ttl(broker, message) + (delay or 0),
-            mode="initial",
-            fields=fields,
-            once={"enqueued_at": now},
-            status_event=event,
-            # memory keeps a job's records while the handle send() returns lives
-            handle=None if transport.buffered else message,
-        )
+            ttl += delay
         if transport.buffered:
+            write = Write(
+                message.message_id,
+                ttl,
+                mode="initial",
+                fields=fields,
+                once={"enqueued_at": now},
+                status_event=event,
+            )
             get_publisher(transport).submit(write)
-        else:
-            self._write(transport, write)
+            return
+        try:
+            # memory keeps a job's records while the handle send() returns lives
+            transport.write_status(
+                message.message_id,
+                ttl,
+                "initial",
+                fields,
+                event,
+                once={"enqueued_at": now},
+                handle=message,
+                millis=now,
+            )
+        except Exception:
+            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
 
     # -- worker ------------------------------------------------------------------------------
 
@@ -218,16 +251,15 @@ class Live(Middleware):
         return self._table.running_ids()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        if self._option(broker, message, "live") is False:
+        live, capture_output, ttl = self._settings(broker, message)
+        if live is False:
             return
-        capture_output = self._option(broker, message, "capture_output")
         capture_output = self.capture if capture_output is None else bool(capture_output)
         if capture_output:
             capture.install()
-        transport = self.transport(broker)
+        transport = self._transport or self.transport(broker)
         attempt = int(message.options.get("retries") or 0) + 1
         now = current_millis()
-        ttl = self._ttl(broker, message)
         running = self._table.start(message.message_id, attempt, now, ttl)
         wid = worker_id()
         fields = {
@@ -243,17 +275,22 @@ class Live(Middleware):
             # What an earlier attempt or the delay left (a first attempt has neither: leaving
             # the keys out keeps a memory record in the smaller of dict's table sizes).
             fields["finished_at"] = fields["eta"] = ""
-        start = Write(
-            message.message_id,
-            ttl,
-            mode="start",
-            attempt=attempt,
-            fields=fields,
-            once={"enqueued_at": message.message_timestamp},
-            status_event={"status": "running", "attempt": attempt, "worker_id": wid},
-            backfill={"status": "enqueued"},
-        )
-        aborted = self._write(transport, start) == ABORTED
+        try:
+            applied = transport.write_status(
+                message.message_id,
+                ttl,
+                "start",
+                fields,
+                {"status": "running", "attempt": attempt, "worker_id": wid},
+                attempt=attempt,
+                once={"enqueued_at": message.message_timestamp},
+                backfill={"status": "enqueued"},
+                millis=now,
+            )
+        except Exception:
+            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
+            applied = 0
+        aborted = applied == ABORTED
         channel = Channel(
             get_publisher(transport),
             message.message_id,
@@ -408,6 +445,24 @@ class Live(Middleware):
             delay = running.retry_delay or 0
             fields["eta"] = event["eta"] = now + delay
             ttl += delay
+        transport = self._transport or self.transport(broker)
+        channel = running.channel if running is not None else None
+        if channel is None or (not transport.buffered and channel.close_empty()):
+            # nothing buffered (most actors print nothing): the status alone, inline
+            try:
+                transport.write_status(
+                    message.message_id,
+                    ttl,
+                    "worker",
+                    fields,
+                    event,
+                    attempt=attempt,
+                    backfill={"status": "enqueued"},
+                    millis=now,
+                )
+            except Exception:
+                logger.warning("The live channel could not write to %r.", transport, exc_info=True)
+            return
         write = Write(
             message.message_id,
             ttl,
@@ -417,10 +472,7 @@ class Live(Middleware):
             status_event=event,
             backfill={"status": "enqueued"},
         )
-        if running is not None and running.channel is not None:
-            running.channel.close(write, with_result=with_result)
-        else:
-            self._write(self.transport(broker), write)
+        channel.close(write, with_result=with_result)
 
 
 def transport_for(broker: Broker) -> Transport:
