@@ -291,17 +291,9 @@ class Live(Middleware):
             logger.warning("The live channel could not write to %r.", transport, exc_info=True)
             applied = 0
         aborted = applied == ABORTED
-        channel = Channel(
-            get_publisher(transport),
-            message.message_id,
-            ttl=ttl,
-            max_chunk=self.max_chunk,
-            max_pending=self.max_events,
-            progress_interval=self.progress_interval / 1000,
-            capture=capture_output,
-        )
+        running.capture = capture_output
+        running.opener = self._open_channel  # the channel is made on the actor's first write
         with running.lock:
-            running.channel = channel
             aborted = aborted or running.abort_requested
             running.state = DONE if aborted else RUNNING
         if aborted:
@@ -309,7 +301,21 @@ class Live(Middleware):
             message.stuff_exception(Abort())
             message.fail("aborted")
             raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
-        set_channel(channel)
+        set_channel(running)
+
+    def _open_channel(self, running: Running) -> Channel:
+        """Make the channel that buffers a running message's output for the publisher."""
+        transport = self._transport
+        assert transport is not None  # chosen before the message started
+        return Channel(
+            get_publisher(transport),
+            running.message_id,
+            ttl=running.ttl,
+            max_chunk=self.max_chunk,
+            max_pending=self.max_events,
+            progress_interval=self.progress_interval / 1000,
+            capture=running.capture,
+        )
 
     def _done(self, message: MessageProxy) -> Running | None:
         running = self._table.mine(message.message_id)
@@ -446,7 +452,12 @@ class Live(Middleware):
             fields["eta"] = event["eta"] = now + delay
             ttl += delay
         transport = self._transport or self.transport(broker)
-        channel = running.channel if running is not None else None
+        channel = None
+        if running is not None:
+            channel = running.seal()
+            if channel is None and transport.buffered:
+                # held for the result store, to become visible with the result
+                channel = self._open_channel(running)
         if channel is None or (not transport.buffered and channel.close_empty()):
             # nothing buffered (most actors print nothing): the status alone, inline
             try:
