@@ -161,14 +161,6 @@ class Live(Middleware):
             ttl = results.result_ttl if results is not None else None
         return live, capture_output, int(ttl or DEFAULT_TTL)
 
-    def _write(self, transport: Transport, write: Write) -> int:
-        try:
-            results = transport.write([write])
-        except Exception:
-            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
-            return 0
-        return results[0] if results else 0
-
     # -- producer ----------------------------------------------------------------------------
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
