@@ -210,6 +210,25 @@ class Channel:
         if flushed is not None:
             flushed.set()
 
+    def close_empty(self) -> bool:
+        """Close the channel if it holds nothing and nothing of it is being written, and
+        return True: the caller then writes the final status itself, inline (a store in this
+        process). Return False, leaving the channel open, otherwise: ``close()`` it then.
+        """
+        with self._lock:
+            if (
+                self._closed
+                or self._pending
+                or self._progress is not None
+                or self._dropped
+                or self._scheduled
+                or self._writing
+            ):
+                return False
+            self._closed = True
+            self._scheduled = True  # keeps late schedulers away
+            return True
+
     def close(
         self, final: Write, *, timeout: float = CLOSE_TIMEOUT, with_result: bool = False
     ) -> None:
@@ -234,15 +253,23 @@ class Channel:
             if self._closed:
                 return
             self._closed = True
-            self._final = final
             # Memory leaves a channel the publisher is about to write to the publisher; held
             # for a result, the channel is drained here unless a write of it is still out.
             inline = wait and not self._writing and (with_result or not self._scheduled)
+            alone = False
             if inline:
                 self._scheduled = True  # keeps late schedulers away; drain() resets it
+                # Most actors print nothing: then the final write goes out alone, undrained.
+                alone = not self._pending and self._progress is None and not self._dropped
             elif wait and self._flushed is None:
                 self._flushed = threading.Event()
+            if not (inline and alone):
+                self._final = final
             flushed = self._flushed
+        if inline and alone:
+            if not (buffered and transport.hold(final)):
+                self.publisher.write_now([final])
+            return
         if inline:
             write, _ = self.drain(time.monotonic())
             if write is not None:

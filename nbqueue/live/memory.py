@@ -21,6 +21,7 @@ from .status import FINISHED, LiveEvent, StatusRecord
 from .transport import (
     ABORTED_NOW,
     APPLIED,
+    REJECTED,
     REQUESTED,
     TOO_LATE,
     AbortListener,
@@ -47,6 +48,10 @@ HELD_CHECK_INTERVAL = 5.0
 OUTPUT_TAIL = 65536
 
 
+#: An event as a log keeps it: (offset, kind, data, time in milliseconds).
+_Event = tuple[int, str, dict[str, Any], int]
+
+
 class _Log:
     __slots__ = (
         "record",
@@ -63,8 +68,10 @@ class _Log:
     def __init__(self, expires: float) -> None:
         self.record: dict[str, Any] = {}
         # A list, trimmed by _append: most jobs keep three events, and a deque takes a block
-        # of 64 slots (over 500 bytes) for any number; kept finished jobs number 10,000.
-        self.events: list[LiveEvent] = []
+        # of 64 slots (over 500 bytes) for any number; kept finished jobs number 10,000. Each
+        # is an (offset, kind, data, time) tuple, made a LiveEvent only when read: most events
+        # are never read, and a frozen dataclass costs ten times a tuple to build.
+        self.events: list[_Event] = []
         self.seq = 0
         self.expires = expires
         self.condition: threading.Condition | None = None
@@ -140,9 +147,9 @@ class MemoryTransport(Transport):
         return log
 
     def _append(self, log: _Log, kind: str, data: dict[str, Any], millis: int) -> None:
-        log.seq += 1
+        seq = log.seq = log.seq + 1
         events = log.events
-        events.append(LiveEvent(log.seq, kind, data, millis))
+        events.append((seq, kind, data, millis))
         if len(events) > self.max_events:
             del events[0]
 
@@ -150,14 +157,23 @@ class MemoryTransport(Transport):
         results = []
         now, millis = time.monotonic(), current_millis()
         retention = self.retention
+        max_events = self.max_events
         released: list[Job] = []
         recorder = self.recorder
         notes: list[tuple[str, dict[str, Any], Any, str | None]] = []
         with self._lock:
+            logs = self._logs
             for w in writes:
-                log = self._log(w.message_id, now, w.ttl / 1000)
+                message_id = w.message_id
+                log = logs.get(message_id)
+                if log is not None and log.expires <= now and not log.waiters:
+                    self._forget(message_id, log)
+                    log = None
+                if log is None:
+                    log = logs[message_id] = _Log(now + w.ttl / 1000)
                 if w.handle is not None:
                     log.handle = weakref.ref(w.handle)
+                events = log.events
                 for kind, data in w.events:
                     self._append(log, kind, data, millis)
                     if retention is not None and kind == "output":
@@ -169,46 +185,46 @@ class MemoryTransport(Transport):
                 if w.progress is not None:
                     record["progress"] = w.progress
                 result = APPLIED
-                if w.mode:
-                    result = decide(
-                        w.mode,
-                        record.get("status"),
-                        record.get("attempt", 0),
-                        bool(record.get("abort")),
-                        w.attempt,
-                    )
+                mode = w.mode
+                if mode:
+                    status = record.get("status")
+                    # decide(), inlined for a producer's first write and a worker's write
+                    if mode == "worker" and status != "aborted":
+                        if w.attempt < record.get("attempt", 0):
+                            result = REJECTED
+                    elif mode != "initial" or status is not None:
+                        result = decide(
+                            mode,
+                            status,
+                            record.get("attempt", 0),
+                            bool(record.get("abort")),
+                            w.attempt,
+                        )
                     if result == APPLIED:
-                        if w.backfill is not None and record.get("status") is None:
+                        if status is None and w.backfill is not None:
                             self._append(log, "status", w.backfill, millis)
                         record.update(w.fields)
-                        for key, value in w.once.items():
-                            record.setdefault(key, value)
+                        if w.once:
+                            for key, value in w.once.items():
+                                record.setdefault(key, value)
                         if w.status_event is not None:
-                            self._append(log, "status", w.status_event, millis)
+                            seq = log.seq = log.seq + 1
+                            events.append((seq, "status", w.status_event, millis))
+                            if len(events) > max_events:
+                                del events[0]
                         if self._watches:
-                            self._changed(w.message_id)
+                            self._changed(message_id)
                         if recorder is not None:
                             sent = w.history[0] if w.history is not None else None
-                            notes.append(self._note(w.message_id, log, sent))
+                            if sent is None and mode == "initial":
+                                sent = w.handle  # (write_status's Write: the Message sent)
+                            notes.append(self._note(message_id, log, sent))
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()
                 results.append(result)
-                if (
-                    retention is not None
-                    and not log.finished
-                    and log.record.get("status") in FINISHED
-                ):
-                    log.finished = True
-                    self._finished[w.message_id] = None
-                    retention.kept += 1
-                    limit = retention.max_jobs
-                    if (
-                        (limit is not None and retention.kept > limit + limit // 10)
-                        or retention.over_bytes()
-                        or (self._held and now >= self._next_held_check)
-                    ):
-                        released += self._release(now)
+                if retention is not None and not log.finished and record.get("status") in FINISHED:
+                    released += self._count_finished(message_id, log, now)
             if now >= self._next_sweep:
                 self._sweep(now)
         if released:  # outside the lock: the result backend takes its own
@@ -227,8 +243,118 @@ class MemoryTransport(Transport):
         record = log.record
         output = None
         if record.get("status") in FINISHED:
-            output = "".join(e.text for e in log.events if e.kind == "output")[-OUTPUT_TAIL:]
+            output = "".join(
+                str(data["text"]) if "text" in data else str(data.get("value"))
+                for _, kind, data, _ in log.events
+                if kind == "output"
+            )[-OUTPUT_TAIL:]
         return message_id, dict(record), message, output
+
+    def write_status(
+        self,
+        message_id: str,
+        ttl: int,
+        mode: str,
+        fields: dict[str, Any],
+        status_event: dict[str, Any],
+        *,
+        attempt: int = 0,
+        once: dict[str, Any] | None = None,
+        backfill: dict[str, Any] | None = None,
+        handle: Any = None,
+        millis: int | None = None,
+    ) -> int:
+        # The three status changes of most messages, applied here without a Write: a
+        # producer's first write (no log yet), and a worker's start or end of an attempt on a
+        # live log that has a status, no abort, and no later attempt. The rest (and any
+        # retention release) take write(), whose rules (decide()) these cases follow.
+        now = time.monotonic()
+        if millis is None:
+            millis = current_millis()
+        retention = self.retention
+        released: list[Job] = []
+        note = None
+        with self._lock:
+            log = self._logs.get(message_id)
+            fast = False
+            if log is None:
+                if mode == "initial":
+                    log = self._logs[message_id] = _Log(now + ttl / 1000)
+                    if once:
+                        fields.update(once)
+                    log.record = fields
+                    fast = True
+            elif log.expires > now:
+                record = log.record
+                status = record.get("status")
+                if (
+                    status is not None
+                    and status != "aborted"
+                    and mode != "initial"
+                    and not (mode == "start" and record.get("abort"))
+                    and attempt >= record.get("attempt", 0)
+                ):
+                    record.update(fields)
+                    if once:
+                        for key, value in once.items():
+                            record.setdefault(key, value)
+                    fast = True
+            if fast:
+                assert log is not None
+                if handle is not None:
+                    log.handle = weakref.ref(handle)
+                seq = log.seq = log.seq + 1
+                events = log.events
+                events.append((seq, "status", status_event, millis))
+                if len(events) > self.max_events:
+                    del events[0]
+                log.expires = now + ttl / 1000
+                if self._watches:
+                    self._changed(message_id)
+                if log.condition is not None:
+                    log.condition.notify_all()
+                if retention is not None and not log.finished and fields["status"] in FINISHED:
+                    released = self._count_finished(message_id, log, now)
+                if self.recorder is not None:
+                    note = self._note(message_id, log, handle if mode == "initial" else None)
+                if now >= self._next_sweep:
+                    self._sweep(now)
+        if fast:
+            if released:  # outside the lock: the result backend takes its own
+                assert retention is not None
+                retention.release_results(released)
+            if note is not None and self.recorder is not None:
+                self.recorder.record(*note)
+            return APPLIED
+        return super().write_status(
+            message_id,
+            ttl,
+            mode,
+            fields,
+            status_event,
+            attempt=attempt,
+            once=once,
+            backfill=backfill,
+            handle=handle,
+            millis=millis,
+        )
+
+    def _count_finished(self, message_id: str, log: _Log, now: float) -> list[Job]:
+        """Count a log that just got a final status among the retention's finished jobs;
+        return the jobs released to make room (in batches). Hold the lock."""
+        retention = self.retention
+        assert retention is not None
+        log.finished = True
+        self._finished[message_id] = None
+        retention.kept += 1
+        limit = retention.max_jobs
+        if (
+            (limit is not None and retention.kept > limit + limit // 10)
+            or retention.over_bytes()
+            or (self._held and now >= self._next_held_check)
+        ):
+            return self._release(now)
+        return []
 
     def _release(self, now: float) -> list[Job]:
         """Release finished messages past the retention's limits, oldest first, except those
@@ -299,8 +425,11 @@ class MemoryTransport(Transport):
                     log.condition.wait(remaining)
                 if not log.events:
                     return []
-                start = max(0, offset + 1 - log.events[0].offset)
-                return list(itertools.islice(log.events, start, start + count))
+                start = max(0, offset + 1 - log.events[0][0])
+                return [
+                    LiveEvent(*event)
+                    for event in itertools.islice(log.events, start, start + count)
+                ]
             finally:
                 log.waiters -= 1
 

@@ -142,13 +142,25 @@ class Live(Middleware):
             ttl = results.result_ttl if results is not None else None
         return int(ttl or DEFAULT_TTL)
 
-    def _write(self, transport: Transport, write: Write) -> int:
-        try:
-            results = transport.write([write])
-        except Exception:
-            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
-            return 0
-        return results[0] if results else 0
+    def _settings(
+        self, broker: Broker, message: Message[Any] | MessageProxy
+    ) -> tuple[Any, Any, int]:
+        """Return the message's ``live`` and ``capture_output`` options (message, then actor)
+        and its TTL (as ``_ttl``), looking the actor up once."""
+        options = message.options
+        actor = broker.actors.get(message.actor_name)
+        actor_options = actor.options if actor is not None else {}
+        live = options.get("live")
+        if live is None:
+            live = actor_options.get("live")
+        capture_output = options.get("capture_output")
+        if capture_output is None:
+            capture_output = actor_options.get("capture_output")
+        ttl = self.ttl or options.get("result_ttl") or actor_options.get("result_ttl")
+        if not ttl:
+            results = self._results.get(broker)
+            ttl = results.result_ttl if results is not None else None
+        return live, capture_output, int(ttl or DEFAULT_TTL)
 
     # -- producer ----------------------------------------------------------------------------
 
@@ -157,9 +169,10 @@ class Live(Middleware):
         if running is not None:
             running.retry_delay = delay or 0  # Retries enqueued the next attempt
             return
-        if self._option(broker, message, "live") is False:
+        live, _, ttl = self._settings(broker, message)
+        if live is False:
             return
-        transport = self.transport(broker)
+        transport = self._transport or self.transport(broker)
         now = current_millis()
         status = "delayed" if delay else "enqueued"
         fields: dict[str, Any] = {
@@ -170,22 +183,34 @@ class Live(Middleware):
         event: dict[str, Any] = {"status": status}
         if delay:
             fields["eta"] = event["eta"] = message.options.get("eta") or now + delay
-        write = Write(
-            message.message_id,
-            self._ttl(broker, message) + (delay or 0),
-            mode="initial",
-            fields=fields,
-            once={"enqueued_at": now},
-            status_event=event,
-            # memory keeps a job's records while the handle send() returns lives
-            handle=None if transport.buffered else message,
-            # the origin now: the publisher thread writes later, maybe after it changed
-            history=(message, *origin()) if transport.keeps_history else None,
-        )
+            ttl += delay
         if transport.buffered:
+            write = Write(
+                message.message_id,
+                ttl,
+                mode="initial",
+                fields=fields,
+                once={"enqueued_at": now},
+                status_event=event,
+                # the origin now: the publisher thread writes later, maybe after it changed
+                history=(message, *origin()) if transport.keeps_history else None,
+            )
             get_publisher(transport).submit(write)
-        else:
-            self._write(transport, write)
+            return
+        try:
+            # memory keeps a job's records while the handle send() returns lives
+            transport.write_status(
+                message.message_id,
+                ttl,
+                "initial",
+                fields,
+                event,
+                once={"enqueued_at": now},
+                handle=message,
+                millis=now,
+            )
+        except Exception:
+            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
 
     # -- worker ------------------------------------------------------------------------------
 
@@ -221,16 +246,15 @@ class Live(Middleware):
         return self._table.running_ids()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        if self._option(broker, message, "live") is False:
+        live, capture_output, ttl = self._settings(broker, message)
+        if live is False:
             return
-        capture_output = self._option(broker, message, "capture_output")
         capture_output = self.capture if capture_output is None else bool(capture_output)
         if capture_output:
             capture.install()
-        transport = self.transport(broker)
+        transport = self._transport or self.transport(broker)
         attempt = int(message.options.get("retries") or 0) + 1
         now = current_millis()
-        ttl = self._ttl(broker, message)
         running = self._table.start(message.message_id, attempt, now, ttl)
         wid = worker_id()
         fields = {
@@ -246,28 +270,25 @@ class Live(Middleware):
             # What an earlier attempt or the delay left (a first attempt has neither: leaving
             # the keys out keeps a memory record in the smaller of dict's table sizes).
             fields["finished_at"] = fields["eta"] = ""
-        start = Write(
-            message.message_id,
-            ttl,
-            mode="start",
-            attempt=attempt,
-            fields=fields,
-            once={"enqueued_at": message.message_timestamp},
-            status_event={"status": "running", "attempt": attempt, "worker_id": wid},
-            backfill={"status": "enqueued"},
-        )
-        aborted = self._write(transport, start) == ABORTED
-        channel = Channel(
-            get_publisher(transport),
-            message.message_id,
-            ttl=ttl,
-            max_chunk=self.max_chunk,
-            max_pending=self.max_events,
-            progress_interval=self.progress_interval / 1000,
-            capture=capture_output,
-        )
+        try:
+            applied = transport.write_status(
+                message.message_id,
+                ttl,
+                "start",
+                fields,
+                {"status": "running", "attempt": attempt, "worker_id": wid},
+                attempt=attempt,
+                once={"enqueued_at": message.message_timestamp},
+                backfill={"status": "enqueued"},
+                millis=now,
+            )
+        except Exception:
+            logger.warning("The live channel could not write to %r.", transport, exc_info=True)
+            applied = 0
+        aborted = applied == ABORTED
+        running.capture = capture_output
+        running.opener = self._open_channel  # the channel is made on the actor's first write
         with running.lock:
-            running.channel = channel
             aborted = aborted or running.abort_requested
             running.state = DONE if aborted else RUNNING
         if aborted:
@@ -275,7 +296,21 @@ class Live(Middleware):
             message.stuff_exception(Abort())
             message.fail("aborted")
             raise SkipMessage(f"Message {message.message_id} was aborted before it ran.")
-        set_channel(channel)
+        set_channel(running)
+
+    def _open_channel(self, running: Running) -> Channel:
+        """Make the channel that buffers a running message's output for the publisher."""
+        transport = self._transport
+        assert transport is not None  # chosen before the message started
+        return Channel(
+            get_publisher(transport),
+            running.message_id,
+            ttl=running.ttl,
+            max_chunk=self.max_chunk,
+            max_pending=self.max_events,
+            progress_interval=self.progress_interval / 1000,
+            capture=running.capture,
+        )
 
     def _done(self, message: MessageProxy) -> Running | None:
         running = self._table.mine(message.message_id)
@@ -411,6 +446,29 @@ class Live(Middleware):
             delay = running.retry_delay or 0
             fields["eta"] = event["eta"] = now + delay
             ttl += delay
+        transport = self._transport or self.transport(broker)
+        channel = None
+        if running is not None:
+            channel = running.seal()
+            if channel is None and transport.buffered:
+                # held for the result store, to become visible with the result
+                channel = self._open_channel(running)
+        if channel is None or (not transport.buffered and channel.close_empty()):
+            # nothing buffered (most actors print nothing): the status alone, inline
+            try:
+                transport.write_status(
+                    message.message_id,
+                    ttl,
+                    "worker",
+                    fields,
+                    event,
+                    attempt=attempt,
+                    backfill={"status": "enqueued"},
+                    millis=now,
+                )
+            except Exception:
+                logger.warning("The live channel could not write to %r.", transport, exc_info=True)
+            return
         write = Write(
             message.message_id,
             ttl,
@@ -420,10 +478,7 @@ class Live(Middleware):
             status_event=event,
             backfill={"status": "enqueued"},
         )
-        if running is not None and running.channel is not None:
-            running.channel.close(write, with_result=with_result)
-        else:
-            self._write(self.transport(broker), write)
+        channel.close(write, with_result=with_result)
 
 
 def transport_for(broker: Broker) -> Transport:

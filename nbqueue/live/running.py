@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Abort
@@ -86,6 +87,8 @@ class Running:
         "exception",
         "retry_delay",
         "status_written",
+        "capture",
+        "opener",
     )
 
     def __init__(
@@ -107,6 +110,42 @@ class Running:
         # The status ending this attempt went out already: "retrying" before Retries enqueued the
         # next attempt, or the final status with the result.
         self.status_written = False
+        #: whether the actor's stdout and stderr are captured (read by the capture streams)
+        self.capture = False
+        #: makes the message's channel on the actor's first output or progress report; most
+        #: actors make none, and their last status goes out alone (``seal``)
+        self.opener: Callable[[Running], Channel] | None = None
+
+    # The running message is its actor's current channel (``nbqueue.context``): the Channel
+    # that buffers output for the publisher is made only when the actor writes.
+
+    def output(self, text: str, stream: str) -> bool:
+        """Queue text written by the actor (see ``Channel.output``)."""
+        channel = self.channel or self._open()
+        return channel is not None and channel.output(text, stream)
+
+    def value(self, data: dict[str, Any]) -> bool:
+        """Queue a JSON value streamed by the actor (see ``Channel.value``)."""
+        channel = self.channel or self._open()
+        return channel is not None and channel.value(data)
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """Record the actor's latest progress report (see ``Channel.progress``)."""
+        channel = self.channel or self._open()
+        if channel is not None:
+            channel.progress(data)
+
+    def _open(self) -> Channel | None:
+        with self.lock:
+            if self.channel is None and self.opener is not None:
+                self.channel = self.opener(self)
+            return self.channel
+
+    def seal(self) -> Channel | None:
+        """Stop making a channel for this attempt; return the one made, if any."""
+        with self.lock:
+            self.opener = None
+            return self.channel
 
 
 class RunningTable:

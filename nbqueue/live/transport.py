@@ -306,6 +306,44 @@ class Transport(abc.ABC):
         """
         return _ReadWatch(self, cursors)
 
+    def write_status(
+        self,
+        message_id: str,
+        ttl: int,
+        mode: str,
+        fields: dict[str, Any],
+        status_event: dict[str, Any],
+        *,
+        attempt: int = 0,
+        once: dict[str, Any] | None = None,
+        backfill: dict[str, Any] | None = None,
+        handle: Any = None,
+        millis: int | None = None,
+    ) -> int:
+        """Apply one status change with no events or progress: a ``Write`` of these fields,
+        written alone, the change the ``Live`` middleware makes three times per message. A
+        store in this process applies the common cases without building the ``Write``.
+
+        The store may keep ``fields`` and ``status_event`` (the caller makes them for this
+        call). ``millis`` is the events' time (now when ``None``).
+
+        Returns:
+          ``APPLIED``, ``REJECTED`` or ``ABORTED``, as ``write``.
+        """
+        write = Write(
+            message_id,
+            ttl,
+            mode=mode,
+            attempt=attempt,
+            fields=fields,
+            once=once or {},
+            status_event=status_event,
+            backfill=backfill,
+            handle=handle,
+        )
+        results = self.write([write])
+        return results[0] if results else APPLIED
+
     def hold(self, write: Write) -> bool:
         """Hold ``write`` (a message's last of an attempt) to go out with the message's result.
 
