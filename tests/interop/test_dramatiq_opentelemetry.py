@@ -114,6 +114,7 @@ def test_a_traced_nbqueue_worker_runs_what_dramatiq_sent_in_a_new_trace(
 ):
     ours, theirs, _ = pair
     got = []
+    ran = threading.Event()
 
     @dramatiq.actor(queue_name=namespace, broker=theirs, actor_name="add")
     def their_add(x, y):
@@ -122,10 +123,13 @@ def test_a_traced_nbqueue_worker_runs_what_dramatiq_sent_in_a_new_trace(
     @nbqueue.actor(queue_name=namespace, broker=ours, actor_name="add")
     def add(x, y):
         got.append(x + y)
+        ran.set()
 
     their_add.send(1, 2)
     worker = worker_factory(ours)
-    ours.join(namespace, timeout=20000)
+    # an event, not ours.join(): Dramatiq publishes to RabbitMQ unconfirmed, so the queue may
+    # still look empty when the join looks
+    assert ran.wait(20)
     worker.join()
 
     assert got == [3]
