@@ -57,7 +57,15 @@ class LabExtensionHook(BuildHookInterface):  # type: ignore[type-arg]
                         "install again to get it."
                     )
             else:
-                self._build(npm, source)
+                try:
+                    self._build(npm, source)
+                except (OSError, subprocess.CalledProcessError) as e:
+                    # (offline, say): the install goes on, with an earlier build if there is one
+                    self._warn(
+                        f"The JupyterLab extension (the Jobs sidebar) could not be built ({e}); "
+                        f"installing {'its earlier build' if marker.exists() else 'without it'}. "
+                        f"Run `npm ci && npm run build:prod` in labextension/ to see why."
+                    )
         if marker.exists():
             shared = build_data.setdefault("shared_data", {})
             shared["nbqueue/labextension"] = TARGET
