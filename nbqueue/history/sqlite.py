@@ -30,7 +30,7 @@ from typing import Any
 from ..common import current_millis, field_int, field_text
 from .base import History, HistoryJob, JobQuery, Limits, args_summary, origin
 
-__all__ = ["PATH_ENV", "Command", "SQLiteHistory", "default_path"]
+__all__ = ["PATH_ENV", "VERSION_CHECK", "Command", "SQLiteHistory", "default_path"]
 
 logger = logging.getLogger("nbqueue.history")
 
@@ -48,6 +48,10 @@ HEARTBEAT_INTERVAL = 5.0
 
 #: How long a command waits for its kernel before it is dropped, in milliseconds.
 COMMAND_TTL = 60_000
+
+#: How often a reader waiting for a change (the sidebar's long poll) reads the version, in
+#: seconds: the delay it adds to a local job's change showing in the sidebar.
+VERSION_CHECK = 0.25
 
 #: The most status changes one transaction writes.
 BATCH = 500
@@ -552,8 +556,9 @@ class SQLiteHistory(History):
         return int(row[0]) if row else 0
 
     def wait(self, version: int, timeout: float) -> int:
-        """Check the version at most once a second (SQLite has no cross-process notification;
-        a check is one indexed read) until it moves or ``timeout`` seconds pass."""
+        """Read the version every ``VERSION_CHECK`` seconds (SQLite has no cross-process
+        notification; a read is one row of a small table) until it moves or ``timeout``
+        seconds pass."""
         deadline = time.monotonic() + timeout
         stop = threading.Event()
         current = self.version()
@@ -561,6 +566,6 @@ class SQLiteHistory(History):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            stop.wait(min(1.0, remaining))
+            stop.wait(min(VERSION_CHECK, remaining))
             current = self.version()
         return current

@@ -24,6 +24,7 @@ from jupyter_server.utils import url_path_join
 
 from ..common import redact_url
 from ..history.base import HistoryJob, JobQuery, Limits
+from ..history.sqlite import VERSION_CHECK
 from .sources import ActionRefused, Source
 
 __all__ = ["LONG_POLL", "LabState", "setup_handlers"]
@@ -94,8 +95,9 @@ class LabState:
 
     def wait(self, since: int, timeout: float) -> int:
         """Block until the summed version differs from ``since``: one Redis source blocks on
-        its changes stream a second at a time; SQLite is checked between (at most once a
-        second)."""
+        its changes stream, ``VERSION_CHECK`` seconds at a time when there is a local source
+        too (a second otherwise); SQLite's version is read between (see
+        ``SQLiteHistory.wait``)."""
         deadline = time.monotonic() + timeout
         current = self.version()
         redis = [s for s in self.sources if s.name == "redis" and s.history is not None]
@@ -104,7 +106,7 @@ class LabState:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            step = min(1.0, remaining)
+            step = min(VERSION_CHECK if local else 1.0, remaining)
             try:
                 if redis:
                     history: Any = redis[0].history

@@ -205,7 +205,7 @@ import nbqueue
 
 def stepper(n):
     for i in range(1, n + 1):
-        time.sleep(0.3)
+        time.sleep(0.5)
         nbqueue.progress(i, total=n, desc="stepping")
     print(f"stepper made {n} steps")
     return n * 10
@@ -349,7 +349,8 @@ def test_the_sidebar_follows_jobs_of_two_notebooks_and_acts_on_them(
         finished = _api(lab, f"jobs/{local_id}")["finished_at"]
         latency["status_to_sidebar_ms"] = seen_at - finished
 
-        # a long job's end (6 steps, 1.8 s > notifyAfterSeconds) is announced, with a link
+        # a long job's end (6 steps, 3 s > notifyAfterSeconds) is announced, with a link (3 s:
+        # long enough that the list shows it running, above, on a loaded machine)
         toast = page.locator(".Toastify__toast", has_text="stepper(6) succeeded").first
         toast.wait_for()
         session.shot("sidebar-notification.png")
