@@ -222,6 +222,20 @@ class HistoryJob:
             return error[len("dead-lettered (") :].split(")", 1)[0] or None
         return error or None
 
+    def message_dict(self) -> dict[str, Any]:
+        """The message as sent, or one with this job's id, queue and actor (enough to abort it
+        by id) when the store kept none."""
+        return {
+            "queue_name": self.queue or "default",
+            "actor_name": self.actor or "unknown",
+            "args": [],
+            "kwargs": {},
+            "options": {},
+            "message_id": self.id,
+            "message_timestamp": self.enqueued_at or current_millis(),
+            **(self.message or {}),
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The contract's ``Job`` object."""
         return {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from ..broker import Broker
@@ -231,7 +230,7 @@ class RedisSource(Source):
         return [entry.to_json() for entry in fleet_schedules(self.broker)]
 
     def cancel(self, job: HistoryJob) -> None:
-        if not actions.cancel(self.broker, job.message or _bare(job)):
+        if not actions.cancel(self.broker, job.message_dict()):
             raise ActionRefused(f"Job {job.id} has already finished ({job.status}).")
 
     def retry(self, job: HistoryJob) -> str:
@@ -249,16 +248,3 @@ class RedisSource(Source):
 
     def close(self) -> None:
         self.broker.close()
-
-
-def _bare(job: HistoryJob) -> dict[str, Any]:
-    """A message dict with just the id, enough to abort by id."""
-    return {
-        "queue_name": job.queue or "default",
-        "actor_name": job.actor or "unknown",
-        "args": [],
-        "kwargs": {},
-        "options": {},
-        "message_id": job.id,
-        "message_timestamp": job.enqueued_at or int(time.time() * 1000),
-    }

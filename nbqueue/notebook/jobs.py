@@ -87,8 +87,7 @@ class LocalHistory:
         if broker is None or job is None:
             return "unknown"
         if kind == "cancel":
-            message = job.message or {"message_id": message_id}
-            return "aborted" if actions.cancel(broker, _full(message, job)) else "finished"
+            return "aborted" if actions.cancel(broker, job.message_dict()) else "finished"
         if kind == "retry" and job.message is not None:
             return "sent " + actions.retry(broker, job.message, new_id).message_id
         if kind == "requeue":
@@ -147,18 +146,6 @@ class _Outcomes:
         if not text or len(text) > RESULT_LIMIT:
             text = json.dumps(repr(value)[:4096], ensure_ascii=False)
         return {"result": text}
-
-
-def _full(message: dict[str, Any], job: HistoryJob) -> dict[str, Any]:
-    return {
-        "queue_name": job.queue or "default",
-        "actor_name": job.actor or "unknown",
-        "args": [],
-        "kwargs": {},
-        "options": {},
-        "message_timestamp": job.enqueued_at or 0,
-        **message,
-    }
 
 
 _COLUMNS = ("id", "actor", "args", "status", "started", "duration", "worker")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .test_quickstart_browser import CHROMIUM, CHROMIUM_ARGS, Lab, _unavailable, start_lab
+from .test_quickstart_browser import CHROMIUM_ARGS, Lab, _unavailable, start_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT = ROOT / "nbqueue" / "labextension"
@@ -126,15 +126,6 @@ def _open_sidebar(page: Page) -> Any:
     sidebar = page.locator("[data-testid='nbq-sidebar']")
     sidebar.wait_for(state="visible")
     return sidebar
-
-
-@pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        _unavailable("playwright is not installed (pip install -e '.[test]')")
-    return CHROMIUM
 
 
 @pytest.fixture

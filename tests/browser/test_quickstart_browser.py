@@ -168,16 +168,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         server.stop()
 
 
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium, and Playwright to drive it (checked before JupyterLab starts)."""
-    if not CHROMIUM.exists():
-        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        _unavailable("playwright is not installed (pip install -e '.[test]')")
-    return CHROMIUM
-
-
 @pytest.mark.browser
 @pytest.mark.timeout(180)
 def test_the_quickstart_job_view_succeeds_in_jupyterlab(chromium: Path, lab: Lab) -> None:
