@@ -148,22 +148,28 @@ class RabbitmqCodeStore(CodeStore):
 
         return self.call(get)
 
+    def peek_all(self, queue_name: str, count: int | None = None) -> list[bytes]:
+        """Return the bodies of the messages in ``queue_name`` (at most ``count``; all of them
+        when ``None``) and put every one back, in order (one multiple nack). Run it in the
+        store's I/O thread (``call``)."""
+        bodies: list[bytes] = []
+        last = None
+        while count is None or len(bodies) < count:
+            method, _properties, body = self.ops.basic_get(queue_name, auto_ack=False)
+            if method is None:
+                break
+            last = method.delivery_tag
+            bodies.append(bytes(body))
+        if last is not None:
+            self.ops.basic_nack(last, multiple=True, requeue=True)
+        return bodies
+
     def published(self) -> list[Published]:
         def read() -> list[bytes]:
             declared = self.passive(self.index_queue)
             if declared is None:
                 return []
-            bodies: list[bytes] = []
-            last = None
-            for _ in range(declared.method.message_count):
-                method, _properties, body = self.ops.basic_get(self.index_queue, auto_ack=False)
-                if method is None:
-                    break
-                last = method.delivery_tag
-                bodies.append(bytes(body))
-            if last is not None:
-                self.ops.basic_nack(last, multiple=True, requeue=True)
-            return bodies
+            return self.peek_all(self.index_queue, declared.method.message_count)
 
         latest: dict[tuple[str, str], Published] = {}
         for body in self.call(read):

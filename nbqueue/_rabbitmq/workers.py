@@ -116,17 +116,7 @@ class RabbitmqWorkerRegistry(WorkerRegistry):
         try:
             if store.passive(self.queue) is None:
                 return []
-            bodies: list[bytes] = []
-            last = None
-            while True:
-                method, _properties, body = store.ops.basic_get(self.queue, auto_ack=False)
-                if method is None:
-                    break
-                last = method.delivery_tag
-                bodies.append(bytes(body))
-            if last is not None:
-                store.ops.basic_nack(last, multiple=True, requeue=True)
-            return bodies
+            return store.peek_all(self.queue)
         finally:
             store.ops.queue_delete(self.lock_queue)
 
