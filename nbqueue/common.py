@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import queue
@@ -10,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import QueueJoinTimeout
@@ -27,10 +28,41 @@ __all__ = [
     "join_all",
     "join_queue",
     "lazy_backends",
+    "parse_python",
     "q_name",
     "redact_url",
     "xq_name",
 ]
+
+#: The text of the SystemError CPython 3.11 can raise from ast.parse() while another thread builds
+#: an AST too (python/cpython#106905): its recursion counter is shared by every thread. Python
+#: 3.11's traceback module parses source to place its carets, so any thread logging an
+#: exception can set it off.
+_AST_RACE = "AST constructor recursion depth mismatch"
+
+
+@overload
+def parse_python(source: str, mode: Literal["exec"] = "exec") -> ast.Module: ...
+@overload
+def parse_python(source: str, mode: Literal["eval"]) -> ast.Expression: ...
+def parse_python(source: str, mode: str = "exec") -> ast.AST:
+    """``ast.parse(source, mode=mode)``, safe to call while other threads parse or log tracebacks.
+
+    Parameters:
+      source: Python source text.
+      mode: ``"exec"`` or ``"eval"``, as for ``ast.parse``.
+
+    Raises:
+      SyntaxError: when the source is not valid Python.
+    """
+    for _ in range(9):
+        try:
+            return ast.parse(source, mode=mode)
+        except SystemError as e:
+            if _AST_RACE not in str(e):
+                raise
+    return ast.parse(source, mode=mode)
+
 
 #: Queue names must match this (Dramatiq's rule), so they are safe as Redis keys and AMQP names.
 QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import ast
+
 import pytest
 
-from nbqueue.common import compute_backoff, dq_name, getenv_int, q_name, redact_url, xq_name
+from nbqueue.common import (
+    compute_backoff,
+    dq_name,
+    getenv_int,
+    parse_python,
+    q_name,
+    redact_url,
+    xq_name,
+)
 
 
 def test_queue_name_helpers_map_between_queue_delay_and_dead_letter_names():
@@ -99,3 +109,29 @@ def test_actor_decorator_is_the_type_of_actor_with_options_only():
 
     decorator: ActorDecorator = actor(queue_name="q", broker=StubBroker())
     assert decorator(lambda: None).queue_name == "q"
+
+
+def test_parse_python_retries_cpythons_ast_race_and_nothing_else(monkeypatch):
+    # CPython 3.11 (python/cpython#106905) raises this when another thread built an AST at the
+    # same moment; here the first two parses fail as that race makes them fail.
+    real, calls = ast.parse, []
+
+    def racing(source, mode="exec"):
+        calls.append(mode)
+        if len(calls) <= 2:
+            raise SystemError("AST constructor recursion depth mismatch (before=126, after=61)")
+        return real(source, mode=mode)
+
+    monkeypatch.setattr(ast, "parse", racing)
+    tree = parse_python("x = 1")
+    assert isinstance(tree, ast.Module) and len(calls) == 3
+    assert isinstance(parse_python("1 + 1", "eval"), ast.Expression)
+    with pytest.raises(SyntaxError):
+        parse_python("x = (")
+
+    def broken(source, mode="exec"):
+        raise SystemError("some other interpreter fault")
+
+    monkeypatch.setattr(ast, "parse", broken)
+    with pytest.raises(SystemError, match="some other"):
+        parse_python("x = 1")

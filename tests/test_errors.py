@@ -21,6 +21,7 @@ import pytest
 
 import nbqueue
 from nbqueue import errors
+from nbqueue.common import parse_python
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "nbqueue"
 
@@ -73,7 +74,7 @@ class Walk:
         #: dotted name of each class defined (at any depth) -> its base expressions as dotted names
         self.classes: dict[str, list[str]] = {}
         for module, (source, is_package) in sources.items():
-            self._read(module, ast.parse(source), is_package)
+            self._read(module, parse_python(source), is_package)
         self._memo: dict[str, bool] = {}
 
     def _read(self, module: str, tree: ast.Module, is_package: bool) -> None:
@@ -373,7 +374,7 @@ def test_the_package_exports_the_same_error_objects():
 
 def test_errors_py_imports_only_the_standard_library():
     """errors.py is the leaf under everything: it imports no other nbqueue module."""
-    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    tree = parse_python((PACKAGE / "errors.py").read_text())
     imported = {
         alias.name if isinstance(node, ast.Import) else "." * node.level + (node.module or "")
         for node in ast.walk(tree)

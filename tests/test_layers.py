@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from nbqueue.common import parse_python
+
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "nbqueue"
 
 #: Ring of each module, by the longest matching prefix of its dotted name. Lower rings are
@@ -171,7 +173,7 @@ def _defined_in(module: str) -> set[str]:
     if module not in MODULES:
         return set()
     names = set()
-    for node in ast.parse(MODULES[module].read_text()).body:
+    for node in parse_python(MODULES[module].read_text()).body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
@@ -209,7 +211,7 @@ def imports_of(module: str) -> Iterator[Import]:
             else:
                 yield from visit(child, kind)
 
-    yield from visit(ast.parse(source), "module")
+    yield from visit(parse_python(source), "module")
 
 
 def in_package(imported: str) -> str | None:

@@ -25,7 +25,7 @@ from ..actor import Actor
 from ..actor import actor as declare
 from ..broker import Broker, get_broker
 from ..brokers.stub import StubBroker
-from ..common import QUEUE_NAME_RE, redact_url
+from ..common import QUEUE_NAME_RE, parse_python, redact_url
 from ..connection import RESULTS_URL_ENV, connect
 from ..errors import NbqueueError
 from ..history.lookup import attach
@@ -118,7 +118,7 @@ def _python_words(text: str) -> list[str]:
                 depth -= 1
     except (tokenize.TokenError, SyntaxError) as e:  # (an IndentationError after a newline)
         try:
-            ast.parse(text, mode="eval")  # for Python's own words, e.g. "'(' was never closed"
+            parse_python(text, mode="eval")  # for Python's own words, e.g. "'(' was never closed"
             problem = str(e.args[0])
         except (SyntaxError, ValueError) as syntax:
             problem = syntax.msg if isinstance(syntax, SyntaxError) else str(syntax)
@@ -316,7 +316,7 @@ class NbqueueMagics(Magics):
             )
         source: str = self.ip.transform_cell(cell)  # type: ignore[no-untyped-call]
         try:
-            tree = ast.parse(source)
+            tree = parse_python(source)
         except SyntaxError:
             tree = None  # running it below reports the error with the cell's own lines
         names = [
@@ -526,7 +526,7 @@ class NbqueueMagics(Magics):
 
     def _evaluate(self, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
-            tree = ast.parse(f"__nbqueue_call__({text})", mode="eval")
+            tree = parse_python(f"__nbqueue_call__({text})", mode="eval")
         except SyntaxError as e:
             raise UsageError(
                 f"Cannot read the arguments {text!r} ({e.msg}); write them as in a Python call, "

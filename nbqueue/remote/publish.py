@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..actor import Actor
 from ..actor import actor as declare
 from ..broker import Broker, get_broker
-from ..common import current_millis
+from ..common import current_millis, parse_python
 from ..schedules import Rule, schedules_of, unschedule
 from .loader import CODE_OPTION
 from .signing import CodeRecord, python_version, seal, verify
@@ -176,7 +176,7 @@ def publish_actor(
 
 def _check_defines(source: str, function: str) -> None:
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError as e:
         raise ValueError(
             f"The source to publish is not valid Python ({e.msg}, line {e.lineno})."

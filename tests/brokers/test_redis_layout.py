@@ -17,6 +17,7 @@ from nbqueue._redis.client import (
     script_source,
 )
 from nbqueue._redis.keys import RedisKeys, crashes_prefix, live_prefix, own_prefix
+from nbqueue.common import parse_python
 
 PACKAGE = pathlib.Path(nbqueue.__file__).parent
 
@@ -27,7 +28,7 @@ SPELLS_PREFIX = {"middleware/crash_limit.py", "_redis/keys.py"}
 
 def _strings(path: pathlib.Path) -> list[str]:
     """Every string constant in a module's code (f-string parts included), docstrings left out."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = parse_python(path.read_text(encoding="utf-8"))
     docstrings = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
