@@ -4,7 +4,7 @@
 Unlike ``workload``, it builds no broker: the CLI builds it from ``--broker`` (the quorum queue
 type in the URL's query), and the actor is declared on that global broker. ``NBQREL_QUEUE`` names
 the queue and the oracle's keys, ``NBQREL_ORACLE_URL`` the oracle. Each execution is recorded in
-the oracle and its id pushed to ``<queue>:done``, which the test reads with a blocking pop.
+the oracle and its id, time and process pushed to ``<queue>:done``, which the test reads with a blocking pop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def job(i: int) -> None:
     started = time.time()
     time.sleep(0.002)
     Oracle.record(_oracle, QUEUE, i, started)
-    _oracle.rpush(f"{QUEUE}:done", f"{i} {time.time():.6f}")
+    _oracle.rpush(f"{QUEUE}:done", f"{i} {time.time():.6f} {os.getpid()}")
 
 
 _oracle.rpush(f"{QUEUE}:booted", f"{os.getpid()} {type(nbqueue.get_broker()).__name__}")
