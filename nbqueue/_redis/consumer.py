@@ -243,7 +243,10 @@ class RedisConsumer(Consumer):
             return
         self._closed = True
         restarting = self._broken
-        if not restarting:
+        if restarting:
+            # A fetch or inbox pop whose reply was lost may have taken messages for us.
+            self.service.suspect(self.queue_name)
+        else:
             # Acks still being written land first, so the counts are right when close returns.
             self.service.acker.flush((self.broker.connection.socket_timeout or 5) + 1)
         rids = [rid for rid, _ in self._cache]

@@ -40,6 +40,9 @@ MAX_ERROR_TEXT = 2000
 
 #: How many messages of closed consumers are remembered, to be settled by id.
 MAX_STRAYS = 10000
+#: How many messages of lost fetches one fetch reclaims at most (the rest go with the next);
+#: with a full fetch, well below what Lua's unpack() takes.
+RECLAIM_LIMIT = 500
 
 #: A fetched message: its redis message id and its encoded body, or the body's size in bytes
 #: when it is above the broker's ``max_message_size`` (fetch.lua left it unread in Redis).
@@ -95,6 +98,9 @@ class BrokerService:
         # queue -> ids to put back (and whether to empty the inbox first), retried each tick
         self._owed: dict[str, tuple[list[str], bool]] = {}
         self._consumed: set[str] = set()
+        # queues whose last consumer lost its connection in a call: what the lost reply held is
+        # reclaimed by the next fetch (see fetch.lua)
+        self._suspect: set[str] = set()
         self._kick = threading.Event()
         #: redis id -> queue, for messages handed out by a consumer that has closed since
         self.strays: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -174,6 +180,12 @@ class BrokerService:
                 if not held:
                     del self._held[queue]
 
+    def suspect(self, queue: str) -> None:
+        """Note that a consumer of ``queue`` lost its connection during a call, whose reply
+        may have carried messages: the next fetch reclaims them (see ``fetch``)."""
+        with self._lock:
+            self._suspect.add(queue)
+
     def _needed(self) -> bool:
         return bool(self._consumers or self._held or self._owed) and not self._stopping
 
@@ -189,9 +201,28 @@ class BrokerService:
         broker = self.broker
         registration = broker.keys.idle_registration(broker.broker_id, queue)
         args: list[Any] = [count, broker.broker_id, queue, REGISTRY_TTL, int(idle_for > 0)]
-        args += [idle_for, registration, broker.max_message_size or 0]
+        args += [idle_for, registration, broker.max_message_size or 0, 0]
+        with self._lock:
+            # Reclaimed only while no other consumer of the queue is open here (whose replies
+            # may be on their way) and nothing owed to it is still being given back.
+            reclaim = queue in self._suspect and self._consumers[queue] == 1
+            reclaim = reclaim and queue not in self._owed
+            if reclaim:
+                args[-1] = RECLAIM_LIMIT
+                args += self._held.get(queue, ())
         with broker.connection.errors():
             reply = broker.scripts["fetch"](keys=keys, args=args)
+        if reclaim:
+            if int(reply[3]) < RECLAIM_LIMIT:
+                with self._lock:
+                    self._suspect.discard(queue)
+            if int(reply[3]):
+                broker.logger.warning(
+                    "Took back %d messages on %r that a fetch had taken for this worker when "
+                    "its connection failed, before the reply arrived; they run now.",
+                    int(reply[3]),
+                    queue,
+                )
         if reply[0]:
             broker.logger.warning(
                 "Dropped %d ids on %r that had no message stored under them (written by a "

@@ -368,6 +368,53 @@ def test_b6_a_hung_redis_fails_every_call_in_time_and_workers_resume(
         backend.close()
 
 
+def test_b6_messages_a_fetch_took_before_its_reply_was_lost_run_after_the_reconnect(
+    namespace, worker_factory, monkeypatch, caplog
+):
+    # A fetch (or an inbox pop) runs on the server and its reply is lost: the connection timed
+    # out while Redis hung and Redis ran the command once it resumed, say. Its messages are in
+    # this worker's ack set, and the worker heartbeats on, so no recovery of dead workers would
+    # ever take them. Here the lost reply is made deterministic: the broker's own fetch script
+    # runs for this worker and its reply is dropped; then Redis hangs until the consumer gives
+    # up its connection and restarts.
+    monkeypatch.setattr(nbqueue.worker, "CONSUMER_RESTART_DELAY", 100)
+    with private_redis() as server:
+        broker = RedisBroker(
+            url=server.url, namespace=namespace, heartbeat_timeout=60000, socket_timeout=1
+        )
+        runs = []
+
+        @nbqueue.actor(queue_name=namespace, broker=broker)
+        def job(i):
+            runs.append(i)
+
+        for i in range(5):
+            job.send(i)
+        keys = broker.keys.fetch(namespace, broker.broker_id)
+        registration = broker.keys.idle_registration(broker.broker_id, namespace)
+        args = [3, broker.broker_id, namespace, 60000, 0, 0, registration, 0, 0]
+        assert len(broker.scripts["fetch"](keys=keys, args=args)[1]) > 0  # the lost reply
+        worker = worker_factory(broker, worker_threads=2)
+        wait_until(lambda: sorted(runs) == [3, 4], what="the two messages left in the queue")
+        # ... and acknowledged: the three left are held by nobody
+        wait_until(lambda: broker.queue_stats()[namespace].in_flight == 3, what="the acks")
+        with caplog.at_level(logging.CRITICAL, logger="nbqueue.worker"):
+            server.pause()
+            wait_until(
+                lambda: any(
+                    r.getMessage().startswith(f"Consumer of {namespace!r} lost its broker")
+                    for r in caplog.records
+                ),
+                what="the queue's consumer to give up its connection",
+            )
+            server.signal(signal.SIGCONT)
+        broker.join(namespace, timeout=20000)  # well before any heartbeat timeout
+        worker.join()
+        assert sorted(runs) == [0, 1, 2, 3, 4], runs
+        assert broker.queue_stats()[namespace].in_flight == 0
+        broker.close()
+
+
 def test_c1_malformed_messages_among_valid_ones(
     oracle_broker, namespace, worker_factory, caplog, record
 ):
