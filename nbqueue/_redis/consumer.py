@@ -42,7 +42,9 @@ class RedisConsumer(Consumer):
     requeued copy). After a lost connection, when the worker restarts the consumer, close()
     does not wait for Redis: what was not handed out goes back from the broker's thread once
     Redis answers, and what is being processed stays this worker's, settled by id when the
-    worker announces its ack or nack, so a reconnect runs nothing twice.
+    worker announces its ack or nack, so a reconnect runs nothing twice. A call that failed
+    that way may have taken messages on the server whose reply never came (a fetch, or a pop
+    from the inbox): the next consumer of the queue reclaims them with its first fetch.
     """
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
