@@ -219,9 +219,13 @@ class RabbitmqConsumer(Consumer):
         self._flush_pending = False
         self._open: set[int] = set()  # delivered and not yet settled on the channel
         self._link = _ConsumerLink(self, broker)
+        # Known to the broker before consuming starts: join() waits for the deliveries of its
+        # consumers to arrive (barrier), and RabbitMQ counts delivered messages as not waiting.
+        broker._consumers.add(self)
         try:
             self._link.io.call(self._link.connect)
         except BrokerError:
+            broker._consumers.discard(self)
             raise
         if not self._ready.wait(broker.confirm_timeout / 1000):
             self._error = self._error or BrokerConnectionError(
@@ -230,9 +234,9 @@ class RabbitmqConsumer(Consumer):
             )
         if self._error is not None:
             error = self._error
+            broker._consumers.discard(self)
             self._shutdown()
             raise error
-        broker._consumers.add(self)
 
     # -- loop thread ------------------------------------------------------------------------
 
