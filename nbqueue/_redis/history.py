@@ -6,7 +6,7 @@ Keys, under the namespace ``ns`` (``keys.history_keys``)::
     ns:__nbq__:history:entries   hash: id -> {"message": the message's dict, "notebook", "kernel"}
     ns:__nbq__:history:records   hash: id -> the status record as of its final status
     ns:__nbq__:history:version   counter, incremented on every change
-    ns:__nbq__:history:changes   stream (about 100 entries): one per change, for blocking readers
+    ns:__nbq__:history:changes   pub/sub channel: the new version, at every change
 
 Nothing here adds a round trip to a send: the producer's first live write (already batched by
 the publisher thread) carries the entry, and ``live_write`` (``_lib.lua``) adds it, trims the
@@ -166,21 +166,19 @@ class RedisHistory(History):
         return int(raw or 0)
 
     def wait(self, version: int, timeout: float) -> int:
-        """Block with ``XREAD BLOCK`` on the changes stream until the version moves."""
+        """Wait on the changes channel until the version moves, or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout
-        while True:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(self.version_key)
-            pipe.xrevrange(self.changes_key, count=1)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
             with self.connection.errors():
-                raw, last = pipe.execute()
-            current = int(raw or 0)
-            remaining = deadline - time.monotonic()
-            if current != version or remaining <= 0:
-                return current
-            cursor = as_text(last[0][0]) if last else "0-0"
-            block = min(remaining, self.connection.block_limit)
-            with self.connection.errors():
-                self.client.xread(
-                    {self.changes_key: cursor}, count=1, block=max(1, int(block * 1000))
-                )
+                # Subscribed before the version is read: a change in between is not missed.
+                pubsub.subscribe(self.changes_key)
+            while True:
+                current = self.version()
+                remaining = deadline - time.monotonic()
+                if current != version or remaining <= 0:
+                    return current
+                with self.connection.errors():
+                    pubsub.get_message(timeout=min(remaining, self.connection.block_limit))
+        finally:
+            pubsub.close()

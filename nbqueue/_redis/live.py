@@ -138,9 +138,11 @@ class RedisTransport(Transport):
         """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
         events."""
         header = {
-            "ttl": w.ttl,
-            "max": self.max_events,
-            "now": int(time.time() * 1000),
+            # Numbers that Lua only passes on to Redis go as strings: a Lua number becomes a
+            # command's argument through printf, a cost paid on the server for every call.
+            "ttl": str(w.ttl),
+            "max": str(self.max_events),
+            "now": str(int(time.time() * 1000)),
             "mode": w.mode,
             "attempt": w.attempt,
             "status": "" if w.status_event is None else _dumps(w.status_event),

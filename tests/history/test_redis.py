@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -139,3 +140,26 @@ def test_a_dead_letter_requeues_to_its_queue(
     assert broker.queue_stats()["default"].ready == 1
     assert not actions.requeue(broker, "default", message.message_id)  # only once
     assert _history(broker).job(message.message_id).status == "enqueued"
+
+
+def test_a_waiting_reader_wakes_when_a_job_changes(
+    make_redis: Callable[[], nbqueue.Broker],
+) -> None:
+    broker = make_redis()
+
+    @nbqueue.actor
+    def noop() -> None:
+        pass
+
+    history = _history(broker)
+    before = history.version()
+    woke: list[int] = []
+    # (a wait that missed the change would sleep out its 600 s, far past the join below)
+    waiting = threading.Thread(target=lambda: woke.append(history.wait(before, 600)), daemon=True)
+    waiting.start()
+    noop.send()
+    get_publisher(transport_for(broker)).flush()
+    waiting.join(60)
+    assert not waiting.is_alive() and woke and woke[0] > before
+    # and a reader that is behind returns at once, with the version it missed
+    assert history.wait(before, 60) == history.version() > before

@@ -44,11 +44,12 @@ end
 -- this write brings it (hist.entry: its message and origin, as JSON). hk holds the history's
 -- keys: 1 the index (zset: id by enqueue time), 2 the entries (hash: id -> JSON),
 -- 3 the record copies (hash: id -> the status record as JSON, so it outlives the record),
--- 4 the version counter, 5 the changes stream (what the Jupyter server blocks on).
+-- 4 the version counter, 5 the changes channel (pub/sub: what the Jupyter server waits on;
+-- a publish nobody listens to costs next to nothing, unlike a stream entry).
 -- New entries trim the history to hist.max jobs and hist.age ms.
 local FINISHED = {succeeded = true, failed = true, skipped = true, aborted = true, dead = true}
 
-local function history_note(record, message_id, hk, hist, now)
+local function history_note(record, message_id, hk, hist, now, status)
     if hist.entry == '' and redis.call('HEXISTS', hk[2], message_id) == 0 then
         return
     end
@@ -68,13 +69,15 @@ local function history_note(record, message_id, hk, hist, now)
     -- The record is copied once it has a final status (this write's, or an earlier one's when
     -- a producer's batched first write lands after a short job ended), to outlive it; until
     -- then readers read the live record itself (history.py): the hot path makes one copy.
-    if FINISHED[redis.call('HGET', record, 'status') or ''] then
+    -- status: the record's status after the write, when the caller knows it.
+    if status == nil then status = redis.call('HGET', record, 'status') end
+    if FINISHED[status or ''] then
         local flat = redis.call('HGETALL', record)
         local copy = {}
         for i = 1, #flat, 2 do copy[flat[i]] = flat[i + 1] end
         redis.call('HSET', hk[3], message_id, cjson.encode(copy))
     end
-    redis.call('XADD', hk[5], 'MAXLEN', '~', 100, '*', 'v', version, 'id', message_id)
+    redis.call('PUBLISH', hk[5], version)
 end
 
 -- Apply one write of the live channel to a message's status record (hash) and events stream:
@@ -99,9 +102,10 @@ local function live_write(record, stream, argv, first, hk)
       redis.call('HSET', record, 'progress', h.progress)
     end
     local result = 1
+    local status = nil
     if h.mode ~= '' then
       local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
-      local status = cur[1]
+      status = cur[1] or nil  -- (HMGET gives false for a missing field)
       if h.mode == 'start' and cur[3] then
         result = -1
       elseif status == 'aborted' then
@@ -113,8 +117,14 @@ local function live_write(record, stream, argv, first, hk)
       end
       if result == 1 then
         if not status and h.backfill ~= '' then add('status', h.backfill) end
+        local flat = {}
         for key, value in pairs(h.fields) do
-          redis.call('HSET', record, key, value)
+          flat[#flat + 1] = key
+          flat[#flat + 1] = value
+        end
+        if #flat > 0 then
+          redis.call('HSET', record, unpack(flat))
+          status = h.fields.status or status
         end
         for key, value in pairs(h.once) do
           redis.call('HSETNX', record, key, value)
@@ -127,7 +137,7 @@ local function live_write(record, stream, argv, first, hk)
     -- A new entry goes in even when its write is stale: a worker may have started the
     -- message before the producer's (batched) first write landed.
     if hk and h.hist and (h.hist.entry ~= '' or (result == 1 and h.mode ~= '')) then
-      history_note(record, h.hist.id, hk, h.hist, now)
+      history_note(record, h.hist.id, hk, h.hist, now, status)
     end
     return result
 end
