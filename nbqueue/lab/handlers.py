@@ -95,7 +95,7 @@ class LabState:
 
     def wait(self, since: int, timeout: float) -> int:
         """Block until the summed version differs from ``since``: one Redis source blocks on
-        its changes stream, ``VERSION_CHECK`` seconds at a time when there is a local source
+        its changes channel, ``VERSION_CHECK`` seconds at a time when there is a local source
         too (a second otherwise); SQLite's version is read between (see
         ``SQLiteHistory.wait``)."""
         deadline = time.monotonic() + timeout
