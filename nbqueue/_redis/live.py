@@ -48,6 +48,8 @@ ABORTS_MAXLEN = 1000
 #: How often a worker checks the abort flags of its running messages, in seconds.
 POLL_INTERVAL = 1.0
 
+#: How many writes one pipeline carries at most (a larger batch takes several round trips).
+WRITE_CHUNK = 500
 #: How many event streams one ``XREAD BLOCK`` of a watch covers; a watch of more messages
 #: blocks on one connection (and thread) per chunk.
 WATCH_CHUNK = 1000
@@ -217,20 +219,24 @@ class RedisTransport(Transport):
                     raise reply
                 return [int(reply)]
         # EVALSHA in a plain pipeline: redis-py's script-aware pipelines ask SCRIPT EXISTS
-        # first, which would double the round trips of every batch.
-        pipe = self.client.pipeline(transaction=False)
-        for w in writes:
-            keys = self.keys(w.message_id)
-            pipe.evalsha(self._write.sha, len(keys), *keys, *self.write_args(w))
-        with self.connection.errors():
-            replies = pipe.execute(raise_on_error=False)
-            results = []
-            for w, reply in zip(writes, replies, strict=True):
-                if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                    reply = self._write(keys=self.keys(w.message_id), args=self.write_args(w))
-                elif isinstance(reply, Exception):
-                    raise reply
-                results.append(int(reply))
+        # first, which would double the round trips of every batch. A pipeline of at most
+        # WRITE_CHUNK writes at a time: the packed commands of a burst of sends (send_many of
+        # 20,000, say) would otherwise all sit in memory at once.
+        results = []
+        for start in range(0, len(writes), WRITE_CHUNK):
+            chunk = writes[start : start + WRITE_CHUNK]
+            pipe = self.client.pipeline(transaction=False)
+            for w in chunk:
+                keys = self.keys(w.message_id)
+                pipe.evalsha(self._write.sha, len(keys), *keys, *self.write_args(w))
+            with self.connection.errors():
+                replies = pipe.execute(raise_on_error=False)
+                for w, reply in zip(chunk, replies, strict=True):
+                    if isinstance(reply, NoScriptError):  # the server lost its scripts
+                        reply = self._write(keys=self.keys(w.message_id), args=self.write_args(w))
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    results.append(int(reply))
         return results
 
     def read(

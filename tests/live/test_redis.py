@@ -279,3 +279,43 @@ def test_whoever_sees_a_result_sees_every_event_the_job_wrote_and_its_final_stat
     results.close()
     reader.connection.close()
     assert wrong == []
+
+
+def test_a_burst_of_sends_is_written_in_pipelines_of_bounded_size(
+    live_broker, worker_factory, monkeypatch
+):
+    import nbqueue._redis.live as redis_live
+    from nbqueue.live.channel import get_publisher
+
+    monkeypatch.setattr(redis_live, "WRITE_CHUNK", 7)
+
+    @nbqueue.actor(store_results=True)
+    def double(i):
+        return 2 * i
+
+    transport = transport_for(live_broker)
+    sizes = []  # commands per pipeline executed while the burst is written
+    real_pipeline = transport.client.pipeline
+
+    def pipeline(*args, **kwargs):
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a, **k):
+            sizes.append(len(pipe.command_stack))
+            return execute(*a, **k)
+
+        pipe.execute = counted
+        return pipe
+
+    monkeypatch.setattr(transport.client, "pipeline", pipeline)
+    messages = double.send_many(range(23))
+    get_publisher(transport).flush()
+    monkeypatch.undo()
+    assert sum(sizes) >= 23 and max(sizes) <= 7, sizes
+    ids = [m.message_id for m in messages]
+    assert [r.status for r in transport.statuses(ids)] == [MessageStatus.enqueued] * 23
+    worker_factory(live_broker)
+    assert [m.get_result(block=True, timeout=10000) for m in messages] == list(range(0, 46, 2))
+    get_publisher(transport).flush()
+    assert {r.status for r in transport.statuses(ids)} == {MessageStatus.succeeded}
