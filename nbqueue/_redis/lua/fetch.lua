@@ -24,10 +24,10 @@
 -- When nothing is found the consumer registers as idle: the next enqueue hands a message
 -- straight to its inbox, which it blocks on, saving the fetch round trip.
 --
--- Returns {dropped, messages, oversized, reclaimed}: `dropped` counts ids that had no body (a foreign
--- producer's mistake, or a message flushed meanwhile), which are forgotten; `messages` is one
--- string of frames, each the id's length ("%010d"), the id, the body's length ("%010d") and the
--- body, because one string costs the client far less to parse than two per message;
+-- Returns {dropped, messages, oversized, reclaimed}: `dropped` counts ids that had no body (a
+-- foreign producer's mistake, or a message flushed meanwhile), which are forgotten; `messages`
+-- is one string of frames, each the id's length ("%010d"), the id, the body's length ("%010d")
+-- and the body, because one string costs the client far less to parse than two per message;
 -- `oversized` lists id, size, id, size... of bodies above the limit (HSTRLEN, before HMGET):
 -- they stay in the ack set, unread, for the consumer to dead-letter as too_large, so a huge
 -- body never crosses the network nor sits in the consumer's memory; `reclaimed` counts the
