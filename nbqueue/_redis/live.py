@@ -137,32 +137,34 @@ class RedisTransport(Transport):
         return [record, record + ":events", *self.history_keys]
 
     def write_args(self, w: Write) -> list[Any]:
-        """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``): its header, then its
-        events."""
-        header = {
-            # Numbers that Lua only passes on to Redis go as strings: a Lua number becomes a
-            # command's argument through printf, a cost paid on the server for every call.
-            "ttl": str(w.ttl),
-            "max": str(self.max_events),
-            "now": str(int(time.time() * 1000)),
-            "mode": w.mode,
-            "attempt": w.attempt,
-            "status": "" if w.status_event is None else _dumps(w.status_event),
-            "progress": "" if w.progress is None else _dumps(w.progress),
-            "backfill": "" if w.backfill is None else _dumps(w.backfill),
-            # Strings, so that Lua stores them exactly (it would format numbers as floats).
-            "fields": {k: _field(v) for k, v in w.fields.items() if v is not None},
-            "once": {k: _field(v) for k, v in w.once.items() if v is not None},
-        }
+        """The arguments of ``w`` for ``live_write`` (in ``_lib.lua``, which lists them):
+        plain strings, no JSON header to decode on the server."""
         limits = self.history_limits
+        # Strings throughout: a Lua number becomes a command's argument through printf, and
+        # Lua would store a number field as a float.
+        args: list[Any] = [
+            str(w.ttl),
+            str(self.max_events),
+            str(int(time.time() * 1000)),
+            w.mode,
+            str(w.attempt),
+            "" if w.status_event is None else _dumps(w.status_event),
+            "" if w.progress is None else _dumps(w.progress),
+            "" if w.backfill is None else _dumps(w.backfill),
+        ]
         if limits is not None:
-            header["hist"] = {
-                "id": w.message_id,
-                "max": limits.max_jobs,
-                "age": limits.max_age,
-                "entry": "" if w.history is None else history_entry(w.history),
-            }
-        args: list[Any] = [_dumps(header)]
+            entry = "" if w.history is None else history_entry(w.history)
+            args += [w.message_id, str(limits.max_jobs), str(limits.max_age), entry]
+        else:
+            args += ["", "", "", ""]
+        fields = [(k, _field(v)) for k, v in w.fields.items() if v is not None]
+        args.append(str(len(fields)))
+        for pair in fields:
+            args += pair
+        once = [(k, _field(v)) for k, v in w.once.items() if v is not None]
+        args.append(str(len(once)))
+        for pair in once:
+            args += pair
         for kind, data in w.events:
             args += [kind, _dumps(data)]
         return args

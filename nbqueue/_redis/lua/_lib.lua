@@ -81,63 +81,71 @@ local function history_note(record, message_id, hk, hist, now, status)
 end
 
 -- Apply one write of the live channel to a message's status record (hash) and events stream:
--- append its events, then update the record unless the write is stale. argv[first] is the
--- write's JSON header (ttl, max, now, mode, attempt, status, progress, backfill, fields, once,
--- and hist when the store keeps a job history), followed by event kind and data pairs. hk: the
--- history's keys (see history_note), or nil. Returns 1 when written, 0 when the record already
--- moved past this write, -1 when a start finds an abort requested.
+-- append its events, then update the record unless the write is stale. From argv[first], the
+-- write (plain arguments: decoding a JSON header cost more than the rest of a short write):
+--   +0 ttl (ms), +1 events kept, +2 now (ms), +3 mode ('', 'initial', 'start', ...),
+--   +4 attempt, +5 its status event (JSON) or '', +6 progress (JSON) or '', +7 the status
+--   event to backfill when the record has none, or '', +8 the history id ('': the store keeps
+--   no history), +9 the history's max jobs, +10 its max age (ms), +11 the history entry or '',
+--   +12 n, then n field and value pairs (HSET), then m, then m pairs (HSETNX), then event kind
+--   and data pairs.
+-- hk: the history's keys (see history_note), or nil. Returns 1 when written, 0 when the record
+-- already moved past this write, -1 when a start finds an abort requested.
 local function live_write(record, stream, argv, first, hk)
-    local h = cjson.decode(argv[first])
-    local now = h.now
+    local ttl, maxlen, now, mode = argv[first], argv[first + 1], argv[first + 2], argv[first + 3]
+    local fields_at = first + 13
+    local fields_end = fields_at + 2 * tonumber(argv[first + 12]) - 1
+    local once_at = fields_end + 2
+    local events_at = once_at + 2 * tonumber(argv[once_at - 1])
 
     local function add(kind, data)
       local seq = redis.call('HINCRBY', record, 'seq', 1)
-      redis.call('XADD', stream, 'MAXLEN', '~', h.max, seq .. '-0', 'k', kind, 'd', data, 't', now)
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', kind, 'd', data, 't', now)
     end
 
-    for i = first + 1, #argv, 2 do
+    for i = events_at, #argv, 2 do
       add(argv[i], argv[i + 1])
     end
-    if h.progress ~= '' then
-      redis.call('HSET', record, 'progress', h.progress)
+    if argv[first + 6] ~= '' then
+      redis.call('HSET', record, 'progress', argv[first + 6])
     end
     local result = 1
     local status = nil
-    if h.mode ~= '' then
+    if mode ~= '' then
       local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
       status = cur[1] or nil  -- (HMGET gives false for a missing field)
-      if h.mode == 'start' and cur[3] then
+      if mode == 'start' and cur[3] then
         result = -1
       elseif status == 'aborted' then
         result = 0
-      elseif h.mode == 'initial' then
+      elseif mode == 'initial' then
         if status and status ~= 'delayed' and status ~= 'retrying' then result = 0 end
-      elseif h.attempt < (tonumber(cur[2]) or 0) then
+      elseif tonumber(argv[first + 4]) < (tonumber(cur[2]) or 0) then
         result = 0
       end
       if result == 1 then
-        if not status and h.backfill ~= '' then add('status', h.backfill) end
-        local flat = {}
-        for key, value in pairs(h.fields) do
-          flat[#flat + 1] = key
-          flat[#flat + 1] = value
+        if not status and argv[first + 7] ~= '' then add('status', argv[first + 7]) end
+        if fields_end > fields_at then
+          redis.call('HSET', record, unpack(argv, fields_at, fields_end))
+          for i = fields_at, fields_end, 2 do
+            if argv[i] == 'status' then status = argv[i + 1] end
+          end
         end
-        if #flat > 0 then
-          redis.call('HSET', record, unpack(flat))
-          status = h.fields.status or status
+        for i = once_at, events_at - 1, 2 do
+          redis.call('HSETNX', record, argv[i], argv[i + 1])
         end
-        for key, value in pairs(h.once) do
-          redis.call('HSETNX', record, key, value)
-        end
-        if h.status ~= '' then add('status', h.status) end
+        if argv[first + 5] ~= '' then add('status', argv[first + 5]) end
       end
     end
-    redis.call('PEXPIRE', record, h.ttl)
-    redis.call('PEXPIRE', stream, h.ttl)
+    redis.call('PEXPIRE', record, ttl)
+    redis.call('PEXPIRE', stream, ttl)
     -- A new entry goes in even when its write is stale: a worker may have started the
     -- message before the producer's (batched) first write landed.
-    if hk and h.hist and (h.hist.entry ~= '' or (result == 1 and h.mode ~= '')) then
-      history_note(record, h.hist.id, hk, h.hist, now, status)
+    local entry = argv[first + 11]
+    if hk and argv[first + 8] ~= '' and (entry ~= '' or (result == 1 and mode ~= '')) then
+      local limits = {max = tonumber(argv[first + 9]), age = tonumber(argv[first + 10])}
+      limits.entry = entry
+      history_note(record, argv[first + 8], hk, limits, now, status)
     end
     return result
 end

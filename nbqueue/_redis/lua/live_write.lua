@@ -3,8 +3,7 @@
 --
 -- KEYS: 1 the status record (hash), 2 the events stream, 3-7 the job history's keys (see
 --       history_note in _lib.lua), when the store keeps one
--- ARGV: 1 a JSON header (one argument keeps redis-py's packing cheap): ttl, max, now, mode,
---       attempt, status, progress, backfill, fields, once; 2.. event kind and data pairs
+-- ARGV: the write, from 1 (see live_write in _lib.lua)
 -- Returns 1 when written, 0 when the record already moved past this write, -1 when a start
 -- finds an abort requested.
 local hk = nil

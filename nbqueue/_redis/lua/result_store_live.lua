@@ -3,8 +3,8 @@
 --
 -- KEYS: 1 the result's key, 2 the status record, 3 the events stream, 4-8 the job history's
 --       keys (see history_note in _lib.lua), when the store keeps one
--- ARGV: 1 the encoded result, 2 its time to live (ms), 3 the live write's header, 4.. its
---       event kind and data pairs (see live_write in _lib.lua)
+-- ARGV: 1 the encoded result, 2 its time to live (ms), 3.. the live write (see live_write in
+--       _lib.lua)
 -- Returns what live_write returns.
 store_result(KEYS[1], ARGV[1], ARGV[2])
 local hk = nil
