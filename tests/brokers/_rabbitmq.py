@@ -20,6 +20,7 @@ from typing import Any
 import pika
 
 from nbqueue.brokers.rabbitmq import RabbitmqBroker
+from tests._ports import free_port
 
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 
@@ -53,12 +54,6 @@ def inject_raw(broker: RabbitmqBroker, queue_name: str, data: bytes) -> None:
     """Publish raw bytes to a queue, as a foreign or broken producer would."""
     broker._ensure(queue_name)
     broker._republish(data, pika.BasicProperties(delivery_mode=2), queue_name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRabbit:

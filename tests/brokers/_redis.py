@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nbqueue.brokers.redis import RedisBroker
+from tests._ports import free_port
 
 
 def make_broker(url: str, namespace: str, **options: object) -> RedisBroker:
@@ -117,13 +117,6 @@ class RecoveryWatch:
         """Return the index of the first pass whose server time is at or after ``deadline_ms``
         (-1 if none was)."""
         return next((i for i, (at, _) in enumerate(self.passes) if at >= deadline_ms), -1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateRedis:
