@@ -92,9 +92,11 @@ def peak_rss_mib() -> float:
 def _enqueue_untimed(adapter: Adapter, count: int) -> None:
     """Queue ``count`` no-op messages outside any timed window (profile summaries leave it out).
 
-    Uses the bulk path, so that pre-loading Redis or RabbitMQ does not dominate the run.
+    Uses the bulk path, so that pre-loading Redis or RabbitMQ does not dominate the run, and
+    waits for the sends' background work (``Adapter.settle``) before it returns.
     """
     adapter.send_bulk(count)
+    adapter.settle()
 
 
 def send_rate(ctx: Context) -> Samples:
@@ -104,12 +106,14 @@ def send_rate(ctx: Context) -> Samples:
         send = adapter.noop.send
         for i in range(ctx.config.warmup):
             send(i)
+        adapter.settle()
         adapter.flush()
         n = ctx.config.messages
         gc.collect()
         start = time.perf_counter()
         for i in range(n):
             send(i)
+        adapter.settle()  # the status writes that trail the sends are part of sending
         elapsed = time.perf_counter() - start
         adapter.flush()
     finally:
@@ -122,6 +126,7 @@ def bulk_rate(ctx: Context) -> Samples:
     adapter = ctx.make()
     try:
         adapter.send_bulk(ctx.config.warmup)
+        adapter.settle()
         adapter.flush()
         n = ctx.config.messages
         gc.collect()
@@ -136,6 +141,7 @@ def bulk_rate(ctx: Context) -> Samples:
 
 def _timed_bulk(adapter: Adapter, count: int) -> None:
     adapter.send_bulk(count)
+    adapter.settle()
 
 
 PROCESS_KEYS = (
