@@ -10,6 +10,11 @@ timing.
     python benchmarks/redis_server_cost.py                   # nbqueue's default, connect(url)
     python benchmarks/redis_server_cost.py --kind matched    # RedisBroker + Results, no Live
     python benchmarks/redis_server_cost.py --kind dramatiq   # Dramatiq's RedisBroker + Results
+    python benchmarks/redis_server_cost.py --commands        # commands per message (MONITOR)
+
+With ``--commands`` the server runs without valgrind and a ``MONITOR`` connection counts the
+commands it executes, by name, those clients sent apart from those Lua scripts called (the same
+slope between the two runs).
 
 Needs ``valgrind`` and ``redis-server`` on PATH (Debian: ``apt-get install valgrind``), and
 Dramatiq for ``--kind dramatiq`` (``pip install -r benchmarks/requirements.txt``).
@@ -86,22 +91,9 @@ def instructions(kind: str, n: int) -> int:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server"]
-            + ["--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        server = _start_server(port, tmp, valgrind)
         client = redis.Redis(port=port, socket_timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("redis-server did not start under valgrind") from None
-                time.sleep(0.2)
         try:
             url = f"redis://127.0.0.1:{port}/0"
             code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -118,15 +110,100 @@ def instructions(kind: str, n: int) -> int:
         return int(total.group(1))
 
 
+def _start_server(port: int, tmp: str, prefix: list[str]) -> subprocess.Popen[bytes]:
+    import redis
+
+    server = subprocess.Popen(
+        prefix
+        + ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=120)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.2)
+
+
+def commands(kind: str, n: int) -> dict[str, int]:
+    """Commands a private server executed while it served ``n`` jobs of ``kind``, by name:
+    ``"EVALSHA"`` for one a client sent, ``"lua HSET"`` for one a script called."""
+    import threading
+
+    import redis
+
+    port = _free_port()
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = _start_server(port, tmp, [])
+        monitor_client = redis.Redis(port=port)
+        ready = threading.Event()
+
+        def watch() -> None:
+            with monitor_client.monitor() as monitor:
+                ready.set()
+                try:
+                    for command in monitor.listen():
+                        name = str(command["command"]).split(" ", 1)[0].upper()
+                        if command.get("client_type") == "lua":
+                            name = "lua " + name
+                        counts[name] = counts.get(name, 0) + 1
+                except (redis.ConnectionError, ValueError):
+                    pass  # the server shut down
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        ready.wait(30)
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            code += f"import redis_server_cost as m; m._run_jobs({kind!r}, {url!r}, {n})"
+            subprocess.run([sys.executable, "-c", code], check=True)
+            redis.Redis(port=port).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        finally:
+            server.wait(120)
+            thread.join(30)
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=KINDS, default="default")
     parser.add_argument("--small", type=int, default=300, help="jobs of the first run")
     parser.add_argument("--large", type=int, default=1300, help="jobs of the second run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--commands", action="store_true", help="count commands per message with MONITOR"
+    )
     args = parser.parse_args()
     if args.large <= args.small:
         parser.error("--large must be more than --small")
+    if args.commands:
+        small, large = commands(args.kind, args.small), commands(args.kind, args.large)
+        per = {
+            name: (large.get(name, 0) - small.get(name, 0)) / (args.large - args.small)
+            for name in sorted(set(small) | set(large))
+        }
+        per = {name: round(v, 2) for name, v in per.items() if round(v, 2) > 0}
+        if args.json:
+            print(json.dumps({"kind": args.kind, "commands_per_message": per}))
+            return
+        sent = sum(v for k, v in per.items() if not k.startswith("lua "))
+        called = sum(v for k, v in per.items() if k.startswith("lua "))
+        print(
+            f"{args.kind}: {sent:.2f} commands sent and {called:.2f} called by scripts per message"
+        )
+        for name, value in sorted(per.items(), key=lambda kv: -kv[1]):
+            print(f"  {value:6.2f}  {name}")
+        return
     small, large = instructions(args.kind, args.small), instructions(args.kind, args.large)
     per_message = (large - small) / (args.large - args.small)
     if args.json:
