@@ -23,6 +23,7 @@ __all__ = [
     "Encoder",
     "JSONEncoder",
     "MessageData",
+    "compact_json",
     "describe_unencodable",
     "find_unencodable",
     "get_encoder",
@@ -101,6 +102,25 @@ class JSONEncoder(Encoder):
 
 #: The process-global encoder used by messages (and by result backends created without one).
 global_encoder: Encoder = JSONEncoder()
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def compact_json(data: Any) -> str:
+    """Return ``data`` as compact JSON text, not ASCII-escaped: what ``json.dumps(data,
+    separators=(",", ":"), ensure_ascii=False)`` returns, written by orjson where it writes the
+    same (the live channel's fields and events, several per message).
+
+    Raises:
+      TypeError, ValueError: as ``json.dumps``.
+    """
+    if _orjson is not None and _plain(data, 0):
+        try:
+            return str(_orjson.dumps(data).decode())
+        except _orjson.JSONEncodeError:
+            pass  # a lone surrogate, say: the stdlib writes it escaped
+    return _COMPACT.encode(data)
 
 
 def get_encoder() -> Encoder:

@@ -100,6 +100,25 @@ def test_the_stdlib_alone_gives_the_same_bytes(monkeypatch):
     assert JSONEncoder().decode(fast) == json.loads(fast)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"status": "running", "attempt": 1, "worker_id": "host:12:ab"},
+        {"text": 'caf\u00e9 \u2603 \U0001f600\n\t\x01"/'},
+        {"lone": "\ud800"},
+        {"nan": math.nan, "inf": -math.inf},
+        {"big": 2**64, "float": 1e20, "tiny": 5e-324},
+        {1: "a", None: "b"},
+        [1, (2, 3), {"x": []}],
+    ],
+)
+def test_compact_json_is_the_stdlibs_unescaped_compact_text(value, monkeypatch):
+    stdlib = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert encoder_module.compact_json(value) == stdlib
+    monkeypatch.setattr(encoder_module, "_orjson", None)
+    assert encoder_module.compact_json(value) == stdlib
+
+
 def test_encoded_bodies_hold_no_more_memory_than_their_length():
     # orjson returns its write buffer (4 KiB) as the bytes object; queued bodies must not keep it.
     import tracemalloc
