@@ -307,6 +307,8 @@ class Publisher:
         self._channels: deque[Channel] = deque()
         self._loose: list[Write | HeldWrite] = []
         self._timers: list[tuple[float, int, Channel]] = []
+        #: deferred start writes (``defer``), by when they are due
+        self._deferred: list[tuple[float, int, HeldWrite]] = []
         self._sequence = itertools.count()
         self._submitted = 0
         self._written = 0
@@ -351,12 +353,24 @@ class Publisher:
             if not self._gathering:
                 self._cond.notify()
 
+    def defer(self, held: HeldWrite, due: float) -> None:
+        """Queue a worker's deferred start write (``Transport.defers_start``), made at ``due``
+        (``time.monotonic()``) unless the attempt's last write claims it first, or sooner when
+        someone ``flush()``-es."""
+        with self._cond:
+            heapq.heappush(self._deferred, (due, next(self._sequence), held))
+            self._submitted += 1
+            self._ensure_started()
+            if not self._gathering:
+                self._cond.notify()
+
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every write submitted so far was made (read-your-writes for callers)."""
+        """Wait until every write submitted so far was made (read-your-writes for callers:
+        deferred start writes go out at once)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            if self._written < target and self._gathering:
+            if self._written < target and (self._gathering or self._deferred):
                 self._urgent = True
                 self._cond.notify_all()
             while self._written < target:
@@ -384,13 +398,14 @@ class Publisher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._channels and not self._loose:
+                while not self._channels and not self._loose and not self._urgent:
                     timeout = IDLE_EXIT
-                    if self._timers:
-                        timeout = self._timers[0][0] - time.monotonic()
+                    if self._timers or self._deferred:
+                        timeout = min(q[0][0] for q in (self._timers, self._deferred) if q)
+                        timeout -= time.monotonic()
                         if timeout <= 0:
                             break
-                    if not self._cond.wait(timeout) and not self._timers:
+                    if not self._cond.wait(timeout) and not self._timers and not self._deferred:
                         if not self._channels and not self._loose:
                             self._thread = None
                             return
@@ -398,13 +413,16 @@ class Publisher:
                     self._gathering = True
                     self._cond.wait(TICK)  # notified only by flush()
                     self._gathering = False
-                self._urgent = False
+                urgent, self._urgent = self._urgent, False
                 now = time.monotonic()
                 channels = [(channel, False) for channel in self._channels]
                 self._channels.clear()
                 while self._timers and self._timers[0][0] <= now:
                     channels.append((heapq.heappop(self._timers)[2], True))
                 loose, self._loose = self._loose, []
+                # deferred starts first: a channel's output follows its start in the batch
+                while self._deferred and (urgent or self._deferred[0][0] <= now):
+                    loose.insert(0, heapq.heappop(self._deferred)[2])
                 target = self._submitted
             writes: list[Write] = []
             held: list[HeldWrite] = []

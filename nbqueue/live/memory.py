@@ -174,20 +174,11 @@ class MemoryTransport(Transport):
                 if w.handle is not None:
                     log.handle = weakref.ref(w.handle)
                 events = log.events
-                for kind, data in w.events:
-                    self._append(log, kind, data, millis)
-                    if retention is not None and kind == "output":
-                        text = data.get("text")
-                        if type(text) is str:
-                            log.text += len(text)
-                            retention.text_bytes += len(text)
                 record = log.record
-                if w.progress is not None:
-                    record["progress"] = w.progress
                 result = APPLIED
                 mode = w.mode
+                status = record.get("status")
                 if mode:
-                    status = record.get("status")
                     # decide(), inlined for a producer's first write and a worker's write
                     if mode == "worker" and status != "aborted":
                         if w.attempt < record.get("attempt", 0):
@@ -200,9 +191,22 @@ class MemoryTransport(Transport):
                             bool(record.get("abort")),
                             w.attempt,
                         )
-                    if result == APPLIED:
+                    if result == APPLIED:  # what came before the events
                         if status is None and w.backfill is not None:
                             self._append(log, "status", w.backfill, millis)
+                        if w.lead is not None:
+                            self._append(log, "status", w.lead, millis)
+                for kind, data in w.events:  # even when the status change is stale
+                    self._append(log, kind, data, millis)
+                    if retention is not None and kind == "output":
+                        text = data.get("text")
+                        if type(text) is str:
+                            log.text += len(text)
+                            retention.text_bytes += len(text)
+                if w.progress is not None:
+                    record["progress"] = w.progress
+                if mode:
+                    if result == APPLIED:
                         record.update(w.fields)
                         if w.once:
                             for key, value in w.once.items():

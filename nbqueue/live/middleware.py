@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..common import current_millis, q_name
@@ -14,10 +15,10 @@ from ..middleware.base import Middleware, SkipMessage
 from ..middleware.retries import Retries
 from . import capture
 from .backends import ResultsCache, resolve_transport
-from .channel import Channel, get_publisher
+from .channel import CLOSE_TIMEOUT, Channel, get_publisher
 from .memory import memory_transport_for
 from .running import DONE, RUNNING, Running, RunningTable, summary, worker_id
-from .transport import ABORTED, Transport, Write
+from .transport import ABORTED, START_HOLD, HeldWrite, Transport, Write
 
 if TYPE_CHECKING:
     from ..broker import Broker, MessageProxy
@@ -270,18 +271,40 @@ class Live(Middleware):
             # What an earlier attempt or the delay left (a first attempt has neither: leaving
             # the keys out keeps a memory record in the smaller of dict's table sizes).
             fields["finished_at"] = fields["eta"] = ""
+        event = {"status": "running", "attempt": attempt, "worker_id": wid}
+        once = {"enqueued_at": message.message_timestamp}
         try:
-            applied = transport.write_status(
-                message.message_id,
-                ttl,
-                "start",
-                fields,
-                {"status": "running", "attempt": attempt, "worker_id": wid},
-                attempt=attempt,
-                once={"enqueued_at": message.message_timestamp},
-                backfill={"status": "enqueued"},
-                millis=now,
-            )
+            if transport.defers_start:
+                # A take (abort check and mark) now; "running" goes with the attempt's last
+                # write when the job is short, else on its own after START_HOLD.
+                applied = transport.take(message.message_id, attempt, ttl)
+                running.took = True
+                if applied != ABORTED:
+                    held = running.held_start = HeldWrite(
+                        Write(
+                            message.message_id,
+                            ttl,
+                            mode="worker",
+                            attempt=attempt,
+                            fields=fields,
+                            once=once,
+                            status_event=event,
+                            backfill={"status": "enqueued"},
+                        )
+                    )
+                    get_publisher(transport).defer(held, time.monotonic() + START_HOLD)
+            else:
+                applied = transport.write_status(
+                    message.message_id,
+                    ttl,
+                    "start",
+                    fields,
+                    event,
+                    attempt=attempt,
+                    once=once,
+                    backfill={"status": "enqueued"},
+                    millis=now,
+                )
         except Exception:
             logger.warning("The live channel could not write to %r.", transport, exc_info=True)
             applied = 0
@@ -299,9 +322,24 @@ class Live(Middleware):
         set_channel(running)
 
     def _open_channel(self, running: Running) -> Channel:
-        """Make the channel that buffers a running message's output for the publisher."""
+        """Make the channel that buffers a running message's output for the publisher, on the
+        actor's first output or progress report: a deferred start goes out first."""
         transport = self._transport
         assert transport is not None  # chosen before the message started
+        held = running.held_start
+        if held is not None and held.claim():
+            # Written now, by this thread: the output follows it through the publisher, and
+            # the attempt's last write (the result store's, maybe) cannot overtake it.
+            running.held_start = None
+            get_publisher(transport).write_now([held.write])
+            held.done.set()
+        # (claimed by the publisher: it is being written, before the channel's first batch;
+        # the last write waits for it)
+        return self._channel(running)
+
+    def _channel(self, running: Running) -> Channel:
+        transport = self._transport
+        assert transport is not None
         return Channel(
             get_publisher(transport),
             running.message_id,
@@ -448,12 +486,30 @@ class Live(Middleware):
             ttl += delay
         transport = self._transport or self.transport(broker)
         channel = None
+        once: dict[str, Any] = {}
+        lead = None
         if running is not None:
             channel = running.seal()
+            if running.took:
+                fields["taken"] = ""  # abort() no longer asks this attempt's worker
+                held, running.held_start = running.held_start, None
+                if held is not None:
+                    if held.claim():  # nobody wrote "running": it goes with this write
+                        start = held.write
+                        fields = {**start.fields, **fields}
+                        once, lead = start.once, start.status_event
+                        held.done.set()
+                    elif not held.done.wait(CLOSE_TIMEOUT):  # written now: this write follows
+                        logger.warning(
+                            "The running status of message %s was not written within %.0f s; "
+                            "its end may be written first.",
+                            message.message_id,
+                            CLOSE_TIMEOUT,
+                        )
             if channel is None and transport.buffered:
                 # held for the result store, to become visible with the result
-                channel = self._open_channel(running)
-        if channel is None or (not transport.buffered and channel.close_empty()):
+                channel = self._channel(running)
+        if lead is None and (channel is None or (not transport.buffered and channel.close_empty())):
             # nothing buffered (most actors print nothing): the status alone, inline
             try:
                 transport.write_status(
@@ -475,9 +531,12 @@ class Live(Middleware):
             mode="worker",
             attempt=attempt,
             fields=fields,
+            once=once,
             status_event=event,
             backfill={"status": "enqueued"},
+            lead=lead,
         )
+        assert channel is not None  # a deferred start is only on a buffered store's message
         channel.close(write, with_result=with_result)
 
 

@@ -19,6 +19,7 @@ from ..threading import raise_thread_exception
 
 if TYPE_CHECKING:
     from .channel import Channel
+    from .transport import HeldWrite
 
 __all__ = ["DONE", "RUNNING", "STARTING", "Running", "RunningTable", "summary", "worker_id"]
 
@@ -89,6 +90,8 @@ class Running:
         "status_written",
         "capture",
         "opener",
+        "took",
+        "held_start",
     )
 
     def __init__(
@@ -115,6 +118,10 @@ class Running:
         #: makes the message's channel on the actor's first output or progress report; most
         #: actors make none, and their last status goes out alone (``seal``)
         self.opener: Callable[[Running], Channel] | None = None
+        #: the store took the message (``Transport.take``): the attempt's last write clears the
+        #: mark, and carries the deferred start while nobody has written it
+        self.took = False
+        self.held_start: HeldWrite | None = None
 
     # The running message is its actor's current channel (``nbqueue.context``): the Channel
     # that buffers output for the publisher is made only when the actor writes.

@@ -12,6 +12,13 @@ Status changes are guarded, because writers in different processes race:
   ``delayed`` or ``retrying`` (a delayed message coming due), never over a worker's write;
 * a worker's write applies unless the record is at a later attempt; a ``start`` write also
   fails (returning ``ABORTED``) when an abort was requested, atomically with the check.
+
+A network store may defer a worker's ``start`` write (``Transport.defers_start``): the worker
+then only *takes* the message (``Transport.take``: one small script that checks the abort flag
+and marks the record taken, so that ``abort()`` from then on asks the worker instead of marking
+the message aborted), and the ``running`` status goes out with the attempt's last write when the
+job ends within ``START_HOLD`` (the record and the events then show ``running`` and the end
+together, in order), or on its own once that time has passed or the job first writes output.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "APPLIED",
     "REJECTED",
     "REQUESTED",
+    "START_HOLD",
     "TOO_LATE",
     "Recorder",
     "WAIT_BLOCK",
@@ -53,6 +61,11 @@ APPLIED, REJECTED, ABORTED = 1, 0, -1
 TOO_LATE, ABORTED_NOW, REQUESTED = 0, 1, 2
 
 
+#: How long a store that defers a worker's start (``Transport.defers_start``) keeps the
+#: ``running`` write back, in seconds: a job that ends sooner writes it with its end, in one
+#: write; a longer one shows ``running`` this long after it started.
+START_HOLD = 0.05
+
 #: The longest one ``Watch.wait`` blocks, in seconds: callers loop, so that deadlines and
 #: Ctrl-C are honoured; a store may cap it lower (a socket timeout).
 WAIT_BLOCK = 1.0
@@ -62,8 +75,9 @@ WAIT_BLOCK = 1.0
 class Write:
     """One message's share of a batch of writes.
 
-    The events are appended in order, then the status change (if ``mode`` is set) is applied
-    and, when it applies, its status event is appended last.
+    The status change (if ``mode`` is set) is decided first; when it applies, the backfill and
+    the deferred start (``lead``) are appended, then (whether it applies or not) the events in
+    order, then the change is made and its status event appended last.
 
     Attributes:
       message_id: the message.
@@ -80,6 +94,9 @@ class Write:
         ``enqueued`` write landed records ``enqueued`` itself, so every log starts alike.
       handle: the ``Message`` that ``send()`` returned, on a producer's write to a store that
         bounds what it keeps (memory): it keeps the message's records while it lives (weakly).
+      lead: the status event of a deferred start (``Transport.defers_start``) that goes out with
+        this write, the attempt's last: appended after ``backfill`` and before the events when
+        the change applies.
       history: ``(message, notebook, kernel)``, the ``Message`` sent and where from
         (``nbqueue.history.origin()``), on a producer's first write to a store that keeps a
         job history (``Transport.keeps_history``): the history stores its JSON, to send it
@@ -96,6 +113,7 @@ class Write:
     once: dict[str, Any] = dataclasses.field(default_factory=dict)
     status_event: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
+    lead: dict[str, Any] | None = None
     handle: Any = None
     history: Any = None
 
@@ -230,10 +248,14 @@ class Transport(abc.ABC):
     Attributes:
       buffered: whether producers should batch their writes through a publisher thread (a
         network store) rather than write inline (memory).
+      defers_start: whether a worker takes a message with ``take()`` and defers its ``start``
+        write (see the module docstring): a store where the write costs a round trip and far
+        more work on the server than the take.
       max_events: how many events each message keeps; older ones are dropped.
     """
 
     buffered = False
+    defers_start = False
 
     def __init__(self, *, max_events: int) -> None:
         self.max_events = max_events
@@ -343,6 +365,16 @@ class Transport(abc.ABC):
         )
         results = self.write([write])
         return results[0] if results else APPLIED
+
+    def take(self, message_id: str, attempt: int, ttl: int) -> int:
+        """Take a message a worker is about to run, for a store that ``defers_start``: refuse
+        it when an abort was requested, else mark its record taken by ``attempt`` (``abort()``
+        then asks the worker, as for a running message), atomically with the check.
+
+        Returns:
+          ``APPLIED``, or ``ABORTED`` when an abort was requested.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not defer starts.")
 
     def hold(self, write: Write) -> bool:
         """Hold ``write`` (a message's last of an attempt) to go out with the message's result.

@@ -277,3 +277,42 @@ def test_the_agent_example_streams_reports_progress_and_is_aborted_halfway(
     with pytest.raises(ResultFailure, match="Abort"):
         message.get_result(block=True, timeout=5000)
     assert record(message).attempt == 1
+
+
+@pytest.mark.parametrize("initial_first", [True, False], ids=["enqueued-first", "enqueued-late"])
+def test_a_deferred_start_goes_in_order_with_the_last_write(live_broker, initial_first):
+    """A write's ``lead`` (a deferred start's status event) lands after the backfill and before
+    the write's events, on either store: the log reads enqueued, running, the output, the end,
+    whether or not the producer's first write landed before it."""
+    from nbqueue.live import transport_for
+    from nbqueue.live.transport import Write
+
+    transport = transport_for(live_broker)
+    message_id = f"deferred-{initial_first}"
+    initial = Write(
+        message_id,
+        60000,
+        mode="initial",
+        fields={"status": "enqueued", "actor_name": "a", "queue_name": "q"},
+        status_event={"status": "enqueued"},
+    )
+    last = Write(
+        message_id,
+        60000,
+        [("output", {"text": "hi", "stream": "stdout"})],
+        mode="worker",
+        attempt=1,
+        fields={"status": "succeeded", "attempt": 1, "worker_id": "w", "started_at": 5},
+        once={"enqueued_at": 4},
+        status_event={"status": "succeeded", "attempt": 1},
+        backfill={"status": "enqueued"},
+        lead={"status": "running", "attempt": 1, "worker_id": "w"},
+    )
+    writes = [initial, last] if initial_first else [last, initial]
+    transport.write(writes)
+    events = transport.read(message_id, 0, block=None)
+    order = [str(e.status) if e.kind == "status" else e.kind for e in events]
+    assert order == ["enqueued", "running", "output", "succeeded"]
+    found = transport.status(message_id)
+    assert found is not None and found.status is MessageStatus.succeeded
+    assert found.enqueued_at == 4 and found.worker_id == "w" and found.offset == 4

@@ -320,3 +320,164 @@ def test_a_burst_of_sends_is_written_in_pipelines_of_bounded_size(
     assert [m.get_result(block=True, timeout=10000) for m in messages] == list(range(0, 46, 2))
     get_publisher(transport).flush()
     assert {r and r.status for r in transport.statuses(ids)} == {MessageStatus.succeeded}
+
+
+def _writes_of(transport: RedisTransport, monkeypatch: Any) -> list[tuple[str, str, Any, Any]]:
+    """Record every live write the transport makes (to the store or in a result's script), as
+    (message id, mode, deferred start's status, status event's status)."""
+    seen: list[tuple[str, str, Any, Any]] = []
+    write_args = transport.write_args
+
+    def recorded(w: Any) -> list[Any]:
+        status = (w.status_event or {}).get("status")
+        seen.append((w.message_id, w.mode, (w.lead or {}).get("status"), status))
+        return write_args(w)
+
+    monkeypatch.setattr(transport, "write_args", recorded)
+    return seen
+
+
+def test_a_job_that_ends_within_the_hold_writes_running_with_its_end(
+    live_broker, worker_factory, monkeypatch
+):
+    # The hold made endless: the job's end is sure to come first, however loaded the machine.
+    monkeypatch.setattr("nbqueue.live.middleware.START_HOLD", 3600.0)
+
+    @nbqueue.actor(store_results=True)
+    def double(i):
+        return 2 * i
+
+    transport = transport_for(live_broker)
+    assert isinstance(transport, RedisTransport) and transport.defers_start
+    writes = _writes_of(transport, monkeypatch)
+    worker_factory(live_broker)
+    message = double.send(21)
+    assert message.get_result(block=True, timeout=30000) == 42
+
+    mine = [w[1:] for w in writes if w[0] == message.message_id]
+    # the producer's, then one write with the start and the end (the result's script)
+    assert mine == [("initial", None, "enqueued"), ("worker", "running", "succeeded")]
+    events = follow(message)
+    assert statuses(events) == ["enqueued", "running", "succeeded"]
+    found = record(message)
+    assert found.attempt == 1 and found.worker_id and found.started_at and found.finished_at
+    fields = live_broker.client.hgetall(transport.keys(message.message_id)[0])
+    assert fields[b"taken"] == b""  # an abort() now finds it finished, not taken
+
+
+def test_a_job_that_outlives_the_hold_shows_running_while_it_runs(
+    live_broker, worker_factory, monkeypatch
+):
+    monkeypatch.setattr("nbqueue.live.middleware.START_HOLD", 0.0)
+    release = threading.Event()
+
+    @nbqueue.actor
+    def wait():
+        assert release.wait(30)
+
+    transport = transport_for(live_broker)
+    assert isinstance(transport, RedisTransport)
+    writes = _writes_of(transport, monkeypatch)
+    worker_factory(live_broker)
+    message = wait.send()
+    # followed without this process's flush(): the publisher wrote "running" on its own
+    reader = RedisTransport(transport.connection, transport.namespace)
+    offset, seen = 0, []
+    while "running" not in seen:
+        events = reader.read(message.message_id, offset, block=10.0)
+        assert events, f"no running status while the job runs: {seen}"
+        offset = events[-1].offset
+        seen += [str(e.status) for e in events if e.kind == "status"]
+    release.set()
+    assert statuses(follow(message)) == ["enqueued", "running", "succeeded"]
+    mine = [w[1:] for w in writes if w[0] == message.message_id and w[1] == "worker"]
+    assert mine == [("worker", None, "running"), ("worker", None, "succeeded")]
+
+
+def test_a_reader_in_the_workers_process_sees_a_held_start(
+    live_broker, worker_factory, monkeypatch
+):
+    monkeypatch.setattr("nbqueue.live.middleware.START_HOLD", 3600.0)
+    started, release = threading.Event(), threading.Event()
+
+    @nbqueue.actor
+    def wait():
+        started.set()
+        assert release.wait(30)
+
+    worker_factory(live_broker)
+    message = wait.send()
+    assert started.wait(30)
+    try:
+        assert record(message).status is MessageStatus.running  # status() flushes the publisher
+    finally:
+        release.set()
+    assert statuses(follow(message)) == ["enqueued", "running", "succeeded"]
+
+
+def test_output_follows_a_held_start(live_broker, worker_factory, monkeypatch):
+    monkeypatch.setattr("nbqueue.live.middleware.START_HOLD", 3600.0)
+    release = threading.Event()
+
+    @nbqueue.actor
+    def talk():
+        print("first line")
+        assert release.wait(30)
+        print("second line")
+
+    worker_factory(live_broker)
+    message = talk.send()
+    reader = RedisTransport(live_broker.connection, live_broker.namespace)
+    offset, events = 0, []
+    while not any(e.kind == "output" for e in events):
+        more = reader.read(message.message_id, offset, block=10.0)
+        assert more, f"no output while the job runs: {events}"
+        offset, events = more[-1].offset, events + more
+    release.set()
+    kinds = [e.kind if e.kind != "status" else str(e.status) for e in follow(message)]
+    assert kinds == ["enqueued", "running", "output", "output", "succeeded"]
+
+
+def test_a_taken_message_is_aborted_through_its_worker(
+    live_broker, worker_factory, monkeypatch, redis_url
+):
+    """Between a worker's take and its (held) running write, the record still says enqueued:
+    abort() must ask the worker, not mark the message aborted while it runs. The reader has a
+    transport of its own, so no flush of this process's publisher writes the start first; the
+    flag check is off, so the abort arrives through its notification."""
+    from nbqueue._redis.client import RedisConnection
+    from nbqueue.live.channel import get_publisher
+    from nbqueue.live.transport import REQUESTED
+
+    monkeypatch.setattr("nbqueue.live.middleware.START_HOLD", 3600.0)
+    monkeypatch.setattr(RedisTransport, "abort_flags", lambda self, ids: [])
+    runs: list[str] = []
+    started = threading.Event()
+
+    @nbqueue.actor(max_retries=3, min_backoff=10)
+    def spin():
+        runs.append("started")
+        started.set()
+        try:
+            while True:
+                time.sleep(0.01)
+        finally:
+            runs.append("cleaned up")
+
+    message = spin.send()
+    get_publisher(transport_for(live_broker)).flush()  # "enqueued" is written before the take
+    worker_factory(live_broker)
+    assert started.wait(30)
+    reader = RedisTransport(RedisConnection(redis_url), live_broker.namespace)
+    try:
+        found = reader.status(message.message_id)
+        assert found is not None and found.status is MessageStatus.enqueued
+        now = int(time.time() * 1000)
+        assert reader.abort(message.message_id, ttl=60000, now=now) == REQUESTED
+    finally:
+        reader.connection.close()
+    events = follow(message, timeout=30000)
+    assert statuses(events) == ["enqueued", "running", "aborted"]
+    assert runs == ["started", "cleaned up"]
+    live_broker.join(spin.queue_name, fail_fast=False)
+    assert [d.reason for d in live_broker.get_dead_letters(spin.queue_name)] == ["aborted"]

@@ -81,38 +81,44 @@ local function history_note(record, message_id, hk, hist, now, status)
 end
 
 -- Apply one write of the live channel to a message's status record (hash) and events stream:
--- append its events, then update the record unless the write is stale. From argv[first], the
--- write (plain arguments: decoding a JSON header cost more than the rest of a short write):
+-- append its events, then update the record unless the write is stale (a change that applies
+-- puts its backfill and deferred start before the events, its status event after them). From
+-- argv[first], the write (plain arguments: decoding a JSON header cost more than the rest of a
+-- short write):
 --   +0 ttl (ms), +1 events kept, +2 now (ms), +3 mode ('', 'initial', 'start', ...),
 --   +4 attempt, +5 its status event (JSON) or '', +6 progress (JSON) or '', +7 the status
---   event to backfill when the record has none, or '', +8 the history id ('': the store keeps
---   no history), +9 the history's max jobs, +10 its max age (ms), +11 the history entry or '',
---   +12 n, then n field and value pairs (HSET), then m, then m pairs (HSETNX), then event kind
---   and data pairs.
+--   event to backfill when the record has none, or '', +8 the status event of a deferred
+--   start that goes out with this write, or '', +9 the history id ('': the store keeps no
+--   history), +10 the history's max jobs, +11 its max age (ms), +12 the history entry or '',
+--   +13 n, then n field and value pairs (set), then m, then m pairs (set unless the record
+--   has them), then event kind and data pairs.
 -- hk: the history's keys (see history_note), or nil. Returns 1 when written, 0 when the record
 -- already moved past this write, -1 when a start finds an abort requested.
 local function live_write(record, stream, argv, first, hk)
     local ttl, maxlen, now, mode = argv[first], argv[first + 1], argv[first + 2], argv[first + 3]
-    local fields_at = first + 13
-    local fields_end = fields_at + 2 * tonumber(argv[first + 12]) - 1
+    local fields_at = first + 14
+    local fields_end = fields_at + 2 * tonumber(argv[first + 13]) - 1
     local once_at = fields_end + 2
     local events_at = once_at + 2 * tonumber(argv[once_at - 1])
 
+    -- One HMGET reads what the write depends on (status, attempt, abort flag, the event
+    -- counter and the once-only fields), one HSET writes what it changes: a call per field
+    -- and per event counted cost the server more than the fields themselves.
+    local names = {'status', 'attempt', 'abort', 'seq'}
+    for i = once_at, events_at - 1, 2 do names[#names + 1] = argv[i] end
+    local cur = redis.call('HMGET', record, unpack(names))
+    local seq = tonumber(cur[4]) or 0
+    local first_seq = seq
+    local set = {}
+
     local function add(kind, data)
-      local seq = redis.call('HINCRBY', record, 'seq', 1)
+      seq = seq + 1
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'k', kind, 'd', data, 't', now)
     end
 
-    for i = events_at, #argv, 2 do
-      add(argv[i], argv[i + 1])
-    end
-    if argv[first + 6] ~= '' then
-      redis.call('HSET', record, 'progress', argv[first + 6])
-    end
     local result = 1
     local status = nil
     if mode ~= '' then
-      local cur = redis.call('HMGET', record, 'status', 'attempt', 'abort')
       status = cur[1] or nil  -- (HMGET gives false for a missing field)
       if mode == 'start' and cur[3] then
         result = -1
@@ -124,28 +130,51 @@ local function live_write(record, stream, argv, first, hk)
         result = 0
       end
       if result == 1 then
+        -- what came before this write's events: the backfill, then a deferred start
         if not status and argv[first + 7] ~= '' then add('status', argv[first + 7]) end
-        if fields_end > fields_at then
-          redis.call('HSET', record, unpack(argv, fields_at, fields_end))
-          for i = fields_at, fields_end, 2 do
-            if argv[i] == 'status' then status = argv[i + 1] end
-          end
+        if argv[first + 8] ~= '' then add('status', argv[first + 8]) end
+      end
+    end
+    -- the events go in even when the status change is stale
+    for i = events_at, #argv, 2 do
+      add(argv[i], argv[i + 1])
+    end
+    if argv[first + 6] ~= '' then
+      set[#set + 1] = 'progress'
+      set[#set + 1] = argv[first + 6]
+    end
+    if mode ~= '' then
+      if result == 1 then
+        for i = fields_at, fields_end, 2 do
+          set[#set + 1] = argv[i]
+          set[#set + 1] = argv[i + 1]
+          if argv[i] == 'status' then status = argv[i + 1] end
         end
+        local j = 5
         for i = once_at, events_at - 1, 2 do
-          redis.call('HSETNX', record, argv[i], argv[i + 1])
+          if not cur[j] then
+            set[#set + 1] = argv[i]
+            set[#set + 1] = argv[i + 1]
+          end
+          j = j + 1
         end
         if argv[first + 5] ~= '' then add('status', argv[first + 5]) end
       end
     end
+    if seq ~= first_seq then
+      set[#set + 1] = 'seq'
+      set[#set + 1] = tostring(seq)
+    end
+    if #set > 0 then redis.call('HSET', record, unpack(set)) end
     redis.call('PEXPIRE', record, ttl)
     redis.call('PEXPIRE', stream, ttl)
     -- A new entry goes in even when its write is stale: a worker may have started the
     -- message before the producer's (batched) first write landed.
-    local entry = argv[first + 11]
-    if hk and argv[first + 8] ~= '' and (entry ~= '' or (result == 1 and mode ~= '')) then
-      local limits = {max = tonumber(argv[first + 9]), age = tonumber(argv[first + 10])}
+    local entry = argv[first + 12]
+    if hk and argv[first + 9] ~= '' and (entry ~= '' or (result == 1 and mode ~= '')) then
+      local limits = {max = tonumber(argv[first + 10]), age = tonumber(argv[first + 11])}
       limits.entry = entry
-      history_note(record, argv[first + 8], hk, limits, now, status)
+      history_note(record, argv[first + 9], hk, limits, now, status)
     end
     return result
 end
