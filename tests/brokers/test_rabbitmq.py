@@ -22,6 +22,7 @@ from nbqueue.errors import (
     PublishNacked,
     PublishUnroutable,
 )
+from tests._ports import free_port
 from tests.brokers import _rabbitmq
 from tests.brokers.recording import Enqueued
 
@@ -226,7 +227,7 @@ def test_a_stopped_server_gives_a_clear_error_once_the_connection_attempts_are_s
     # handshake timeouts, inside confirm_timeout (5 s) for the call. Here the call's deadline
     # is far away, so the error can only come from the attempts giving up, however slow the
     # machine; a connection that retried forever would be stopped by pytest-timeout.
-    port = _rabbitmq.free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     default = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
     [params] = default._params
     assert (params.connection_attempts, params.retry_delay) == (3, 0.5)
@@ -265,7 +266,7 @@ def test_a_hung_server_fails_a_call_at_the_configured_deadline(namespace):
 
 def test_passwords_stay_out_of_reprs_logs_and_errors(namespace, rabbitmq_url, caplog):
     canary = "nbq-CANARY-s3cr3t"
-    port = _rabbitmq.free_port()
+    port = free_port()
     urls = f"amqp://guest:{canary}@127.0.0.1:{port}/%2F;amqp://bob:{canary}@127.0.0.1:{port}/%2F"
     caplog.set_level(logging.DEBUG)
     broker = RabbitmqBroker(url=urls)
@@ -288,7 +289,7 @@ def test_passwords_stay_out_of_reprs_logs_and_errors(namespace, rabbitmq_url, ca
 
 
 def test_a_url_list_fails_over_to_the_next_server(rabbitmq_url, namespace):
-    port = _rabbitmq.free_port()
+    port = free_port()
     broker = RabbitmqBroker(url=[f"amqp://guest:guest@127.0.0.1:{port}/%2F", rabbitmq_url])
     try:
         broker.declare_queue(namespace)
@@ -544,7 +545,7 @@ def test_connection_and_channel_are_each_threads_own_and_declare_queues_of_ones_
 
 def test_an_unreachable_server_fails_broker_connection_without_the_password(namespace):
     canary = "nbq-CANARY-s3cr3t"
-    port = _rabbitmq.free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     broker = RabbitmqBroker(url=f"amqp://guest:{canary}@127.0.0.1:{port}/%2F")
     try:
         with pytest.raises(ConnectionFailed, match=r"Could not connect to RabbitMQ") as info:
