@@ -133,10 +133,11 @@ def abort(message: Message[Any] | str, *, broker: Broker | None = None) -> bool:
 
     A queued or delayed message is marked ``aborted`` at once and skipped when a worker reaches
     it (on Redis, one a worker has already taken to run counts as running, though its status
-    may still say ``enqueued`` for up to 50 ms). A running async actor has its task cancelled; a running sync actor gets ``Abort`` raised
-    in its thread (code blocked in a long C call sees it when the call returns). A worker in
-    any process that shares the live channel acts within about a second. The message is not
-    retried. Returns at once; follow ``events()`` to see it end.
+    may still say ``enqueued`` for up to 50 ms). A running async actor has its task
+    cancelled; a running sync actor gets ``Abort`` raised in its thread (code blocked in a long
+    C call sees it when the call returns). A worker in any process that shares the live
+    channel acts within about a second. The message is not retried. Returns at once; follow
+    ``events()`` to see it end.
 
     Parameters:
       message: the message, or its id.
