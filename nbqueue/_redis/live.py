@@ -573,8 +573,8 @@ def claim_held(connection: RedisConnection, message_id: str) -> list[tuple[Redis
             continue
         if held.claim():
             claimed.append((transport, held.write))
-            held.done.set()  # nobody else waits on it: the publisher skips a claimed write
-        elif not held.done.wait(CLOSE_TIMEOUT):
+            held.finish()  # nobody else waits on it: the publisher skips a claimed write
+        elif not held.wait(CLOSE_TIMEOUT):
             logger.warning(
                 "The live status of message %s was not written within %.0f s; its result may be "
                 "visible before it.",

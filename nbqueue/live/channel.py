@@ -358,10 +358,13 @@ class Publisher:
         (``time.monotonic()``) unless the attempt's last write claims it first, or sooner when
         someone ``flush()``-es."""
         with self._cond:
+            earliest = self._deferred[0][0] if self._deferred else None
             heapq.heappush(self._deferred, (due, next(self._sequence), held))
             self._submitted += 1
             self._ensure_started()
-            if not self._gathering:
+            # The thread already wakes by the earliest due time: a message per wake-up would
+            # cost the worker threads the GIL for nothing (most of these are claimed back).
+            if (earliest is None or due < earliest) and not self._gathering:
                 self._cond.notify()
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -419,10 +422,11 @@ class Publisher:
                 self._channels.clear()
                 while self._timers and self._timers[0][0] <= now:
                     channels.append((heapq.heappop(self._timers)[2], True))
-                loose, self._loose = self._loose, []
                 # deferred starts first: a channel's output follows its start in the batch
+                starts: list[Write | HeldWrite] = []
                 while self._deferred and (urgent or self._deferred[0][0] <= now):
-                    loose.insert(0, heapq.heappop(self._deferred)[2])
+                    starts.append(heapq.heappop(self._deferred)[2])
+                loose, self._loose = starts + self._loose, []
                 target = self._submitted
             writes: list[Write] = []
             held: list[HeldWrite] = []
@@ -451,7 +455,7 @@ class Publisher:
             for channel in drained:
                 channel.after_write()
             for item in held:
-                item.done.set()
+                item.finish()
                 self.transport.release(item)
             with self._cond:
                 self._written = max(self._written, target)

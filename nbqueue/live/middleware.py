@@ -263,14 +263,14 @@ class Live(Middleware):
             "attempt": attempt,
             "worker_id": wid,
             "started_at": now,
-            "progress": "",
             "actor_name": message.actor_name,
             "queue_name": q_name(message.queue_name),
         }
         if attempt > 1 or "eta" in message.options:
             # What an earlier attempt or the delay left (a first attempt has neither: leaving
-            # the keys out keeps a memory record in the smaller of dict's table sizes).
-            fields["finished_at"] = fields["eta"] = ""
+            # the keys out keeps a memory record in the smaller of dict's table sizes, and a
+            # Redis write shorter).
+            fields["finished_at"] = fields["eta"] = fields["progress"] = ""
         event = {"status": "running", "attempt": attempt, "worker_id": wid}
         once = {"enqueued_at": message.message_timestamp}
         try:
@@ -332,7 +332,7 @@ class Live(Middleware):
             # the attempt's last write (the result store's, maybe) cannot overtake it.
             running.held_start = None
             get_publisher(transport).write_now([held.write])
-            held.done.set()
+            held.finish()
         # (claimed by the publisher: it is being written, before the channel's first batch;
         # the last write waits for it)
         return self._channel(running)
@@ -498,8 +498,8 @@ class Live(Middleware):
                         start = held.write
                         fields = {**start.fields, **fields}
                         once, lead = start.once, start.status_event
-                        held.done.set()
-                    elif not held.done.wait(CLOSE_TIMEOUT):  # written now: this write follows
+                        held.finish()
+                    elif not held.wait(CLOSE_TIMEOUT):  # written now: this write follows
                         logger.warning(
                             "The running status of message %s was not written within %.0f s; "
                             "its end may be written first.",

@@ -139,16 +139,20 @@ class HeldWrite:
 
     Whoever claims it first writes it: the result store, in the round trip that stores the
     result, or the publisher, within a tick, when no result is stored. A result store that finds
-    it claimed by the publisher waits for ``done`` before it stores the result, so the result is
-    never visible before the status and output written before it.
+    it claimed by the publisher waits (``wait``) until it was written (``finish``) before it
+    stores the result, so the result is never visible before the status and output written
+    before it. (A worker's deferred start is held the same way.)
     """
 
-    __slots__ = ("write", "done", "_claimed", "_lock")
+    __slots__ = ("write", "_claimed", "_finished", "_event", "_lock")
 
     def __init__(self, write: Write) -> None:
         self.write = write
-        self.done = threading.Event()
         self._claimed = False
+        self._finished = False
+        # made only for a waiter: most held writes are claimed and finished with nobody waiting,
+        # and an Event (a Condition and its lock) per message cost more than the rest
+        self._event: threading.Event | None = None
         self._lock = threading.Lock()
 
     def claim(self) -> bool:
@@ -158,6 +162,24 @@ class HeldWrite:
                 return False
             self._claimed = True
             return True
+
+    def finish(self) -> None:
+        """Say that whoever claimed the write has made it (or given up on it)."""
+        with self._lock:
+            self._finished = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``finish``; return whether it came."""
+        with self._lock:
+            if self._finished:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
 
 def decide(mode: str, status: str | None, attempt: int, abort: bool, new_attempt: int) -> int:
@@ -385,7 +407,7 @@ class Transport(abc.ABC):
         return False
 
     def release(self, held: HeldWrite) -> None:  # noqa: B027 - optional
-        """Forget ``held``: the publisher wrote it (called after ``held.done`` is set)."""
+        """Forget ``held``: the publisher wrote it (called after ``held.finish()``)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the transport's threads and connections."""
