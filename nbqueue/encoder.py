@@ -107,19 +107,24 @@ global_encoder: Encoder = JSONEncoder()
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def compact_json(data: Any) -> str:
+def compact_json(data: Any, *, checked: bool = False) -> str:
     """Return ``data`` as compact JSON text, not ASCII-escaped: what ``json.dumps(data,
     separators=(",", ":"), ensure_ascii=False)`` returns, written by orjson where it writes the
     same (the live channel's fields and events, several per message).
 
+    Parameters:
+      checked: the caller knows ``data`` holds only JSON's own types with finite floats (a
+        message the encoder took, an event nbqueue built), where orjson's text, if not always
+        the same bytes, reads back as the same values: the check is skipped.
+
     Raises:
       TypeError, ValueError: as ``json.dumps``.
     """
-    if _orjson is not None and _plain(data, 0):
+    if _orjson is not None and (checked or _plain(data, 0)):
         try:
             return str(_orjson.dumps(data).decode())
-        except _orjson.JSONEncodeError:
-            pass  # a lone surrogate, say: the stdlib writes it escaped
+        except (_orjson.JSONEncodeError, TypeError):
+            pass  # a lone surrogate or a 65-bit integer, say: the stdlib writes it
     return _COMPACT.encode(data)
 
 

@@ -119,6 +119,20 @@ def test_compact_json_is_the_stdlibs_unescaped_compact_text(value, monkeypatch):
     assert encoder_module.compact_json(value) == stdlib
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"message": {"args": [1, "two", None, [2.5]], "kwargs": {"k": "caf\u00e9"}}},
+        {"big": 2**70},  # orjson refuses it: the stdlib writes it
+        {1: "a"},  # likewise
+        {"lone": "\ud800"},
+    ],
+)
+def test_checked_compact_json_reads_back_as_the_stdlibs(value):
+    stdlib = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert json.loads(encoder_module.compact_json(value, checked=True)) == json.loads(stdlib)
+
+
 def test_encoded_bodies_hold_no_more_memory_than_their_length():
     # orjson returns its write buffer (4 KiB) as the bytes object; queued bodies must not keep it.
     import tracemalloc

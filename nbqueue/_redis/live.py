@@ -70,7 +70,13 @@ def history_entry(sent: tuple[Any, str | None, str | None]) -> str:
     """The history's entry of a message (``Write.history``): its JSON and where it came
     from."""
     message, notebook, kernel = sent
-    return _dumps({"message": message.asdict(), "notebook": notebook, "kernel": kernel})
+    entry = {"message": message.asdict(), "notebook": notebook, "kernel": kernel}
+    return compact_json(entry, checked=True)  # the message's encoder took its data
+
+
+def _event_json(data: dict[str, Any]) -> str:
+    """A status event nbqueue built (strings, integers, None)."""
+    return compact_json(data, checked=True)
 
 
 _dumps = compact_json
@@ -151,10 +157,10 @@ class RedisTransport(Transport):
             str(int(time.time() * 1000)),
             w.mode,
             str(w.attempt),
-            "" if w.status_event is None else _dumps(w.status_event),
+            "" if w.status_event is None else _event_json(w.status_event),
             "" if w.progress is None else _dumps(w.progress),
-            "" if w.backfill is None else _dumps(w.backfill),
-            "" if w.lead is None else _dumps(w.lead),
+            "" if w.backfill is None else _event_json(w.backfill),
+            "" if w.lead is None else _event_json(w.lead),
         ]
         if limits is not None:
             entry = "" if w.history is None else history_entry(w.history)
