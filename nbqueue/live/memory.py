@@ -205,24 +205,23 @@ class MemoryTransport(Transport):
                             retention.text_bytes += len(text)
                 if w.progress is not None:
                     record["progress"] = w.progress
-                if mode:
-                    if result == APPLIED:
-                        record.update(w.fields)
-                        if w.once:
-                            for key, value in w.once.items():
-                                record.setdefault(key, value)
-                        if w.status_event is not None:
-                            seq = log.seq = log.seq + 1
-                            events.append((seq, "status", w.status_event, millis))
-                            if len(events) > max_events:
-                                del events[0]
-                        if self._watches:
-                            self._changed(message_id)
-                        if recorder is not None:
-                            sent = w.history[0] if w.history is not None else None
-                            if sent is None and mode == "initial":
-                                sent = w.handle  # (write_status's Write: the Message sent)
-                            notes.append(self._note(message_id, log, sent))
+                if mode and result == APPLIED:
+                    record.update(w.fields)
+                    if w.once:
+                        for key, value in w.once.items():
+                            record.setdefault(key, value)
+                    if w.status_event is not None:
+                        seq = log.seq = log.seq + 1
+                        events.append((seq, "status", w.status_event, millis))
+                        if len(events) > max_events:
+                            del events[0]
+                    if self._watches:
+                        self._changed(message_id)
+                    if recorder is not None:
+                        sent = w.history[0] if w.history is not None else None
+                        if sent is None and mode == "initial":
+                            sent = w.handle  # (write_status's Write: the Message sent)
+                        notes.append(self._note(message_id, log, sent))
                 log.expires = now + w.ttl / 1000
                 if log.condition is not None:
                     log.condition.notify_all()

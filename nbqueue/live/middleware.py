@@ -281,16 +281,7 @@ class Live(Middleware):
                 running.took = True
                 if applied != ABORTED:
                     held = running.held_start = HeldWrite(
-                        Write(
-                            message.message_id,
-                            ttl,
-                            mode="worker",
-                            attempt=attempt,
-                            fields=fields,
-                            once=once,
-                            status_event=event,
-                            backfill={"status": "enqueued"},
-                        )
+                        _worker_write(message.message_id, ttl, attempt, fields, once, event)
                     )
                     get_publisher(transport).defer(held, time.monotonic() + START_HOLD)
             else:
@@ -525,19 +516,33 @@ class Live(Middleware):
             except Exception:
                 logger.warning("The live channel could not write to %r.", transport, exc_info=True)
             return
-        write = Write(
-            message.message_id,
-            ttl,
-            mode="worker",
-            attempt=attempt,
-            fields=fields,
-            once=once,
-            status_event=event,
-            backfill={"status": "enqueued"},
-            lead=lead,
-        )
+        write = _worker_write(message.message_id, ttl, attempt, fields, once, event, lead)
         assert channel is not None  # a deferred start is only on a buffered store's message
         channel.close(write, with_result=with_result)
+
+
+def _worker_write(
+    message_id: str,
+    ttl: int,
+    attempt: int,
+    fields: dict[str, Any],
+    once: dict[str, Any],
+    event: dict[str, Any],
+    lead: dict[str, Any] | None = None,
+) -> Write:
+    """A worker's status change of ``attempt``, with ``enqueued`` backfilled when the record
+    has no status yet (the producer's write has not landed)."""
+    return Write(
+        message_id,
+        ttl,
+        mode="worker",
+        attempt=attempt,
+        fields=fields,
+        once=once,
+        status_event=event,
+        backfill={"status": "enqueued"},
+        lead=lead,
+    )
 
 
 def transport_for(broker: Broker) -> Transport:
