@@ -220,16 +220,7 @@ class RedisTransport(Transport):
             # A worker's start write waits for its answer (was an abort requested?): worker
             # threads starting at the same moment share one round trip (a group commit).
             w = writes[0]
-            keys, args, sha = self.keys(w.message_id), self.write_args(w), self._write.sha
-            with self.connection.errors():
-                (reply,) = group_commit(self.connection).execute(
-                    lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
-                )
-                if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                    reply = self._write(keys=keys, args=args)
-                elif isinstance(reply, Exception):
-                    raise reply
-                return [int(reply)]
+            return [self._group_call(self._write, self.keys(w.message_id), self.write_args(w))]
         # EVALSHA in a plain pipeline: redis-py's script-aware pipelines ask SCRIPT EXISTS
         # first, which would double the round trips of every batch. A pipeline of at most
         # WRITE_CHUNK writes at a time: the packed commands of a burst of sends (send_many of
@@ -252,14 +243,18 @@ class RedisTransport(Transport):
         return results
 
     def take(self, message_id: str, attempt: int, ttl: int) -> int:
-        # Worker threads taking messages at the same moment share one round trip.
-        keys, args, sha = [self.prefix + message_id], [str(attempt), str(ttl)], self._take.sha
+        return self._group_call(self._take, [self.prefix + message_id], [str(attempt), str(ttl)])
+
+    def _group_call(self, script: Any, keys: list[str], args: list[Any]) -> int:
+        """Run one script and return its integer reply, sharing the round trip with the worker
+        threads that call at the same moment (a group commit)."""
+        sha = script.sha
         with self.connection.errors():
             (reply,) = group_commit(self.connection).execute(
-                lambda pipe: pipe.evalsha(sha, 1, *keys, *args)
+                lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
             )
             if isinstance(reply, NoScriptError):  # the server lost its scripts (a restart)
-                reply = self._take(keys=keys, args=args)
+                reply = script(keys=keys, args=args)
             elif isinstance(reply, Exception):
                 raise reply
             return int(reply)
@@ -331,12 +326,25 @@ class RedisTransport(Transport):
         return [m for m, flagged in zip(message_ids, flags, strict=True) if flagged]
 
     def subscribe(self, listener: AbortListener) -> None:
+        newest = self._aborts_newest()  # (outside the lock: a round trip)
         with self._lock:
             if listener not in self._listeners:
                 self._listeners.append(listener)
             if self._watcher is None or not self._watcher.is_alive():
-                self._watcher = _AbortWatcher(self)
+                self._watcher = _AbortWatcher(self, newest)
                 self._watcher.start()
+
+    def _aborts_newest(self) -> str | None:
+        """The id of the aborts stream's newest entry ("0-0": none), read before the worker
+        runs anything, so that no abort requested after its boot is skipped as old; ``None``
+        when Redis cannot say now (the watcher asks again, and the flag check covers the
+        gap)."""
+        try:
+            with self.connection.errors():
+                newest: Any = self.client.xrevrange(self.aborts_key, count=1)
+        except Exception:
+            return None
+        return as_text(newest[0][0], "replace") if newest else "0-0"
 
     def unsubscribe(self, listener: AbortListener) -> None:
         with self._lock:
@@ -488,9 +496,10 @@ class RedisWatch(Watch):
 class _AbortWatcher(threading.Thread):
     """Blocks on the aborts stream and hands the ids to the listeners (see the module doc)."""
 
-    def __init__(self, transport: RedisTransport) -> None:
+    def __init__(self, transport: RedisTransport, last: str | None = None) -> None:
         super().__init__(name="nbqueue-live-aborts", daemon=True)
         self.transport = transport
+        self._last = last  # where reading starts; None: at the newest entry, once connected
         self._stopping = threading.Event()
 
     def stop(self, timeout: float = 0.0) -> None:
@@ -505,7 +514,7 @@ class _AbortWatcher(threading.Thread):
         transport = self.transport
         client = transport.connection.dedicated()
         block_ms = max(1, int(transport.connection.block_limit * 1000))
-        last: str | None = None
+        last = self._last
         next_poll = 0.0
         try:
             while not self._stopping.is_set():
